@@ -1,0 +1,44 @@
+# The two commands a new user needs: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install demo test test-fast bench schema clean
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml changes. The CPU build of torch is taken
+# where no CUDA GPU is present (a plain `torch` requirement would pull a multi-GB CUDA build);
+# deepspeed ships as source only and is installed after torch without prebuilt ops.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"; \
+	else \
+		$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" || \
+		$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation "deepspeed>=0.14"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/tabula run specs/quickstart.yaml --headless
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not multiproc"
+
+bench: install
+	$(BIN)/python bench/run.py
+
+schema: install
+	$(BIN)/tabula schema --out schemas/tabula-spec.schema.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

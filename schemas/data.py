@@ -1,0 +1,232 @@
+"""The `data:` section: sources, filters, tokenizer, packing, validation split, curriculum."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import SpecModel, field_error
+from .quantities import Fraction, PositiveTokenCount, TokenCount
+
+SOURCE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+
+# ---------------------------------------------------------------- tokenizers
+
+
+class _SpecialTokens(SpecModel):
+    eos_token: str = Field(default="<|endoftext|>", description="Token appended after every document (the document separator when packing).")
+    pad_token: str = Field(default="<|pad|>", description="Token used to pad where padding is unavoidable (samples, evaluation).")
+
+
+class _TrainedTokenizer(_SpecialTokens):
+    vocab_size: int = Field(gt=256, description="Vocabulary size to train, special tokens included.")
+    train_on: list[str] | None = Field(
+        default=None, description="Names of the sources to train on; null means all sources."
+    )
+    max_chars: PositiveTokenCount = Field(
+        default=10 * 2**20,
+        description="Characters of a deterministic sample of the sources used for training (k = 1024).",
+    )
+    min_frequency: int = Field(default=2, ge=1, description="Merges or pieces seen fewer times than this are not learned.")
+
+
+class BPETokenizer(_TrainedTokenizer):
+    kind: Literal["bpe"] = Field(description="Byte-level BPE trained with Hugging Face tokenizers (GPT-2 style).")
+
+
+class UnigramTokenizer(_TrainedTokenizer):
+    kind: Literal["unigram"] = Field(description="SentencePiece-style unigram model trained with Hugging Face tokenizers.")
+
+
+class FileTokenizer(_SpecialTokens):
+    kind: Literal["file"] = Field(description="A tokenizer.json file (Hugging Face tokenizers format).")
+    path: str = Field(min_length=1, description="Path to tokenizer.json, relative to the spec file.")
+
+
+class HubTokenizer(_SpecialTokens):
+    kind: Literal["hub"] = Field(description="A tokenizer from the Hugging Face hub by name (needs the network).")
+    name: str = Field(min_length=1, description="Repository name, e.g. gpt2.")
+    revision: str | None = Field(default=None, description="Branch, tag or commit; null means the default branch.")
+
+
+class TiktokenTokenizer(_SpecialTokens):
+    kind: Literal["tiktoken"] = Field(description="An OpenAI tiktoken encoding, where its file is available locally.")
+    encoding: str = Field(min_length=1, description="Encoding name, e.g. cl100k_base (100277 tokens) or o200k_base.")
+
+
+Tokenizer = Annotated[
+    Union[BPETokenizer, UnigramTokenizer, FileTokenizer, HubTokenizer, TiktokenTokenizer], Field(discriminator="kind")
+]
+
+# ---------------------------------------------------------------- sources
+
+
+class FilesSource(SpecModel):
+    kind: Literal["files"] = Field(description="Local files matched by glob patterns.")
+    paths: list[str] = Field(min_length=1, description="Glob patterns relative to the spec file; ** matches directories recursively.")
+    format: Literal["text", "jsonl", "parquet"] = Field(
+        default="text", description="text: each file is one document; jsonl and parquet: one document per record."
+    )
+    text_field: str = Field(default="text", description="The record field holding the text (jsonl and parquet).")
+    on_error: Literal["fail", "skip"] = Field(
+        default="fail", description="What to do with an unreadable file or malformed record: fail the run, or skip it with a warning."
+    )
+
+
+class HubSource(SpecModel):
+    kind: Literal["hub"] = Field(description="A Hugging Face hub dataset, streamed (needs the network).")
+    name: str = Field(min_length=1, description="Dataset name, e.g. HuggingFaceFW/fineweb-edu.")
+    config: str | None = Field(default=None, description="Dataset configuration (subset) name.")
+    split: str = Field(default="train", description="Split to read.")
+    text_field: str = Field(default="text", description="The record field holding the text.")
+    revision: str | None = Field(default=None, description="Branch, tag or commit; null means the default branch.")
+    max_documents: int | None = Field(default=None, gt=0, description="Stop after this many documents; null reads the whole split.")
+
+
+class PythonStdlibSource(SpecModel):
+    kind: Literal["python_stdlib"] = Field(
+        description="The source files and docstrings of the Python installation running tabula: real text on every machine."
+    )
+    include: list[Literal["source", "docstrings"]] = Field(
+        default_factory=lambda: ["source", "docstrings"],
+        min_length=1,
+        description="source: each .py file is a document; docstrings: each module's docstrings form a document.",
+    )
+    max_files: int | None = Field(default=None, gt=0, description="Use at most this many files (sorted by path); null uses all.")
+
+
+Source = Annotated[Union[FilesSource, HubSource, PythonStdlibSource], Field(discriminator="kind")]
+
+# ---------------------------------------------------------------- filters
+
+
+class LengthFilter(SpecModel):
+    kind: Literal["length"] = Field(description="Keep documents whose length in characters is within bounds.")
+    min_chars: int = Field(default=0, ge=0, description="Drop documents shorter than this.")
+    max_chars: int | None = Field(default=None, gt=0, description="Drop documents longer than this; null means no limit.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LengthFilter:
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise field_error("max_chars", f"max_chars ({self.max_chars}) is below min_chars ({self.min_chars})")
+        return self
+
+
+class DedupFilter(SpecModel):
+    kind: Literal["dedup"] = Field(description="Drop duplicate documents.")
+    method: Literal["exact", "minhash"] = Field(
+        default="exact", description="exact: identical content hash; minhash: near-duplicates by estimated Jaccard similarity."
+    )
+    threshold: float = Field(default=0.8, gt=0.0, le=1.0, description="minhash: similarity above which documents are duplicates.")
+    num_perm: int = Field(default=128, ge=16, description="minhash: number of hash permutations (more is more exact, slower).")
+
+
+class RegexFilter(SpecModel):
+    kind: Literal["regex"] = Field(description="Keep or drop documents that match a regular expression.")
+    pattern: str = Field(min_length=1, description="A Python regular expression searched in each document.")
+    action: Literal["keep", "drop"] = Field(default="drop", description="keep: only matching documents stay; drop: matching documents go.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression: {error}") from None
+        return pattern
+
+
+class QualityFilter(SpecModel):
+    kind: Literal["quality"] = Field(description="Heuristics of web-corpus pipelines (Gopher, C4) that drop low-quality text.")
+    min_alpha_fraction: float = Field(default=0.6, ge=0.0, le=1.0, description="Drop documents with fewer alphabetic characters than this fraction (non-space characters).")
+    max_repeated_line_fraction: float = Field(default=0.3, ge=0.0, le=1.0, description="Drop documents in which more than this fraction of lines are repeats.")
+    min_mean_word_length: float = Field(default=3.0, ge=0.0, description="Drop documents whose mean word length is below this.")
+    max_mean_word_length: float = Field(default=10.0, gt=0.0, description="Drop documents whose mean word length is above this.")
+
+
+Filter = Annotated[Union[LengthFilter, DedupFilter, RegexFilter, QualityFilter], Field(discriminator="kind")]
+
+# ---------------------------------------------------------------- packing, validation, curriculum
+
+
+class Packing(SpecModel):
+    document_masking: bool = Field(
+        default=False, description="Stop attention from crossing document boundaries inside a packed window (slower attention)."
+    )
+
+
+class Validation(SpecModel):
+    fraction: Fraction = Field(default=0.01, description="Share of each source's documents held out for evaluation (0.01 or 1%).")
+    max_documents: int | None = Field(default=None, gt=0, description="Hold out at most this many documents per source.")
+
+
+class Stage(SpecModel):
+    until_tokens: PositiveTokenCount | None = Field(
+        default=None,
+        description="The stage lasts until this many training tokens have been seen in total; null (last stage only) lasts until the budget is spent.",
+    )
+    seq_len: int | None = Field(default=None, gt=0, description="Sequence length of this stage; null carries over the previous stage's (the first defaults to model.max_seq_len).")
+    mix: dict[str, float] | None = Field(
+        default=None, description="Sampling weights by source name (normalised); null carries over the previous stage's (the first defaults to equal weights)."
+    )
+
+    @field_validator("mix")
+    @classmethod
+    def _positive(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
+        if mix is not None:
+            if not mix:
+                raise ValueError("a mixture names at least one source")
+            for name, weight in mix.items():
+                if not weight > 0:
+                    raise ValueError(f"mixture weights must be positive, {name!r} has {weight}")
+        return mix
+
+
+class Data(SpecModel):
+    tokenizer: Tokenizer = Field(description="How text becomes tokens.")
+    sources: dict[Annotated[str, Field(pattern=SOURCE_NAME)], Source] = Field(
+        min_length=1, description="Named sources; the names are used by mixtures and the tokenizer's train_on."
+    )
+    filters: list[Filter] = Field(default_factory=list, description="Applied in order to every source's documents.")
+    packing: Packing = Field(default_factory=Packing, description="How documents are joined into training windows.")
+    validation: Validation = Field(default_factory=Validation, description="The held-out split used for evaluation.")
+    curriculum: list[Stage] = Field(
+        default_factory=lambda: [Stage()],
+        min_length=1,
+        description="Stages by token boundary, each with its sequence length and mixture; the last lasts until the budget is spent.",
+    )
+    workers: int | None = Field(default=None, ge=1, description="Tokenizer worker processes; null uses the CPU count.")
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> Data:
+        names = set(self.sources)
+        previous = 0
+        for index, stage in enumerate(self.curriculum):
+            if stage.until_tokens is None:
+                if index != len(self.curriculum) - 1:
+                    raise field_error(
+                        ("curriculum", index, "until_tokens"),
+                        "only the last curriculum stage may omit until_tokens (it then lasts until the budget is spent)",
+                    )
+            elif stage.until_tokens <= previous:
+                raise field_error(
+                    ("curriculum", index, "until_tokens"),
+                    f"curriculum stages must be strictly increasing: stage {index} ends at {stage.until_tokens} tokens, not after stage {index - 1} ({previous})",
+                )
+            previous = stage.until_tokens or previous
+            for name in stage.mix or {}:
+                if name not in names:
+                    raise field_error(
+                        ("curriculum", index, "mix", name),
+                        f"mixture names source {name!r}, which data.sources does not define (sources: {', '.join(sorted(names))})",
+                    )
+        train_on = (self.tokenizer.train_on or []) if isinstance(self.tokenizer, _TrainedTokenizer) else []
+        for index, name in enumerate(train_on):
+            if name not in names:
+                raise field_error(
+                    ("tokenizer", "train_on", index),
+                    f"train_on names source {name!r}, which data.sources does not define (sources: {', '.join(sorted(names))})",
+                )
+        return self

@@ -1,0 +1,65 @@
+"""The root of an experiment spec: `name`, `extends`, `seed`, `model`, `data`, `parallel`, `train`, `track`."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from .base import SpecModel, field_error
+from .data import Data, _TrainedTokenizer
+from .model import Model
+from .parallel import Parallel
+from .track import Track
+from .train import Train
+
+KNOWN_TOKENIZER_SIZES = {"cl100k_base": 100277, "o200k_base": 200019, "p50k_base": 50281, "r50k_base": 50257, "gpt2": 50257}
+
+
+class Spec(SpecModel):
+    """A whole experiment: what to train, on what data, how, and where it is recorded."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Experiment name; names the run directory and the Aim experiment.")
+    extends: str | None = Field(
+        default=None,
+        description="A spec this one builds on: a path relative to this file, or a preset name under specs/presets/. Deep-merged; lists replace.",
+    )
+    seed: int = Field(default=1337, ge=0, description="Seeds every random number generator: initialisation, data order, dropout.")
+    model: Model = Field(description="The model graph.")
+    data: Data = Field(description="The data curriculum.")
+    parallel: Parallel = Field(default_factory=Parallel, description="The parallelism plan.")
+    train: Train = Field(description="The training recipe.")
+    track: Track = Field(default_factory=Track, description="Run directories and experiment tracking.")
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Spec:
+        for index, stage in enumerate(self.data.curriculum):
+            if stage.seq_len is not None and stage.seq_len > self.model.max_seq_len:
+                raise field_error(
+                    ("data", "curriculum", index, "seq_len"),
+                    f"seq_len {stage.seq_len} exceeds model.max_seq_len ({self.model.max_seq_len})",
+                )
+        tokenizer = self.data.tokenizer
+        if isinstance(self.model.vocab_size, int) and isinstance(tokenizer, _TrainedTokenizer):
+            if tokenizer.vocab_size > self.model.vocab_size:
+                raise field_error(
+                    ("model", "vocab_size"),
+                    f"model.vocab_size ({self.model.vocab_size}) is smaller than the tokenizer's ({tokenizer.vocab_size})",
+                )
+        if self.parallel.activation_checkpointing == "every_n" and self.parallel.checkpoint_every_n > self.model.n_layers:
+            raise field_error(
+                ("parallel", "checkpoint_every_n"),
+                f"checkpoint_every_n ({self.parallel.checkpoint_every_n}) exceeds model.n_layers ({self.model.n_layers})",
+            )
+        return self
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The model's vocabulary size (derived): model.vocab_size, or the tokenizer's where it is known
+        without loading it; None where only the tokenizer file can tell."""
+        if isinstance(self.model.vocab_size, int):
+            return self.model.vocab_size
+        tokenizer = self.data.tokenizer
+        if isinstance(tokenizer, _TrainedTokenizer):
+            return tokenizer.vocab_size
+        if tokenizer.kind == "tiktoken":
+            return KNOWN_TOKENIZER_SIZES.get(tokenizer.encoding)
+        return None

@@ -1,0 +1,135 @@
+"""The `train:` section: batch, optimizer, schedule, budget, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from .base import SpecModel, field_error
+from .quantities import Fraction, PositiveTokenCount
+
+# ---------------------------------------------------------------- optimizers
+
+
+class _Optimizer(SpecModel):
+    lr: float = Field(gt=0, description="Peak learning rate (after warmup).")
+    weight_decay: float = Field(default=0.0, ge=0, description="Decoupled weight decay; never applied to norms, biases and embeddings.")
+
+
+class AdamW(_Optimizer):
+    kind: Literal["adamw"] = Field(description="AdamW (fused or foreach kernels where the device has them).")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="Decay rates of the first and second moment estimates.")
+    eps: float = Field(default=1e-8, gt=0, description="Added to the denominator for numerical stability.")
+
+
+class Lion(_Optimizer):
+    kind: Literal["lion"] = Field(description="Lion (sign of an interpolated momentum); use a 3-10x smaller lr than AdamW.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.99), description="Interpolation and momentum decay rates.")
+
+
+class Adafactor(_Optimizer):
+    kind: Literal["adafactor"] = Field(description="Adafactor (factored second moments: little optimizer memory).")
+    beta2_decay: float = Field(default=-0.8, lt=0, description="Exponent of the second-moment decay schedule.")
+    eps: float = Field(default=1e-30, gt=0, description="Regularisation of the second moment.")
+
+
+class SGD(_Optimizer):
+    kind: Literal["sgd"] = Field(description="Stochastic gradient descent with optional momentum.")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="Momentum factor; 0 disables it.")
+    nesterov: bool = Field(default=False, description="Nesterov momentum.")
+
+
+Optimizer = Annotated[Union[AdamW, Lion, Adafactor, SGD], Field(discriminator="kind")]
+
+# ---------------------------------------------------------------- schedules (all driven by tokens seen)
+
+
+class _Schedule(SpecModel):
+    warmup: Fraction = Field(default=0.02, description="Linear warmup from 0 over this share of the budget's tokens (0.02 or 2%).")
+
+
+class Cosine(_Schedule):
+    kind: Literal["cosine"] = Field(description="Linear warmup, then cosine decay to min_lr_ratio x lr at the end of the budget.")
+    min_lr_ratio: Fraction = Field(default=0.1, description="Final learning rate as a share of the peak.")
+
+
+class WSD(_Schedule):
+    kind: Literal["wsd"] = Field(description="Warmup-stable-decay: warmup, a constant plateau, then a decay over the last share of the budget.")
+    decay: Fraction = Field(default=0.2, description="Share of the budget spent decaying at the end.")
+    decay_shape: Literal["linear", "cosine", "sqrt"] = Field(default="linear", description="Shape of the final decay.")
+    min_lr_ratio: Fraction = Field(default=0.0, description="Final learning rate as a share of the peak.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> WSD:
+        if self.warmup + self.decay > 1.0:
+            raise field_error("decay", f"warmup ({self.warmup:g}) and decay ({self.decay:g}) together exceed the whole budget")
+        return self
+
+
+class Linear(_Schedule):
+    kind: Literal["linear"] = Field(description="Linear warmup, then linear decay to min_lr_ratio x lr at the end of the budget.")
+    min_lr_ratio: Fraction = Field(default=0.0, description="Final learning rate as a share of the peak.")
+
+
+class Constant(_Schedule):
+    kind: Literal["constant"] = Field(description="Linear warmup, then a constant learning rate.")
+
+
+Schedule = Annotated[Union[Cosine, WSD, Linear, Constant], Field(discriminator="kind")]
+
+# ---------------------------------------------------------------- budget, eval, checkpoints
+
+
+class Budget(SpecModel):
+    tokens: PositiveTokenCount | None = Field(default=None, description="Train on this many tokens (65536, 64k, 10M, 2.5B).")
+    tokens_per_param: float | None = Field(
+        default=None, gt=0, description="Or: this many tokens per model parameter (Chinchilla-optimal is about 20)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Budget:
+        if (self.tokens is None) == (self.tokens_per_param is None):
+            raise field_error("tokens", "give exactly one of budget.tokens or budget.tokens_per_param")
+        return self
+
+
+class Sample(SpecModel):
+    prompt: str = Field(default="", description="Text the greedy sample after each evaluation starts from; empty starts from the end-of-document token.")
+    max_new_tokens: int = Field(default=48, ge=0, description="Tokens generated per sample; 0 disables sampling.")
+
+
+class Eval(SpecModel):
+    every_tokens: PositiveTokenCount = Field(description="Evaluate on the held-out split every this many training tokens.")
+    tokens: PositiveTokenCount = Field(default=65536, description="Held-out tokens read per evaluation.")
+    sample: Sample = Field(default_factory=Sample, description="The short greedy sample written after each evaluation.")
+
+
+class Checkpoint(SpecModel):
+    every_tokens: PositiveTokenCount | None = Field(default=None, description="Checkpoint every this many training tokens; null only at the end.")
+    keep_last: int = Field(default=3, ge=1, description="Keep this many most recent checkpoints.")
+    keep_best_by: Literal["val_loss"] | None = Field(default="val_loss", description="Also keep the checkpoint with the best value of this metric.")
+
+
+class Log(SpecModel):
+    every_steps: int = Field(
+        default=10, ge=1, description="Read and record train metrics every this many optimizer steps (reading them syncs the device)."
+    )
+
+
+class Train(SpecModel):
+    batch_tokens: PositiveTokenCount = Field(description="Tokens per optimizer step, over all ranks; micro-batch and accumulation are derived.")
+    micro_batch: Literal["auto"] | Annotated[int, Field(gt=0)] = Field(
+        default="auto", description="Sequences per rank per forward pass; auto derives it from batch_tokens, seq_len and memory."
+    )
+    optimizer: Optimizer = Field(description="The optimizer and its learning rate.")
+    schedule: Schedule = Field(default_factory=lambda: Cosine(kind="cosine"), description="Learning-rate schedule, driven by tokens seen.")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="Clip the global gradient norm to this; null disables clipping.")
+    budget: Budget = Field(description="How long to train.")
+    eval: Eval | None = Field(default=None, description="Periodic evaluation; null disables it.")
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="When checkpoints are written and which are kept.")
+    log: Log = Field(default_factory=Log, description="How often train metrics are recorded.")
+    on_nonfinite: Literal["skip", "stop", "rollback"] = Field(
+        default="skip",
+        description="A non-finite loss or gradient: skip the batch, stop at the last good checkpoint, or roll back to it and skip the data window.",
+    )

@@ -1,0 +1,65 @@
+"""The `tabula` command: one sub-command a module under tabula/commands/.
+
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`,
+and imports its heavy dependencies inside `run`, so `tabula --help` and `tabula validate`
+start without torch.
+
+Exit codes: 0 success, 1 "differs" (diff), 2 bad input (spec, flag, path), 3 a run that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tabula import __version__
+
+COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export"]
+
+EXIT_OK, EXIT_DIFFERS, EXIT_BAD_INPUT, EXIT_RUN_FAILED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with 2 and one clear line, never a traceback."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tabula",
+        description="Declarative language-model training experiments: validate, plan, run, watch and compare YAML specs.",
+        epilog="Run `tabula COMMAND --help` for a command's options. Exit codes: 0 ok, 1 differs (diff), 2 bad input, 3 run failed.",
+    )
+    parser.add_argument("--version", action="version", version=f"tabula {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        module = importlib.import_module(f"tabula.commands.{name}")
+        command = sub.add_parser(name, help=module.HELP, description=module.__doc__ or module.HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

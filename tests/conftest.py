@@ -1,0 +1,54 @@
+"""Shared test set-up: markers that skip cleanly where a test cannot run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "specs"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_downloads(monkeypatch):
+    """Nothing may download at test time: the hubs are switched offline for every test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def tabula_cache(tmp_path, monkeypatch):
+    """A private token cache for a test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TABULA_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def specs_dir() -> Path:
+    return SPECS
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

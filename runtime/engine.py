@@ -1,0 +1,212 @@
+"""The engine: what the train loop needs from whatever runs the model (one process, or DeepSpeed ranks).
+
+The loop (runtime/loop.py) calls only the members of `Engine` below, so a new backend is one class.
+`LocalEngine` runs one process on one device (CUDA when present, else the CPU); DeepSpeed's engine
+lives in runtime/deepspeed_engine.py and keeps the same contract.
+
+Collectives (`evaluate`, `generate`, `save`, `load`, `consolidated_state_dict`, `barrier`,
+`reduce_mean`, `sync_flags`) are called by every rank in the same order; the local engine's are trivial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"  # consolidated weights in every checkpoint (tabula.load_model reads it)
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the train loop drives. Every tensor returned stays on the device (no host sync)."""
+
+    model: nn.Module  # the plain module (unwrapped): hooks, generate, parameter counts
+    device: torch.device
+    rank: int
+    world_size: int
+    is_main: bool  # rank 0: the only rank that writes events, Aim and console lines
+    precision: str  # "fp32" | "bf16" | "fp16" (resolved by the plan)
+
+    def forward_backward(
+        self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None, accum_steps: int
+    ) -> torch.Tensor:
+        """One micro-batch `(B, T)` (CPU tensors; the engine moves them): forward, loss / accum_steps backward.
+        Returns the micro-batch's unscaled mean loss, detached, on the device."""
+        ...
+
+    def step(self, lr: float) -> torch.Tensor:
+        """Ends an optimizer step: set lr, clip, update, zero the gradients. Returns the gradient norm
+        (before clipping) on the device. A non-finite norm means the update was NOT applied (the
+        gradients are still zeroed); the loop decides what the spec's `on_nonfinite` policy does next."""
+        ...
+
+    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None) -> torch.Tensor:
+        """Mean loss of one batch without gradients (model in eval mode for the call), on the device."""
+        ...
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation of `prompt_ids` (the new tokens only)."""
+        ...
+
+    def save(self, checkpoint_dir: Path) -> None:
+        """Write model and optimizer state (whatever `load` needs) into an existing folder."""
+        ...
+
+    def load(self, checkpoint_dir: Path) -> None:
+        """Restore what `save` wrote, exactly (bit-identical continuation on the CPU)."""
+        ...
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full model weights on the CPU, keyed like `model.state_dict()` (empty on ranks other than 0)."""
+        ...
+
+    def barrier(self) -> None: ...
+
+    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean of a device tensor over ranks."""
+        ...
+
+    def sync_flags(self, flags: int) -> int:
+        """Bitwise OR of small integer flags over ranks (stop / checkpoint / eval requests)."""
+        ...
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast for the forward, or nothing for fp32 (weights always stay fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class LocalEngine:
+    """One process, one device. `model` must already be materialized on `device` (compiled or not).
+
+    `forward_model` is what forward passes call (the compiled module, or the model itself); `model` stays
+    the plain module whose state dict is saved."""
+
+    rank = 0
+    world_size = 1
+    is_main = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        device: torch.device,
+        precision: str,
+        grad_clip: float | None,
+        forward_model: nn.Module | None = None,
+    ) -> None:
+        self.model = model
+        self.forward_model = forward_model or model
+        self.optimizer = optimizer
+        self.device = device
+        self.precision = precision
+        self.grad_clip = grad_clip
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self._params = [p for p in model.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ training
+
+    def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None:
+            return None
+        return tensor.to(self.device, non_blocking=True)
+
+    def forward_backward(self, input_ids, targets, document_ids, accum_steps):
+        input_ids, targets, document_ids = map(self._to_device, (input_ids, targets, document_ids))
+        with autocast_for(self.device, self.precision):
+            _, loss = self.forward_model(input_ids, targets, document_ids=document_ids)
+        scaled = loss / accum_steps
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        scaled.backward()
+        return loss.detach()
+
+    def step(self, lr):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.grad_clip if self.grad_clip is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        if self.scaler is not None:
+            # fp16: the scaler skips the update on overflow and lowers its scale; overflow is routine
+            # there, so it reports a finite norm and the non-finite policy sees only real divergence.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            grad_norm = torch.nan_to_num(grad_norm, nan=0.0, posinf=0.0)
+        elif torch.isfinite(grad_norm):  # one scalar sync per optimizer step: never apply a non-finite update
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm.detach()
+
+    @torch.no_grad()
+    def evaluate(self, input_ids, targets, document_ids):
+        input_ids, targets, document_ids = map(self._to_device, (input_ids, targets, document_ids))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with autocast_for(self.device, self.precision):
+                _, loss = self.forward_model(input_ids, targets, document_ids=document_ids)
+        finally:
+            self.model.train(was_training)
+        return loss.detach().float()
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+            with autocast_for(self.device, self.precision):
+                out = self.model.generate(prompt, max_new_tokens)
+        finally:
+            self.model.train(was_training)
+        return out[0, len(prompt_ids):].tolist()
+
+    # ------------------------------------------------------------------ state
+
+    def save(self, checkpoint_dir):
+        from .checkpoint import save_weights
+
+        save_weights(self.consolidated_state_dict(), Path(checkpoint_dir) / WEIGHTS_FILE)
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        torch.save(state, Path(checkpoint_dir) / OPTIMIZER_FILE)
+
+    def load(self, checkpoint_dir):
+        from .checkpoint import load_weights
+
+        load_weights(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)
+        state = torch.load(Path(checkpoint_dir) / OPTIMIZER_FILE, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def consolidated_state_dict(self):
+        return {name: tensor.detach().to("cpu") for name, tensor in self.model.state_dict().items()}
+
+    # ------------------------------------------------------------------ collectives (one rank: trivial)
+
+    def barrier(self):
+        pass
+
+    def reduce_mean(self, value):
+        return value
+
+    def sync_flags(self, flags):
+        return flags

@@ -1,0 +1,51 @@
+"""tabula.compiler: a validated spec lowered to PyTorch modules and a training plan.
+
+    build_model(spec, *, vocab_size=None, device="meta") -> Transformer
+    apply_compile(model, compile_spec, device_type), apply_activation_checkpointing(model, policy, every_n)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+from tabula.schemas.spec import Spec
+
+from .model import Transformer
+
+# Names other modules of the compiler provide, imported when first used.
+_LAZY = {
+    "apply_compile": "tabula.compiler.compile",
+    "apply_activation_checkpointing": "tabula.compiler.compile",
+    "make_plan": "tabula.compiler.plan",
+    "estimate": "tabula.compiler.estimate",
+}
+
+
+def build_model(spec: Spec, *, vocab_size: int | None = None, device: torch.device | str = "meta") -> Transformer:
+    """The spec's model, built on `device` (default meta: nothing allocated; call
+    `model.materialize(device, seed)`). On a real device the weights are initialised with
+    spec.seed. `vocab_size` overrides the spec's (needed where only the tokenizer knows it).
+    Raises ValueError when no vocabulary size is known."""
+    vocab = vocab_size if vocab_size is not None else spec.vocab_size
+    if vocab is None:
+        raise ValueError(
+            "model.vocab_size is auto and the tokenizer's size is known only once it is loaded: "
+            "pass vocab_size=tokenizer vocabulary size, or set model.vocab_size in the spec"
+        )
+    with torch.device(device):
+        model = Transformer(spec.model, vocab)
+    if torch.device(device).type != "meta":
+        model.init_weights(spec.seed)
+    return model
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tabula.compiler' has no attribute {name!r}")
+
+
+__all__ = ["Transformer", "build_model", *_LAZY]

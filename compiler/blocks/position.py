@@ -1,0 +1,75 @@
+"""Positions: rotary embeddings (RoPE, with optional linear or NTK scaling), learned, none.
+
+RoPE is applied inside attention to queries and keys; learned positions are added to the
+token embedding. `none` (NoPE) adds nothing: causal masking alone orders the tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tabula.schemas.model import Rope as RopeSpec
+
+
+class Rope(nn.Module):
+    """Holds the cos/sin tables for positions 0..max_seq_len-1 of a `dim`-wide rotary part.
+
+    The tables are non-persistent buffers (not in the state dict): `reset_buffers()` recomputes
+    them after the model is materialised from the meta device.
+    forward(T) -> (cos, sin), each (T, dim).
+    """
+
+    def __init__(self, spec: RopeSpec, dim: int, max_seq_len: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.max_seq_len = max_seq_len
+        self.theta = spec.theta
+        self.linear_factor = 1.0
+        if spec.scaling is not None and spec.scaling.kind == "linear":
+            self.linear_factor = spec.scaling.factor  # positions interpolated: p / factor
+        if spec.scaling is not None and spec.scaling.kind == "ntk":
+            # NTK-aware: a larger base stretches the low frequencies and keeps the high ones.
+            self.theta = spec.theta * spec.scaling.factor ** (dim / (dim - 2))
+        self.register_buffer("cos", torch.empty(max_seq_len, dim), persistent=False)
+        self.register_buffer("sin", torch.empty(max_seq_len, dim), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        device = self.cos.device
+        if device.type == "meta":
+            return
+        # fp32 and the same operation order as Llama's rotary embedding, for parity.
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim))
+        inv_freq = inv_freq / self.linear_factor
+        positions = torch.arange(self.max_seq_len, device=device).float()
+        freqs = torch.outer(positions, inv_freq)  # (max_seq_len, dim/2)
+        table = torch.cat((freqs, freqs), dim=-1)  # (max_seq_len, dim): rotate-half layout
+        self.cos.copy_(table.cos())
+        self.sin.copy_(table.sin())
+
+    def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[:seq_len], self.sin[:seq_len]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates x (B, T, nh, hs) by position; cos and sin are (T, hs)."""
+    cos = cos[:, None, :].to(x.dtype)  # (T, 1, hs): broadcast over heads
+    sin = sin[:, None, :].to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class LearnedPositions(nn.Module):
+    """A learned embedding per position, added to the token embedding (GPT-2); parameter `weight`."""
+
+    def __init__(self, max_seq_len: int, d_model: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(max_seq_len, d_model))
+
+    def forward(self, seq_len: int) -> torch.Tensor:
+        return self.weight[:seq_len]  # (T, C)

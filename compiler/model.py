@@ -1,0 +1,165 @@
+"""The transformer: token embedding, n_layers pre-norm blocks, a final norm, the output head.
+
+Parameter names (stable: the runtime saves safetensors by them, the plan counts them):
+
+    embed.weight                              (vocab, C)
+    pos_embed.weight                          (max_seq_len, C)        learned positions only
+    blocks.{i}.attn_norm.weight / .bias       (C,)                    bias: layernorm with bias
+    blocks.{i}.attn.q_proj|k_proj|v_proj|o_proj.weight / .bias       mha, gqa, mqa
+    blocks.{i}.attn.q_down|q_up|q_proj|kv_down|kv_up|k_rope|o_proj.weight / .bias   mla
+    blocks.{i}.attn.q_latent_norm|kv_latent_norm.weight               mla with latent_norm
+    blocks.{i}.attn.q_norm|k_norm.weight      (qk head width,)        qk_norm
+    blocks.{i}.mlp_norm.weight / .bias
+    blocks.{i}.mlp.up|down.weight / .bias     gelu;   blocks.{i}.mlp.gate|up|down.weight  swiglu
+    norm.weight / .bias                       the final norm
+    lm_head.weight                            (vocab, C)   untied only: tied models reuse embed.weight
+
+Biases exist only where the spec asks for them. Build with `tabula.compiler.build_model(spec)`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tabula.schemas.model import Block as BlockSpec
+from tabula.schemas.model import Model as ModelSpec
+
+from .blocks import build_attention, build_mlp, build_norm
+from .blocks.attention import attention_mask
+from .blocks.norm import LayerNorm, RMSNorm
+from .blocks.position import LearnedPositions, Rope
+
+# Projections that write into the residual stream: their init std is scaled down with depth.
+RESIDUAL_PROJECTIONS = ("attn.o_proj.weight", "mlp.down.weight")
+
+
+class Block(nn.Module):
+    """x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)); dropout on both residual branches."""
+
+    def __init__(self, spec: BlockSpec, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.attn_norm = build_norm(spec.norm, d_model)
+        self.attn = build_attention(spec.attention, d_model=d_model, norm_eps=spec.norm.eps, dropout=dropout)
+        self.mlp_norm = build_norm(spec.norm, d_model)
+        self.mlp = build_mlp(spec.mlp, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.checkpoint_activations = False  # set by compile.apply_activation_checkpointing
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask))
+        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x  # (B, T, C)
+
+
+class Transformer(nn.Module):
+    """A decoder-only transformer built from the `model:` section of a spec.
+
+    forward(input_ids (B, T), targets (B, T) or None, *, document_ids (B, T) or None)
+      -> logits (B, T, vocab), or (logits, loss) with targets (mean cross-entropy over
+         targets != -100). With document_ids, tokens attend only within their document.
+    """
+
+    def __init__(self, spec: ModelSpec, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.max_seq_len = spec.max_seq_len
+        self.n_layers = spec.n_layers
+        self.init_std = spec.init.std
+        self.scale_residual = spec.init.scale_residual
+        self.window = spec.block.attention.window
+        self.embed = nn.Embedding(vocab_size, spec.d_model)
+        self.pos_embed = LearnedPositions(spec.max_seq_len, spec.d_model) if spec.position.kind == "learned" else None
+        self.rope = None
+        if spec.position.kind == "rope":
+            attn = spec.block.attention
+            rope_dim = attn.rope_head_dim if attn.kind == "mla" else spec.head_dim
+            self.rope = Rope(spec.position, rope_dim, spec.max_seq_len)
+        self.blocks = nn.ModuleList(Block(spec.block, spec.d_model, spec.dropout) for _ in range(spec.n_layers))
+        self.norm = build_norm(spec.block.norm, spec.d_model)
+        self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.d_model, vocab_size, bias=False)
+        self._masks: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+
+    def forward(
+        self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, document_ids: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        B, T = input_ids.shape
+        if T > self.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens is longer than max_seq_len ({self.max_seq_len})")
+        x = self.embed(input_ids)  # (B, T, C)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(T)
+        rope = self.rope(T) if self.rope is not None else None
+        mask = self.attention_mask(T, document_ids, input_ids.device)
+        for block in self.blocks:
+            if block.checkpoint_activations and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, mask, use_reentrant=False)
+            else:
+                x = block(x, rope, mask)
+        x = self.norm(x)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, weight)  # (B, T, vocab)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """The mask every block shares: None (plain causal), or a boolean mask cached per length."""
+        if document_ids is not None or torch.compiler.is_compiling():
+            return attention_mask(seq_len, self.window, document_ids, device)
+        key = (seq_len, device)
+        if key not in self._masks:
+            self._masks[key] = attention_mask(seq_len, self.window, None, device)
+        return self._masks[key]
+
+    # ------------------------------------------------------------ weights
+
+    def materialize(self, device: torch.device | str, seed: int) -> Transformer:
+        """Allocates the parameters on `device` (from the meta device) and initialises them."""
+        self.to_empty(device=device)
+        self._masks.clear()
+        self.init_weights(seed)
+        return self
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Normal(0, init.std) weights, zero biases, unit norm scales; projections into the residual
+        stream get std / sqrt(2 n_layers) with init.scale_residual (GPT-2). Each parameter draws
+        from its own CPU generator seeded by (seed, name): the same seed gives the same weights on
+        any device, and adding a module leaves the others' values unchanged."""
+        residual_std = self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual else self.init_std
+        for module_name, module in self.named_modules():
+            if isinstance(module, (RMSNorm, LayerNorm)):
+                module.reset_parameters()
+                continue
+            for param_name, param in module.named_parameters(recurse=False):
+                name = f"{module_name}.{param_name}" if module_name else param_name
+                if param_name == "bias":
+                    param.zero_()
+                    continue
+                std = residual_std if name.endswith(RESIDUAL_PROJECTIONS) else self.init_std
+                generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+                param.copy_(torch.empty(param.shape).normal_(0.0, std, generator=generator))
+        if self.rope is not None:
+            self.rope.reset_buffers()
+
+    # ------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation: (B, T) prompt ids -> (B, T + max_new_tokens) ids. No KV cache; the
+        context is cropped to the last max_seq_len tokens. Runs in eval mode, then restores it."""
+        was_training = self.training
+        self.eval()
+        ids = input_ids
+        for _ in range(max_new_tokens):
+            logits = self(ids[:, -self.max_seq_len :])
+            ids = torch.cat([ids, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+        self.train(was_training)
+        return ids

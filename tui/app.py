@@ -1,0 +1,32 @@
+"""The Textual apps: the run dashboard (`tabula watch`, `tabula run` in a terminal) and the spec wizard.
+
+Thin on purpose: each app pushes its one screen and returns what the screen answered.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from textual.app import App
+
+from .dashboard import DashboardScreen, Process
+
+
+class DashboardApp(App[str | None]):
+    """Watches `run_dir`. With `process` (the training it started), `q` asks whether to stop the run
+    or leave it running, and the app returns `"stop"` or `"leave"`; otherwise it returns None."""
+
+    TITLE = "tabula"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, run_dir: str | Path, *, clock: Callable[[], float] = time.time,
+                 process: Process | None = None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.clock = clock
+        self.process = process
+
+    def on_mount(self) -> None:
+        self.push_screen(DashboardScreen(self.run_dir, clock=self.clock, process=self.process), self.exit)

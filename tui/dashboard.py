@@ -1,0 +1,219 @@
+"""The dashboard screen: tails a run directory and shows it; keys send control requests.
+
+It polls events.jsonl at `POLL_HZ` (new events are batched into one redraw per poll), redraws
+clock-dependent text once a second and the charts at most once a second, so the cost of
+watching does not grow with the run's step rate.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from . import control
+from .dialogs import CANCEL, LEAVE, STOP, ConfirmStop, QuitRun
+from .events import EventsReader
+from .state import RunState
+from .widgets.event_log import EventLog
+from .widgets.metric_chart import MetricChart
+from .widgets.progress_panel import ProgressPanel
+from .widgets.run_header import RunHeader
+from .widgets.sample_view import SampleView
+from .widgets.stats_panel import StatsPanel
+
+POLL_HZ = 4
+CHART_INTERVAL_S = 1.0
+OUTPUT_LOG = "output.log"  # where a launched training's stdout and stderr go (tui/launch.py)
+
+
+class Process(Protocol):
+    def poll(self) -> int | None: ...
+
+
+class DashboardScreen(Screen[str | None]):
+    """Everything about one run on one screen. Dismisses with `stop`, `leave` or None (see DashboardApp)."""
+
+    DEFAULT_CSS = """
+    DashboardScreen {
+        layout: vertical;
+    }
+    DashboardScreen #middle {
+        height: 1fr;
+    }
+    DashboardScreen #charts {
+        width: 1fr;
+    }
+    DashboardScreen #small-charts {
+        height: 1fr;
+    }
+    DashboardScreen #side {
+        width: 52;
+    }
+    DashboardScreen.-narrow #charts, DashboardScreen.-short #charts {
+        display: none;
+    }
+    DashboardScreen.-narrow #side, DashboardScreen.-short #side {
+        width: 1fr;
+        layout: horizontal;
+    }
+    DashboardScreen.-narrow StatsPanel, DashboardScreen.-short StatsPanel {
+        width: 44;
+    }
+    DashboardScreen.-short #middle {
+        height: 13;  /* the stats table: 11 rows and its border */
+    }
+    DashboardScreen.-short EventLog {
+        height: 1fr;
+        min-height: 3;
+    }
+    """
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+    BINDINGS = [
+        Binding("q", "quit_dashboard", "quit"),
+        Binding("s", "stop", "stop + checkpoint"),
+        Binding("c", "checkpoint", "checkpoint now"),
+        Binding("e", "evaluate", "evaluate now"),
+    ]
+
+    def __init__(self, run_dir: str | Path, *, clock: Callable[[], float] = time.time,
+                 process: Process | None = None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.clock = clock
+        self.process = process
+        self.reader = EventsReader(self.run_dir)
+        self.state = RunState()
+        self._last_second: int | None = None
+        self._last_chart = float("-inf")
+        self._exit_reported = False
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader(id="header")
+        yield ProgressPanel(id="progress")
+        with Horizontal(id="middle"):
+            with Vertical(id="charts"):
+                yield MetricChart("loss (train, val) by tokens", id="loss-chart")
+                with Horizontal(id="small-charts"):
+                    yield MetricChart("learning rate", id="lr-chart")
+                    yield MetricChart("tokens/s", id="speed-chart")
+            with Vertical(id="side"):
+                yield StatsPanel(id="stats")
+                yield SampleView(id="sample")
+        yield EventLog(id="log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.poll()
+        self.set_interval(1 / POLL_HZ, self.poll)
+
+    # ------------------------------------------------------------ reading
+
+    def poll(self) -> None:
+        """Read what the run appended, fold it in, and redraw what changed (one batch per call)."""
+        events = self.reader.read_new()
+        for event in events:
+            self.state.apply(event)
+        now = self.clock()
+        exited = self._check_process(now)
+        second = int(now)
+        if not events and not exited and second == self._last_second:
+            return
+        self._last_second = second
+        self.query_one(RunHeader).show(self.state, now)
+        self.query_one(ProgressPanel).show(self.state, now)
+        if events or exited:
+            self.query_one(StatsPanel).show(self.state)
+            self.query_one(SampleView).show(self.state)
+            self.query_one(EventLog).show(self.state)
+        if events and (now - self._last_chart >= CHART_INTERVAL_S or self.reader.caught_up):
+            self._last_chart = now
+            self._draw_charts()
+
+    def _check_process(self, now: float) -> bool:
+        if self.process is None or self._exit_reported:
+            return False
+        code = self.process.poll()
+        if code is None:
+            return False
+        self._exit_reported = True
+        for event in self.reader.read_new():
+            self.state.apply(event)
+        self.state.process_exited(code, now, str(self.run_dir / OUTPUT_LOG))
+        if code != 0:
+            for line in _tail(self.run_dir / OUTPUT_LOG, 8):
+                self.state.note(now, "error", line)
+        return True
+
+    def _draw_charts(self) -> None:
+        state = self.state
+        self.query_one("#loss-chart", MetricChart).show(
+            [("train", state.train_loss, "cyan"), ("val", state.val_loss_series, "orange")]
+        )
+        self.query_one("#lr-chart", MetricChart).show([("lr", state.lr_series, "green")])
+        self.query_one("#speed-chart", MetricChart).show([("tokens/s", state.tokens_per_s_series, "magenta")])
+
+    # ------------------------------------------------------------ keys
+
+    @property
+    def run_active(self) -> bool:
+        return self.state.end_reason is None
+
+    def _send(self, name: str, what: str) -> None:
+        if not self.run_active:
+            self.notify(f"The run has {self.state.end_reason}; nothing to {what}.", severity="warning")
+            return
+        control.request(self.run_dir, name)
+        self.state.note(self.clock(), "info", f"{what} requested (at the run's next step)")
+        self.query_one(EventLog).show(self.state)
+
+    def action_checkpoint(self) -> None:
+        self._send("checkpoint", "checkpoint")
+
+    def action_evaluate(self) -> None:
+        self._send("eval", "evaluation")
+
+    def action_stop(self) -> None:
+        if not self.run_active:
+            self._send("stop", "stop")
+            return
+
+        def answered(answer: str | None) -> None:
+            if answer == STOP:
+                self._send("stop", "stop with checkpoint")
+
+        self.app.push_screen(ConfirmStop(), answered)
+
+    def action_quit_dashboard(self) -> None:
+        if self.process is None or not self.run_active:
+            self.dismiss(None)
+            return
+
+        def answered(answer: str | None) -> None:
+            if answer == STOP:
+                self._send("stop", "stop with checkpoint")
+                self.dismiss(STOP)
+            elif answer == LEAVE:
+                self.dismiss(LEAVE)
+
+        self.app.push_screen(QuitRun(), answered)
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` non-empty lines of a text file (reads at most its last 16 KiB)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, 2)
+            size = file.tell()
+            file.seek(max(0, size - 16384))
+            text = file.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]

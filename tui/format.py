@@ -1,0 +1,48 @@
+"""Numbers as people read them on a dashboard: 1.5M tokens, 3.2 GiB, 1h02m."""
+
+from __future__ import annotations
+
+
+def format_duration(seconds: float | None) -> str:
+    """3725 -> '1h02m', 65 -> '1m05s', 7.2 -> '7s', None -> '-'."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def format_count(value: float | None) -> str:
+    """Decimal suffixes for counts and rates: 1536 -> '1.54k', 3_145_728 -> '3.15M'."""
+    if value is None:
+        return "-"
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}" if isinstance(value, float) and not value.is_integer() else f"{int(value)}"
+
+
+def format_bytes(value: int | None) -> str:
+    """Binary units: 3_435_973_837 -> '3.2 GiB'."""
+    if value is None:
+        return "-"
+    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= scale:
+            return f"{value / scale:.1f} {suffix}"
+    return f"{value} B"
+
+
+def format_float(value: float | None, digits: int = 4) -> str:
+    """A metric with `digits` significant digits, or '-' when unknown."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def format_percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,272 @@
+"""What the dashboard knows about a run, folded from its events one at a time.
+
+`RunState.apply(event)` is the only way in; everything on screen is read from a `RunState`, so
+the dashboard, its tests and any other front end agree on what the events mean. Time comes
+from the events themselves plus a clock the caller passes in, which keeps rendering
+deterministic under test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .format import format_duration
+
+EMA_WEIGHT = 0.9  # smoothing of the displayed loss: about the last 10 logged values
+STALE_AFTER_S = 30.0  # a running run silent this long is reported as such
+LOG_LINES = 500
+SERIES_POINTS = 1024  # chart points kept per series; older points are thinned, never re-read
+
+
+class Series:
+    """A chart series bounded in memory: when full, every other point is dropped and the
+    stride doubles, so a run of any length keeps an even sample of its whole history."""
+
+    def __init__(self, capacity: int = SERIES_POINTS) -> None:
+        self.capacity = capacity
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self._stride = 1
+        self._seen = 0
+
+    def add(self, x: float, y: float | None) -> None:
+        if y is None or not math.isfinite(y):
+            return
+        self._seen += 1
+        if (self._seen - 1) % self._stride:
+            return
+        self.xs.append(x)
+        self.ys.append(y)
+        if len(self.xs) >= self.capacity:
+            self.xs, self.ys = self.xs[::2], self.ys[::2]
+            self._stride *= 2
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+
+@dataclass
+class LogLine:
+    time: float
+    level: str  # info | warning | error
+    text: str
+
+
+@dataclass
+class RunState:
+    """The run as its events describe it. Numbers are None until an event reports them."""
+
+    # from `start`
+    run_name: str | None = None
+    spec_hash: str | None = None
+    backend: str | None = None
+    world_size: int | None = None
+    device: str | None = None
+    precision: str | None = None
+    parameters: int | None = None
+    total_steps: int | None = None
+    total_tokens: int | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+    start_time: float | None = None
+    start_tokens: int = 0
+    # every event
+    step: int = 0
+    tokens: int = 0
+    first_time: float | None = None
+    last_time: float | None = None
+    events: int = 0
+    # `train`
+    loss: float | None = None
+    loss_ema: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    tokens_per_s: float | None = None
+    step_time: float | None = None
+    mfu: float | None = None
+    memory: int | None = None
+    # `eval`
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    best_val_loss: float | None = None
+    # `stage`
+    stage_index: int | None = None
+    seq_len: int | None = None
+    mix: dict[str, float] | None = None
+    # `checkpoint`, `sample`
+    last_checkpoint: str | None = None
+    best_checkpoint: str | None = None
+    sample_prompt: str | None = None
+    sample_text: str | None = None
+    # `end`; or the training process's exit, reported by whoever started it
+    end_reason: str | None = None
+    error: str | None = None
+    # charts and log
+    train_loss: Series = field(default_factory=Series)
+    val_loss_series: Series = field(default_factory=Series)
+    lr_series: Series = field(default_factory=Series)
+    tokens_per_s_series: Series = field(default_factory=Series)
+    log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    log_total: int = 0  # lines ever logged, so a view can tell which are new
+
+    # ------------------------------------------------------------ folding events
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Fold one event (a dict from events.jsonl) into the state; unknown kinds are ignored."""
+        self.events += 1
+        time = _number(event.get("time"))
+        if time is not None:
+            self.first_time = time if self.first_time is None else self.first_time
+            self.last_time = time if self.last_time is None else max(self.last_time, time)
+        step, tokens = event.get("step"), event.get("tokens")
+        if isinstance(step, int):
+            self.step = step
+        if isinstance(tokens, int):
+            self.tokens = tokens
+        handler = getattr(self, f"_on_{event.get('kind')}", None)
+        if handler is not None:
+            handler(event, time or 0.0)
+
+    def _on_start(self, event: dict[str, Any], time: float) -> None:
+        for name in ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters",
+                     "total_steps", "total_tokens", "resumed_from"):
+            if name in event:
+                setattr(self, name, event[name])
+        self.stages = list(event.get("stages") or [])
+        self.start_time, self.start_tokens = time, self.tokens
+        self.end_reason = self.error = None
+        if self.stages and self.stage_index is None:
+            self._set_stage(self.stages[0])
+        if self.resumed_from:
+            self.note(time, "info", f"resumed from {self.resumed_from} at step {self.step}")
+        else:
+            self.note(time, "info", f"started {self.run_name or 'run'} on {self.device or '?'}")
+
+    def _on_train(self, event: dict[str, Any], time: float) -> None:
+        loss = _number(event.get("loss"))
+        if loss is not None and math.isfinite(loss):
+            self.loss_ema = loss if self.loss_ema is None else EMA_WEIGHT * self.loss_ema + (1 - EMA_WEIGHT) * loss
+        self.loss = loss
+        self.lr = _number(event.get("lr"))
+        self.grad_norm = _number(event.get("grad_norm"))
+        self.tokens_per_s = _number(event.get("tokens_per_s"))
+        self.step_time = _number(event.get("step_time"))
+        self.mfu = _number(event.get("mfu"))
+        memory = event.get("memory")
+        self.memory = memory if isinstance(memory, int) else None
+        self.train_loss.add(self.tokens, loss)
+        self.lr_series.add(self.tokens, self.lr)
+        self.tokens_per_s_series.add(self.tokens, self.tokens_per_s)
+
+    def _on_eval(self, event: dict[str, Any], time: float) -> None:
+        self.val_loss = _number(event.get("val_loss"))
+        self.val_ppl = _number(event.get("val_ppl"))
+        self.best_val_loss = _number(event.get("best_val_loss"))
+        self.val_loss_series.add(self.tokens, self.val_loss)
+
+    def _on_stage(self, event: dict[str, Any], time: float) -> None:
+        self._set_stage(event)
+        mix = ", ".join(f"{name} {weight:.2f}" for name, weight in (self.mix or {}).items())
+        self.note(time, "info", f"stage {self.stage_label}: seq_len {self.seq_len}" + (f", mix {mix}" if mix else ""))
+
+    def _on_checkpoint(self, event: dict[str, Any], time: float) -> None:
+        self.last_checkpoint = event.get("path")
+        if event.get("best"):
+            self.best_checkpoint = self.last_checkpoint
+        self.note(time, "info", f"checkpoint {self.last_checkpoint}" + (" (best)" if event.get("best") else ""))
+
+    def _on_sample(self, event: dict[str, Any], time: float) -> None:
+        self.sample_prompt = event.get("prompt")
+        self.sample_text = event.get("text")
+
+    def _on_log(self, event: dict[str, Any], time: float) -> None:
+        self.note(time, str(event.get("level") or "info"), str(event.get("message") or ""))
+
+    def _on_end(self, event: dict[str, Any], time: float) -> None:
+        self.end_reason = str(event.get("reason") or "finished")
+        self.error = event.get("error")
+        level = "error" if self.end_reason == "failed" else "info"
+        self.note(time, level, f"run {self.end_reason}" + (f": {self.error}" if self.error else ""))
+
+    def process_exited(self, code: int, time: float, log_path: str | None = None) -> None:
+        """The training process exited (reported by the launcher). Without an `end` event, a
+        non-zero code means the run failed before it could say so."""
+        if self.end_reason is not None:
+            return
+        where = f" (see {log_path})" if log_path else ""
+        if code == 0:
+            self.end_reason = "finished"
+            self.note(time, "info", "training process exited")
+        else:
+            self.end_reason = "failed"
+            self.error = f"training process exited with code {code}{where}"
+            self.note(time, "error", self.error)
+
+    def _set_stage(self, stage: dict[str, Any]) -> None:
+        self.stage_index = stage.get("index")
+        self.seq_len = stage.get("seq_len", self.seq_len)
+        self.mix = stage.get("mix") or self.mix
+
+    def note(self, time: float, level: str, text: str) -> None:
+        """Add a line to the log pane (also used for what the dashboard itself did)."""
+        self.log.append(LogLine(time, level, text))
+        self.log_total += 1
+
+    # ------------------------------------------------------------ derived views
+
+    @property
+    def stage_label(self) -> str:
+        if self.stage_index is None:
+            return "-"
+        return f"{self.stage_index + 1}/{len(self.stages)}" if self.stages else str(self.stage_index + 1)
+
+    def status(self, now: float) -> tuple[str, str]:
+        """(status, detail): status is waiting, running, stale, finished, stopped or failed."""
+        if self.end_reason is not None:
+            return self.end_reason, self.error or ""
+        if self.last_time is None:
+            return "waiting", "no events yet"
+        silent = now - self.last_time
+        if silent > STALE_AFTER_S:
+            return "stale", f"no new events for {format_duration(silent)}"
+        return "running", ""
+
+    def fraction_done(self) -> float | None:
+        if self.total_tokens:
+            return min(1.0, self.tokens / self.total_tokens)
+        if self.total_steps:
+            return min(1.0, self.step / self.total_steps)
+        return None
+
+    def elapsed(self, now: float) -> float | None:
+        """Seconds since the (latest) start; a run that ended or went silent stops its clock at its last event."""
+        if self.start_time is None:
+            return None
+        status, _ = self.status(now)
+        until = max(now, self.last_time or now) if status == "running" else (self.last_time or self.start_time)
+        return max(0.0, until - self.start_time)
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left at the average rate since the start (evaluations and checkpoints included)."""
+        if self.end_reason is not None or not self.total_tokens or self.start_time is None or self.last_time is None:
+            return None
+        done = self.tokens - self.start_tokens
+        spent = self.last_time - self.start_time
+        if done <= 0 or spent <= 0:
+            return None
+        return max(0.0, (self.total_tokens - self.tokens) * spent / done)
+
+    @property
+    def perplexity(self) -> float | None:
+        if self.loss_ema is None or self.loss_ema > 50:
+            return None
+        return math.exp(self.loss_ema)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)

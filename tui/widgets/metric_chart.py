@@ -1,0 +1,59 @@
+"""One line chart of a metric against training tokens (textual-plotext)."""
+
+from __future__ import annotations
+
+from textual_plotext import PlotextPlot
+
+from ..format import format_count
+from ..state import Series
+
+X_TICKS = 4
+
+
+class MetricChart(PlotextPlot):
+    """Plots one or more `Series` (label, series, color) against tokens; replots only when given new points."""
+
+    DEFAULT_CSS = """
+    MetricChart {
+        height: 1fr;
+        min-height: 6;
+    }
+    """
+
+    def __init__(self, title: str, *, log_y: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.title = title
+        self.log_y = log_y
+        self._drawn: tuple = ()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._draw([])
+
+    def show(self, lines: list[tuple[str, Series, str]]) -> None:
+        """Redraw with `lines` if any of them gained points since the last draw."""
+        signature = tuple((label, len(series), series.xs[-1] if series.xs else None) for label, series, _ in lines)
+        if signature == self._drawn:
+            return
+        self._drawn = signature
+        self._draw(lines)
+        self.refresh()
+
+    def _draw(self, lines: list[tuple[str, Series, str]]) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title(self.title)
+        xs_all: list[float] = []
+        for label, series, color in lines:
+            if len(series) == 0:
+                continue
+            plt.plot(series.xs, series.ys, label=label if len(lines) > 1 else None, color=color, marker="braille")
+            xs_all.extend((series.xs[0], series.xs[-1]))
+        if self.log_y:
+            plt.yscale("log")
+        if xs_all:
+            low, high = min(xs_all), max(xs_all)
+            if high > low:
+                ticks = [low + (high - low) * i / (X_TICKS - 1) for i in range(X_TICKS)]
+                plt.xticks(ticks, [format_count(t) for t in ticks])

@@ -1,0 +1,58 @@
+"""The dashboard's top line: which run this is, where it runs, and whether it still does."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..format import format_count
+from ..state import RunState
+
+STATUS_STYLES = {
+    "waiting": "bold yellow",
+    "running": "bold green",
+    "stale": "bold yellow",
+    "finished": "bold cyan",
+    "stopped": "bold magenta",
+    "failed": "bold red",
+}
+
+
+class RunHeader(Static):
+    """Run name, spec hash, backend x world size, device and precision, status (with the error)."""
+
+    DEFAULT_CSS = """
+    RunHeader {
+        height: auto;
+        max-height: 2;
+        background: $panel;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+        padding: 0 1;
+    }
+    """
+
+    def show(self, state: RunState, now: float) -> None:
+        status, detail = state.status(now)
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(f"● {status}", style=STATUS_STYLES.get(status, "bold"))
+        if detail and status != "failed":
+            line.append(f" ({detail})", style="yellow")
+        line.append("  ")
+        line.append(state.run_name or "waiting for the run to start", style="bold")
+        parts = []
+        if state.spec_hash:
+            parts.append(f"spec {state.spec_hash[:12]}")
+        if state.backend:
+            parts.append(f"{state.backend} × {state.world_size or 1}")
+        if state.device:
+            parts.append(" ".join(p for p in (state.device, state.precision) if p))
+        if state.parameters:
+            parts.append(f"{format_count(state.parameters)} params")
+        for part in parts:
+            line.append("  ·  ", style="dim")
+            line.append(part)
+        text = line
+        if status == "failed" and detail:
+            text = Text.assemble(line, "\n", Text(f"error: {detail}", style="bold red"))
+        self.update(text)

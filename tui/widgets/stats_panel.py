@@ -1,0 +1,59 @@
+"""The numbers of the latest step: loss, perplexity, throughput, memory, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from ..format import format_bytes, format_count, format_float, format_percent
+from ..state import RunState
+
+
+class StatsPanel(Static):
+    """A two-column table of the run's latest metrics."""
+
+    DEFAULT_CSS = """
+    StatsPanel {
+        height: auto;
+        border: round $primary-darken-2;
+        border-title-color: $text-muted;
+        padding: 0 1;
+    }
+    """
+
+    def on_mount(self) -> None:
+        self.border_title = "stats"
+
+    def show(self, state: RunState) -> None:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="dim", no_wrap=True)
+        table.add_column(no_wrap=True, overflow="ellipsis")
+        loss = format_float(state.loss)
+        if state.loss_ema is not None:
+            loss += f"  (ema {format_float(state.loss_ema)})"
+        val = format_float(state.val_loss)
+        if state.best_val_loss is not None:
+            val += f"  (best {format_float(state.best_val_loss)})"
+        rows = [
+            ("loss", loss),
+            ("perplexity", format_float(state.perplexity)),
+            ("val loss", val),
+            ("lr", "-" if state.lr is None else f"{state.lr:.3e}"),
+            ("grad norm", format_float(state.grad_norm, 3)),
+            ("step time", "-" if state.step_time is None else f"{state.step_time:.3f} s"),
+            ("tokens/s", format_count(state.tokens_per_s)),
+            ("MFU", format_percent(state.mfu)),
+            ("memory", format_bytes(state.memory)),
+            ("checkpoint", _short(state.last_checkpoint)),
+            ("best ckpt", _short(state.best_checkpoint)),
+        ]
+        for label, value in rows:
+            table.add_row(label, Text(value))
+        self.update(table)
+
+
+def _short(path: str | None) -> str:
+    return "-" if not path else PurePath(path).name

@@ -1,0 +1,84 @@
+"""Activation memory of one micro-batch: the tensors the forward pass keeps for the backward.
+
+In the style of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+Models", section 4): per layer, sum the tensors each operation saves, as a number of elements per
+token times bytes per element, for this codebase's blocks (compiler/blocks) as they run:
+
+    norm (RMSNorm)    input, normalised, output                      3 d      (LayerNorm: 2 d)
+    attention         q, k, v and output as the SDPA kernel saves them, the output re-laid for
+                      o_proj, the log-sum-exp per head (fp32); flash / memory-efficient kernels
+                      keep no T x T matrix, so there is no 5 a s / h term
+    MLP               SwiGLU: gate, silu(gate), up, their product    4 hidden (GELU: 2 hidden)
+    dropout (p > 0)   a one-byte mask on each residual branch        2 d bytes
+    head              final norm, logits (returned to the caller) and their fp32 log-softmax
+
+Mixed precision (bf16/fp16): matmul inputs and outputs are 2 bytes, the residual stream and the
+norms' fp32 internals 4, the log-softmax 4. With activation checkpointing only each checkpointed
+block's input is kept, and the backward recomputes one block at a time, so the peak is the kept
+inputs plus one block's tensors. tests/compiler/test_estimate.py measures the quickstart model's
+saved tensors and holds this within 25%.
+"""
+
+from __future__ import annotations
+
+from tabula.schemas.model import MLA
+from tabula.schemas.model import Model as ModelSpec
+
+
+def _norm_bytes(model: ModelSpec, d: int, stream: int, half: int) -> int:
+    """Bytes per token a norm over width d keeps (its output is kept by the next matmul)."""
+    if model.block.norm.kind == "rmsnorm":
+        return 2 * d * stream + d * half + 4  # x, x * rsqrt (fp32 math), output; rsqrt per token
+    return d * stream + d * half + 8  # input, output; mean and rstd per token
+
+
+def layer_bytes_per_token(model: ModelSpec, seq_len: int, precision: str) -> int:
+    """Bytes one transformer block keeps per token for the backward pass."""
+    half = 2 if precision in ("bf16", "fp16") else 4
+    stream = 4
+    d, attn, hd = model.d_model, model.block.attention, model.head_dim
+    nh = attn.n_heads
+    total = 2 * _norm_bytes(model, d, stream, half)
+    windowed = attn.window is not None and attn.window < seq_len
+    if isinstance(attn, MLA):
+        hv = attn.v_head_dim or hd
+        nope = hd - attn.rope_head_dim
+        latents = (attn.q_latent or 0) + attn.kv_latent
+        latent_norm = 2 * latents * 4 if attn.latent_norm else 0
+        # latents; kv_up's output (keys' content and values, v a view of it); q and k re-assembled
+        # with their rotary parts; the SDPA output and its re-laid copy for o_proj
+        elements = latents + nh * (nope + hv) + 2 * nh * hd + 2 * nh * hv
+        total += elements * half + latent_norm
+    else:
+        kv = nh if windowed else model.n_kv_heads  # a mask repeats shared key/value heads
+        elements = 2 * nh * hd + 2 * kv * hd + nh * hd  # q, k, v, output, its re-laid copy
+        total += elements * half
+    if attn.qk_norm:
+        total += 2 * nh * hd * 4 + 2 * nh * hd * half  # input and normalised of q and k
+    total += nh * 4  # log-sum-exp
+    mlp = model.block.mlp
+    total += (4 if mlp.kind == "swiglu" else 2) * mlp.hidden * half
+    if model.dropout > 0:
+        total += 2 * d
+    return total
+
+
+def head_bytes_per_token(model: ModelSpec, vocab_size: int, precision: str) -> int:
+    """Bytes per token outside the blocks: token ids and targets, the final norm, the logits and
+    the fp32 log-softmax the loss keeps."""
+    half = 2 if precision in ("bf16", "fp16") else 4
+    return 16 + _norm_bytes(model, model.d_model, 4, half) + vocab_size * (half + 4)
+
+
+def activation_bytes(
+    model: ModelSpec, vocab_size: int, micro_batch: int, seq_len: int, precision: str, policy: str = "none", every_n: int = 2
+) -> int:
+    """Peak bytes of activations for one micro-batch of `micro_batch` sequences of `seq_len` tokens,
+    with activation checkpointing `policy` (none | full | every_n: blocks 0, n, 2n... recompute)."""
+    tokens = micro_batch * seq_len
+    layer = layer_bytes_per_token(model, seq_len, precision)
+    L = model.n_layers
+    checkpointed = {"none": 0, "full": L, "every_n": len(range(0, L, every_n))}[policy]
+    kept = (L - checkpointed) * layer + checkpointed * model.d_model * 4
+    recompute = layer if checkpointed else 0
+    return tokens * (kept + recompute + head_bytes_per_token(model, vocab_size, precision))

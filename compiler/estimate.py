@@ -1,0 +1,277 @@
+"""What a spec costs before anything is built: parameters, FLOPs, memory per rank and time.
+
+Everything here is arithmetic over the spec (no module is materialised), so `tabula plan` answers
+in milliseconds for a 1.3B model on a laptop:
+
+- parameters: the exact count of `build_model(spec)` (tests hold the two equal), from the same
+  parameter list the model registers (`parameter_shapes`); a tied output head is counted once.
+- FLOPs per token (training, forward + backward): 6 N + 6 L T nh (qk + v), the PaLM appendix's
+  6N + 12 L H Q T with Q split into the query/key and value head widths (MLA has two). N counts the
+  parameters that take part in matrix multiplies: all but the token and position embeddings,
+  plus the output projection (vocab x d_model) once, tied or not. T is the stage's seq_len.
+- memory per rank: weights, gradients, fp32 master weights and optimizer state for the precision,
+  ZeRO stage and offload of the spec (activations in `activations.py`).
+- time: total FLOPs / (peak FLOP/s x MFU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from tabula.schemas.model import MLA
+from tabula.schemas.model import Model as ModelSpec
+from tabula.schemas.spec import Spec
+
+from .activations import activation_bytes
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+# Default peak FLOP/s for the time estimate: an H100 SXM's dense bf16 tensor-core peak, and a
+# laptop-class CPU's fp32 matmul rate (this project's 2-core machine measures 0.06-0.14 TFLOP/s).
+DEFAULT_PEAK_TFLOPS = {"cuda": 989.0, "cpu": 0.1}
+DEFAULT_MFU = 0.4
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def parameter_shapes(model: ModelSpec, vocab_size: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every parameter `build_model` registers, in its order and with its names
+    (compiler/model.py's docstring lists them). A tied output head is not listed twice."""
+    d = model.d_model
+    shapes: list[tuple[str, tuple[int, ...]]] = [("embed.weight", (vocab_size, d))]
+    if model.position.kind == "learned":
+        shapes.append(("pos_embed.weight", (model.max_seq_len, d)))
+    for i in range(model.n_layers):
+        prefix = f"blocks.{i}."
+        shapes += _norm(prefix + "attn_norm", model, d)
+        shapes += _attention(prefix + "attn.", model)
+        shapes += _norm(prefix + "mlp_norm", model, d)
+        shapes += _mlp(prefix + "mlp.", model)
+    shapes += _norm("norm", model, d)
+    if not model.tie_embeddings:
+        shapes.append(("lm_head.weight", (vocab_size, d)))
+    return shapes
+
+
+def _norm(name: str, model: ModelSpec, dim: int) -> list[tuple[str, tuple[int, ...]]]:
+    norm = model.block.norm
+    shapes = [(f"{name}.weight", (dim,))]
+    if norm.kind == "layernorm" and norm.bias:
+        shapes.append((f"{name}.bias", (dim,)))
+    return shapes
+
+
+def _linear(name: str, n_in: int, n_out: int, bias: bool) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"{name}.weight", (n_out, n_in))] + ([(f"{name}.bias", (n_out,))] if bias else [])
+
+
+def _attention(prefix: str, model: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
+    attn, d, hd = model.block.attention, model.d_model, model.head_dim
+    nh, bias = attn.n_heads, attn.bias
+    if isinstance(attn, MLA):
+        nope, hv = hd - attn.rope_head_dim, attn.v_head_dim or hd
+        shapes = []
+        if attn.q_latent is None:
+            shapes += _linear(prefix + "q_proj", d, nh * hd, bias)
+        else:
+            shapes += _linear(prefix + "q_down", d, attn.q_latent, bias)
+            if attn.latent_norm:
+                shapes.append((prefix + "q_latent_norm.weight", (attn.q_latent,)))
+            shapes += _linear(prefix + "q_up", attn.q_latent, nh * hd, False)
+        shapes += _linear(prefix + "kv_down", d, attn.kv_latent, bias)
+        if attn.latent_norm:
+            shapes.append((prefix + "kv_latent_norm.weight", (attn.kv_latent,)))
+        shapes += _linear(prefix + "kv_up", attn.kv_latent, nh * (nope + hv), False)
+        shapes += _linear(prefix + "k_rope", d, attn.rope_head_dim, bias)
+        shapes += _linear(prefix + "o_proj", nh * hv, d, bias)
+    else:
+        kv = model.n_kv_heads
+        shapes = _linear(prefix + "q_proj", d, nh * hd, bias)
+        shapes += _linear(prefix + "k_proj", d, kv * hd, bias)
+        shapes += _linear(prefix + "v_proj", d, kv * hd, bias)
+        shapes += _linear(prefix + "o_proj", nh * hd, d, bias)
+    if attn.qk_norm:
+        shapes += [(prefix + "q_norm.weight", (hd,)), (prefix + "k_norm.weight", (hd,))]
+    return shapes
+
+
+def _mlp(prefix: str, model: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
+    mlp, d = model.block.mlp, model.d_model
+    shapes = []
+    if mlp.kind == "swiglu":
+        shapes += _linear(prefix + "gate", d, mlp.hidden, mlp.bias)
+    shapes += _linear(prefix + "up", d, mlp.hidden, mlp.bias)
+    shapes += _linear(prefix + "down", mlp.hidden, d, mlp.bias)
+    return shapes
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """Parameter counts. `embedding`: token embedding, learned positions and an untied output head;
+    `matmul`: the N of 6N (everything but the input embeddings, plus the output projection once)."""
+
+    total: int
+    embedding: int
+    non_embedding: int
+    matmul: int
+
+
+def count_parameters(model: ModelSpec, vocab_size: int) -> Parameters:
+    """Exact parameter counts of the model `model` describes with a `vocab_size` vocabulary."""
+    total = embedding = 0
+    for name, shape in parameter_shapes(model, vocab_size):
+        n = math.prod(shape)
+        total += n
+        if name in ("embed.weight", "pos_embed.weight", "lm_head.weight"):
+            embedding += n
+    non_embedding = total - embedding
+    return Parameters(total, embedding, non_embedding, non_embedding + vocab_size * model.d_model)
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+def attention_flops_per_token(model: ModelSpec, seq_len: int) -> int:
+    """The attention term: 6 L T nh (qk + v) (the PaLM appendix's 12 L H Q T where qk = v = Q).
+    Kernels compute the whole causal square, so T is the full seq_len, window or not."""
+    attn = model.block.attention
+    qk = model.head_dim
+    v = (attn.v_head_dim or qk) if isinstance(attn, MLA) else qk
+    return 6 * model.n_layers * seq_len * attn.n_heads * (qk + v)
+
+
+def flops_per_token(model: ModelSpec, vocab_size: int, seq_len: int) -> int:
+    """Training FLOPs per token (forward and backward) at sequence length `seq_len`."""
+    return 6 * count_parameters(model, vocab_size).matmul + attention_flops_per_token(model, seq_len)
+
+
+# ---------------------------------------------------------------- memory of model states
+
+
+def optimizer_state_elements(spec: Spec, vocab_size: int) -> int:
+    """Elements of optimizer state: AdamW two per parameter, Lion one, SGD one with momentum,
+    Adafactor factored second moments (rows + columns of each matrix, whole vectors)."""
+    optimizer = spec.train.optimizer
+    shapes = parameter_shapes(spec.model, vocab_size)
+    n = sum(math.prod(shape) for _, shape in shapes)
+    if optimizer.kind == "adamw":
+        return 2 * n
+    if optimizer.kind == "lion":
+        return n
+    if optimizer.kind == "sgd":
+        return n if optimizer.momentum > 0 else 0
+    return sum(shape[0] + shape[1] if len(shape) == 2 else math.prod(shape) for _, shape in shapes)
+
+
+def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(device bytes, host bytes) per rank by part: weights, gradients, master_weights, optimizer_state.
+
+    fp32: fp32 weights and gradients, no master copy. bf16/fp16 on one local process: autocast
+    over fp32 weights (weights and gradients fp32, no master copy). bf16/fp16 with DeepSpeed:
+    half-precision weights and gradients plus fp32 master weights, as ZeRO's 2 + 2 + 12 bytes per
+    parameter with AdamW. ZeRO 1 shards optimizer state and master weights over the ranks, 2 also
+    gradients, 3 also weights; offload moves optimizer state and master weights (offload_optimizer)
+    and weights (offload_params) to host memory."""
+    n = count_parameters(spec.model, vocab_size).total
+    state = optimizer_state_elements(spec, vocab_size)
+    zero, deepspeed = spec.parallel.zero, spec.parallel.backend == "deepspeed"
+    half = precision in ("bf16", "fp16") and deepspeed
+    weight_bytes = 2 if half else 4
+    parts = {
+        "weights": n * weight_bytes,
+        "gradients": n * weight_bytes,
+        "master_weights": n * 4 if half else 0,
+        "optimizer_state": state * 4,
+    }
+    shards = {
+        "weights": world_size if zero.stage >= 3 else 1,
+        "gradients": world_size if zero.stage >= 2 else 1,
+        "master_weights": world_size if zero.stage >= 1 else 1,
+        "optimizer_state": world_size if zero.stage >= 1 else 1,
+    }
+    per_rank = {part: math.ceil(size / shards[part]) for part, size in parts.items()}
+    on_host = {"optimizer_state": zero.offload_optimizer, "master_weights": zero.offload_optimizer,
+               "weights": zero.offload_params}
+    device = {part: 0 if on_host.get(part) else size for part, size in per_rank.items()}
+    host = {part: size for part, size in per_rank.items() if on_host.get(part)}
+    return device, host
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+@dataclass(frozen=True)
+class StageCost:
+    index: int
+    seq_len: int
+    tokens: int
+    flops_per_token: int
+    activations: dict[str, int]  # bytes per micro-batch: none / full / chosen
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What `tabula plan` prints. Memory in bytes per rank; `memory_per_rank` is on the device
+    (activations of the largest stage included), `host_memory_per_rank` what offload keeps in RAM."""
+
+    parameters: Parameters
+    flops_per_token: int  # at model.max_seq_len
+    flops_per_token_seq_len: int
+    memory_per_rank: dict[str, int]
+    host_memory_per_rank: dict[str, int]
+    stages: tuple[StageCost, ...]
+    total_flops: float
+    peak_flops: float
+    mfu: float
+    seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: float = DEFAULT_MFU,
+             device_type: str = "cuda") -> Estimate:
+    """The cost of `spec` trained as `plan` says. `peak_flops` (FLOP/s per rank) defaults to
+    DEFAULT_PEAK_TFLOPS for `device_type`; the time is total FLOPs / (world size x peak x mfu)."""
+    model, vocab = spec.model, plan.vocab_size
+    params = count_parameters(model, vocab)
+    device, host = model_state_bytes(spec, vocab, plan.precision, plan.world_size)
+    policy = spec.parallel.activation_checkpointing
+    every_n = spec.parallel.checkpoint_every_n
+    stages, total_flops, largest = [], 0.0, 0
+    for stage in plan.stages:
+        per_token = flops_per_token(model, vocab, stage.seq_len)
+        tokens = stage.steps * plan.batch_tokens
+        total_flops += per_token * tokens
+        acts = {
+            name: activation_bytes(model, vocab, stage.micro_batch, stage.seq_len, plan.precision, name, every_n)
+            for name in ("none", "full")
+        }
+        acts["chosen"] = activation_bytes(model, vocab, stage.micro_batch, stage.seq_len, plan.precision, policy, every_n)
+        largest = max(largest, acts["chosen"])
+        stages.append(StageCost(stage.index, stage.seq_len, tokens, per_token, acts))
+    memory = {**device, "activations": largest}
+    memory["total"] = sum(memory.values())
+    if host:
+        host = {**host, "total": sum(host.values())}
+    peak = peak_flops if peak_flops is not None else DEFAULT_PEAK_TFLOPS.get(device_type, DEFAULT_PEAK_TFLOPS["cpu"]) * 1e12
+    seconds = total_flops / (plan.world_size * peak * mfu)
+    return Estimate(
+        parameters=params,
+        flops_per_token=flops_per_token(model, vocab, model.max_seq_len),
+        flops_per_token_seq_len=model.max_seq_len,
+        memory_per_rank=memory,
+        host_memory_per_rank=host,
+        stages=tuple(stages),
+        total_flops=total_flops,
+        peak_flops=peak,
+        mfu=mfu,
+        seconds=seconds,
+    )

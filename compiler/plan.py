@@ -1,0 +1,257 @@
+"""The run plan: the training quantities a spec implies, derived in one place.
+
+`make_plan(spec)` resolves precision and world size, the token budget and warmup, and for each
+curriculum stage its sequence length, mixture, micro-batch, gradient accumulation and steps.
+Nothing here is written back into the spec: `tabula plan` shows these numbers, the runtime runs
+them.
+
+Stage steps follow the token boundaries exactly as a token-driven loop meets them: step s (which
+starts after s x batch_tokens tokens) belongs to the stage whose [start_tokens, end_tokens)
+contains s x batch_tokens, so a stage has ceil(end / batch_tokens) - ceil(start / batch_tokens)
+steps (ceil(stage tokens / batch_tokens) when boundaries are multiples of batch_tokens), and the
+total is ceil(budget / batch_tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from tabula.schemas.spec import Spec
+
+from .activations import activation_bytes
+from .estimate import count_parameters, model_state_bytes
+
+# Memory a rank may fill when the plan picks micro-batches: an 80 GB H100 on CUDA; on a CPU, a
+# share of a laptop's RAM (activations of larger micro-batches gain nothing there).
+DEVICE_MEMORY = {"cuda": 80 * 10**9, "cpu": 8 * 2**30}
+USABLE_MEMORY = 0.85  # head-room for the allocator's fragmentation, kernels' workspaces, buffers
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One curriculum stage as it runs: tokens [start_tokens, end_tokens) of the budget."""
+
+    index: int
+    start_tokens: int
+    end_tokens: int
+    seq_len: int
+    mix: dict[str, float]  # normalised sampling weights by source name
+    sequences_per_step: int  # over all ranks
+    micro_batch: int  # sequences per rank per forward pass
+    grad_accum: int  # micro-batches per rank per optimizer step
+    steps: int
+
+    @property
+    def tokens(self) -> int:
+        return self.end_tokens - self.start_tokens
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The derived training quantities of a spec (see the module docstring)."""
+
+    precision: str  # fp32 | bf16 | fp16 (auto resolved for the device)
+    world_size: int
+    vocab_size: int
+    budget_tokens: int
+    batch_tokens: int
+    warmup_tokens: int
+    stages: tuple[StagePlan, ...]
+    total_steps: int
+    eval_every_tokens: int | None
+    checkpoint_every_tokens: int | None
+    device_type: str = "cpu"
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def warmup_steps(self) -> int:
+        return math.ceil(self.warmup_tokens / self.batch_tokens)
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens actually trained: whole optimizer steps, so at least the budget."""
+        return self.total_steps * self.batch_tokens
+
+    def stage_at(self, tokens: int) -> StagePlan:
+        """The stage a step that starts after `tokens` training tokens belongs to."""
+        for stage in self.stages:
+            if tokens < stage.end_tokens:
+                return stage
+        return self.stages[-1]
+
+    def as_dict(self) -> dict:
+        """JSON-able form, derived properties included."""
+        return {**asdict(self), "warmup_steps": self.warmup_steps, "total_tokens": self.total_tokens}
+
+
+def make_plan(
+    spec: Spec,
+    *,
+    world_size: int | None = None,
+    vocab_size: int | None = None,
+    device_type: str = "cpu",
+    device_memory: int | None = None,
+) -> Plan:
+    """The plan for training `spec` on `world_size` ranks (default: parallel.world_size) of
+    `device_type` ("cuda", "cpu"...). `vocab_size` is the tokenizer's when known (default: what the
+    spec says). `device_memory` (bytes per rank) bounds the automatic micro-batch (default
+    DEVICE_MEMORY). Raises SpecErrors, with the spec path, for combinations that cannot run."""
+    world = world_size or spec.parallel.world_size
+    notes: list[str] = []
+    vocab = vocab_size or spec.vocab_size
+    if vocab is None:
+        raise _errors(spec, [(("model", "vocab_size"), "the vocabulary size is unknown until the tokenizer is loaded: set model.vocab_size to plan this spec", "an integer", "auto")])
+    precision = _precision(spec, device_type, notes)
+    budget = _budget(spec, vocab)
+    train = spec.train
+    batch = train.batch_tokens
+    warmup = round(train.schedule.warmup * budget)
+
+    memory = device_memory or DEVICE_MEMORY.get(device_type, DEVICE_MEMORY["cpu"])
+    states, _ = model_state_bytes(spec, vocab, precision, world)
+    free = int(memory * USABLE_MEMORY) - sum(states.values())
+    if free <= 0:
+        notes.append(
+            f"weights, gradients and optimizer state need {_gib(sum(states.values()))} per rank, more than the "
+            f"{_gib(memory)} assumed: use ZeRO (parallel.zero.stage), offload or more ranks"
+        )
+
+    stages, errors, start = [], [], 0
+    curriculum = spec.data.curriculum
+    seq_len, mix = spec.model.max_seq_len, {name: 1.0 for name in spec.data.sources}
+    for index, stage in enumerate(curriculum):
+        seq_len = stage.seq_len or seq_len
+        mix = stage.mix or mix
+        if start >= budget:
+            notes.append(f"curriculum stage {index} starts at {start} tokens, after the budget of {budget}: dropped")
+            continue
+        last = index == len(curriculum) - 1
+        end = budget if last or stage.until_tokens is None else min(stage.until_tokens, budget)
+        if last and stage.until_tokens is not None and stage.until_tokens != budget:
+            notes.append(f"the last curriculum stage lasts until the budget ({budget} tokens), not until_tokens {stage.until_tokens}")
+        elif not last and stage.until_tokens is not None and stage.until_tokens > budget:
+            notes.append(f"curriculum stage {index} is cut at the budget ({budget} tokens) instead of {stage.until_tokens}")
+        path = ("data", "curriculum", index, "seq_len") if stage.seq_len else ("train", "batch_tokens")
+        planned = _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, path, errors)
+        if planned is not None:
+            stages.append(planned)
+            if planned.steps == 0:
+                notes.append(f"curriculum stage {index} is shorter than one batch ({batch} tokens): it runs no step")
+        start = end
+    if errors:
+        raise _errors(spec, errors)
+    total = sum(stage.steps for stage in stages)
+    return Plan(
+        precision=precision,
+        world_size=world,
+        vocab_size=vocab,
+        budget_tokens=budget,
+        batch_tokens=batch,
+        warmup_tokens=warmup,
+        stages=tuple(stages),
+        total_steps=total,
+        eval_every_tokens=train.eval.every_tokens if train.eval else None,
+        checkpoint_every_tokens=train.checkpoint.every_tokens,
+        device_type=device_type,
+        notes=tuple(notes),
+    )
+
+
+def _precision(spec: Spec, device_type: str, notes: list[str]) -> str:
+    asked = spec.parallel.precision
+    if asked == "auto":
+        # bf16 where the device has fast bf16 units (CUDA GPUs); CPUs compute it 50-100x slower.
+        return "bf16" if device_type == "cuda" else "fp32"
+    if asked in ("bf16", "fp16") and device_type == "cpu":
+        notes.append(f"precision {asked} on a CPU: most CPUs compute it far slower than fp32 (precision: auto picks fp32)")
+    return asked
+
+
+def _budget(spec: Spec, vocab: int) -> int:
+    budget = spec.train.budget
+    if budget.tokens is not None:
+        return budget.tokens
+    return math.ceil(budget.tokens_per_param * count_parameters(spec.model, vocab).total)
+
+
+def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, path, errors) -> StagePlan | None:
+    batch = spec.train.batch_tokens
+    if batch % (seq_len * world):
+        errors.append((
+            path if world == 1 else ("train", "batch_tokens"),
+            f"batch_tokens ({batch}) must be a multiple of seq_len x world_size ({seq_len} x {world} = {seq_len * world}) "
+            f"in curriculum stage {index}",
+            f"a multiple of {seq_len * world}",
+            str(batch),
+        ))
+        return None
+    sequences = batch // seq_len
+    per_rank = sequences // world
+    asked = spec.train.micro_batch
+    if asked == "auto":
+        micro = _auto_micro_batch(spec, per_rank, seq_len, precision, vocab, free)
+    elif per_rank % asked:
+        errors.append((
+            ("train", "micro_batch"),
+            f"micro_batch ({asked}) must divide the sequences per rank per step of curriculum stage {index} "
+            f"(batch_tokens / seq_len / world_size = {batch} / {seq_len} / {world} = {per_rank})",
+            f"a divisor of {per_rank}",
+            str(asked),
+        ))
+        return None
+    else:
+        micro = asked
+    total = sum(mix.values())
+    steps = math.ceil(end / batch) - math.ceil(start / batch)
+    return StagePlan(
+        index=index,
+        start_tokens=start,
+        end_tokens=end,
+        seq_len=seq_len,
+        mix={name: weight / total for name, weight in mix.items()},
+        sequences_per_step=sequences,
+        micro_batch=micro,
+        grad_accum=per_rank // micro,
+        steps=steps,
+    )
+
+
+def _auto_micro_batch(spec: Spec, per_rank: int, seq_len: int, precision: str, vocab: int, free: int) -> int:
+    """The largest divisor of `per_rank` whose activations fit in `free` bytes (at least 1)."""
+    parallel = spec.parallel
+    for micro in sorted((m for m in range(1, per_rank + 1) if per_rank % m == 0), reverse=True):
+        needed = activation_bytes(spec.model, vocab, micro, seq_len, precision, parallel.activation_checkpointing, parallel.checkpoint_every_n)
+        if needed <= free:
+            return micro
+    return 1
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _errors(spec: Spec, problems: list[tuple[tuple, str, str | None, str | None]]) -> Exception:
+    """SpecErrors for (path, message, expected, found) problems, with file positions where the
+    loader recorded them."""
+    try:
+        from tabula.schemas.errors import SpecError, SpecErrors
+    except ImportError:  # the spec language's errors module has not landed yet
+        return ValueError("; ".join(f"{'.'.join(map(str, path))}: {message}" for path, message, _, _ in problems))
+
+    source = getattr(spec, "source_path", None)  # a private attribute set by the loader
+    positions = _positions(spec)
+    errors = []
+    for path, message, expected, found in problems:
+        line, column = positions.get(tuple(path), (None, None))
+        errors.append(SpecError(message=message, path=tuple(path), file=str(source) if source else None,
+                                line=line, column=column, expected=expected, found=found))
+    return SpecErrors(errors)
+
+
+def _positions(spec: Spec) -> dict[tuple, tuple[int, int]]:
+    try:
+        from tabula.schemas.loader import position_of  # noqa: F401
+    except ImportError:
+        return {}
+    return {}

@@ -1,0 +1,123 @@
+"""`tabula run` in a terminal: the training in its own process, the dashboard beside it.
+
+The two are kept apart so that neither can take the other down: the training runs in its own
+session and process group (a dashboard crash, a closed terminal or Ctrl+C in the dashboard never
+signals it) and writes its output to `RUN_DIR/output.log`, never to the dashboard's terminal;
+the dashboard only reads the run directory and polls the process for its exit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from .dashboard import OUTPUT_LOG
+from .dialogs import LEAVE
+from .events import EventsReader
+from .format import format_count
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED = 0, 2, 3
+
+
+def start_training(command_argv: Sequence[str], run_dir: str | os.PathLike[str]) -> subprocess.Popen:
+    """Start `command_argv` in a new session (its own process group), stdin closed, stdout and stderr
+    appended to `run_dir/output.log` (the folder is created if needed). Returns the process."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / OUTPUT_LOG, "ab") as log:
+        return subprocess.Popen(list(command_argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[str], *, out: TextIO | None = None) -> int:
+    """Run the training command `command_argv` (which must write its run directory at `run_dir`)
+    under the dashboard, and return the exit code for `tabula run`.
+
+    - q in the dashboard asks: stop the run with a checkpoint (then this waits for it to finish
+      and returns its code) or leave it running in the background (returns 0 at once).
+    - The run ending keeps the dashboard open on its final state until q.
+    - If the dashboard fails, the error is printed and the run is followed with plain lines.
+    Exit codes: 0 the run finished or was stopped or left running; 2 the command refused its
+    input; 3 the run failed."""
+    out = out or sys.stdout
+    run_dir = Path(run_dir)
+    process = start_training(command_argv, run_dir)
+    answer: str | None = None
+    try:
+        from .app import DashboardApp
+
+        answer = DashboardApp(run_dir, process=process).run()
+    except Exception:  # the dashboard's failure must not end the run: report it and follow plainly
+        out.write("tabula: the dashboard failed; the run continues.\n" + traceback.format_exc(limit=3))
+        out.flush()
+        return _finish(process, follow_plainly(process, run_dir, out), run_dir, out)
+    if answer == LEAVE and process.poll() is None:
+        out.write(f"tabula: the run goes on in the background (pid {process.pid}); its output is in "
+                  f"{run_dir / OUTPUT_LOG}\n  watch it:  tabula watch {run_dir}\n")
+        return EXIT_OK
+    if process.poll() is None:
+        out.write("tabula: waiting for the run to write its checkpoint and stop (Ctrl+C leaves it running) ...\n")
+        out.flush()
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            out.write(f"tabula: left running in the background (pid {process.pid}); tabula watch {run_dir}\n")
+            return EXIT_OK
+    return _finish(process, process.returncode, run_dir, out)
+
+
+def follow_plainly(process: subprocess.Popen, run_dir: Path, out: TextIO, interval: float = 1.0) -> int | None:
+    """Print one line per new train/eval/log/end event until the process exits; return its code.
+    Ctrl+C asks the run to stop with a checkpoint; a second Ctrl+C leaves it running (returns None)."""
+    from . import control
+
+    reader = EventsReader(run_dir)
+    stopping = False
+    while True:
+        try:
+            for event in reader.read_new():
+                line = plain_line(event)
+                if line:
+                    out.write(line + "\n")
+            out.flush()
+            code = process.poll()
+            if code is not None:
+                return code
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            if stopping:
+                out.write(f"tabula: left running in the background (pid {process.pid})\n")
+                return None
+            stopping = True
+            control.request(run_dir, "stop")
+            out.write("tabula: stop requested; the run writes a checkpoint and stops (Ctrl+C again leaves it running)\n")
+
+
+def plain_line(event: dict) -> str | None:
+    """One console line for an event, or None for kinds not worth a line."""
+    kind, step, tokens = event.get("kind"), event.get("step"), event.get("tokens")
+    if kind == "train":
+        return f"step {step}  tokens {format_count(tokens)}  loss {event.get('loss')}  lr {event.get('lr')}"
+    if kind == "eval":
+        return f"step {step}  val_loss {event.get('val_loss')}"
+    if kind == "log":
+        return f"[{event.get('level')}] {event.get('message')}"
+    if kind in ("stage", "checkpoint"):
+        return f"{kind} {event.get('index', event.get('path'))}"
+    if kind == "end":
+        return f"run {event.get('reason')}" + (f": {event['error']}" if event.get("error") else "")
+    return None
+
+
+def _finish(process: subprocess.Popen, code: int | None, run_dir: Path, out: TextIO) -> int:
+    if code is None:
+        return EXIT_OK
+    if code == 0:
+        return EXIT_OK
+    out.write(f"tabula: the training process exited with code {code}; its output is in {run_dir / OUTPUT_LOG}\n")
+    return EXIT_BAD_INPUT if code == EXIT_BAD_INPUT else EXIT_RUN_FAILED

@@ -54,7 +54,9 @@ class Engine(Protocol):
         ...
 
     def save(self, checkpoint_dir: Path) -> None:
-        """Write model and optimizer state (whatever `load` needs) into an existing folder."""
+        """Write model and optimizer state (whatever `load` needs) into an existing folder; rank 0 also
+        writes the consolidated weights as `WEIGHTS_FILE` (checkpoint.save_weights), which
+        `tabula.load_model` and `tabula export` read. Collective."""
         ...
 
     def load(self, checkpoint_dir: Path) -> None:

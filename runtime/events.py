@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,14 +34,16 @@ class EventWriter:
         self.path = path
         self._file = open(path, "a", encoding="utf-8") if path is not None else None
         self.listeners: list[Callable[[dict], None]] = []
+        self._lock = threading.Lock()  # the tracker's thread may log a warning
 
     def emit(self, kind: str, step: int, tokens: int, **fields: Any) -> dict:
         event = {"kind": kind, "time": round(time.time(), 3), "step": step, "tokens": tokens, **_clean(fields)}
-        if self._file is not None:
-            self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
-            self._file.flush()
-        for listener in self.listeners:
-            listener(event)
+        with self._lock:
+            if self._file is not None:
+                self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+                self._file.flush()
+            for listener in self.listeners:
+                listener(event)
         return event
 
     def log(self, level: str, message: str, step: int, tokens: int) -> dict:

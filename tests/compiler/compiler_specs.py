@@ -26,7 +26,7 @@ BASE: dict[str, Any] = {
     "data": {
         "tokenizer": {"kind": "file", "path": "tokenizer.json"},
         "sources": {"text": {"kind": "python_stdlib"}},
-        "curriculum": [{"seq_len": 32, "mix": {"text": 1.0}}],
+        "curriculum": [{"seq_len": 8, "mix": {"text": 1.0}}],
     },
     "train": {"batch_tokens": 64, "optimizer": {"kind": "adamw", "lr": 1e-3}, "budget": {"tokens": 1024}},
 }

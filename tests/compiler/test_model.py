@@ -1,0 +1,115 @@
+"""The assembled model: meta build, seeded init, forward and loss, document masking, names."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from compiler_specs import tiny_spec
+
+from tabula.compiler import build_model
+
+MLA = {"kind": "mla", "n_heads": 4, "q_latent": 24, "kv_latent": 24, "rope_head_dim": 8}
+
+
+def test_build_on_meta_allocates_nothing_and_materialize_initialises():
+    model = build_model(tiny_spec())
+    assert all(p.device.type == "meta" for p in model.parameters())
+    model.materialize("cpu", seed=3)
+    assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(model.rope.cos).all()
+
+
+def test_init_is_deterministic_for_a_seed_and_differs_across_seeds():
+    a = build_model(tiny_spec()).materialize("cpu", seed=3).state_dict()
+    b = build_model(tiny_spec()).materialize("cpu", seed=3).state_dict()
+    c = build_model(tiny_spec()).materialize("cpu", seed=4).state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    assert not torch.equal(a["blocks.0.attn.q_proj.weight"], c["blocks.0.attn.q_proj.weight"])
+
+
+def test_init_std_and_residual_scaling():
+    spec = tiny_spec(n_layers=8, d_model=128, block={"mlp": {"kind": "swiglu", "hidden": 512}})
+    model = build_model(spec, device="cpu")
+    assert model.blocks[0].mlp.up.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].mlp.down.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.blocks[0].attn.o_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
+    assert torch.equal(model.norm.weight, torch.ones(128))
+
+
+def test_vocab_size_unknown_is_a_clear_error_and_the_override_wins():
+    spec = tiny_spec(vocab_size="auto")  # a file tokenizer: only the file knows its size
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_model(spec)
+    assert build_model(spec, vocab_size=50).embed.weight.shape == (50, 64)
+
+
+def test_parameter_names_are_stable():
+    names = {name for name, _ in build_model(tiny_spec(tie_embeddings=False)).named_parameters()}
+    assert {"embed.weight", "norm.weight", "lm_head.weight", "blocks.1.attn.q_proj.weight", "blocks.0.attn.o_proj.weight",
+            "blocks.0.attn_norm.weight", "blocks.0.mlp_norm.weight", "blocks.0.mlp.gate.weight", "blocks.0.mlp.up.weight",
+            "blocks.0.mlp.down.weight"} <= names
+    tied = {name for name, _ in build_model(tiny_spec()).named_parameters()}
+    assert "lm_head.weight" not in tied  # the head reuses embed.weight
+    mla = {name for name, _ in build_model(tiny_spec(block={"attention": {**MLA, "latent_norm": True}})).named_parameters()}
+    assert {f"blocks.0.attn.{n}.weight" for n in ("q_down", "q_up", "kv_down", "kv_up", "k_rope", "o_proj", "q_latent_norm", "kv_latent_norm")} <= mla
+
+
+def test_forward_logits_and_loss_ignoring_minus_100():
+    model = build_model(tiny_spec(), device="cpu")
+    ids = torch.randint(0, 97, (2, 16))
+    logits = model(ids)
+    assert logits.shape == (2, 16, 97)
+    targets = ids.clone()
+    targets[:, :8] = -100
+    _, loss = model(ids, targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 97), ids[:, 8:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("attention", [{"kind": "gqa", "n_heads": 4, "n_kv_heads": 2}, MLA], ids=["gqa", "mla"])
+def test_document_ids_keep_attention_inside_documents(attention):
+    model = build_model(tiny_spec(block={"attention": attention}), device="cpu").eval()
+    ids = torch.randint(0, 97, (1, 16), generator=torch.Generator().manual_seed(0))
+    documents = torch.tensor([[0] * 6 + [1] * 10])
+    other = ids.clone()
+    other[0, :6] = (other[0, :6] + 1) % 97  # a different first document
+    with torch.no_grad():
+        a, b = model(ids, document_ids=documents), model(other, document_ids=documents)
+        plain = model(other)
+    torch.testing.assert_close(a[:, 6:], b[:, 6:])
+    assert not torch.allclose(plain[:, 6:], a[:, 6:])  # without document ids, document 0 leaks in
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"position": {"kind": "learned"}, "block": {"norm": {"kind": "layernorm"}, "mlp": {"kind": "gelu", "hidden": 128}}},
+        {"position": {"kind": "none"}, "block": {"norm": {"kind": "layernorm", "bias": False}, "mlp": {"kind": "gelu", "hidden": 128, "bias": False}}},
+        {"block": {"attention": {"kind": "mha", "n_heads": 4, "qk_norm": True, "window": 4, "bias": True}}},
+        {"block": {"attention": {**MLA, "q_latent": None, "qk_norm": True, "v_head_dim": 12, "bias": True}}},
+        {"dropout": 0.1, "tie_embeddings": False},
+    ],
+    ids=["gpt2-like", "nope", "mha-qknorm-window", "mla-variants", "dropout-untied"],
+)
+def test_every_variant_trains_a_step(change):
+    model = build_model(tiny_spec(**change), device="cpu")
+    ids = torch.randint(0, 97, (2, 16))
+    _, loss = model(ids, ids)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_generate_is_greedy_and_crops_to_the_context():
+    model = build_model(tiny_spec(max_seq_len=8), device="cpu").train()
+    prompt = torch.randint(0, 97, (2, 6))
+    out = model.generate(prompt, max_new_tokens=5)
+    assert out.shape == (2, 11) and torch.equal(out[:, :6], prompt)
+    assert model.training
+    with torch.no_grad():
+        expected = model.eval()(out[:, 2:10])[:, -1].argmax(-1)
+    assert torch.equal(out[:, 10], expected)

@@ -9,7 +9,8 @@ token times bytes per element, for this codebase's blocks (compiler/blocks) as t
                       o_proj, the log-sum-exp per head (fp32); flash / memory-efficient kernels
                       keep no T x T matrix, so there is no 5 a s / h term
     MLP               SwiGLU: gate, silu(gate), up, their product    4 hidden (GELU: 2 hidden)
-    dropout (p > 0)   a one-byte mask on each residual branch        2 d bytes
+    dropout (p > 0)   a one-byte mask on each residual branch, and attention's T x T softmax,
+                      mask and dropped probabilities where dropout is not fused (CPUs)
     head              final norm, logits (returned to the caller) and their fp32 log-softmax
 
 Mixed precision (bf16/fp16): matmul inputs and outputs are 2 bytes, the residual stream and the
@@ -59,7 +60,10 @@ def layer_bytes_per_token(model: ModelSpec, seq_len: int, precision: str) -> int
     mlp = model.block.mlp
     total += (4 if mlp.kind == "swiglu" else 2) * mlp.hidden * half
     if model.dropout > 0:
-        total += 2 * d
+        # one-byte masks on both residual branches; attention dropout falls back to the math
+        # kernel where it is not fused (CPUs): scaled q, softmax, its mask and the dropped
+        # probabilities (T x T per head, as Korthikanti's 5 a s / h term)
+        total += 2 * d + nh * hd * half + 3 * nh * seq_len * half
     return total
 
 

@@ -67,3 +67,8 @@ def write_events(run_dir: Path, events: list[dict], *, mode: str = "w") -> Path:
         for event in events:
             file.write(json.dumps(event) + "\n")
     return path
+
+
+def screen_text(app) -> str:
+    """What the terminal shows now, as plain text lines."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

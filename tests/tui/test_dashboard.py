@@ -1,0 +1,133 @@
+"""The dashboard driven through a Pilot: live numbers, control keys, failure, quitting a launched run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from synthetic import BATCH_TOKENS, T0, run_events, screen_text, write_events
+
+from tabula.tui.app import DashboardApp
+from tabula.tui.dialogs import ConfirmStop, QuitRun
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeProcess:
+    def __init__(self) -> None:
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+async def test_growing_events_file_updates_the_numbers(tmp_path):
+    events = run_events(100)
+    write_events(tmp_path, events[:5])
+    now = [T0 + 10]
+    app = DashboardApp(tmp_path, clock=lambda: now[0])
+    async with app.run_test(size=(160, 48)) as pilot:
+        text = screen_text(app)
+        assert "step 20 / 200" in text and "running" in text
+        write_events(tmp_path, events[5:], mode="a")
+        now[0] = T0 + 51
+        app.screen.poll()
+        await pilot.pause()
+        text = screen_text(app)
+        assert "step 100 / 200" in text
+        assert "50.0%" in text
+        assert f"tokens {100 * BATCH_TOKENS / 1e6:.3g}M / " in text
+        assert "step-000100" in text  # last checkpoint
+        assert "return parse(argv, step=100)" in text  # latest sample
+        assert "stage 2/2: seq_len 256" in text  # the log pane
+        assert "loss spike" in text
+        now[0] = T0 + 200  # nothing new for a while
+        app.screen.poll()
+        await pilot.pause()
+        assert "no new events for 2m30s" in screen_text(app)
+
+
+@pytest.mark.parametrize("key, control_file", [("c", "checkpoint"), ("e", "eval")])
+async def test_keys_write_control_requests(tmp_path, key, control_file):
+    write_events(tmp_path, run_events(20))
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 11)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(key)
+        await pilot.pause()
+        assert sorted(p.name for p in (tmp_path / "control").iterdir()) == [control_file]
+        assert "requested" in screen_text(app)
+
+
+async def test_stop_asks_first_then_writes_stop(tmp_path):
+    write_events(tmp_path, run_events(20))
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 11)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("s")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmStop)
+        await pilot.press("n")
+        await pilot.pause()
+        assert not (tmp_path / "control" / "stop").exists()
+        await pilot.press("s", "y")
+        await pilot.pause()
+        assert (tmp_path / "control" / "stop").exists()
+
+
+async def test_failed_run_shows_its_error_and_refuses_requests(tmp_path):
+    write_events(tmp_path, run_events(20, end="failed", error="RuntimeError: CUDA out of memory"))
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 500)
+    async with app.run_test(size=(80, 24)) as pilot:
+        text = screen_text(app)
+        assert "● failed" in text
+        assert "error: RuntimeError: CUDA out of memory" in text
+        await pilot.press("c")
+        await pilot.pause()
+        assert not (tmp_path / "control").exists()
+
+
+async def test_crashed_training_process_shows_failed_with_its_output(tmp_path):
+    write_events(tmp_path, run_events(10))
+    (tmp_path / "output.log").write_text("Traceback (most recent call last):\nValueError: the data ran dry\n")
+    process = FakeProcess()
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 6, process=process)
+    async with app.run_test(size=(160, 48)) as pilot:
+        assert "● running" in screen_text(app)
+        process.code = 1
+        app.screen.poll()
+        await pilot.pause()
+        text = screen_text(app)
+        assert "● failed" in text and "exited with code 1" in text
+        assert "ValueError: the data ran dry" in text
+
+
+@pytest.mark.parametrize("answer, result, stop_file", [("l", "leave", False), ("s", "stop", True)])
+async def test_quit_on_a_launched_run_asks_stop_or_leave(tmp_path, answer, result, stop_file):
+    write_events(tmp_path, run_events(10))
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 6, process=FakeProcess())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, QuitRun)
+        await pilot.press(answer)
+        await pilot.pause()
+    assert app.return_value == result
+    assert (tmp_path / "control" / "stop").exists() == stop_file
+
+
+async def test_quit_on_a_watched_run_just_quits(tmp_path):
+    write_events(tmp_path, run_events(10))
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 6)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_value is None
+    assert not (tmp_path / "control").exists()
+
+
+def test_dashboard_imports_no_torch():
+    code = ("import sys, tabula.tui.app, tabula.tui.launch, tabula.commands.watch; "
+            "bad = [m for m in ('torch', 'deepspeed', 'aim', 'datasets') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

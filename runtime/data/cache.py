@@ -1,0 +1,130 @@
+"""The token cache: where it lives, what keys it, and how an entry is written atomically.
+
+An entry is a folder named by the data fingerprint. It is built under a temporary name
+(`.tmp-<fingerprint>-<pid>-<random>`), every file fsynced, then renamed into place: a folder
+with the fingerprint's name is always complete, and an interrupted prepare leaves only a
+temporary folder, removed by the next prepare once its process is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1  # bump when the entry layout or the tokenization changes
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder: `cache_dir`, else $TABULA_CACHE_DIR, else $XDG_CACHE_HOME/tabula,
+    else ~/.cache/tabula."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("TABULA_CACHE_DIR"):
+        return Path(os.environ["TABULA_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tabula"
+
+
+def fingerprint(parts: dict[str, Any]) -> str:
+    """32 hex digits of the SHA-256 of `parts` as canonical JSON."""
+    text = json.dumps({"format": FORMAT, **parts}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class FileDigests:
+    """Content hashes of files, remembered by (path, size, mtime) in the cache folder so that a
+    second prepare stats a large corpus instead of reading it again."""
+
+    def __init__(self, root: Path):
+        self.path = root / "file-digests.json"
+        try:
+            self.known: dict[str, list] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+        self.changed = False
+
+    def __call__(self, path: Path) -> str:
+        stat = path.stat()
+        key = str(path.resolve())
+        known = self.known.get(key)
+        if known and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
+            return known[2]
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        self.known[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+        self.changed = True
+        return self.known[key][2]
+
+    def save(self) -> None:
+        if self.changed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(self.known))
+            os.replace(temporary, self.path)
+
+
+class PendingEntry:
+    """A cache entry being written: files go into `folder`; `commit()` makes it visible."""
+
+    def __init__(self, root: Path, key: str):
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale(root)
+        self.root, self.key = root, key
+        self.folder = root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.folder.mkdir()
+
+    def commit(self) -> Path:
+        """fsync every file and the folder, then rename it to its fingerprint; returns the entry."""
+        for path in self.folder.iterdir():
+            _fsync(path)
+        _fsync(self.folder)
+        final = self.root / self.key
+        try:
+            os.rename(self.folder, final)
+        except OSError:  # another process finished the same entry first: keep theirs
+            if not (final / "meta.json").is_file():
+                raise
+            shutil.rmtree(self.folder, ignore_errors=True)
+        _fsync(self.root)
+        return final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def remove_stale(root: Path) -> None:
+    """Remove temporary entries whose writing process no longer runs."""
+    for folder in root.glob(".tmp-*"):
+        try:
+            pid = int(folder.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process's own leftovers are from an attempt that already failed
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

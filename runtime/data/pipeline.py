@@ -1,0 +1,300 @@
+"""`prepare(spec)`: from the spec's `data:` section to token shards in the cache.
+
+Steps, for a fingerprint not yet in the cache: read each source's documents, run the filters
+in order, hold out the validation split, spool the kept documents to disk; train (or load) the
+tokenizer; tokenize the spools in worker processes into packed token shards; write the entry
+atomically. With the fingerprint in the cache, it only opens the entry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from . import tokenize_worker
+from .cache import FileDigests, PendingEntry, cache_root, fingerprint
+from .errors import DataError
+from .filters import FilterChain
+from .progress import Progress
+from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
+from .sources import open_source
+from .tokenizer import LOADERS, TRAINERS, TRAINED_KINDS, file_path, special_ids, tokenizer_hash
+
+SPLITS = ("train", "val")
+CHUNK_BYTES = 1 << 20  # text per worker task: big enough to amortise, small enough to keep memory flat
+MAX_WARNINGS = 20
+
+
+@dataclass
+class PreparedData:
+    """The prepared corpus: the tokenizer and the packed token shards of every source.
+
+    `train[name]` and `val[name]` are TokenShards (tokens read lazily through memory maps);
+    `report` is what `tabula prepare --json` prints; `directory` is the cache entry."""
+
+    directory: Path
+    fingerprint: str
+    tokenizer: Tokenizer
+    tokenizer_json: str
+    tokenizer_hash: str
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+    train: dict[str, TokenShard]
+    val: dict[str, TokenShard]
+    document_masking: bool
+    cache_hit: bool
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.train)
+
+
+def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> PreparedData:
+    """Prepare `spec.data` (a Spec): returns the PreparedData from the cache, building the entry
+    first when its fingerprint is new. Raises DataError for bad input; never leaves a partial entry."""
+    started = time.perf_counter()
+    data = spec.data
+    base_dir = spec_base_dir(spec)
+    readers = {name: open_source(name, source, base_dir) for name, source in data.sources.items()}
+    root = cache_root(cache_dir)
+    digests = FileDigests(root)
+    key = fingerprint(_fingerprint_parts(spec, readers, digests, base_dir))
+    entry = root / key
+    hit = (entry / "meta.json").is_file()
+    if not hit:
+        _build(spec, readers, root, key, progress or _quiet)
+    digests.save()
+    prepared = open_entry(entry, document_masking=data.packing.document_masking, cache_hit=hit)
+    prepared.report.update(cache="hit" if hit else "miss", cache_dir=str(root), seconds=round(time.perf_counter() - started, 3))
+    return prepared
+
+
+def open_entry(entry: Path, *, document_masking: bool = False, cache_hit: bool = True) -> PreparedData:
+    """Open a complete cache entry (a folder written by prepare)."""
+    meta = json.loads((entry / "meta.json").read_text())
+    tokenizer_json = (entry / "tokenizer.json").read_text()
+    shards = {
+        split: {
+            name: TokenShard(entry / f"{split}-{name}", counts[split]["tokens"], counts[split]["documents"], meta["dtype"])
+            for name, counts in meta["shards"].items()
+        }
+        for split in SPLITS
+    }
+    return PreparedData(
+        directory=entry, fingerprint=meta["fingerprint"], tokenizer=Tokenizer.from_str(tokenizer_json),
+        tokenizer_json=tokenizer_json, tokenizer_hash=meta["tokenizer_hash"], eos_id=meta["eos_id"],
+        pad_id=meta["pad_id"], vocab_size=meta["vocab_size"], train=shards["train"], val=shards["val"],
+        document_masking=document_masking, cache_hit=cache_hit, report=dict(meta["report"]),
+    )
+
+
+def save_tokenizer(prepared: PreparedData, path: str | os.PathLike) -> Path:
+    """Write the tokenizer's JSON to `path` (a file, or a folder to hold tokenizer.json); returns the file."""
+    target = Path(path)
+    if target.is_dir():
+        target = target / "tokenizer.json"
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(prepared.tokenizer_json)
+    os.replace(temporary, target)
+    return target
+
+
+def spec_base_dir(spec: Any) -> Path:
+    """The folder relative paths in the spec are relative to (the spec file's), else the cwd."""
+    base = getattr(spec, "base_dir", None)  # set by the loader on specs that come from a file
+    return Path(base) if base else Path.cwd()
+
+
+# ---------------------------------------------------------------- building an entry
+
+
+def _fingerprint_parts(spec: Any, readers: dict, digests: FileDigests, base_dir: Path) -> dict[str, Any]:
+    data = spec.data
+    tokenizer: dict[str, Any] = data.tokenizer.model_dump(mode="json")
+    if data.tokenizer.kind in TRAINED_KINDS:
+        tokenizer["seed"] = spec.seed  # seeds the training sample
+    if data.tokenizer.kind == "file":
+        tokenizer["path"] = digests(file_path(data.tokenizer, base_dir))
+    return {
+        "sources": {name: reader.key(digests) for name, reader in readers.items()},
+        "filters": [f.model_dump(mode="json") for f in data.filters],
+        "validation": data.validation.model_dump(mode="json"),
+        "tokenizer": tokenizer,
+    }
+
+
+def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress) -> None:
+    pending = PendingEntry(root, key)
+    try:
+        warnings: list[str] = []
+        spools, report = _spool_sources(spec, readers, pending.folder, progress, warnings)
+        tokenizer = _make_tokenizer(spec, spools, progress)
+        eos_id, pad_id = special_ids(spec.data.tokenizer, tokenizer)
+        vocab_size = tokenizer.get_vocab_size()
+        dtype = token_dtype(vocab_size)
+        tokenizer_json = tokenizer.to_str()
+        counts = _tokenize(spec, spools, tokenizer_json, eos_id, dtype, pending.folder, progress)
+        for (split, name), spool in spools.items():
+            spool.path.unlink()
+            report["sources"][name][split]["tokens"] = counts[name][split]["tokens"]
+        for name, source in report["sources"].items():
+            source["tokens"] = source["train"]["tokens"] + source["val"]["tokens"]
+        report.update(
+            fingerprint=key, warnings=warnings,
+            tokenizer={"kind": spec.data.tokenizer.kind, "vocab_size": vocab_size, "hash": tokenizer_hash(tokenizer),
+                       "eos_id": eos_id, "pad_id": pad_id, "dtype": dtype.name},
+        )
+        (pending.folder / "tokenizer.json").write_text(tokenizer_json)
+        meta = {
+            "fingerprint": key, "tokenizer_hash": tokenizer_hash(tokenizer), "eos_id": eos_id, "pad_id": pad_id,
+            "vocab_size": vocab_size, "dtype": dtype.name, "shards": counts, "report": report,
+        }
+        (pending.folder / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks the entry complete
+        pending.commit()
+    except BaseException:
+        pending.discard()
+        raise
+
+
+def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, warnings: list[str]):
+    """Read, filter and split every source into spools; returns ({(split, name): Spool}, report)."""
+    data = spec.data
+    chain = FilterChain(list(data.filters))
+    fraction, cap = data.validation.fraction, data.validation.max_documents
+    spools: dict[tuple[str, str], Spool] = {}
+    report: dict[str, Any] = {"sources": {}}
+
+    def warn(message: str) -> None:
+        if len(warnings) < MAX_WARNINGS:
+            warnings.append(message)
+        elif len(warnings) == MAX_WARNINGS:
+            warnings.append("... more warnings left out")
+
+    for name, reader in readers.items():
+        writers = {split: SpoolWriter(folder / f"{split}-{name}.spool") for split in SPLITS}
+        read = kept = held = 0
+        for text in reader.documents(warn):
+            read += 1
+            if read % 1000 == 0:
+                progress(f"reading {name}", read, None)
+            if not chain.keep(name, text):
+                continue
+            # Every round(1/fraction)-th kept document is held out: an exact, spread-out share.
+            to_val = math.floor((kept + 1) * fraction + 0.5) > math.floor(kept * fraction + 0.5) and (cap is None or held < cap)
+            writers["val" if to_val else "train"].add(text)
+            held += to_val
+            kept += 1
+        progress(f"reading {name}", read, read)
+        for split in SPLITS:
+            spools[split, name] = writers[split].close()
+        if read == 0:
+            raise DataError("the source yielded no documents", source=name)
+        emptied = chain.emptied_by(name)
+        if emptied is not None:
+            kind = data.filters[emptied].kind
+            raise DataError(f"filter {emptied} ({kind}) dropped every document of source {name!r} ({read} read)",
+                            source=name, path=("data", "filters", emptied))
+        if spools["train", name].documents == 0:
+            raise DataError(f"no training documents left after the validation split ({kept} kept)", source=name,
+                            path=("data", "validation"))
+        report["sources"][name] = {
+            "documents": read,
+            "filters": chain.report(name),
+            **{split: {"documents": spools[split, name].documents, "characters": spools[split, name].characters, "tokens": 0}
+               for split in SPLITS},
+        }
+        report["sources"][name]["characters"] = sum(spools[s, name].characters for s in SPLITS)
+    return spools, report
+
+
+def _make_tokenizer(spec: Any, spools: dict, progress: Progress) -> Tokenizer:
+    tokenizer_spec = spec.data.tokenizer
+    if tokenizer_spec.kind not in TRAINED_KINDS:
+        progress("loading tokenizer", 0, 1)
+        tokenizer = LOADERS[tokenizer_spec.kind](tokenizer_spec, spec_base_dir(spec))
+        progress("loading tokenizer", 1, 1)
+        return tokenizer
+    names = tokenizer_spec.train_on or list(spec.data.sources)
+    total = sum(spools["train", name].characters for name in names)
+    share = min(1.0, tokenizer_spec.max_chars / max(total, 1))
+    sample_chars = [0]
+
+    def sample() -> Iterator[str]:
+        # A seeded share of each source's training documents, spread over the whole corpus.
+        for index, name in enumerate(names):
+            spool = spools["train", name]
+            select = np.random.default_rng([spec.seed, index]).random(spool.documents) < share
+            for text in spool.texts(select):
+                if sample_chars[0] >= tokenizer_spec.max_chars:
+                    return
+                text = text[: tokenizer_spec.max_chars - sample_chars[0]]
+                sample_chars[0] += len(text)
+                yield text
+
+    progress(f"training {tokenizer_spec.kind} tokenizer", 0, 1)
+    tokenizer = TRAINERS[tokenizer_spec.kind](tokenizer_spec, sample(), min(total, tokenizer_spec.max_chars))
+    progress(f"training {tokenizer_spec.kind} tokenizer", 1, 1)
+    return tokenizer
+
+
+def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress) -> dict[str, dict[str, dict[str, int]]]:
+    """Tokenize every spool into a packed shard, in worker processes; returns tokens and documents per split."""
+    total = sum(spool.size for spool in spools.values())
+    workers = spec.data.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, math.ceil(total / CHUNK_BYTES)))
+    pool = None
+    if workers > 1:
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        pool = context.Pool(workers, initializer=tokenize_worker.start, initargs=(tokenizer_json, eos_id, dtype.name))
+    else:
+        tokenize_worker.start(tokenizer_json, eos_id, dtype.name)
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    done = 0
+    try:
+        for (split, name), spool in spools.items():
+            writer = ShardWriter(folder / f"{split}-{name}")
+            in_flight: deque = deque()  # (task or chunk, its bytes of text)
+            for chunk in spool.chunks(CHUNK_BYTES):
+                size = int(chunk[2][-1])
+                if pool is None:
+                    writer.add(*tokenize_worker.encode_chunk(*chunk))
+                    done += size
+                    progress("tokenizing", done, total)
+                    continue
+                # At most two chunks a worker in flight: memory stays flat whatever the corpus size.
+                in_flight.append((pool.apply_async(tokenize_worker.encode_chunk, chunk), size))
+                while in_flight and (len(in_flight) > 2 * workers):
+                    task, size = in_flight.popleft()
+                    writer.add(*task.get())
+                    done += size
+                    progress("tokenizing", done, total)
+            while in_flight:
+                task, size = in_flight.popleft()
+                writer.add(*task.get())
+                done += size
+                progress("tokenizing", done, total)
+            writer.close()
+            counts.setdefault(name, {})[split] = {"tokens": writer.n_tokens, "documents": writer.n_documents}
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
+    progress("tokenizing", total, total)
+    return counts
+
+
+def _quiet(stage: str, done: int, total: int | None) -> None:
+    pass

@@ -1,0 +1,183 @@
+"""The curriculum sampler: which token window each training sequence is, as a pure function of
+(seed, data fingerprint, tokens consumed).
+
+Each source's training token stream is cut into blocks of `block` tokens (the least common
+multiple of the stages' sequence lengths, so every stage's windows tile a block exactly); each
+epoch visits the blocks in a seeded permutation, reading a block front to back. A source's
+cursor (tokens taken from it) therefore fixes its next window whatever the stage. For each
+sequence, the stage's mixture picks the source from a hash of (seed, fingerprint, position).
+Windows are read as seq_len + 1 contiguous tokens (inputs, and targets shifted by one); the
+stream is circular, so every token of an epoch is read once and at most block - 1 twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .pipeline import PreparedData
+
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+STATE_VERSION = 1
+
+
+@dataclass
+class Batch:
+    """`input_ids` and `targets` int64 (n, seq_len); `document_ids` int64 (n, seq_len) numbering
+    the documents inside each row (an end-of-document token belongs to the document it ends),
+    or None without document masking."""
+
+    input_ids: torch.Tensor
+    targets: torch.Tensor
+    document_ids: torch.Tensor | None
+
+
+class Sampler:
+    """Training batches over `prepared`'s training shards following `stages` (StagePlans:
+    start_tokens, end_tokens, seq_len, mix), seeded by `seed`."""
+
+    def __init__(self, prepared: PreparedData, stages: Sequence[Any], seed: int):
+        if not stages:
+            raise ValueError("a sampler needs at least one stage")
+        self.prepared, self.stages, self.seed = prepared, list(stages), seed
+        self.sources = list(prepared.train)
+        self.lengths = {name: prepared.train[name].n_tokens for name in self.sources}
+        for stage in self.stages:
+            for name in stage.mix:
+                if name not in self.lengths:
+                    raise DataError(f"stage {stage.index} mixes source {name!r}, which was not prepared", path=("data", "curriculum", stage.index, "mix"))
+                if self.lengths[name] < 2:
+                    raise DataError(f"source {name!r} has fewer than 2 training tokens", source=name)
+        self.block = _block_size([stage.seq_len for stage in self.stages])
+        self.key = _mix(np.uint64(int(prepared.fingerprint[:16], 16)) ^ _mix(np.uint64(seed)))
+        self.tokens = 0
+        self.cursors = {name: 0 for name in self.sources}
+        self._permutations: dict[str, tuple[int, np.ndarray]] = {}
+
+    # ------------------------------------------------------------ the public contract
+
+    def stage_at(self, tokens: int | None = None) -> Any:
+        """The stage in force after `tokens` training tokens (default: now); the last one lasts."""
+        tokens = self.tokens if tokens is None else tokens
+        return next((stage for stage in self.stages if tokens < stage.end_tokens), self.stages[-1])
+
+    def next_batch(self, n_sequences: int, seq_len: int) -> Batch:
+        """The next `n_sequences` windows of `seq_len` tokens; advances by n_sequences * seq_len."""
+        stage = self.stage_at()
+        names = list(stage.mix)
+        weights = np.cumsum([stage.mix[name] for name in names], dtype=np.float64)
+        positions = self.tokens + seq_len * np.arange(n_sequences, dtype=np.uint64)
+        picks = np.searchsorted(weights / weights[-1], self._uniform(positions), side="right")
+        rows = np.empty((n_sequences, seq_len + 1), dtype=np.int64)
+        for row, pick in enumerate(picks.tolist()):
+            name = names[min(pick, len(names) - 1)]
+            rows[row] = self._window(name, self.cursors[name], seq_len)
+            self.cursors[name] += seq_len
+        self.tokens += n_sequences * seq_len
+        return _batch(rows, self.prepared)
+
+    @property
+    def epochs(self) -> dict[str, float]:
+        """Epochs of each source's training tokens consumed so far (above 1.0: data repeats)."""
+        return {name: self.cursors[name] / self.lengths[name] for name in self.sources}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able: restores the sampler exactly with load_state_dict."""
+        return {
+            "version": STATE_VERSION, "seed": self.seed, "fingerprint": self.prepared.fingerprint,
+            "block": self.block, "tokens": self.tokens, "cursors": dict(self.cursors),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("fingerprint") != self.prepared.fingerprint or state.get("seed") != self.seed or state.get("block") != self.block:
+            raise DataError(
+                f"the sampler state is for other data (fingerprint {state.get('fingerprint')}, seed {state.get('seed')}, "
+                f"block {state.get('block')}); this run has fingerprint {self.prepared.fingerprint}, seed {self.seed}, block {self.block}"
+            )
+        self.tokens = int(state["tokens"])
+        self.cursors = {name: int(state["cursors"].get(name, 0)) for name in self.sources}
+
+    # ------------------------------------------------------------ windows
+
+    def _uniform(self, positions: np.ndarray) -> np.ndarray:
+        """Uniform [0, 1) numbers, one per position, from a counter-based hash (splitmix64)."""
+        bits = _mix(positions.astype(np.uint64) ^ self.key)
+        return (bits >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+    def _window(self, name: str, cursor: int, seq_len: int) -> np.ndarray:
+        length = self.lengths[name]
+        blocks = math.ceil(length / self.block)
+        epoch, offset = divmod(cursor, blocks * self.block)
+        block, within = divmod(offset, self.block)
+        start = (int(self._permutation(name, epoch, blocks)[block]) * self.block + within) % length
+        return _circular(self.prepared.train[name].tokens, start, seq_len + 1)
+
+    def _permutation(self, name: str, epoch: int, blocks: int) -> np.ndarray:
+        cached = self._permutations.get(name)
+        if cached is None or cached[0] != epoch:
+            index = self.sources.index(name)
+            seed = [self.seed, int(self.prepared.fingerprint[:8], 16), index, epoch]
+            cached = (epoch, np.random.default_rng(seed).permutation(blocks).astype(np.int64))
+            self._permutations[name] = cached
+        return cached[1]
+
+
+def validation_batches(prepared: PreparedData, tokens: int, seq_len: int, batch_size: int) -> list[Batch]:
+    """Deterministic evaluation batches: about `tokens` tokens in windows of `seq_len`, taken in
+    order from the front of each source's validation stream, sources in turn. Empty where no
+    source holds validation data (validation.fraction: 0)."""
+    names = [name for name, shard in prepared.val.items() if shard.n_tokens >= 2]
+    if not names:
+        return []
+    n_sequences = max(1, tokens // seq_len)
+    rows = np.empty((n_sequences, seq_len + 1), dtype=np.int64)
+    for row in range(n_sequences):
+        name = names[row % len(names)]
+        shard = prepared.val[name]
+        rows[row] = _circular(shard.tokens, (row // len(names)) * seq_len % shard.n_tokens, seq_len + 1)
+    return [_batch(rows[i : i + batch_size], prepared) for i in range(0, n_sequences, batch_size)]
+
+
+def _batch(rows: np.ndarray, prepared: PreparedData) -> Batch:
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    document_ids = None
+    if prepared.document_masking:
+        ends = inputs == prepared.eos_id
+        document_ids = torch.from_numpy(np.cumsum(ends, axis=1) - ends)  # (n, T)
+    return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), document_ids)
+
+
+def _circular(tokens: np.ndarray, start: int, count: int) -> np.ndarray:
+    """`count` tokens from `start`, wrapping to the front of the stream at its end."""
+    length = len(tokens)
+    if start + count <= length:
+        return np.asarray(tokens[start : start + count], dtype=np.int64)
+    parts, remaining = [], count
+    while remaining:
+        take = min(remaining, length - start)
+        parts.append(np.asarray(tokens[start : start + take], dtype=np.int64))
+        remaining -= take
+        start = 0
+    return np.concatenate(parts)
+
+
+def _block_size(seq_lens: list[int]) -> int:
+    block = math.lcm(*seq_lens)
+    # Sequence lengths without a small common multiple: blocks of the longest; windows of the
+    # other lengths then may run from one block into the next (still contiguous tokens).
+    return block if block <= 64 * max(seq_lens) else max(seq_lens)
+
+
+def _mix(x):
+    """splitmix64's finaliser over uint64 scalars or arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(x, dtype=np.uint64)
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK
+        return x ^ (x >> np.uint64(31))

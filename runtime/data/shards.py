@@ -1,0 +1,130 @@
+"""Files of a cache entry: the spool of filtered documents, and the token shards.
+
+A spool holds a split's kept documents as UTF-8 bytes one after another, with their end
+offsets: the tokenizer is trained on a sample of it and the workers tokenize ranges of it.
+A token shard is the split's token stream (each document followed by the end-of-document
+token: packed, nothing padded) as raw uint16 or uint32, with the documents' end offsets as
+uint64; it is read through a memory map, page by page, never whole.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 where every id fits, uint32 otherwise."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+class SpoolWriter:
+    """Appends documents of one split of one source to `<path>` (bytes) and keeps their ends."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = path.open("wb")
+        self.ends = array("Q")
+        self.size = 0
+        self.characters = 0
+
+    def add(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogatepass")
+        self.handle.write(data)
+        self.size += len(data)
+        self.characters += len(text)
+        self.ends.append(self.size)
+
+    def close(self) -> "Spool":
+        self.handle.close()
+        return Spool(self.path, np.frombuffer(self.ends, dtype=np.uint64) if self.ends else np.zeros(0, np.uint64), self.characters)
+
+
+@dataclass
+class Spool:
+    path: Path
+    ends: np.ndarray  # (documents,) uint64 byte offsets where each document ends
+    characters: int
+
+    @property
+    def documents(self) -> int:
+        return len(self.ends)
+
+    @property
+    def size(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def chunks(self, target_bytes: int) -> Iterator[tuple[str, int, np.ndarray]]:
+        """(path, start byte, document ends relative to start) of ~target_bytes each."""
+        first = 0
+        start = 0
+        while first < len(self.ends):
+            stop = int(np.searchsorted(self.ends, start + target_bytes, side="right"))
+            stop = max(stop, first + 1)
+            yield str(self.path), start, (self.ends[first:stop] - start).astype(np.uint64)
+            start = int(self.ends[stop - 1])
+            first = stop
+
+    def texts(self, select: np.ndarray | None = None) -> Iterator[str]:
+        """The documents (those where `select` is true, if given), read one at a time."""
+        with self.path.open("rb") as handle:
+            start = 0
+            for index, end in enumerate(self.ends.tolist()):
+                if select is None or select[index]:
+                    handle.seek(start)
+                    yield handle.read(end - start).decode("utf-8", "surrogatepass")
+                start = end
+
+
+class ShardWriter:
+    """Appends token chunks to `<stem>.tokens` and document ends to `<stem>.docs`."""
+
+    def __init__(self, stem: Path):
+        self.tokens = stem.with_suffix(".tokens").open("wb")
+        self.docs = stem.with_suffix(".docs").open("wb")
+        self.n_tokens = 0
+        self.n_documents = 0
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        self.tokens.write(tokens.tobytes())
+        ends = self.n_tokens + np.cumsum(lengths, dtype=np.uint64)
+        self.docs.write(ends.astype(np.uint64).tobytes())
+        self.n_tokens += int(tokens.size)
+        self.n_documents += int(lengths.size)
+
+    def close(self) -> None:
+        self.tokens.close()
+        self.docs.close()
+
+
+@dataclass
+class TokenShard:
+    """One split of one source in the cache: `tokens` and `document_ends` open lazily as memory maps."""
+
+    stem: Path
+    n_tokens: int
+    n_documents: int
+    dtype: str
+    _maps: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self._map("tokens", np.dtype(self.dtype), self.n_tokens)
+
+    @property
+    def document_ends(self) -> np.ndarray:
+        return self._map("docs", np.dtype(np.uint64), self.n_documents)
+
+    def _map(self, suffix: str, dtype: np.dtype, count: int) -> np.ndarray:
+        if suffix not in self._maps:
+            self._maps[suffix] = (
+                np.memmap(self.stem.with_suffix("." + suffix), dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
+            )
+        return self._maps[suffix]
+
+    def __getstate__(self):  # memory maps are reopened after pickling (DataLoader workers, spawn)
+        return {**self.__dict__, "_maps": {}}

@@ -1,0 +1,33 @@
+"""What a tokenizer worker process runs: it opens the spool itself and sends back token arrays,
+so only offsets and finished tokens cross the process boundary. Imports numpy and tokenizers only."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+_worker: dict = {}
+
+
+def start(tokenizer_json: str, eos_id: int, dtype: str) -> None:
+    """Initialise this process: one tokenizer, single-threaded (the parallelism is the processes)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    _worker.update(tokenizer=Tokenizer.from_str(tokenizer_json), eos_id=eos_id, dtype=np.dtype(dtype))
+
+
+def encode_chunk(path: str, start: int, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize the documents of spool `path` between `start` and `start + ends[-1]`:
+    returns (tokens with the end-of-document id after each document, tokens per document)."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(int(ends[-1]))
+    bounds = [0, *ends.tolist()]
+    texts = [data[bounds[i] : bounds[i + 1]].decode("utf-8", "surrogatepass") for i in range(len(ends))]
+    encoded = _worker["tokenizer"].encode_batch(texts, add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) + 1 for e in encoded), dtype=np.uint64, count=len(encoded))
+    eos = _worker["eos_id"]
+    tokens = np.fromiter((t for e in encoded for t in (*e.ids, eos)), dtype=_worker["dtype"], count=int(lengths.sum()))
+    return tokens, lengths

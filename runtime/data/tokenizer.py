@@ -1,0 +1,160 @@
+"""The tokenizer: trained (bpe, unigram) on a sample of the corpus, or loaded (file, hub, tiktoken).
+
+A registry maps each `data.tokenizer.kind` to its builder. Every tokenizer carries the spec's
+end-of-document and padding tokens as special tokens; its hash is the SHA-256 of its JSON with
+keys sorted, so the same corpus, sample and seed give the same hash on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from tabula.schemas.data import BPETokenizer, FileTokenizer, HubTokenizer, TiktokenTokenizer, UnigramTokenizer
+
+from .errors import DataError
+
+TRAINED_KINDS = ("bpe", "unigram")
+WHERE = ("data", "tokenizer")
+
+
+def train_bpe(spec: BPETokenizer, sample: Iterable[str], sample_chars: int) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, show_progress=False,
+        special_tokens=_specials(spec), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(sample, trainer)
+    return _check_size(spec, tokenizer, sample_chars)
+
+
+def train_unigram(spec: UnigramTokenizer, sample: Iterable[str], sample_chars: int) -> Tokenizer:
+    # Byte-level pre-tokenization: every input maps to the 256 byte symbols, so nothing is unknown.
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=spec.vocab_size, show_progress=False, special_tokens=_specials(spec),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), max_piece_length=16,
+    )
+    tokenizer.train_from_iterator(sample, trainer)
+    # The trainer sums scores in a varying order, so they differ in the last bits from run to
+    # run: rounded and re-sorted (special tokens first) they give the same tokenizer every time.
+    vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
+    specials = set(_specials(spec))
+    head = [(piece, 0.0) for piece, _ in vocab if piece in specials]
+    rest = sorted(((piece, round(score, 6)) for piece, score in vocab if piece not in specials), key=lambda p: (-p[1], p[0]))
+    # Unseen alphabet symbols get scores 1e-4 apart in a varying order: those get them by name.
+    lowest = rest[-1][1]
+    tail = next(i for i, (_, score) in enumerate(rest) if score <= lowest + 1e-4 * 257)
+    rest[tail:] = zip(sorted(piece for piece, _ in rest[tail:]), [score for _, score in rest[tail:]])
+    tokenizer.model = models.Unigram(head + rest, None, False)
+    return _check_size(spec, tokenizer, sample_chars)
+
+
+def load_file(spec: FileTokenizer, base_dir: Path) -> Tokenizer:
+    path = file_path(spec, base_dir)
+    try:
+        return _with_specials(spec, Tokenizer.from_file(str(path)))
+    except Exception as error:
+        raise DataError(f"{path} is not a tokenizer.json file: {_first_line(error)}", path=(*WHERE, "path")) from None
+
+
+def load_hub(spec: HubTokenizer) -> Tokenizer:
+    try:
+        return _with_specials(spec, Tokenizer.from_pretrained(spec.name, revision=spec.revision or "main"))
+    except Exception as error:
+        raise DataError(
+            f"cannot load tokenizer {spec.name!r} from the hub (it needs the network, or a local copy: kind: file): {_first_line(error)}",
+            path=(*WHERE, "name"),
+        ) from None
+
+
+def load_tiktoken(spec: TiktokenTokenizer) -> Tokenizer:
+    """A tiktoken encoding converted to the tokenizers format; needs `tiktoken` and its encoding
+    file already in tiktoken's local cache (TIKTOKEN_CACHE_DIR)."""
+    try:
+        import tiktoken
+    except ImportError:
+        raise DataError("kind: tiktoken needs the tiktoken package (pip install tiktoken) and its encoding file", path=(*WHERE, "kind")) from None
+    try:
+        encoding = tiktoken.get_encoding(spec.encoding)
+    except Exception as error:
+        raise DataError(
+            f"tiktoken encoding {spec.encoding!r} is not available locally (set TIKTOKEN_CACHE_DIR to a folder holding its file): {_first_line(error)}",
+            path=(*WHERE, "encoding"),
+        ) from None
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+    import base64
+
+    with tempfile.TemporaryDirectory() as folder:
+        ranks = Path(folder, f"{spec.encoding}.tiktoken")
+        with ranks.open("w") as handle:
+            for token, rank in sorted(encoding._mergeable_ranks.items(), key=lambda item: item[1]):
+                handle.write(f"{base64.b64encode(token).decode()} {rank}\n")
+        converted = TikTokenConverter(vocab_file=str(ranks), pattern=encoding._pat_str,
+                                      extra_special_tokens=[spec.eos_token, spec.pad_token]).converted()
+    return _with_specials(spec, converted)
+
+
+def file_path(spec: FileTokenizer, base_dir: Path) -> Path:
+    path = Path(spec.path) if os.path.isabs(spec.path) else base_dir / spec.path
+    if not path.is_file():
+        raise DataError(f"tokenizer file not found: {path}", path=(*WHERE, "path"))
+    return path
+
+
+TRAINERS: dict[str, Callable[[Any, Iterable[str], int], Tokenizer]] = {"bpe": train_bpe, "unigram": train_unigram}
+LOADERS: dict[str, Callable[[Any, Path], Tokenizer]] = {
+    "file": load_file,
+    "hub": lambda spec, base_dir: load_hub(spec),
+    "tiktoken": lambda spec, base_dir: load_tiktoken(spec),
+}
+
+
+def tokenizer_hash(tokenizer: Tokenizer) -> str:
+    """SHA-256 hex of the tokenizer's JSON, keys sorted (stable across processes and machines)."""
+    canonical = json.dumps(json.loads(tokenizer.to_str()), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def special_ids(spec: Any, tokenizer: Tokenizer) -> tuple[int, int]:
+    """(eos_id, pad_id) of the spec's special tokens in `tokenizer`."""
+    eos, pad = tokenizer.token_to_id(spec.eos_token), tokenizer.token_to_id(spec.pad_token)
+    if eos is None or pad is None:
+        raise DataError(f"the tokenizer lacks the special tokens {spec.eos_token!r} / {spec.pad_token!r}", path=WHERE)
+    return eos, pad
+
+
+def _specials(spec: Any) -> list[str]:
+    return [spec.eos_token] if spec.eos_token == spec.pad_token else [spec.eos_token, spec.pad_token]
+
+
+def _with_specials(spec: Any, tokenizer: Tokenizer) -> Tokenizer:
+    missing = [token for token in _specials(spec) if tokenizer.token_to_id(token) is None]
+    if missing:  # e.g. GPT-2's tokenizer has no padding token: it is appended to the vocabulary
+        tokenizer.add_special_tokens(missing)
+    return tokenizer
+
+
+def _check_size(spec: Any, tokenizer: Tokenizer, sample_chars: int) -> Tokenizer:
+    size = tokenizer.get_vocab_size()
+    if size < spec.vocab_size:
+        raise DataError(
+            f"the training sample ({sample_chars} characters) supports only {size} tokens, fewer than vocab_size {spec.vocab_size}: "
+            f"lower vocab_size or min_frequency, or train on more text (max_chars, more sources)",
+            path=(*WHERE, "vocab_size"),
+        )
+    return tokenizer
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

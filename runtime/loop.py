@@ -1,0 +1,425 @@
+"""The train loop: steps, evaluation, samples, checkpoints and curriculum stages, over any engine.
+
+    train(spec, plan, engine, run, prepared) -> Outcome
+
+Every rank calls `train`; rank 0 alone writes events (and so the console and Aim). Each step draws
+the global batch from the sampler (the same on every rank) and each rank takes its slice, so the
+data order does not depend on the world size. Losses stay on the device between log intervals: the
+only per-step host read is the finiteness of the gradient norm (never apply a non-finite update).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tabula.compiler.estimate import flops_per_token
+
+from . import control as ctl
+from .checkpoint import Checkpointer, CheckpointError, list_checkpoints, restore_checkpoint
+from .events import EventWriter
+from .faults import StopSignals, is_oom, oom_message, plant_nan, planted_nan_step
+from .mfu import peak_flops
+from .schedules import lr_at
+
+MAX_ROLLBACKS = 3  # in a row without getting past the failing step
+
+
+@dataclass
+class Outcome:
+    """How a run ended. `reason`: finished | stopped | failed."""
+
+    reason: str
+    step: int
+    tokens: int
+    error: str | None = None
+    checkpoint: Path | None = None
+    signal: str | None = None
+    best_val_loss: float | None = None
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint's state.json."""
+
+    step: int = 0
+    tokens: int = 0
+    best_val_loss: float | None = None
+    val_loss: float | None = None  # the latest evaluation's
+    val_step: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def memory_in_use(device: torch.device) -> int:
+    """Peak CUDA memory allocated, or the process's resident memory on the CPU (bytes)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def crossed(before: int, after: int, every: int | None) -> bool:
+    return bool(every) and before // every != after // every
+
+
+class Trainer:
+    """One run of the loop. Built by `train`; split into methods so each reads on its own."""
+
+    def __init__(self, spec, plan, engine, run, prepared, *, max_steps, console, tracker_factory):
+        self.spec, self.plan, self.engine, self.run, self.prepared = spec, plan, engine, run, prepared
+        self.max_steps = max_steps
+        self.events = EventWriter(run.events if engine.is_main else None)
+        if console is not None and engine.is_main:
+            self.events.listeners.append(console)
+        self.tracker = tracker_factory(self.events) if (tracker_factory and engine.is_main) else None
+        self.control = ctl.ControlFolder(run.path if engine.is_main else None)
+        self.control_every = 1 if engine.world_size == 1 else spec.train.log.every_steps
+        train = spec.train
+        self.checkpointer = Checkpointer(run.path, engine, keep_last=train.checkpoint.keep_last, keep_best=train.checkpoint.keep_best_by is not None)
+        from .data import Sampler
+
+        self.sampler = Sampler(prepared, plan.stages, spec.seed)
+        self.progress = Progress()
+        self.last_checkpoint: Path | None = None
+        self.last_checkpoint_step: int | None = None
+        self.val_batches: dict[int, list] = {}
+        self.nan_at = planted_nan_step()
+        self.rollbacks, self.failed_step = 0, 0
+        self.stop_error: str | None = None
+        self.lr = 0.0
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, kind: str, **fields) -> None:
+        self.events.emit(kind, self.progress.step, self.progress.tokens, **fields)
+
+    def log(self, level: str, message: str) -> None:
+        self.events.log(level, message, self.progress.step, self.progress.tokens)
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict:
+        p = self.progress
+        return {
+            "step": p.step,
+            "tokens": p.tokens,
+            "best_val_loss": p.best_val_loss,
+            "val_loss": p.val_loss,
+            "val_step": p.val_step,
+            "sampler": self.sampler.state_dict(),
+            "stage": self.plan.stage_at(p.tokens).index,
+            "vocab_size": self.plan.vocab_size,
+            "world_size": self.engine.world_size,
+            "precision": self.engine.precision,
+            "time": time.time(),
+        }
+
+    def restore(self, checkpoint: Path, *, data_too: bool = True) -> None:
+        state = restore_checkpoint(self.engine, checkpoint)
+        p = self.progress
+        p.step, p.tokens = state["step"], state["tokens"]
+        p.best_val_loss, p.val_loss, p.val_step = state.get("best_val_loss"), state.get("val_loss"), state.get("val_step")
+        if data_too:
+            self.sampler.load_state_dict(state["sampler"])
+        self.last_checkpoint, self.last_checkpoint_step = checkpoint, p.step
+
+    def checkpoint(self) -> Path | None:
+        """Write a checkpoint now (once per step); a disk refusal is reported and training goes on."""
+        if self.last_checkpoint_step == self.progress.step and self.last_checkpoint is not None and self.last_checkpoint.exists():
+            return self.last_checkpoint
+        try:
+            path = self.checkpointer.save(self.progress.step, self.state())
+        except CheckpointError as error:
+            self.log("error", str(error))
+            return None
+        self.last_checkpoint, self.last_checkpoint_step = path, self.progress.step
+        if self.engine.is_main:
+            best = self.checkpointer.best() == path if self.checkpointer.keep_best else False
+            self.emit("checkpoint", path=str(path.relative_to(self.run.path)), best=best)
+        return path
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> None:
+        spec_eval = self.spec.train.eval
+        stage = self.plan.stage_at(max(0, self.progress.tokens - 1))
+        if stage.seq_len not in self.val_batches:
+            from .data import validation_batches
+
+            batches = list(validation_batches(self.prepared, spec_eval.tokens, stage.seq_len, stage.micro_batch))
+            world, rank = self.engine.world_size, self.engine.rank
+            usable = (len(batches) // world) * world if len(batches) >= world else len(batches)
+            self.val_batches[stage.seq_len] = batches[rank:usable:world] if len(batches) >= world else batches
+        batches = self.val_batches[stage.seq_len]
+        if not batches:
+            self.log("warning", "the validation split is too small for one batch: no evaluation")
+            return
+        total = torch.zeros((), device=self.engine.device)
+        for batch in batches:
+            total += self.engine.evaluate(batch.input_ids, batch.targets, batch.document_ids)
+        val_loss = float(self.engine.reduce_mean(total / len(batches)))
+        p = self.progress
+        p.val_loss, p.val_step = val_loss, p.step
+        if math.isfinite(val_loss) and (p.best_val_loss is None or val_loss < p.best_val_loss):
+            p.best_val_loss = val_loss
+        self.emit("eval", val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)), best_val_loss=p.best_val_loss)
+        self.sample()
+
+    def sample(self) -> None:
+        sample = self.spec.train.eval.sample
+        if sample.max_new_tokens == 0:
+            return
+        tokenizer = self.prepared.tokenizer
+        prompt_ids = tokenizer.encode(sample.prompt).ids if sample.prompt else [self.prepared.eos_id]
+        new_ids = self.engine.generate(prompt_ids, sample.max_new_tokens)
+        self.emit("sample", prompt=sample.prompt, text=tokenizer.decode(new_ids))
+
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self, stage) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on this rank's slice of the global batch. Returns (mean loss, grad norm)."""
+        engine = self.engine
+        batch = self.sampler.next_batch(stage.sequences_per_step, stage.seq_len)
+        per_rank = stage.sequences_per_step // engine.world_size
+        start = engine.rank * per_rank
+        if self.nan_at is not None and self.progress.step + 1 == self.nan_at:
+            self.nan_at = None  # once per process: a rollback replaying this step finds clean data
+            plant_nan(engine.model)
+        step_loss = None
+        for micro in range(stage.grad_accum):
+            lo = start + micro * stage.micro_batch
+            hi = lo + stage.micro_batch
+            doc_ids = batch.document_ids[lo:hi] if batch.document_ids is not None else None
+            loss = engine.forward_backward(batch.input_ids[lo:hi], batch.targets[lo:hi], doc_ids, stage.grad_accum)
+            step_loss = loss if step_loss is None else step_loss + loss
+        lr = lr_at(self.spec.train.schedule, self.spec.train.optimizer.lr, self.progress.tokens + self.plan.batch_tokens,
+                   self.plan.budget_tokens, self.plan.warmup_tokens)
+        self.lr = lr
+        grad_norm = engine.step(lr)
+        return step_loss / stage.grad_accum, grad_norm
+
+    def on_nonfinite(self, loss: torch.Tensor) -> str:
+        """Apply train.on_nonfinite after a step whose update was refused. Returns "go" or "stop"."""
+        policy = self.spec.train.on_nonfinite
+        what = "loss" if not torch.isfinite(loss) else "gradient"
+        at = f"non-finite {what} at step {self.progress.step} ({self.progress.tokens} tokens)"
+        if policy == "skip":
+            self.log("warning", f"{at}: batch skipped, the update was not applied")
+            return "go"
+        last = self.last_good_checkpoint()
+        if policy == "stop" or last is None:
+            where = f"the last good checkpoint is {last.relative_to(self.run.path)}" if last else "no checkpoint was written yet"
+            self.stop_error = f"{at}; on_nonfinite: stop. The update was not applied; {where}"
+            return "stop"
+        self.rollbacks += 1
+        if self.rollbacks > MAX_ROLLBACKS:
+            self.stop_error = f"{at}: still non-finite after {MAX_ROLLBACKS} rollbacks; {last.relative_to(self.run.path)} is the last good checkpoint"
+            return "stop"
+        self.restore(last, data_too=False)  # the model goes back; the data goes on past the bad window
+        self.log("warning", f"{at}: rolled back to {last.relative_to(self.run.path)} (step {self.progress.step}); "
+                 f"the data window since then is skipped")
+        return "go"
+
+    def last_good_checkpoint(self) -> Path | None:
+        found = list_checkpoints(self.run.path)
+        return found[-1] if found else None
+
+    # ------------------------------------------------------------------ the loop
+
+    def start_event(self, resumed_from: Path | None, parameters: int) -> None:
+        plan = self.plan
+        self.emit(
+            "start",
+            run_name=self.run.name,
+            spec_hash=self.spec_hash,
+            backend=self.spec.parallel.backend,
+            world_size=self.engine.world_size,
+            device=str(self.engine.device),
+            precision=self.engine.precision,
+            parameters=parameters,
+            total_steps=plan.total_steps,
+            total_tokens=plan.total_tokens,
+            stages=[{"index": s.index, "until_tokens": s.end_tokens, "seq_len": s.seq_len, "mix": s.mix} for s in plan.stages],
+            resumed_from=str(resumed_from) if resumed_from else None,
+        )
+
+    def loop(self, signals: StopSignals) -> Outcome:
+        spec, plan, engine, p = self.spec, self.plan, self.engine, self.progress
+        every_eval = plan.eval_every_tokens if spec.train.eval else None
+        every_ckpt = plan.checkpoint_every_tokens
+        log_every = spec.train.log.every_steps
+        peak, _ = peak_flops(engine.device, engine.precision)
+        flops = {s.index: flops_per_token(spec.model, plan.vocab_size, s.seq_len) for s in plan.stages}
+        stage = plan.stage_at(p.tokens)
+        loss_sum = torch.zeros((), device=engine.device)
+        logged_steps, interval_start, paused, grad_norm = 0, time.perf_counter(), 0.0, None
+        steps_here = 0
+        reason, signal_name = "finished", None
+        while p.step < plan.total_steps:
+            if self.max_steps is not None and steps_here >= self.max_steps:
+                reason = "stopped"
+                self.log("info", f"--max-steps {self.max_steps}: stopping at step {p.step}")
+                break
+            now_stage = plan.stage_at(p.tokens)
+            if now_stage.index != stage.index:
+                stage = now_stage
+                self.emit("stage", index=stage.index, seq_len=stage.seq_len, mix=stage.mix)
+            tokens_before = p.tokens
+            loss, grad_norm = self.train_step(stage)
+            p.step += 1
+            p.tokens += plan.batch_tokens
+            steps_here += 1
+            if bool(torch.isfinite(grad_norm)):  # the engine has synced for this already
+                loss_sum += loss
+                logged_steps += 1
+                if self.rollbacks and p.step > self.failed_step:
+                    self.rollbacks = 0
+            else:
+                self.failed_step = p.step
+                if self.on_nonfinite(loss) == "stop":
+                    return Outcome("failed", p.step, p.tokens, error=self.stop_error, checkpoint=self.last_good_checkpoint(),
+                                   best_val_loss=p.best_val_loss)
+            if p.step % log_every == 0 or p.step == plan.total_steps:
+                elapsed = time.perf_counter() - interval_start - paused
+                if logged_steps:
+                    self.log_train(loss_sum / logged_steps, grad_norm, stage, logged_steps, elapsed, peak, flops[stage.index])
+                loss_sum = torch.zeros((), device=engine.device)
+                logged_steps, interval_start, paused = 0, time.perf_counter(), 0.0
+            flags = 0
+            if p.step % self.control_every == 0:
+                local = self.control.poll() | (ctl.STOP if signals.received is not None else 0)
+                flags = engine.sync_flags(local)
+            pause_start = time.perf_counter()
+            if (every_eval and crossed(tokens_before, p.tokens, every_eval)) or flags & ctl.EVAL:
+                if spec.train.eval:
+                    self.evaluate()
+            if crossed(tokens_before, p.tokens, every_ckpt) or flags & ctl.CHECKPOINT:
+                self.checkpoint()
+            self.control.done(flags)
+            paused += time.perf_counter() - pause_start
+            if flags & ctl.STOP:
+                reason = "stopped"
+                signal_name = signals.name
+                self.log("info", f"{signal_name or 'stop requested'}: stopping at step {p.step} with a checkpoint")
+                break
+        if reason == "finished" and spec.train.eval and p.val_step != p.step:
+            self.evaluate()
+        path = self.checkpoint()
+        return Outcome(reason, p.step, p.tokens, checkpoint=path, signal=signal_name, best_val_loss=p.best_val_loss)
+
+    def log_train(self, mean_loss, grad_norm, stage, steps, elapsed, peak, flops_per_tok) -> None:
+        loss = float(self.engine.reduce_mean(mean_loss))  # the one host read of the interval
+        tokens_per_s = steps * self.plan.batch_tokens / max(elapsed, 1e-9)
+        mfu = tokens_per_s * flops_per_tok / (peak * self.engine.world_size) if peak else None
+        self.emit(
+            "train",
+            loss=loss,
+            lr=self.lr,
+            grad_norm=float(grad_norm),
+            tokens_per_s=tokens_per_s,
+            step_time=elapsed / steps,
+            mfu=mfu,
+            memory=memory_in_use(self.engine.device),
+            stage=stage.index,
+        )
+
+
+def make_tracker(spec, run, spec_hash: str, warn):
+    """The Aim tracker for rank 0, or None when track.aim.enabled is false."""
+    aim = spec.track.aim
+    if not aim.enabled:
+        return None
+    from tabula.schemas.canonical import canonical_dict
+
+    from .tracking import AimTracker
+
+    manifest = run.read_manifest()
+    git = manifest.get("git") or {}
+    previous = manifest.get("aim") or {}
+    repo = Path(aim.repo).resolve()
+
+    def ready(run_hash: str) -> None:
+        if previous.get("run_hash") != run_hash:
+            run.update_manifest(aim={"repo": str(repo), "run_hash": run_hash})
+
+    return AimTracker(
+        repo=repo,
+        experiment=aim.experiment or spec.name,
+        run_name=run.name,
+        params=canonical_dict(spec),
+        properties={"spec_hash": spec_hash, "git_commit": git.get("commit"), "git_dirty": git.get("dirty"),
+                    "run_dir": str(run.path.resolve()), "tabula_version": manifest.get("tabula_version")},
+        tags=list(spec.track.tags),
+        resume_hash=previous.get("run_hash") if Path(previous.get("repo", "")) == repo else None,
+        on_ready=ready,
+        on_error=warn,
+    )
+
+
+def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int | None = None,
+          resume_from: Path | None = None, console=None, parameters: int | None = None) -> Outcome:
+    """Train `engine.model` as `spec` and `plan` say, recording into the run folder `run` (a RunDir).
+
+    Every rank calls this. `resume_from`: a checkpoint folder to continue from exactly. `max_steps`:
+    stop (with a checkpoint) after this many steps of this call. `console`: an event listener (rank 0).
+    Returns the Outcome; the `end` event is written whatever happens."""
+    trainer = Trainer(spec, plan, engine, run, prepared, max_steps=max_steps, console=console, tracker_factory=None)
+    trainer.spec_hash = spec_hash
+    if engine.is_main:
+        try:
+            trainer.tracker = make_tracker(spec, run, spec_hash, warn=lambda message: trainer.log("warning", message))
+        except Exception as error:  # Aim is a convenience: the run goes on without it
+            trainer.log("warning", f"Aim tracking is off for this run: {error}")
+        if trainer.tracker is not None:
+            trainer.events.listeners.append(trainer.tracker)
+    parameters = parameters if parameters is not None else sum(p.numel() for p in engine.model.parameters())
+    stage = plan.stages[0] if plan.stages else None
+    with StopSignals() as signals:
+        try:
+            if resume_from is not None:
+                trainer.restore(Path(resume_from))
+            else:
+                seed_everything(spec.seed)
+            trainer.start_event(resume_from, parameters)
+            if spec.train.on_nonfinite == "rollback" and trainer.last_good_checkpoint() is None:
+                trainer.checkpoint()  # something to roll back to before the first interval's checkpoint
+            stage = plan.stage_at(trainer.progress.tokens)
+            outcome = trainer.loop(signals)
+        except KeyboardInterrupt:
+            p = trainer.progress
+            outcome = Outcome("stopped", p.step, p.tokens, error="interrupted twice: the last steps have no checkpoint",
+                              checkpoint=trainer.last_good_checkpoint(), signal="SIGINT")
+        except Exception as error:
+            p = trainer.progress
+            if is_oom(error):
+                stage = plan.stage_at(p.tokens)
+                message = oom_message(error, micro_batch=stage.micro_batch, seq_len=stage.seq_len,
+                                      spec_path=getattr(spec, "source_path", None))
+            else:
+                message = f"{type(error).__name__}: {error}"
+                trainer.log("error", traceback.format_exc())
+            outcome = Outcome("failed", p.step, p.tokens, error=message, checkpoint=trainer.last_good_checkpoint(),
+                              best_val_loss=p.best_val_loss)
+        trainer.emit("end", reason=outcome.reason, error=outcome.error)
+        if trainer.tracker is not None:
+            trainer.tracker.close()
+        trainer.events.close()
+    return outcome

@@ -161,3 +161,53 @@ def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, 
         else:
             raise ExportError([f"parameter {name} has no Hugging Face name"])
     return out
+
+
+def special_token_ids(tokenizer_json: dict, names: dict[str, str]) -> dict[str, int | None]:
+    """The ids of special tokens (e.g. {"eos_token_id": "<|endoftext|>"}) in a parsed tokenizer.json;
+    None for a token it does not have."""
+    ids = {token["content"]: token["id"] for token in tokenizer_json.get("added_tokens", [])}
+    vocab = tokenizer_json.get("model", {}).get("vocab")
+    if isinstance(vocab, dict):
+        ids = {**vocab, **ids}
+    return {field: ids.get(token) for field, token in names.items()}
+
+
+def write_hf(
+    out_dir,
+    spec: ModelSpec,
+    state: dict[str, torch.Tensor],
+    vocab_size: int,
+    *,
+    tokenizer_json: str | None = None,
+    eos_token: str | None = None,
+    pad_token: str | None = None,
+) -> list[str]:
+    """Writes config.json, model.safetensors and, given a tokenizer.json text, the tokenizer
+    files into `out_dir` so that transformers' AutoModelForCausalLM / AutoTokenizer
+    .from_pretrained(out_dir) load them offline. Returns the file names written.
+    Raises ExportError (before writing anything) where the graph does not map."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    ids = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if tokenizer_json is not None:
+        names = {"eos_token_id": eos_token, "pad_token_id": pad_token}
+        ids |= special_token_ids(json.loads(tokenizer_json), {k: v for k, v in names.items() if v is not None})
+    config = hf_config(spec, vocab_size, **ids)
+    tensors = hf_state_dict(spec, state)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file({name: t.float().cpu() for name, t in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    written = ["config.json", "model.safetensors"]
+    if tokenizer_json is not None:
+        (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": spec.max_seq_len}
+        found = {"eos_token": (eos_token, ids["eos_token_id"]), "pad_token": (pad_token, ids["pad_token_id"])}
+        tokenizer_config |= {name: token for name, (token, token_id) in found.items() if token_id is not None}
+        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
+        written += ["tokenizer.json", "tokenizer_config.json"]
+    return written

@@ -1,12 +1,135 @@
-"""tabula export (not built yet)."""
+"""Write a model in another library's format.
 
-HELP = "export (not built yet)"
+    tabula export SPEC --format hf --out DIR       the spec's model, seed-initialised
+    tabula export RUN_DIR --format hf --out DIR    the newest checkpoint of a run
+
+--format hf writes config.json, model.safetensors and the tokenizer (tokenizer.json,
+tokenizer_config.json) where there is one, so that transformers' AutoModelForCausalLM and
+AutoTokenizer load DIR offline: as Llama (MHA/GQA/MQA, RoPE, RMSNorm, SwiGLU), Mistral (the
+same with a sliding window) or DeepSeek-V3 (MLA with latent norms). A model with no equivalent
+there is refused with what does not map, before anything is written.
+
+A run directory is read as the runtime writes it: resolved.yaml, tokenizer.json and
+checkpoints/step-NNNNNN/model.safetensors (the highest step is taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "export a spec's or a run's model in Hugging Face format"
+
+CHECKPOINT_PREFIX = "step-"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SPEC|RUN_DIR", help="a spec file (seed-initialised weights) or a run directory (its newest checkpoint)")
+    parser.add_argument("--format", choices=["hf"], default="hf", help="hf: Hugging Face transformers (the only format so far)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (created; files in it are replaced)")
+
+
+def find_weights(run_dir: Path) -> Path | None:
+    """The newest checkpoint's weights in a run directory: checkpoints/step-NNNNNN/model.safetensors
+    with the highest step; None where the run has no checkpoint yet."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    steps = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    steps = [p for p in steps if (p / "model.safetensors").is_file()]
+    if not steps:
+        return None
+    return max(steps, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):])) / "model.safetensors"
+
+
+class _BadInput(Exception):
+    """A message for the user; exit code 2."""
+
+
+def _load_spec(path: Path):
+    """The spec at `path`; its errors printed and _BadInput raised where it is invalid."""
+    try:
+        from tabula.report import load_spec_or_report
+    except ImportError:  # the spec-language helper's report module has not landed yet
+        from ruamel.yaml import YAML
+
+        from tabula.schemas.spec import Spec
+
+        return Spec.model_validate(YAML(typ="safe").load(path.read_text(encoding="utf-8")))
+    spec = load_spec_or_report(path)
+    if spec is None:
+        raise _BadInput(f"{path}: invalid spec")
+    return spec
+
+
+def _read_source(source: Path):
+    """(spec, weights path or None, tokenizer.json text or None) for a spec file or a run directory."""
+    if not source.exists():
+        raise _BadInput(f"{source}: no such spec file or run directory")
+    if source.is_dir():
+        if not (source / "resolved.yaml").is_file():
+            raise _BadInput(f"{source}: not a run directory (no resolved.yaml)")
+        weights = find_weights(source)
+        if weights is None:
+            raise _BadInput(f"{source}: the run has no checkpoint yet (checkpoints/step-*/model.safetensors)")
+        tokenizer = source / "tokenizer.json"
+        return _load_spec(source / "resolved.yaml"), weights, tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
+    spec = _load_spec(source)
+    tokenizer_json = None
+    if spec.data.tokenizer.kind == "file":
+        path = Path(spec.data.tokenizer.path)
+        path = path if path.is_absolute() else source.parent / path
+        tokenizer_json = path.read_text(encoding="utf-8") if path.is_file() else None
+    return spec, None, tokenizer_json
+
+
+def _vocab_size(spec, tokenizer_json: str | None) -> int:
+    if spec.vocab_size is not None:
+        return spec.vocab_size
+    if tokenizer_json is not None:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(tokenizer_json).get_vocab_size()
+    raise _BadInput("model.vocab_size is auto and no tokenizer file says it: set model.vocab_size in the spec")
 
 
 def run(args) -> int:
-    print("tabula export: not built yet")
-    return 2
+    from tabula.compiler import build_model
+    from tabula.compiler.hf import ExportError, hf_problems, write_hf
+
+    try:
+        spec, weights, tokenizer_json = _read_source(Path(args.source))
+        problems = hf_problems(spec.model)  # refused before any weights are read or made
+        if problems:
+            raise ExportError(problems)
+        if weights is None:
+            model = build_model(spec, vocab_size=_vocab_size(spec, tokenizer_json), device="cpu")  # seed-initialised
+        else:
+            from tabula.runtime.checkpoint import read_weights
+
+            state = read_weights(weights)
+            model = build_model(spec, vocab_size=state["embed.weight"].shape[0])
+            model.load_state_dict(state, strict=True, assign=True)  # names and shapes checked against the spec
+        token = spec.data.tokenizer
+        written = write_hf(args.out, spec.model, model.state_dict(), model.vocab_size,
+                           tokenizer_json=tokenizer_json, eos_token=token.eos_token, pad_token=token.pad_token)
+    except _BadInput as error:
+        sys.stderr.write(f"tabula export: {error}\n")
+        return 2
+    except ExportError as error:
+        sys.stderr.write("tabula export: this model has no Hugging Face equivalent:\n")
+        for problem in error.problems:
+            sys.stderr.write(f"  {problem}\n")
+        return 2
+    except RuntimeError as error:  # a checkpoint whose names or shapes do not match its spec
+        sys.stderr.write(f"tabula export: {Path(args.source)}: the checkpoint does not fit its spec: {error}\n")
+        return 2
+    print(f"wrote {', '.join(written)} to {args.out} ({', '.join(spec_architecture(spec))})")
+    return 0
+
+
+def spec_architecture(spec) -> list[str]:
+    from tabula.compiler.hf import hf_architecture
+
+    return [hf_architecture(spec.model)]

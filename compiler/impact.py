@@ -1,0 +1,171 @@
+"""What a change between two specs does: cost before -> after, and whether a run can resume.
+
+`tabula diff A B` prints `annotate(a, b, changes).lines()` under the list of changed paths;
+the runtime asks `resume_compatibility(a, b)` before it resumes a run of A under spec B.
+
+Resuming needs the checkpoint's tensors and token ids to mean the same in B: every `model.*`
+change breaks that except dropout, compile and init (which act only at the start), max_seq_len
+where positions are rotary or absent (no weight depends on it), and RoPE scaling (made to read
+longer contexts with the same weights); so do any change of `data.tokenizer` (other token ids),
+of the resolved vocabulary size, and of the optimizer's kind (its saved state has another
+layout). Schedule, budget, mixture, curriculum, batch, intervals, evaluation, checkpointing and
+tracking changes resume: they act on what happens next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tabula.schemas.spec import Spec
+
+# model.* paths (prefixes) a run can resume across
+RESUMABLE_MODEL_PATHS = ("model.dropout", "model.compile", "model.init", "model.position.scaling")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}, 'c': [2]} -> {'a.b': 1, 'c.0': 2}; empty dicts and lists stay leaves."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, (list, tuple)) and value:
+        out = {}
+        for index, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}.{index}" if prefix else str(index)))
+        return out
+    return {prefix: value}
+
+
+def changed_paths(a: Spec, b: Spec) -> list[str]:
+    """Dotted paths whose resolved values differ between `a` and `b` (added and removed included)."""
+    flat_a, flat_b = flatten(a.model_dump(mode="json")), flatten(b.model_dump(mode="json"))
+    return sorted(path for path in flat_a.keys() | flat_b.keys() if flat_a.get(path, object()) != flat_b.get(path, object()))
+
+
+def resume_compatibility(a: Spec, b: Spec) -> tuple[bool, list[str]]:
+    """(True, []) when a run trained with spec `a` can resume under spec `b`, else (False, one
+    reason a line naming the spec path)."""
+    reasons = []
+    if a.vocab_size != b.vocab_size:
+        reasons.append(f"model.vocab_size (resolved) changes from {a.vocab_size} to {b.vocab_size}: the embedding's shape differs")
+    learned = "learned" in (a.model.position.kind, b.model.position.kind)
+    for path in changed_paths(a, b):
+        if path.startswith("model."):
+            if path == "model.vocab_size" or path.startswith(RESUMABLE_MODEL_PATHS):
+                continue
+            if path == "model.max_seq_len" and not learned:
+                continue
+            reasons.append(f"{path} changes the model: the checkpoint's weights do not fit it")
+        elif path.startswith("data.tokenizer."):
+            reasons.append(f"{path} changes the tokenizer: the checkpoint learned other token ids")
+        elif path == "train.optimizer.kind":
+            reasons.append(f"{path} changes the optimizer: its saved state has another layout")
+    return not reasons, reasons
+
+
+QUANTITIES = (
+    ("parameters", "parameters", ""),
+    ("flops_per_token", "FLOPs/token", ""),
+    ("memory_per_rank", "memory per rank", "bytes"),
+    ("total_steps", "total steps", ""),
+)
+
+
+@dataclass(frozen=True)
+class Quantity:
+    key: str  # in as_dict()
+    name: str  # in lines()
+    before: float | None
+    after: float | None
+    unit: str = ""  # "" (a count) or "bytes"
+
+    def line(self) -> str:
+        before, after = _format(self.before, self.unit), _format(self.after, self.unit)
+        if self.before == self.after:
+            return f"{self.name:<18} {before} (unchanged)"
+        change = ""
+        if self.before and self.after is not None:
+            change = f" ({(self.after - self.before) / self.before:+.1%})"
+        return f"{self.name:<18} {before} -> {after}{change}"
+
+
+@dataclass(frozen=True)
+class Impact:
+    """Cost before -> after and resume compatibility of going from spec A to spec B."""
+
+    quantities: tuple[Quantity, ...]
+    resumable: bool
+    reasons: tuple[str, ...]
+    resume_breaking: tuple[str, ...]  # the changed paths that break resuming
+    notes: tuple[str, ...] = field(default=())
+
+    def lines(self) -> list[str]:
+        out = [q.line() for q in self.quantities]
+        if self.resumable:
+            out.append("resume             a run of A can resume under B")
+        else:
+            out.append("resume             a run of A cannot resume under B:")
+            out += [f"  {reason}" for reason in self.reasons]
+        out += [f"note: {note}" for note in self.notes]
+        return out
+
+    def as_dict(self) -> dict:
+        return {
+            **{q.key: {"before": q.before, "after": q.after} for q in self.quantities},
+            "resume": {"compatible": self.resumable, "reasons": list(self.reasons), "breaking_paths": list(self.resume_breaking)},
+            "notes": list(self.notes),
+        }
+
+
+def annotate(a: Spec, b: Spec, changes: list | None = None, *, device_type: str = "cpu") -> Impact:
+    """The impact of the change from `a` to `b`. `changes` (the diff's Change list, each with a
+    `.path`) marks which of them break resuming; None computes the changed paths here."""
+    notes: list[str] = []
+    costs = [_costs(spec, device_type, notes, label) for spec, label in ((a, "A"), (b, "B"))]
+    quantities = tuple(Quantity(key, name, costs[0].get(key), costs[1].get(key), unit) for key, name, unit in QUANTITIES)
+    resumable, reasons = resume_compatibility(a, b)
+    paths = [change.path for change in changes] if changes is not None else changed_paths(a, b)
+    breaking = tuple(path for path in paths if any(_names(path, reason) for reason in reasons))
+    return Impact(quantities, resumable, tuple(reasons), breaking, tuple(notes))
+
+
+def _names(path: str, reason: str) -> bool:
+    return reason.startswith(path + " ")
+
+
+def _costs(spec: Spec, device_type: str, notes: list[str], label: str) -> dict[str, float]:
+    from .estimate import estimate
+    from .plan import make_plan
+
+    try:
+        plan = make_plan(spec, device_type=device_type)
+    except Exception as error:  # SpecErrors: a spec that cannot be planned still diffs
+        errors = getattr(error, "errors", None)
+        message = errors[0].message if errors else str(error)
+        notes.append(f"{label} cannot be planned: {message}")
+        return {}
+    est = estimate(spec, plan, device_type=device_type)
+    return {
+        "parameters": est.parameters.total,
+        "flops_per_token": est.flops_per_token,
+        "memory_per_rank": est.memory_per_rank["total"],
+        "total_steps": plan.total_steps,
+    }
+
+
+def _format(value: float | None, unit: str) -> str:
+    if value is None:
+        return "?"
+    if unit == "bytes":
+        return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
+    if value >= 1e9:
+        text = f"{value / 1e9:.2f}B"
+    elif value >= 1e6:
+        text = f"{value / 1e6:.2f}M"
+    elif value >= 1e4:
+        text = f"{value / 1e3:.1f}k"
+    else:
+        text = f"{value:g}"
+    return f"{text} {unit}".strip()

@@ -1,0 +1,211 @@
+"""prepare(): filters, validation split, tokenizer, token cache, and bad input as DataErrors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from data_helpers import document, documents_of, make_spec, write_jsonl, write_texts
+
+from tabula.runtime.data import DataError, prepare
+from tabula.runtime.data import pipeline, shards
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """12 distinct documents, 3 exact copies of them, 4 short ones: 19 files."""
+    rng = np.random.default_rng(0)
+    unique = [document(rng) for _ in range(12)]
+    texts = unique + unique[:3] + ["short one", "tiny", "too short", "no"]
+    return write_texts(tmp_path / "corpus", texts), unique
+
+
+def files_spec(folder, **data):
+    return make_spec({"sources": {"corpus": {"kind": "files", "paths": [str(folder / "*.txt")]}}, **data})
+
+
+def test_filters_count_planted_duplicates_and_short_documents(corpus, tabula_cache):
+    folder, unique = corpus
+    spec = files_spec(folder, filters=[{"kind": "length", "min_chars": 20}, {"kind": "dedup", "method": "exact"}],
+                      validation={"fraction": 0})
+    prepared = prepare(spec)
+    source = prepared.report["sources"]["corpus"]
+    assert source["documents"] == 19
+    assert [(f["kind"], f["in"], f["out"]) for f in source["filters"]] == [("length", 19, 15), ("dedup", 15, 12)]
+    assert source["train"]["documents"] == 12 and source["val"]["documents"] == 0
+    assert sorted(documents_of(prepared.train["corpus"], prepared.tokenizer, prepared.eos_id)) == sorted(unique)
+
+
+def test_regex_quality_and_minhash_filters(tmp_path, tabula_cache):
+    rng = np.random.default_rng(1)
+    base = [document(rng, 80) for _ in range(6)]
+    near = [text.replace("the", "a", 1) for text in base[:2]]  # one word differs: near duplicates
+    texts = base + near + ["SECRET " + document(rng), "1234 5678 9012 3456 7890 " * 8]
+    folder = write_texts(tmp_path / "c", texts)
+    spec = files_spec(folder, validation={"fraction": 0}, filters=[
+        {"kind": "regex", "pattern": "SECRET", "action": "drop"},
+        {"kind": "quality"},
+        {"kind": "dedup", "method": "minhash", "threshold": 0.7},
+    ])
+    counts = [(f["in"], f["out"]) for f in prepare(spec).report["sources"]["corpus"]["filters"]]
+    assert counts == [(10, 9), (9, 8), (8, 6)]
+
+
+def test_a_filter_that_drops_everything_is_named(corpus, tabula_cache):
+    folder, _ = corpus
+    spec = files_spec(folder, filters=[{"kind": "length", "min_chars": 10}, {"kind": "regex", "pattern": "zzz", "action": "keep"}])
+    with pytest.raises(DataError) as error:
+        prepare(spec)
+    assert error.value.path == ("data", "filters", 1) and "regex" in str(error.value)
+    assert not [p for p in tabula_cache.iterdir() if p.is_dir()]  # nothing half-written
+
+
+def test_validation_is_held_out_and_never_in_training(tmp_path, tabula_cache):
+    rng = np.random.default_rng(2)
+    folder = write_texts(tmp_path / "c", [document(rng) for _ in range(100)])
+    prepared = prepare(files_spec(folder, validation={"fraction": "10%"}))
+    train = set(documents_of(prepared.train["corpus"], prepared.tokenizer, prepared.eos_id))
+    val = set(documents_of(prepared.val["corpus"], prepared.tokenizer, prepared.eos_id))
+    assert len(val) == 10 and len(train) == 90 and not train & val
+    capped = prepare(files_spec(folder, validation={"fraction": "10%", "max_documents": 3}))
+    assert capped.val["corpus"].n_documents == 3 and capped.train["corpus"].n_documents == 97
+    assert capped.fingerprint != prepared.fingerprint
+
+
+def test_tokenizer_training_is_deterministic(tmp_path, corpus):
+    folder, _ = corpus
+    for kind in ("bpe", "unigram"):
+        tokenizer = {"kind": kind, "vocab_size": 280, "min_frequency": 1, "max_chars": 3000}
+        a = prepare(files_spec(folder, tokenizer=tokenizer), cache_dir=tmp_path / f"a-{kind}")
+        b = prepare(files_spec(folder, tokenizer=tokenizer), cache_dir=tmp_path / f"b-{kind}")
+        assert a.tokenizer_hash == b.tokenizer_hash and a.tokenizer_json == b.tokenizer_json
+        assert a.vocab_size == 280 and (a.eos_id, a.pad_id) == (0, 1)
+        assert a.train["corpus"].dtype == "uint16"
+    other_seed = prepare(make_spec(files_spec(folder).model_dump()["data"] | {"tokenizer": tokenizer}, seed=8), cache_dir=tmp_path / "c")
+    assert other_seed.fingerprint != a.fingerprint
+
+
+def test_a_vocabulary_larger_than_the_corpus_supports(corpus, tabula_cache):
+    folder, _ = corpus
+    with pytest.raises(DataError) as error:
+        prepare(files_spec(folder, tokenizer={"kind": "bpe", "vocab_size": 50000}))
+    assert error.value.path == ("data", "tokenizer", "vocab_size") and "supports only" in str(error.value)
+
+
+def test_file_tokenizer_is_relative_to_the_spec_folder(corpus, tmp_path, tabula_cache, monkeypatch):
+    folder, _ = corpus
+    trained = prepare(files_spec(folder))
+    (tmp_path / "tok.json").write_text(trained.tokenizer_json)
+    monkeypatch.chdir(tmp_path)
+    loaded = prepare(files_spec(folder, tokenizer={"kind": "file", "path": "tok.json"}))
+    assert loaded.tokenizer_hash == trained.tokenizer_hash
+    assert np.array_equal(loaded.train["corpus"].tokens, trained.train["corpus"].tokens)
+    with pytest.raises(DataError, match="tokenizer file not found"):
+        prepare(files_spec(folder, tokenizer={"kind": "file", "path": "missing.json"}))
+
+
+def test_cache_is_reused_and_keyed_by_contents(corpus, tabula_cache):
+    folder, _ = corpus
+    first = prepare(files_spec(folder))
+    second = prepare(files_spec(folder))
+    assert (first.cache_hit, second.cache_hit) == (False, True)
+    assert second.fingerprint == first.fingerprint and second.report["cache"] == "hit"
+    assert second.report["sources"] == first.report["sources"]
+    (folder / "doc0000.txt").write_text(document(np.random.default_rng(9)))
+    assert prepare(files_spec(folder)).fingerprint != first.fingerprint
+
+
+def test_an_interrupted_prepare_leaves_no_complete_looking_entry(corpus, tabula_cache, monkeypatch):
+    folder, _ = corpus
+    real_add = shards.ShardWriter.add
+
+    def crash(self, tokens, lengths):
+        real_add(self, tokens, lengths)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards.ShardWriter, "add", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(files_spec(folder))
+    assert list(tabula_cache.glob("*/meta.json")) == [] and list(tabula_cache.glob(".tmp-*")) == []
+    # A temporary entry left by a killed process (a pid that no longer runs) is swept away.
+    stale = tabula_cache / ".tmp-0123-999999999-abcd"
+    stale.mkdir()
+    (stale / "train-corpus.tokens").write_bytes(b"\0\0")
+    monkeypatch.setattr(shards.ShardWriter, "add", real_add)
+    prepared = prepare(files_spec(folder))
+    assert not stale.exists() and not prepared.cache_hit
+    assert (prepared.directory / "meta.json").is_file()
+
+
+def test_parallel_workers_give_the_same_shards(corpus, tabula_cache, monkeypatch):
+    folder, _ = corpus
+    inline = prepare(files_spec(folder, workers=1), cache_dir=tabula_cache / "one")
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 700)  # several chunks for two workers
+    parallel = prepare(files_spec(folder, workers=2), cache_dir=tabula_cache / "two")
+    assert np.array_equal(inline.train["corpus"].tokens, parallel.train["corpus"].tokens)
+    assert np.array_equal(inline.train["corpus"].document_ends, parallel.train["corpus"].document_ends)
+
+
+def test_jsonl_records_malformed_lines_and_missing_fields(tmp_path, tabula_cache):
+    rng = np.random.default_rng(3)
+    path = write_jsonl(tmp_path / "d.jsonl", [document(rng) for _ in range(6)])
+    lines = path.read_text().splitlines()
+    lines[2] = '{"text": "broken'
+    path.write_text("\n".join(lines) + "\n")
+    source = {"kind": "files", "paths": [str(path)], "format": "jsonl"}
+    with pytest.raises(DataError) as error:
+        prepare(make_spec({"sources": {"web": source}}))
+    assert f"{path}:3" in str(error.value) and error.value.source == "web"
+    prepared = prepare(make_spec({"sources": {"web": {**source, "on_error": "skip"}}, "validation": {"fraction": 0}}))
+    assert prepared.report["sources"]["web"]["documents"] == 5
+    assert any(f"{path}:3" in w for w in prepared.report["warnings"])
+    with pytest.raises(DataError) as error:
+        prepare(make_spec({"sources": {"web": {**source, "text_field": "body"}}}))
+    assert "no field 'body'" in str(error.value)
+
+
+def test_parquet_source_and_its_missing_column(tmp_path, tabula_cache):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    texts = [document(rng) for _ in range(20)]
+    pq.write_table(pa.table({"content": texts}), tmp_path / "d.parquet")
+    source = {"kind": "files", "paths": [str(tmp_path / "*.parquet")], "format": "parquet", "text_field": "content"}
+    prepared = prepare(make_spec({"sources": {"pq": source}, "validation": {"fraction": 0}}))
+    assert sorted(documents_of(prepared.train["pq"], prepared.tokenizer, prepared.eos_id)) == sorted(texts)
+    with pytest.raises(DataError, match="no column 'text'"):
+        prepare(make_spec({"sources": {"pq": {**source, "text_field": "text"}}}))
+
+
+def test_missing_files_and_empty_globs(tmp_path, tabula_cache):
+    with pytest.raises(DataError) as error:
+        prepare(make_spec({"sources": {"c": {"kind": "files", "paths": [str(tmp_path / "nothing" / "*.txt")]}}}))
+    assert error.value.path == ("data", "sources", "c", "paths", 0) and "matches no files" in str(error.value)
+    with pytest.raises(DataError, match="file not found"):
+        prepare(make_spec({"sources": {"c": {"kind": "files", "paths": [str(tmp_path / "absent.txt")]}}}))
+    (tmp_path / "latin.txt").write_bytes("caf\xe9 ".encode("latin-1") * 40)
+    with pytest.raises(DataError, match="UTF-8"):
+        prepare(make_spec({"sources": {"c": {"kind": "files", "paths": [str(tmp_path / "latin.txt")]}}}))
+
+
+def test_python_stdlib_source_is_sorted_and_deterministic(tmp_path, tabula_cache):
+    spec = make_spec({"sources": {"std": {"kind": "python_stdlib", "max_files": 6}}, "validation": {"fraction": 0},
+                      "tokenizer": {"kind": "bpe", "vocab_size": 400, "max_chars": 20000}})
+    first, second = prepare(spec, cache_dir=tmp_path / "a"), prepare(spec, cache_dir=tmp_path / "b")
+    report = first.report["sources"]["std"]
+    assert report["documents"] >= 6 and report["train"]["tokens"] > 1000
+    assert first.fingerprint == second.fingerprint and first.tokenizer_hash == second.tokenizer_hash
+    only_source = make_spec({"sources": {"std": {"kind": "python_stdlib", "max_files": 6, "include": ["source"]}}})
+    assert prepare(only_source).report["sources"]["std"]["documents"] == 6
+
+
+def test_meta_json_records_the_report(corpus, tabula_cache):
+    folder, _ = corpus
+    prepared = prepare(files_spec(folder))
+    meta = json.loads((prepared.directory / "meta.json").read_text())
+    assert meta["fingerprint"] == prepared.fingerprint == prepared.report["fingerprint"]
+    assert meta["tokenizer_hash"] == prepared.tokenizer_hash
+    assert os.path.getsize(prepared.directory / "train-corpus.tokens") == 2 * prepared.train["corpus"].n_tokens

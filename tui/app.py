@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from textual.app import App
+from textual.screen import Screen
 
 from .dashboard import DashboardScreen, Process
 
@@ -30,3 +31,23 @@ class DashboardApp(App[str | None]):
 
     def on_mount(self) -> None:
         self.push_screen(DashboardScreen(self.run_dir, clock=self.clock, process=self.process), self.exit)
+
+
+class WizardApp(App["Path | None"]):
+    """The spec wizard (`tabula new`): returns the path it saved last, or None."""
+
+    TITLE = "tabula new"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, screen_factory: Callable[[], Screen]) -> None:
+        super().__init__()
+        self._screen_factory = screen_factory
+        self.wizard: Screen | None = None
+
+    def on_mount(self) -> None:
+        self.wizard = self._screen_factory()
+        self.push_screen(self.wizard, self.exit)
+
+    async def action_quit(self) -> None:
+        """ctrl+q: leave, returning what was saved."""
+        self.exit(getattr(self.wizard, "saved", None))

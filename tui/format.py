@@ -46,3 +46,13 @@ def format_float(value: float | None, digits: int = 4) -> str:
 
 def format_percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def format_tokens(value: int | None) -> str:
+    """Token counts with the spec's binary suffixes (k = 1024, M = 2**20): 3_145_728 -> '3M', 16384 -> '16k'."""
+    if value is None:
+        return "-"
+    for scale, suffix in ((2**40, "T"), (2**30, "B"), (2**20, "M"), (2**10, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return str(int(value))

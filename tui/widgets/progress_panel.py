@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from ..format import format_count, format_duration
+from ..format import format_duration, format_tokens
 from ..state import RunState
 
 
@@ -29,7 +29,7 @@ class ProgressPanel(Widget):
         self._fraction = state.fraction_done()
         counts = Text(no_wrap=True, overflow="ellipsis")
         counts.append("tokens ", style="dim")
-        counts.append(f"{format_count(state.tokens)} / {format_count(state.total_tokens)}")
+        counts.append(f"{format_tokens(state.tokens)} / {format_tokens(state.total_tokens)}")
         counts.append("   step ", style="dim")
         counts.append(f"{state.step} / {state.total_steps if state.total_steps is not None else '-'}")
         counts.append("   elapsed ", style="dim")

@@ -1,0 +1,194 @@
+"""The spec wizard screen: a form generated from the schema, live validation, a live plan, save.
+
+The form is built by `wizard_form.root_widgets` from the pydantic model alone; edits land in a
+`FormData` (plain dicts, as the YAML will be); after each edit (debounced) the data is validated
+as `tabula validate` would, errors are shown on their fields and in a list, and a valid spec is
+planned in a worker thread (the compiler imports torch; the screen stays responsive).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from .form_data import FormData
+from .spec_yaml import dump_spec
+from .widgets.collection_section import CollectionSection
+from .widgets.error_list import ErrorList
+from .widgets.field_row import FieldRow
+from .widgets.model_section import ModelSection
+from .widgets.plan_panel import PlanPanel
+from .wizard_form import FormError, check, root_widgets
+
+DEBOUNCE_S = 0.3
+Planner = Callable[[Any], tuple[list[tuple[str, str]], list[str]]]
+
+
+class WizardScreen(Screen[Path | None]):
+    """Edits `data` against `model` and saves it to `output` (or `<name>.yaml`). Dismisses with the
+    path saved last, or None."""
+
+    DEFAULT_CSS = """
+    WizardScreen {
+        layout: vertical;
+    }
+    WizardScreen #title {
+        height: 1;
+        background: $panel;
+        padding: 0 1;
+        text-style: bold;
+    }
+    WizardScreen #body {
+        layout: horizontal;
+        height: 1fr;
+    }
+    WizardScreen #form {
+        width: 1fr;
+    }
+    WizardScreen #side {
+        width: 56;
+        height: 1fr;
+    }
+    WizardScreen.-narrow #body {
+        layout: vertical;
+    }
+    WizardScreen.-narrow #side {
+        width: 1fr;
+        height: 12;
+    }
+    """
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    BINDINGS = [Binding("ctrl+s", "save", "save"), Binding("ctrl+q", "app.quit", "quit")]
+
+    def __init__(self, model: type[BaseModel], data: dict[str, Any], *, output: Path | None = None,
+                 planner: Planner | None = None, source: str | None = None, header: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.form = FormData(data)
+        self.output = output
+        self.planner = planner
+        self.source = source
+        self.header = header
+        self.errors: list[FormError] = []
+        self.saved: Path | None = None
+        self._timer = None
+        self._checked_version = -1
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._title_text(), id="title", markup=False)
+        with Vertical(id="body"):
+            yield VerticalScroll(*root_widgets(self.model, self.form), id="form")
+            with VerticalScroll(id="side"):
+                yield ErrorList(id="errors")
+                yield PlanPanel(id="plan")
+        yield Footer()
+
+    def _title_text(self) -> str:
+        where = f"from {self.source}  ->  " if self.source else ""
+        return f"tabula new: {where}{self.target_path()}   (ctrl+s save, ctrl+q quit)"
+
+    def on_mount(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------ validation, debounced
+
+    def on_field_row_changed(self, _: FieldRow.Changed) -> None:
+        self._schedule()
+
+    def on_model_section_rebuilt(self, _: ModelSection.Rebuilt) -> None:
+        self._schedule()
+
+    def on_collection_section_rebuilt(self, _: CollectionSection.Rebuilt) -> None:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(DEBOUNCE_S, self.validate)
+
+    def validate(self) -> list[FormError]:
+        """Check the form now: show errors on their fields and in the list; plan a valid spec."""
+        self._timer = None
+        self.errors = check(self.form.data, self.model)
+        self._checked_version = self.form.version
+        self.query_one(ErrorList).show_errors([(e.dotted, e.message) for e in self.errors])
+        self._mark_fields()
+        self.query_one("#title", Static).update(self._title_text())
+        plan = self.query_one(PlanPanel)
+        if self.errors:
+            plan.show_note("the plan follows once the spec is valid")
+        elif self.planner is None:
+            plan.display = False
+        else:
+            plan.show_note("planning ...")
+            self._plan(self.model.model_validate(self.form.data))
+        return self.errors
+
+    def _mark_fields(self) -> None:
+        widgets = {w.path: w for w in self.query("FieldRow, ModelSection, CollectionSection")}
+        messages: dict[tuple, list[str]] = {}
+        for error in self.errors:
+            path = error.path
+            while path and path not in widgets:  # an error inside a row shows on the row's section
+                path = path[:-1]
+            if path:
+                shown = error.message if path == error.path else f"{'.'.join(map(str, error.path[len(path):]))}: {error.message}"
+                messages.setdefault(path, []).append(shown)
+        for path, widget in widgets.items():
+            widget.show_error("; ".join(messages[path]) if path in messages else None)
+
+    @work(thread=True, exclusive=True, group="plan")
+    def _plan(self, spec: Any) -> None:
+        version = self.form.version
+        try:
+            rows, notes = self.planner(spec)
+        except Exception as error:  # noqa: BLE001 - a spec that validates but cannot be planned: show why
+            messages = [e.message for e in getattr(error, "errors", [])] or [str(error)]
+            self.app.call_from_thread(self._show_plan_problem, version, messages)
+            return
+        self.app.call_from_thread(self._show_plan, version, rows, notes)
+
+    def _show_plan(self, version: int, rows, notes) -> None:
+        if version == self.form.version:
+            self.query_one(PlanPanel).show_rows(rows, notes)
+
+    def _show_plan_problem(self, version: int, messages: list[str]) -> None:
+        if version == self.form.version:
+            self.query_one(PlanPanel).show_note("cannot plan: " + "; ".join(messages), style="bold yellow")
+
+    # ------------------------------------------------------------ saving
+
+    def target_path(self) -> Path:
+        if self.output is not None:
+            return self.output
+        name = self.form.get(("name",), None)
+        return Path(f"{name if isinstance(name, str) and name else 'experiment'}.yaml")
+
+    def action_save(self) -> None:
+        if self._checked_version != self.form.version or self._timer is not None:
+            self.validate()
+        if self.errors:
+            first = self.errors[0]
+            self.notify(f"Not saved: {len(self.errors)} error(s). {first.dotted}: {first.message}",
+                        severity="error", title="invalid spec")
+            return
+        path = self.target_path()
+        text = dump_spec(self.form.data, self.model, header=self.header)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+        self.saved = path
+        self.notify(f"saved {path}", title="tabula new")
+
+    def action_leave(self) -> None:
+        self.dismiss(self.saved)

@@ -7,7 +7,8 @@ epoch visits the blocks in a seeded permutation, reading a block front to back. 
 cursor (tokens taken from it) therefore fixes its next window whatever the stage. For each
 sequence, the stage's mixture picks the source from a hash of (seed, fingerprint, position).
 Windows are read as seq_len + 1 contiguous tokens (inputs, and targets shifted by one); the
-stream is circular, so every token of an epoch is read once and at most block - 1 twice.
+stream is circular, so every token of an epoch is read once and at most block - 1 twice. A
+cursor left mid-block by a seq_len change makes one window that spans two blocks.
 """
 
 from __future__ import annotations
@@ -110,12 +111,25 @@ class Sampler:
         return (bits >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
     def _window(self, name: str, cursor: int, seq_len: int) -> np.ndarray:
-        length = self.lengths[name]
+        """seq_len tokens from the cursor on, in epoch order, and the token that follows the last."""
+        tokens, length = self.prepared.train[name].tokens, self.lengths[name]
         blocks = math.ceil(length / self.block)
-        epoch, offset = divmod(cursor, blocks * self.block)
-        block, within = divmod(offset, self.block)
-        start = (int(self._permutation(name, epoch, blocks)[block]) * self.block + within) % length
-        return _circular(self.prepared.train[name].tokens, start, seq_len + 1)
+        parts, remaining = [], seq_len
+        while True:
+            epoch, offset = divmod(cursor, blocks * self.block)
+            block, within = divmod(offset, self.block)
+            start = (int(self._permutation(name, epoch, blocks)[block]) * self.block + within) % length
+            take = min(remaining, self.block - within)
+            if take == remaining and not parts:  # the usual case: the window lies inside one block
+                return _circular(tokens, start, seq_len + 1)
+            parts.append(_circular(tokens, start, take))
+            remaining -= take
+            cursor += take
+            if not remaining:
+                # A window split over two blocks (a cursor mid-block after a seq_len change):
+                # its last target is still the true next token.
+                parts.append(_circular(tokens, (start + take) % length, 1))
+                return np.concatenate(parts)
 
     def _permutation(self, name: str, epoch: int, blocks: int) -> np.ndarray:
         cached = self._permutations.get(name)

@@ -1,0 +1,144 @@
+"""The curriculum sampler: packing without loss, stage switches, mixtures, save/restore, validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import Stage, document, make_spec, write_texts
+
+from tabula.runtime.data import DataError, Sampler, prepare, validation_batches
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory):
+    """Sources `a` and `b` written in disjoint alphabets: only spaces and eos tokens are shared."""
+    root = tmp_path_factory.mktemp("sampler")
+    rng = np.random.default_rng(5)
+
+    def text(letters):
+        return " ".join("".join(rng.choice(list(letters), size=rng.integers(2, 7))) for _ in range(50))
+
+    a = [text("abcdefghijklm") for _ in range(30)]
+    b = [text("nopqrstuvwxyz") for _ in range(30)]
+    spec = make_spec({
+        "sources": {"a": {"kind": "files", "paths": [str(write_texts(root / "a", a) / "*.txt")]},
+                    "b": {"kind": "files", "paths": [str(write_texts(root / "b", b) / "*.txt")]}},
+        "validation": {"fraction": "10%"},
+        "packing": {"document_masking": True},
+        "tokenizer": {"kind": "bpe", "vocab_size": 270, "min_frequency": 1},
+    })
+    return prepare(spec, cache_dir=root / "cache")
+
+
+def one_stage(mix, seq_len=16, end=10**9):
+    return [Stage(0, 0, end, seq_len, mix)]
+
+
+def test_every_token_appears_once_per_epoch(two_sources):
+    stream = np.asarray(two_sources.train["a"].tokens, dtype=np.int64)
+    sampler = Sampler(two_sources, one_stage({"a": 1.0}, seq_len=16), seed=3)
+    blocks = -(-len(stream) // 16)
+    inputs = np.concatenate([sampler.next_batch(1, 16).input_ids.numpy().ravel() for _ in range(blocks)])
+    wrapped = blocks * 16 - len(stream)  # the circular stream's last window repeats this many tokens
+    expected = np.concatenate([stream, stream[:wrapped]])
+    assert np.array_equal(np.bincount(inputs, minlength=400), np.bincount(expected, minlength=400))
+    assert sampler.epochs["a"] == pytest.approx(blocks * 16 / len(stream))
+    # The next epoch is another permutation of the same windows.
+    second = np.concatenate([sampler.next_batch(1, 16).input_ids.numpy().ravel() for _ in range(blocks)])
+    assert not np.array_equal(second, inputs)
+    assert np.array_equal(np.bincount(second, minlength=400), np.bincount(expected, minlength=400))
+
+
+def test_targets_are_the_next_tokens_of_the_stream(two_sources):
+    stream = np.asarray(two_sources.train["b"].tokens, dtype=np.int64)
+    batch = Sampler(two_sources, one_stage({"b": 1.0}, seq_len=32), seed=1).next_batch(8, 32)
+    assert batch.input_ids.shape == batch.targets.shape == (8, 32) and batch.input_ids.dtype == torch.int64
+    for inputs, targets in zip(batch.input_ids.numpy(), batch.targets.numpy()):
+        start = next(i for i in range(len(stream)) if np.array_equal(stream[i : i + 32], inputs))
+        assert np.array_equal(np.resize(np.roll(stream, -start - 1), 32), targets)
+
+
+def test_stage_switches_at_its_token_count(two_sources):
+    stages = [Stage(0, 0, 1024, 16, {"a": 1.0}), Stage(1, 1024, 4096, 32, {"b": 1.0})]
+    sampler = Sampler(two_sources, stages, seed=0)
+    a_tokens = set(np.asarray(two_sources.train["a"].tokens).tolist())
+    for _ in range(16):  # 16 batches of 4 x 16 tokens: exactly 1024
+        assert sampler.stage_at().index == 0
+        assert set(sampler.next_batch(4, 16).input_ids.numpy().ravel().tolist()) <= a_tokens
+    assert sampler.tokens == 1024 and sampler.cursors == {"a": 1024, "b": 0}
+    assert sampler.stage_at().index == 1
+    batch = sampler.next_batch(2, 32)
+    b_tokens = set(np.asarray(two_sources.train["b"].tokens).tolist())
+    assert len(a_tokens - b_tokens) > 10 and set(batch.input_ids.numpy().ravel().tolist()) <= b_tokens
+    assert sampler.cursors == {"a": 1024, "b": 64} and sampler.stage_at(10**6).index == 1
+
+
+def test_mixture_weights_choose_sources(two_sources):
+    sampler = Sampler(two_sources, one_stage({"a": 3.0, "b": 1.0}), seed=11)
+    for _ in range(100):
+        sampler.next_batch(40, 16)
+    assert sampler.cursors["a"] / sampler.tokens == pytest.approx(0.75, abs=0.03)
+
+
+def test_save_and_restore_give_identical_next_batches(two_sources):
+    stages = [Stage(0, 0, 512, 16, {"a": 1.0, "b": 1.0}), Stage(1, 512, 10**6, 32, {"a": 1.0, "b": 2.0})]
+    sampler = Sampler(two_sources, stages, seed=42)
+    for _ in range(5):
+        sampler.next_batch(8, 16)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    expected = [sampler.next_batch(8, 16 if sampler.tokens < 512 else 32) for _ in range(4)]
+    restored = Sampler(two_sources, stages, seed=42)
+    restored.load_state_dict(state)
+    for batch in expected:
+        again = restored.next_batch(*batch.input_ids.shape)
+        assert torch.equal(again.input_ids, batch.input_ids) and torch.equal(again.targets, batch.targets)
+        assert torch.equal(again.document_ids, batch.document_ids)
+    fresh = Sampler(two_sources, stages, seed=42)
+    first = Sampler(two_sources, stages, seed=42).next_batch(8, 16)
+    assert torch.equal(fresh.next_batch(8, 16).input_ids, first.input_ids)  # a pure function of the position
+    assert not torch.equal(Sampler(two_sources, stages, seed=43).next_batch(8, 16).input_ids, first.input_ids)
+    with pytest.raises(DataError, match="other data"):
+        Sampler(two_sources, stages, seed=7).load_state_dict(state)
+
+
+def test_document_ids_number_documents_within_a_row(two_sources):
+    batch = Sampler(two_sources, one_stage({"a": 1.0}, seq_len=512), seed=0).next_batch(4, 512)
+    ends = (batch.input_ids == two_sources.eos_id).long()
+    assert torch.equal(batch.document_ids, torch.cumsum(ends, 1) - ends)
+    assert batch.document_ids.max() >= 1  # 512 tokens span more than one document here
+
+
+def test_validation_batches_are_deterministic_and_held_out(two_sources):
+    first = validation_batches(two_sources, tokens=256, seq_len=32, batch_size=3)
+    second = validation_batches(two_sources, tokens=256, seq_len=32, batch_size=3)
+    assert [b.input_ids.shape[0] for b in first] == [3, 3, 2]
+    assert all(torch.equal(x.input_ids, y.input_ids) for x, y in zip(first, second))
+    val_tokens = set(np.asarray(two_sources.val["a"].tokens).tolist()) | set(np.asarray(two_sources.val["b"].tokens).tolist())
+    assert set(torch.cat([b.input_ids for b in first]).ravel().tolist()) <= val_tokens
+
+
+def test_a_stage_cannot_mix_an_unknown_source(two_sources):
+    with pytest.raises(DataError, match="'c'"):
+        Sampler(two_sources, one_stage({"c": 1.0}), seed=0)
+
+
+def test_no_validation_data_gives_no_batches(tmp_path, tabula_cache):
+    folder = write_texts(tmp_path / "c", [document(np.random.default_rng(0)) for _ in range(5)])
+    spec = make_spec({"sources": {"c": {"kind": "files", "paths": [str(folder / "*.txt")]}}, "validation": {"fraction": 0}})
+    assert validation_batches(prepare(spec), tokens=64, seq_len=16, batch_size=2) == []
+
+
+def test_a_seq_len_change_mid_block_loses_no_token(two_sources):
+    stream = np.asarray(two_sources.train["a"].tokens, dtype=np.int64)
+    stages = [Stage(0, 0, 48, 16, {"a": 1.0}), Stage(1, 48, 10**9, 32, {"a": 1.0})]
+    sampler = Sampler(two_sources, stages, seed=9)
+    parts = [sampler.next_batch(1, 16).input_ids.numpy().ravel() for _ in range(3)]  # cursor 48: mid-block
+    epoch = -(-len(stream) // 32) * 32
+    while sum(map(len, parts)) < epoch:
+        parts.append(sampler.next_batch(1, 32).input_ids.numpy().ravel())
+    inputs = np.concatenate(parts)[:epoch]
+    expected = np.concatenate([stream, stream[: epoch - len(stream)]])
+    assert np.array_equal(np.bincount(inputs, minlength=400), np.bincount(expected, minlength=400))

@@ -29,10 +29,16 @@ from .activations import activation_bytes
 if TYPE_CHECKING:
     from .plan import Plan
 
-# Default peak FLOP/s for the time estimate: an H100 SXM's dense bf16 tensor-core peak, and a
-# laptop-class CPU's fp32 matmul rate (this project's 2-core machine measures 0.06-0.14 TFLOP/s).
-DEFAULT_PEAK_TFLOPS = {"cuda": 989.0, "cpu": 0.1}
+# Default peak TFLOP/s for the time estimate: an H100 SXM's dense tensor-core peaks (fp32 without
+# TF32), and a laptop-class CPU's fp32 matmul rate (this project's 2-core machine measures
+# 0.06-0.14 TFLOP/s; half precision is far slower on CPUs without bf16 units).
+DEFAULT_PEAK_TFLOPS = {"cuda": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}, "cpu": {"bf16": 0.1, "fp16": 0.1, "fp32": 0.1}}
 DEFAULT_MFU = 0.4
+
+
+def default_peak_flops(device_type: str, precision: str) -> float:
+    """Peak FLOP/s assumed for a rank of `device_type` at `precision` (DEFAULT_PEAK_TFLOPS)."""
+    return DEFAULT_PEAK_TFLOPS.get(device_type, DEFAULT_PEAK_TFLOPS["cpu"])[precision] * 1e12
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -237,9 +243,11 @@ class Estimate:
 
 
 def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: float = DEFAULT_MFU,
-             device_type: str = "cuda") -> Estimate:
+             device_type: str | None = None) -> Estimate:
     """The cost of `spec` trained as `plan` says. `peak_flops` (FLOP/s per rank) defaults to
-    DEFAULT_PEAK_TFLOPS for `device_type`; the time is total FLOPs / (world size x peak x mfu)."""
+    DEFAULT_PEAK_TFLOPS for `device_type` (default: the plan's) and the plan's precision; the time
+    is total FLOPs / (world size x peak x mfu)."""
+    device_type = device_type or plan.device_type
     model, vocab = spec.model, plan.vocab_size
     params = count_parameters(model, vocab)
     device, host = model_state_bytes(spec, vocab, plan.precision, plan.world_size)
@@ -261,7 +269,7 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
     memory["total"] = sum(memory.values())
     if host:
         host = {**host, "total": sum(host.values())}
-    peak = peak_flops if peak_flops is not None else DEFAULT_PEAK_TFLOPS.get(device_type, DEFAULT_PEAK_TFLOPS["cpu"]) * 1e12
+    peak = peak_flops if peak_flops is not None else default_peak_flops(device_type, plan.precision)
     seconds = total_flops / (plan.world_size * peak * mfu)
     return Estimate(
         parameters=params,

@@ -1,12 +1,259 @@
-"""tabula plan (not built yet)."""
+"""Show what a spec will cost before it runs: parameters, FLOPs per token, memory per rank by part,
+activations, the curriculum stages with their sequence length, mixture, micro-batch, gradient
+accumulation and steps, warmup, totals, and the time at a stated peak FLOP/s and MFU.
 
-HELP = "plan (not built yet)"
+Nothing is built or downloaded: the numbers are arithmetic over the spec, so a 1.3B model is
+planned in a moment on a laptop. The device decides the precision `auto` resolves to and the
+memory the automatic micro-batch may fill: by default this machine's (a CUDA GPU if present, else
+the CPU); `--device cuda` plans for an 80 GB GPU from anywhere.
+
+  tabula plan specs/tabulaprima-278m.yaml
+  tabula plan specs/quickstart.yaml train.batch_tokens=32k --json
+  tabula plan specs/zero2.yaml --deepspeed-config > ds_config.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "show parameters, FLOPs, memory per rank, steps and time a spec implies (nothing is built)"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
+    parser.add_argument("overrides", nargs="*", metavar="a.b=v", help="overrides applied to the spec (values parsed as YAML)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    parser.add_argument("--world-size", type=int, metavar="N", help="ranks to plan for (default: parallel.world_size)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="device the plan is for (default auto: cuda where a CUDA GPU is present, else cpu)")
+    parser.add_argument("--peak-tflops", type=float, metavar="X",
+                        help="peak TFLOP/s per rank for the time estimate (default: 989 bf16 / 67 fp32 on cuda, an H100; 0.1 on cpu)")
+    parser.add_argument("--mfu", type=float, default=None, metavar="F", help="model FLOPs utilisation assumed, 0-1 (default 0.4)")
+    parser.add_argument("--deepspeed-config", action="store_true",
+                        help="print the DeepSpeed config JSON the plan lowers to (checked with DeepSpeed's own config classes)")
 
 
-def run(args) -> int:
-    print("tabula plan: not built yet")
+def run(args: argparse.Namespace) -> int:
+    from tabula.compiler.estimate import DEFAULT_MFU, estimate
+    from tabula.compiler.plan import make_plan
+    from tabula.report import load_spec_or_report, print_errors, split_spec_and_overrides
+    from tabula.schemas.errors import SpecError, SpecErrors
+
+    if args.world_size is not None and args.world_size < 1:
+        return _bad(f"--world-size must be at least 1, found {args.world_size}")
+    mfu = DEFAULT_MFU if args.mfu is None else args.mfu
+    if not 0 < mfu <= 1:
+        return _bad(f"--mfu is a fraction in (0, 1], found {args.mfu}")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        return _bad(f"--peak-tflops must be positive, found {args.peak_tflops}")
+
+    path, overrides = split_spec_and_overrides([args.spec, *args.overrides])
+    spec = load_spec_or_report(path, overrides)
+    if spec is None:
+        return 2
+    device = _device(args.device)
+    try:
+        plan = make_plan(spec, world_size=args.world_size, device_type=device)
+    except SpecErrors as error:
+        print_errors(error.errors)
+        return 2
+    if args.world_size is not None and args.world_size > 1 and spec.parallel.backend == "local":
+        print_errors([SpecError(f"--world-size {args.world_size} needs parallel.backend: deepspeed", path=("parallel", "backend"))])
+        return 2
+    if args.deepspeed_config:
+        return _print_deepspeed_config(spec, plan)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops is not None else None
+    est = estimate(spec, plan, peak_flops=peak, mfu=mfu, device_type=device)
+    if args.json:
+        print(json.dumps(as_json(spec, plan, est, path), indent=2))
+    else:
+        print("\n".join(report_lines(spec, plan, est, path)))
+    return 0
+
+
+def as_json(spec, plan, est, path: str) -> dict:
+    """The plan and estimate as one JSON-able object."""
+    stages = []
+    for stage, cost in zip(plan.stages, est.stages):
+        stages.append({
+            "index": stage.index, "start_tokens": stage.start_tokens, "end_tokens": stage.end_tokens,
+            "seq_len": stage.seq_len, "mix": stage.mix, "sequences_per_step": stage.sequences_per_step,
+            "micro_batch": stage.micro_batch, "grad_accum": stage.grad_accum, "steps": stage.steps,
+            "flops_per_token": cost.flops_per_token, "activations": cost.activations,
+        })
+    return {
+        "spec": path,
+        "name": spec.name,
+        "spec_hash": _spec_hash(spec),
+        "device": plan.device_type,
+        "precision": plan.precision,
+        "world_size": plan.world_size,
+        "backend": spec.parallel.backend,
+        "vocab_size": plan.vocab_size,
+        "parameters": vars(est.parameters).copy(),
+        "flops_per_token": est.flops_per_token,
+        "flops_per_token_seq_len": est.flops_per_token_seq_len,
+        "memory_per_rank": est.memory_per_rank,
+        "host_memory_per_rank": est.host_memory_per_rank,
+        "activation_checkpointing": spec.parallel.activation_checkpointing,
+        "stages": stages,
+        "steps": {"total": plan.total_steps, "warmup": plan.warmup_steps},
+        "tokens": {"budget": plan.budget_tokens, "batch": plan.batch_tokens, "warmup": plan.warmup_tokens, "total": plan.total_tokens},
+        "eval_every_tokens": plan.eval_every_tokens,
+        "checkpoint_every_tokens": plan.checkpoint_every_tokens,
+        "time": {"seconds": est.seconds, "total_flops": est.total_flops, "peak_tflops": est.peak_flops / 1e12, "mfu": est.mfu},
+        "notes": list(plan.notes),
+    }
+
+
+# ---------------------------------------------------------------- the readable report
+
+MEMORY_PARTS = (("weights", "weights"), ("gradients", "gradients"), ("master_weights", "fp32 master weights"),
+                ("optimizer_state", "optimizer state"), ("activations", "activations"))
+
+
+def report_lines(spec, plan, est, path: str) -> list[str]:
+    """The report `tabula plan` prints, one string a line."""
+    params = est.parameters
+    spec_hash = _spec_hash(spec)
+    lines = [
+        f"{spec.name}  ({path})" + (f"  spec {spec_hash[:12]}" if spec_hash else ""),
+        f"{plan.device_type}, {plan.precision}, {plan.world_size} rank{'s' if plan.world_size > 1 else ''}"
+        f" ({spec.parallel.backend}{_zero(spec)}), vocabulary {plan.vocab_size:,}",
+        "",
+        "model",
+        f"  parameters         {params.total:>16,}  {_si(params.total)}",
+        f"    embedding        {params.embedding:>16,}  {_si(params.embedding)}"
+        + ("  (tied with the output head, counted once)" if spec.model.tie_embeddings else ""),
+        f"    non-embedding    {params.non_embedding:>16,}  {_si(params.non_embedding)}",
+        f"  FLOPs per token    {est.flops_per_token:>16,}  {_si(est.flops_per_token)}"
+        f"  (6N + attention at seq_len {est.flops_per_token_seq_len}, forward + backward)",
+        "",
+        f"memory per rank ({plan.precision}, ZeRO stage {spec.parallel.zero.stage})",
+    ]
+    for key, label in MEMORY_PARTS:
+        size = est.memory_per_rank.get(key, 0)
+        where = "  (offloaded to host)" if key in est.host_memory_per_rank else ""
+        lines.append(f"  {label:<19}{_bytes(size):>16}{where}")
+    lines.append(f"  {'total':<19}{_bytes(est.memory_per_rank['total']):>16}")
+    if est.host_memory_per_rank:
+        lines.append(f"  {'host (offloaded)':<19}{_bytes(est.host_memory_per_rank['total']):>16}")
+    policy = spec.parallel.activation_checkpointing
+    lines += ["", f"activations per micro-batch (checkpointing: {policy})"]
+    for stage, cost in zip(plan.stages, est.stages):
+        acts = cost.activations
+        lines.append(f"  stage {stage.index}: {stage.micro_batch} x {stage.seq_len} tokens   "
+                     f"none {_bytes(acts['none'])}   full {_bytes(acts['full'])}")
+    lines += ["", "stages", "  #   tokens                  seq_len  micro x accum x ranks   steps        mix"]
+    for stage in plan.stages:
+        tokens = f"{_tokens(stage.start_tokens)} - {_tokens(stage.end_tokens)}"
+        batch = f"{stage.micro_batch} x {stage.grad_accum} x {plan.world_size}"
+        mix = ", ".join(f"{name} {weight:.0%}" for name, weight in stage.mix.items())
+        lines.append(f"  {stage.index:<3} {tokens:<23} {stage.seq_len:>7}  {batch:<21} {stage.steps:>7,}      {mix}")
+    budget = spec.train.budget
+    per_param = f" ({budget.tokens_per_param:g} tokens a parameter)" if budget.tokens_per_param else ""
+    lines += [
+        "",
+        "totals",
+        f"  budget             {plan.budget_tokens:>16,} tokens{per_param}",
+        f"  batch              {plan.batch_tokens:>16,} tokens a step",
+        f"  steps              {plan.total_steps:>16,}  ({plan.total_tokens:,} tokens trained)",
+        f"  warmup             {plan.warmup_steps:>16,} steps  ({plan.warmup_tokens:,} tokens)",
+    ]
+    if plan.eval_every_tokens:
+        lines.append(f"  evaluation every   {plan.eval_every_tokens:>16,} tokens  ({plan.total_tokens // plan.eval_every_tokens} times)")
+    if plan.checkpoint_every_tokens:
+        lines.append(f"  checkpoint every   {plan.checkpoint_every_tokens:>16,} tokens")
+    lines += [
+        f"  compute            {est.total_flops:>16.3g} FLOPs",
+        f"  time               {_duration(est.seconds):>16}  at {est.peak_flops / 1e12:g} TFLOP/s peak x {est.mfu:g} MFU"
+        f" x {plan.world_size} rank{'s' if plan.world_size > 1 else ''}",
+    ]
+    if plan.notes:
+        lines += ["", "notes"] + [f"  {note}" for note in plan.notes]
+    return lines
+
+
+def _zero(spec) -> str:
+    zero = spec.parallel.zero
+    if spec.parallel.backend != "deepspeed":
+        return ""
+    offload = [name for name, on in (("optimizer", zero.offload_optimizer), ("params", zero.offload_params)) if on]
+    return f", ZeRO-{zero.stage}" + (f" offload {'+'.join(offload)}" if offload else "")
+
+
+def _si(n: float) -> str:
+    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{suffix}"
+    return f"{n:g}"
+
+
+def _tokens(n: int) -> str:
+    """A token count as specs write them (k = 2**10, M = 2**20, B = 2**30): 512k, 2.59B."""
+    for size, suffix in ((2**30, "B"), (2**20, "M"), (2**10, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return str(n)
+
+
+def _bytes(n: float) -> str:
+    if n == 0:
+        return "-"
+    for size, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= size:
+            return f"{n / size:.2f} {suffix}"
+    return f"{n:.0f} B"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _print_deepspeed_config(spec, plan) -> int:
+    from tabula.compiler.deepspeed_config import deepspeed_config
+
+    config = deepspeed_config(spec, plan)
+    print(json.dumps(config, indent=2))
+    if spec.parallel.backend != "deepspeed":
+        sys.stderr.write("note: this spec runs with backend local; the config is what backend deepspeed would use\n")
+    try:
+        from tabula.runtime.deepspeed_check import check_config
+    except ImportError:
+        sys.stderr.write("not checked: DeepSpeed's config check is not available here\n")
+        return 0
+    problems = check_config(config, world_size=plan.world_size)
+    if problems:
+        sys.stderr.write("DeepSpeed rejects this config:\n" + "".join(f"  {p}\n" for p in problems))
+        return 2
+    sys.stderr.write(f"checked: DeepSpeed accepts this config at world size {plan.world_size}\n")
+    return 0
+
+
+def _spec_hash(spec) -> str | None:
+    try:
+        from tabula.schemas.canonical import spec_hash
+    except ImportError:
+        return None
+    return spec_hash(spec)
+
+
+def _device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _bad(message: str) -> int:
+    sys.stderr.write(f"tabula plan: error: {message}\n")
     return 2

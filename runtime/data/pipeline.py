@@ -114,7 +114,8 @@ def save_tokenizer(prepared: PreparedData, path: str | os.PathLike) -> Path:
 
 def spec_base_dir(spec: Any) -> Path:
     """The folder relative paths in the spec are relative to (the spec file's), else the cwd."""
-    base = getattr(spec, "base_dir", None)  # set by the loader on specs that come from a file
+    # Set by the loader (schemas/loader.py); a Spec built in code has none.
+    base = getattr(spec, "base_dir", None) or getattr(spec, "_base_dir", None)
     return Path(base) if base else Path.cwd()
 
 

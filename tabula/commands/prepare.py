@@ -63,41 +63,17 @@ def _summary(report: dict) -> str:
 
 
 def _load(path: str, overrides: list[str]):
-    """The Spec, or None after printing why not (the spec language's report where it exists)."""
+    """The Spec, or None after printing why not."""
     try:
         from tabula.report import load_spec_or_report
-    except ImportError:
-        return _fallback_load(path, overrides)
+    except ImportError:  # until the spec language's report module lands
+        from tabula.schemas.errors import SpecErrors
+        from tabula.schemas.loader import load_spec
+
+        try:
+            return load_spec(path, overrides)
+        except SpecErrors as errors:
+            for error in errors.errors:
+                sys.stderr.write(f"{error}\n")
+            return None
     return load_spec_or_report(path, overrides)
-
-
-def _fallback_load(path: str, overrides: list[str]):
-    # Until tabula.report lands: safe YAML, dotted overrides, pydantic validation, one line per error.
-    from pathlib import Path
-
-    from pydantic import ValidationError
-    from ruamel.yaml import YAML, YAMLError
-
-    from tabula.schemas.spec import Spec
-
-    yaml = YAML(typ="safe")
-    try:
-        document = yaml.load(Path(path).read_text())
-        for override in overrides:
-            key, _, value = override.partition("=")
-            node = document
-            *parents, last = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = yaml.load(value)
-        spec = Spec.model_validate(document)
-    except (OSError, YAMLError, AttributeError, TypeError) as error:
-        sys.stderr.write(f"tabula prepare: error: {path}: {error}\n")
-        return None
-    except ValidationError as error:
-        for item in error.errors():
-            where = ".".join(str(p) for p in item["loc"])
-            sys.stderr.write(f"{path}: {where}: {item['msg']}\n")
-        return None
-    object.__setattr__(spec, "base_dir", Path(path).resolve().parent)
-    return spec

@@ -1,0 +1,60 @@
+"""`tabula prepare` as a user runs it: a spec file, relative paths, --json, the cache, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from data_helpers import document, write_texts
+
+from tabula.cli import main
+
+SPEC = """\
+name: clitest
+seed: 3
+model: {d_model: 32, n_layers: 1, max_seq_len: 64, block: {attention: {kind: gqa, n_heads: 2, n_kv_heads: 1}, mlp: {kind: swiglu, hidden: 64}}}
+train: {batch_tokens: 256, optimizer: {kind: adamw, lr: 1.0e-3}, budget: {tokens: 4096}}
+data:
+  tokenizer: {kind: bpe, vocab_size: 300, min_frequency: 1}
+  sources:
+    corpus: {kind: files, paths: ["corpus/*.txt"]}
+  filters: [{kind: length, min_chars: 20}, {kind: dedup}]
+  validation: {fraction: 10%}
+"""
+
+
+def write_spec(tmp_path):
+    rng = np.random.default_rng(0)
+    texts = [document(rng) for _ in range(20)]
+    write_texts(tmp_path / "corpus", texts + texts[:2] + ["short"])
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    return tmp_path / "spec.yaml"
+
+
+def test_prepare_json_then_cache_hit(tmp_path, capsys, monkeypatch):
+    spec = write_spec(tmp_path)
+    monkeypatch.chdir("/")  # paths in the spec are relative to its folder, not the working directory
+    assert main(["prepare", str(spec), "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    first = json.loads(capsys.readouterr().out)
+    source = first["sources"]["corpus"]
+    assert [(f["in"], f["out"]) for f in source["filters"]] == [(23, 22), (22, 20)]
+    assert (source["train"]["documents"], source["val"]["documents"]) == (18, 2)
+    assert source["tokens"] == source["train"]["tokens"] + source["val"]["tokens"] > 0
+    assert first["cache"] == "miss" and len(first["fingerprint"]) == 32
+    assert main(["prepare", str(spec), "--json", "--cache-dir", str(tmp_path / "cache")]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["cache"] == "hit" and second["fingerprint"] == first["fingerprint"]
+    assert main(["prepare", str(spec), "data.validation.fraction=0", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "cache miss" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tabula_cache):
+    spec = write_spec(tmp_path)
+    assert main(["prepare", str(spec), "data.sources.corpus.paths=[nowhere/*.txt]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.sources.corpus.paths[0]" in err and "matches no files" in err
+    assert "Traceback" not in err
+    assert not list(tabula_cache.glob("*/meta.json"))
+    assert main(["prepare", str(spec), "data.tokenizer.vocab_size=60000"]) == 2
+    assert "supports only" in capsys.readouterr().err
+

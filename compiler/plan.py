@@ -117,28 +117,17 @@ def make_plan(
             f"{_gib(memory)} assumed: use ZeRO (parallel.zero.stage), offload or more ranks"
         )
 
-    stages, errors, start = [], [], 0
-    curriculum = spec.data.curriculum
-    seq_len, mix = spec.model.max_seq_len, {name: 1.0 for name in spec.data.sources}
-    for index, stage in enumerate(curriculum):
-        seq_len = stage.seq_len or seq_len
-        mix = stage.mix or mix
-        if start >= budget:
-            notes.append(f"curriculum stage {index} starts at {start} tokens, after the budget of {budget}: dropped")
-            continue
-        last = index == len(curriculum) - 1
-        end = budget if last or stage.until_tokens is None else min(stage.until_tokens, budget)
-        if last and stage.until_tokens is not None and stage.until_tokens != budget:
-            notes.append(f"the last curriculum stage lasts until the budget ({budget} tokens), not until_tokens {stage.until_tokens}")
-        elif not last and stage.until_tokens is not None and stage.until_tokens > budget:
-            notes.append(f"curriculum stage {index} is cut at the budget ({budget} tokens) instead of {stage.until_tokens}")
-        path = ("data", "curriculum", index, "seq_len") if stage.seq_len else ("train", "batch_tokens")
-        planned = _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, path, errors)
+    spans = _spans(spec, budget, notes)
+    errors = _indivisible(spec, world, [seq_len for _, _, _, seq_len, _ in spans])
+    if errors:
+        raise _errors(spec, errors)
+    stages = []
+    for index, start, end, seq_len, mix in spans:
+        planned = _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, errors)
         if planned is not None:
             stages.append(planned)
             if planned.steps == 0:
                 notes.append(f"curriculum stage {index} is shorter than one batch ({batch} tokens): it runs no step")
-        start = end
     if errors:
         raise _errors(spec, errors)
     total = sum(stage.steps for stage in stages)
@@ -175,17 +164,32 @@ def _budget(spec: Spec, vocab: int) -> int:
     return math.ceil(budget.tokens_per_param * count_parameters(spec.model, vocab).total)
 
 
-def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, path, errors) -> StagePlan | None:
+def _spans(spec: Spec, budget: int, notes: list[str]) -> list[tuple[int, int, int, int, dict[str, float]]]:
+    """(index, start_tokens, end_tokens, seq_len, mix) of the stages that run within the budget:
+    seq_len and mix carry over, the first defaults to max_seq_len and equal weights, the last
+    runs until the budget, stages past the budget are dropped."""
+    spans, start = [], 0
+    curriculum = spec.data.curriculum
+    seq_len, mix = spec.model.max_seq_len, {name: 1.0 for name in spec.data.sources}
+    for index, stage in enumerate(curriculum):
+        seq_len = stage.seq_len or seq_len
+        mix = stage.mix or mix
+        if start >= budget:
+            notes.append(f"curriculum stage {index} starts at {start} tokens, after the budget of {budget}: dropped")
+            continue
+        last = index == len(curriculum) - 1
+        end = budget if last or stage.until_tokens is None else min(stage.until_tokens, budget)
+        if last and stage.until_tokens is not None and stage.until_tokens != budget:
+            notes.append(f"the last curriculum stage lasts until the budget ({budget} tokens), not until_tokens {stage.until_tokens}")
+        elif not last and stage.until_tokens is not None and stage.until_tokens > budget:
+            notes.append(f"curriculum stage {index} is cut at the budget ({budget} tokens) instead of {stage.until_tokens}")
+        spans.append((index, start, end, seq_len, mix))
+        start = end
+    return spans
+
+
+def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, errors) -> StagePlan | None:
     batch = spec.train.batch_tokens
-    if batch % (seq_len * world):
-        errors.append((
-            path if world == 1 else ("train", "batch_tokens"),
-            f"batch_tokens ({batch}) must be a multiple of seq_len x world_size ({seq_len} x {world} = {seq_len * world}) "
-            f"in curriculum stage {index}",
-            f"a multiple of {seq_len * world}",
-            str(batch),
-        ))
-        return None
     sequences = batch // seq_len
     per_rank = sequences // world
     asked = spec.train.micro_batch
@@ -217,6 +221,24 @@ def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free,
     )
 
 
+def _indivisible(spec: Spec, world: int, seq_lens: list[int]) -> list[tuple]:
+    """One error at train.batch_tokens when it is not a multiple of seq_len x world_size for
+    some stage, naming those stages' products and the smallest batch that fits them all."""
+    batch = spec.train.batch_tokens
+    bad = sorted({n * world for n in seq_lens if batch % (n * world)})
+    if not bad:
+        return []
+    fits = math.lcm(*(n * world for n in seq_lens))
+    shown = " and ".join(f"{n // world} x {world} = {n}" for n in bad)
+    return [(
+        ("train", "batch_tokens"),
+        f"batch_tokens ({batch}) must be a multiple of seq_len x world_size ({shown}); "
+        f"the nearest that fits every curriculum stage is {max(fits, round(batch / fits) * fits)}",
+        f"a multiple of {fits}",
+        str(batch),
+    )]
+
+
 def _auto_micro_batch(spec: Spec, per_rank: int, seq_len: int, precision: str, vocab: int, free: int) -> int:
     """The largest divisor of `per_rank` whose activations fit in `free` bytes (at least 1)."""
     parallel = spec.parallel
@@ -232,26 +254,9 @@ def _gib(n: int) -> str:
 
 
 def _errors(spec: Spec, problems: list[tuple[tuple, str, str | None, str | None]]) -> Exception:
-    """SpecErrors for (path, message, expected, found) problems, with file positions where the
-    loader recorded them."""
-    try:
-        from tabula.schemas.errors import SpecError, SpecErrors
-    except ImportError:  # the spec language's errors module has not landed yet
-        return ValueError("; ".join(f"{'.'.join(map(str, path))}: {message}" for path, message, _, _ in problems))
+    """SpecErrors for (path, message, expected, found) problems, at the file positions the loader
+    recorded for those paths (none for specs built in code)."""
+    from tabula.schemas.errors import SpecErrors
+    from tabula.schemas.loader import error_at
 
-    source = getattr(spec, "source_path", None)  # a private attribute set by the loader
-    positions = _positions(spec)
-    errors = []
-    for path, message, expected, found in problems:
-        line, column = positions.get(tuple(path), (None, None))
-        errors.append(SpecError(message=message, path=tuple(path), file=str(source) if source else None,
-                                line=line, column=column, expected=expected, found=found))
-    return SpecErrors(errors)
-
-
-def _positions(spec: Spec) -> dict[tuple, tuple[int, int]]:
-    try:
-        from tabula.schemas.loader import position_of  # noqa: F401
-    except ImportError:
-        return {}
-    return {}
+    return SpecErrors(error_at(spec, tuple(path), message, expected=expected, found=found) for path, message, expected, found in problems)

@@ -121,11 +121,14 @@ def test_vocab_size_from_the_tokenizer_overrides():
     assert make_plan(spec(**{"model.vocab_size": "auto"})).vocab_size == 512  # the bpe tokenizer's size
 
 
-def test_batch_not_divisible_by_seq_len_names_the_stage_path():
-    stages = [{"until_tokens": "16k", "seq_len": 32}, {"seq_len": 96}]
+def test_batch_not_divisible_by_seq_len_names_batch_tokens_once():
+    stages = [{"until_tokens": "16k", "seq_len": 32}, {"until_tokens": "32k", "seq_len": 96}, {"seq_len": 80}]
     (error,) = spec_errors(lambda: make_plan(spec(**{"data.curriculum": stages})))
-    assert error.path == ("data", "curriculum", 1, "seq_len")
-    assert "batch_tokens (4096)" in error.message and "96" in error.message
+    assert error.path == ("train", "batch_tokens")
+    assert "batch_tokens (4096)" in error.message
+    assert "80 x 1 = 80 and 96 x 1 = 96" in error.message
+    assert error.expected == "a multiple of 480"  # lcm(32, 96, 80)
+    assert "4320" in error.message  # the nearest batch that fits every stage (9 x 480)
 
 
 def test_batch_not_divisible_by_world_size_names_batch_tokens():

@@ -221,6 +221,7 @@ class Data(SpecModel):
                     raise field_error(
                         ("curriculum", index, "mix", name),
                         f"mixture names source {name!r}, which data.sources does not define (sources: {', '.join(sorted(names))})",
+                        key=True,
                     )
         train_on = (self.tokenizer.train_on or []) if isinstance(self.tokenizer, _TrainedTokenizer) else []
         for index, name in enumerate(train_on):

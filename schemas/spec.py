@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PrivateAttr, model_validator
 
 from .base import SpecModel, field_error
 from .data import Data, _TrainedTokenizer
@@ -28,6 +31,30 @@ class Spec(SpecModel):
     parallel: Parallel = Field(default_factory=Parallel, description="The parallelism plan.")
     train: Train = Field(description="The training recipe.")
     track: Track = Field(default_factory=Track, description="Run directories and experiment tracking.")
+
+    # Set by the loader (schemas/loader.py); not part of the spec's value, its equality or its hash.
+    _source_path: Path | None = PrivateAttr(default=None)
+    _base_dir: Path | None = PrivateAttr(default=None)
+    _source_map: Any = PrivateAttr(default=None)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file this spec was loaded from (absolute), or None for a spec from text or code."""
+        return self._source_path
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the spec (files sources, tokenizer files) are relative to:
+        the spec file's folder, or the working directory."""
+        if self._source_path is not None:
+            return self._source_path.parent
+        return self._base_dir if self._base_dir is not None else Path.cwd()
+
+    def __eq__(self, other: object) -> bool:
+        # Two specs are equal when their values are, wherever they were loaded from.
+        if not isinstance(other, Spec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Spec:

@@ -1,0 +1,245 @@
+"""Safe YAML reading that keeps positions: text -> plain Python values + where each one was written.
+
+ruamel.yaml only *composes* the node tree here (nothing is constructed, so no tag can make it
+create an object or run code); this module builds dicts, lists and YAML 1.2 core scalars from the
+nodes itself and rejects every other tag. Each value's and each key's position is recorded under
+its spec path, so later errors (pydantic's, cross-field checks) can point at file:line:column.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import SpecError, SpecErrors
+
+_TAG = "tag:yaml.org,2002:"
+_MAX_NODES = 200_000  # aliases can multiply a small file (a "billion laughs"); a spec is never this big
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where something was written: file as shown to the user, 1-based line and column."""
+
+    file: str
+    line: int
+    column: int
+
+
+@dataclass
+class Document:
+    """One parsed YAML text: its plain `data`, and positions by spec path (tuples of keys and
+    list indices) of each value (`values`) and each mapping key (`keys`)."""
+
+    file: str
+    lines: list[str]
+    data: Any = None
+    values: dict[tuple, Position] = field(default_factory=dict)
+    keys: dict[tuple, Position] = field(default_factory=dict)
+
+    def line_text(self, line: int) -> str | None:
+        """The text of a 1-based line, without its newline."""
+        return self.lines[line - 1] if 0 < line <= len(self.lines) else None
+
+
+def read_yaml(path: str | Path, *, shown_as: str | None = None, require_mapping: bool = True) -> Document:
+    """Parse the YAML file at `path`; raises SpecErrors (missing file, YAML problems, tags...)."""
+    shown = shown_as or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecErrors([SpecError(f"no such file: {shown}", file=shown)]) from None
+    except IsADirectoryError:
+        raise SpecErrors([SpecError(f"{shown} is a directory, not a spec file", file=shown)]) from None
+    except UnicodeDecodeError as error:
+        raise SpecErrors([SpecError(f"not UTF-8 text ({error.reason} at byte {error.start})", file=shown)]) from None
+    except OSError as error:
+        raise SpecErrors([SpecError(f"cannot read {shown}: {error.strerror}", file=shown)]) from None
+    return parse_yaml(text, shown, require_mapping=require_mapping)
+
+
+def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = True,
+               line_offset: int = 0, column_offset: int = 0, source_lines: list[str] | None = None) -> Document:
+    """Parse YAML `text` shown to the user as `file`; raises SpecErrors listing every problem.
+
+    `require_mapping`: the document must be a mapping (a spec), not a list or a scalar.
+    Offsets shift the recorded positions (a value cut out of a longer line, as an override is);
+    `source_lines` are the lines shown in excerpts instead of `text`'s."""
+    doc = Document(file=file, lines=source_lines if source_lines is not None else text.splitlines())
+    builder = _Builder(doc, line_offset, column_offset)
+
+    tab_errors = builder.tabs_in_indentation(text)
+    if tab_errors:
+        raise SpecErrors(tab_errors)
+    try:
+        root = YAML(typ="rt", pure=True).compose(io.StringIO(text))
+    except MarkedYAMLError as error:
+        raise SpecErrors([builder.syntax_error(error)]) from None
+    except YAMLError as error:
+        raise SpecErrors([SpecError(f"YAML error: {error}", file=file)]) from None
+
+    if root is None:
+        if require_mapping:
+            raise SpecErrors([SpecError(
+                "the file is empty; a spec is a mapping of keys (name, model, data, train, ...)",
+                file=file, line=1 + line_offset, column=1 + column_offset,
+                expected="a mapping", found="an empty document", source_line=doc.line_text(1))])
+        doc.data = None
+        return doc
+    if require_mapping and not isinstance(root, MappingNode):
+        found = "a list" if isinstance(root, SequenceNode) else f"a single value ({root.value!r})"
+        raise SpecErrors([builder.error(
+            root, f"a spec is a mapping of keys (name, model, data, train, ...), found {found}",
+            (), expected="a mapping", found=found)])
+    doc.data = builder.build(root, ())
+    if builder.errors:
+        raise SpecErrors(builder.errors)
+    return doc
+
+
+class _Builder:
+    """Turns composed nodes into plain values, recording positions and collecting errors."""
+
+    def __init__(self, doc: Document, line_offset: int, column_offset: int):
+        self.doc, self.line_offset, self.column_offset = doc, line_offset, column_offset
+        self.errors: list[SpecError] = []
+        self.nodes = 0
+        self.active: set[int] = set()  # containers being built: an alias back into one is a cycle
+
+    def position(self, node: Node) -> Position:
+        mark = node.start_mark
+        column = mark.column + 1 + (self.column_offset if mark.line == 0 else 0)
+        return Position(self.doc.file, mark.line + 1 + self.line_offset, column)
+
+    def error(self, node: Node, message: str, path: tuple, **details: Any) -> SpecError:
+        where = self.position(node)
+        return SpecError(message, path=path, file=where.file, line=where.line, column=where.column,
+                         source_line=self.doc.line_text(node.start_mark.line + 1), **details)
+
+    def syntax_error(self, error: MarkedYAMLError) -> SpecError:
+        mark = error.problem_mark or error.context_mark
+        problem = error.problem or error.context or "invalid YAML"
+        message = f"YAML syntax error: {problem}"
+        if error.context and error.problem:
+            message += f" ({error.context})"
+        if mark is None:
+            return SpecError(message, file=self.doc.file)
+        column = mark.column + 1 + (self.column_offset if mark.line == 0 else 0)
+        return SpecError(message, file=self.doc.file, line=mark.line + 1 + self.line_offset, column=column,
+                         source_line=self.doc.line_text(mark.line + 1))
+
+    def tabs_in_indentation(self, text: str) -> list[SpecError]:
+        errors = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            indent = line[: len(line) - len(line.lstrip(" \t"))]
+            if "\t" in indent and line.strip():
+                errors.append(SpecError(
+                    "a tab in the indentation; YAML indents with spaces only",
+                    file=self.doc.file, line=number + self.line_offset, column=indent.index("\t") + 1,
+                    expected="spaces", found="a tab character", source_line=self.doc.line_text(number)))
+        return errors
+
+    def build(self, node: Node, path: tuple) -> Any:
+        self.nodes += 1
+        if self.nodes > _MAX_NODES:
+            if self.nodes == _MAX_NODES + 1:
+                self.errors.append(self.error(node, f"the document expands to more than {_MAX_NODES} values (aliases?)", path))
+            return None
+        self.doc.values[path] = self.position(node)
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, path)
+        if id(node) in self.active:
+            self.errors.append(self.error(node, "an alias refers to a value that contains it (a cycle)", path))
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                if node.tag != _TAG + "seq":
+                    self.errors.append(self.bad_tag(node, path))
+                return [self.build(item, path + (index,)) for index, item in enumerate(node.value)]
+            if isinstance(node, MappingNode):
+                return self.mapping(node, path)
+        finally:
+            self.active.discard(id(node))
+        self.errors.append(self.error(node, "unsupported YAML node", path))
+        return None
+
+    def mapping(self, node: MappingNode, path: tuple) -> dict[str, Any]:
+        if node.tag != _TAG + "map":
+            self.errors.append(self.bad_tag(node, path))
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                self.errors.append(self.error(key_node, "a key must be a plain name, not a list or a mapping", path))
+                continue
+            if key_node.tag == _TAG + "merge":
+                self.errors.append(self.error(
+                    key_node, "merge keys (<<) are not supported; compose specs with extends:", path + ("<<",)))
+                continue
+            key = self.scalar(key_node, path)
+            key = "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
+            if key in result:
+                first = self.doc.keys[path + (key,)]
+                self.errors.append(self.error(
+                    key_node, f"duplicate key {key!r} (first written at line {first.line})", path + (key,),
+                    found=f"{key!r} twice"))
+                continue
+            self.doc.keys[path + (key,)] = self.position(key_node)
+            result[key] = self.build(value_node, path + (key,))
+        return result
+
+    def bad_tag(self, node: Node, path: tuple) -> SpecError:
+        tag = node.tag
+        shown = "!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag
+        return self.error(
+            node, f"the tag {shown} is not allowed: specs are plain data (safe YAML), never objects or code", path,
+            expected="a plain value, list or mapping", found=f"tag {shown}")
+
+    def scalar(self, node: ScalarNode, path: tuple) -> Any:
+        tag, text = node.tag, node.value
+        try:
+            if tag == _TAG + "str" or tag in (_TAG + "timestamp", _TAG + "value") and node.style is None:
+                return text
+            if tag == _TAG + "null":
+                return None
+            if tag == _TAG + "bool":
+                return text.lower() in ("true", "yes", "on", "y")
+            if tag == _TAG + "int":
+                return _to_int(text)
+            if tag == _TAG + "float":
+                return _to_float(text)
+        except ValueError:
+            shown = "!!" + tag[len(_TAG):]
+            self.errors.append(self.error(node, f"{text!r} is not a valid {shown}", path, found=repr(text)))
+            return None
+        self.errors.append(self.bad_tag(node, path))
+        return None
+
+
+def _to_int(text: str) -> int:
+    clean = text.replace("_", "").strip()
+    sign = -1 if clean.startswith("-") else 1
+    digits = clean.lstrip("+-")
+    for prefix, base in (("0x", 16), ("0o", 8), ("0b", 2)):
+        if digits.lower().startswith(prefix):
+            return sign * int(digits[2:], base)
+    return sign * int(digits, 10)
+
+
+def _to_float(text: str) -> float:
+    clean = text.replace("_", "").strip()
+    lowered = clean.lower()
+    if lowered in (".inf", "+.inf"):
+        return math.inf
+    if lowered == "-.inf":
+        return -math.inf
+    if lowered == ".nan":
+        return math.nan
+    return float(clean)

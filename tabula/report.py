@@ -1,0 +1,150 @@
+"""The one place spec errors become text for a person, and the helpers commands use to load a
+spec given on the command line.
+
+    file:line:col: error: path: message
+       12 |     attention: {kind: gqa, n_heads: 8, n_kv_heads: 3}
+          |                                                    ^
+      expected: ...
+      found: 3
+      hint: did you mean `n_layers`?
+
+Commands that take `SPEC [a.b=v ...]`:
+
+    def add_arguments(parser):
+        add_spec_arguments(parser)
+    def run(args):
+        spec = load_spec_or_report(args.spec, args.overrides)
+        if spec is None:
+            return 2
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, TextIO
+
+if TYPE_CHECKING:
+    from tabula.schemas.errors import SpecError
+    from tabula.schemas.spec import Spec
+
+_RED, _YELLOW, _CYAN, _BOLD, _DIM, _RESET = "\033[31m", "\033[33m", "\033[36m", "\033[1m", "\033[2m", "\033[0m"
+_TOKEN_END = set(" ,}]:#\t")
+
+
+def format_error(error: SpecError, color: bool = False) -> str:
+    """One error as text: the `file:line:col: error: path: message` line, the source line with a
+    caret under the spot, then `expected:`, `found:` and `hint:` lines where known."""
+
+    def paint(text: str, code: str) -> str:
+        return f"{code}{text}{_RESET}" if color else text
+
+    where = ":".join(str(part) for part in (error.file, error.line, error.column) if part is not None)
+    head = paint(f"{where}: ", _BOLD) if where else ""
+    path = paint(f"{error.dotted_path}: ", _BOLD) if error.path else ""
+    lines = [f"{head}{paint('error:', _RED + _BOLD)} {path}{error.message}"]
+
+    text = error.source_line
+    if text is None and error.file and error.line:
+        text = _read_line(error.file, error.line)
+    if text is not None and error.line:
+        number = str(error.line)
+        shown = text.expandtabs(1)
+        lines.append(f" {paint(number.rjust(4), _DIM)} | {shown}")
+        if error.column:
+            start = error.column - 1
+            length = _token_length(shown, start)
+            lines.append(f" {' ' * max(4, len(number))} | {' ' * start}{paint('^' + '~' * (length - 1), _RED)}")
+    if error.expected:
+        lines.append(f"  {paint('expected:', _CYAN)} {error.expected}")
+    if error.found:
+        lines.append(f"  {paint('found:', _CYAN)} {error.found}")
+    if error.suggestion:
+        lines.append(f"  {paint('hint:', _YELLOW)} did you mean `{error.suggestion}`?")
+    return "\n".join(lines)
+
+
+def print_errors(errors: Iterable[SpecError], stream: TextIO | None = None, color: bool | None = None) -> None:
+    """Print every error (see format_error) to `stream` (default stderr), a blank line between
+    them; color where the stream is a terminal and NO_COLOR is not set, unless `color` says."""
+    stream = stream or sys.stderr
+    if color is None:
+        color = _use_color(stream)
+    errors = list(errors)
+    for index, error in enumerate(errors):
+        if index:
+            stream.write("\n")
+        stream.write(format_error(error, color=color) + "\n")
+    stream.flush()
+
+
+def add_spec_arguments(parser, *, many: bool = False) -> None:
+    """Add the positional `SPEC [a.b=v ...]` arguments: `args.spec` (a path; a list with many=True,
+    where the specs and the overrides may come in any order: see split_spec_and_overrides) and
+    `args.overrides` (a list of `a.b.c=value`)."""
+    if many:
+        parser.add_argument("items", nargs="+", metavar="SPEC|a.b=v",
+                            help="spec files, then overrides a.b.c=value applied to each (values are YAML)")
+    else:
+        parser.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
+        parser.add_argument("overrides", nargs="*", metavar="a.b=v",
+                            help="overrides applied after extends, e.g. model.n_layers=2 data.curriculum.1.seq_len=1024 (values are YAML)")
+
+
+def split_spec_and_overrides(items: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Command-line items -> (spec paths, overrides). An item is an override when it has an `=`
+    and is not an existing file; everything else is a spec path, in the order given."""
+    specs, overrides = [], []
+    for item in items:
+        if "=" in item and not Path(item).exists():
+            overrides.append(item)
+        else:
+            specs.append(item)
+    return specs, overrides
+
+
+def load_spec_or_report(path: str | os.PathLike, overrides: Iterable[str] = (), stream: TextIO | None = None) -> Spec | None:
+    """load_spec(path, overrides), or None after printing every error (see print_errors): the
+    caller then exits with 2. Never raises for a bad spec, a missing file or a bad override."""
+    from tabula.schemas.errors import SpecErrors
+    from tabula.schemas.loader import load_spec
+
+    try:
+        return load_spec(path, list(overrides))
+    except SpecErrors as errors:
+        print_errors(errors.errors, stream=stream)
+        return None
+
+
+def _use_color(stream: TextIO) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def _read_line(file: str, line: int) -> str | None:
+    try:
+        with open(file, encoding="utf-8", errors="replace") as handle:
+            for number, text in enumerate(handle, start=1):
+                if number == line:
+                    return text.rstrip("\r\n")
+    except OSError:
+        return None
+    return None
+
+
+def _token_length(text: str, start: int) -> int:
+    """Length of the word starting at `start` (for the ~~~ under it): up to a YAML separator;
+    a quoted string to its closing quote."""
+    if start >= len(text) or text[start] in "[{":
+        return 1
+    if text[start] in "'\"":
+        end = text.find(text[start], start + 1)
+        return end - start + 1 if end > start else 1
+    end = start
+    while end < len(text) and text[end] not in _TOKEN_END:
+        end += 1
+    return max(1, end - start)

@@ -76,7 +76,7 @@ def _emit_mapping(data: dict, indent: int, lines: list[str]) -> None:
             lines.append(f"{pad}{name}:")
             _emit_sequence(value, indent + 2, lines)
         else:
-            lines.append(f"{pad}{name}: {_scalar(value)}")
+            lines.append(f"{pad}{name}: {format_scalar(value)}")
 
 
 def _emit_sequence(items: list, indent: int, lines: list[str]) -> None:
@@ -90,10 +90,11 @@ def _emit_sequence(items: list, indent: int, lines: list[str]) -> None:
             lines.append(f"{pad}-")
             _emit_sequence(item, indent + 2, lines)
         else:
-            lines.append(f"{pad}- {_scalar(item)}")
+            lines.append(f"{pad}- {format_scalar(item)}")
 
 
-def _scalar(value: Any) -> str:
+def format_scalar(value: Any) -> str:
+    """A scalar as the canonical YAML writes it (`null`, `true`, `1.0e-05`, `"<|pad|>"`)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -1,0 +1,36 @@
+"""A tiny quickstart for runtime tests: d_model 64, 2 layers, seq 32/64, a 512-token BPE over 40 stdlib files."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "specs" / "quickstart.yaml"
+
+
+def tiny_spec_dict(**train) -> dict:
+    spec = YAML(typ="safe").load(QUICKSTART.read_text())
+    spec["name"] = "tiny"
+    spec["model"].update(d_model=64, n_layers=2, max_seq_len=64)
+    spec["model"]["block"]["mlp"]["hidden"] = 128
+    spec["data"]["tokenizer"] = {"kind": "bpe", "vocab_size": 512, "max_chars": "256k"}
+    spec["data"]["sources"]["stdlib"]["max_files"] = 40
+    spec["data"]["curriculum"] = [{"until_tokens": "8k", "seq_len": 32}, {"seq_len": 64}]
+    spec["train"].update(
+        batch_tokens=512,
+        budget={"tokens": "12k"},
+        eval={"every_tokens": "8k", "tokens": 1024, "sample": {"max_new_tokens": 4}},
+        checkpoint={"every_tokens": "4k", "keep_last": 2},
+        log={"every_steps": 1},
+    )
+    spec["train"].update(copy.deepcopy(train))
+    spec["track"] = {"aim": {"enabled": False}}
+    return spec
+
+
+def tiny_spec(**train):
+    from tabula.schemas.spec import Spec
+
+    return Spec.model_validate(tiny_spec_dict(**train))

@@ -1,0 +1,143 @@
+"""The train loop, in-process on the CPU: exact resume, non-finite policies, control requests, stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from runtime_helpers import tiny_spec
+from tabula.compiler import make_plan
+from tabula.runtime.checkpoint import list_checkpoints, read_state
+from tabula.runtime.events import read_events
+from tabula.runtime.loop import train
+from tabula.runtime.rundir import RunDir
+from tabula.runtime.session import build_local_engine
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A 100k-parameter model gains nothing from two threads, and loses a lot when other processes
+    share the cores (OpenMP spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from tabula.runtime.data import prepare
+
+    return prepare(tiny_spec(), cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _run(spec, prepared, folder, **kwargs):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text("{}")
+    run = RunDir(folder)
+    plan = make_plan(spec, vocab_size=prepared.vocab_size, device_type="cpu")
+    engine = build_local_engine(spec, plan, torch.device("cpu"))
+    outcome = train(spec, plan, engine, run, prepared, spec_hash="test", **kwargs)
+    return outcome, read_events(run.events)
+
+
+def _losses(events):
+    return {e["step"]: e["loss"] for e in events if e["kind"] == "train"}
+
+
+def test_resume_is_bit_identical(prepared, tmp_path):
+    spec = tiny_spec()
+    whole, whole_events = _run(spec, prepared, tmp_path / "whole")
+    assert whole.reason == "finished" and whole.step == 24
+    first, _ = _run(spec, prepared, tmp_path / "split", max_steps=9)
+    assert first.reason == "stopped" and first.checkpoint.name == "step-000009"
+    second, events = _run(spec, prepared, tmp_path / "split", resume_from=first.checkpoint)
+    assert second.reason == "finished"
+    expected = _losses(whole_events)
+    resumed = _losses(events)
+    assert sorted(resumed) == list(range(1, 25))  # events.jsonl holds both sessions
+    assert resumed == expected  # every step's loss to the last bit
+    evals = [e["val_loss"] for e in events if e["kind"] == "eval"]
+    assert evals == [e["val_loss"] for e in whole_events if e["kind"] == "eval"]
+
+
+def test_events_follow_the_contract(prepared, tmp_path):
+    _, events = _run(tiny_spec(), prepared, tmp_path / "run")
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and events[-1]["reason"] == "finished"
+    for kind in ("train", "eval", "sample", "stage", "checkpoint"):
+        assert kind in kinds
+    for event in events:
+        assert {"kind", "time", "step", "tokens"} <= set(event)
+    train_event = next(e for e in events if e["kind"] == "train")
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage"} <= set(train_event)
+    stage = next(e for e in events if e["kind"] == "stage")
+    assert stage["index"] == 1 and stage["seq_len"] == 64 and stage["tokens"] == 8192
+    assert events[0]["stages"][0] == {"index": 0, "until_tokens": 8192, "seq_len": 32, "mix": {"stdlib": 1.0}}
+    losses = [e["loss"] for e in events if e["kind"] == "train"]
+    assert losses[-1] < losses[0]
+
+
+def test_nonfinite_skip(prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("TABULA_TEST_NAN_AT_STEP", "5")
+    outcome, events = _run(tiny_spec(on_nonfinite="skip"), prepared, tmp_path / "run")
+    assert outcome.reason == "finished"
+    warnings = [e for e in events if e["kind"] == "log" and e["level"] == "warning"]
+    assert len(warnings) == 1 and "non-finite loss at step 5" in warnings[0]["message"] and "skipped" in warnings[0]["message"]
+    losses = _losses(events)
+    assert 5 not in losses  # the skipped step's loss is not averaged into the record
+    assert all(loss == loss for loss in losses.values())  # and no NaN leaked into the weights
+
+
+def test_nonfinite_stop(prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("TABULA_TEST_NAN_AT_STEP", "11")
+    outcome, events = _run(tiny_spec(on_nonfinite="stop"), prepared, tmp_path / "run")
+    assert outcome.reason == "failed" and outcome.step == 11
+    assert "non-finite loss at step 11" in outcome.error and "step-000008" in outcome.error
+    assert events[-1]["kind"] == "end" and events[-1]["reason"] == "failed"
+    assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "step-000008"
+
+
+def test_nonfinite_rollback(prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("TABULA_TEST_NAN_AT_STEP", "11")
+    outcome, events = _run(tiny_spec(on_nonfinite="rollback"), prepared, tmp_path / "run")
+    assert outcome.reason == "finished" and outcome.step == 24
+    warning = next(e for e in events if e["kind"] == "log" and e["level"] == "warning")
+    assert "rolled back to checkpoints/step-000008" in warning["message"]
+    steps = [e["step"] for e in events if e["kind"] == "train"]
+    assert steps.count(9) == 2  # steps 9-10 ran twice: once before the NaN, once after the rollback
+    final = read_state(outcome.checkpoint)
+    assert final["sampler"]["tokens"] > final["tokens"]  # the data window before the NaN was skipped
+
+
+def test_control_requests(prepared, tmp_path):
+    from tabula.runtime.control import request
+
+    folder = tmp_path / "run"
+
+    class Dropper:
+        def __call__(self, event):
+            if event["kind"] == "train" and event["step"] == 2:
+                request(folder, "eval")
+                request(folder, "checkpoint")
+            if event["kind"] == "train" and event["step"] == 3:
+                request(folder, "stop")
+
+    outcome, events = _run(tiny_spec(), prepared, folder, console=Dropper())
+    assert outcome.reason == "stopped" and outcome.step == 3
+    assert [e["step"] for e in events if e["kind"] == "eval"] == [2]
+    assert [e["step"] for e in events if e["kind"] == "checkpoint"] == [2, 3]
+    assert not list((folder / "control").iterdir())  # requests are deleted once acted upon
+
+
+def test_checkpoint_state(prepared, tmp_path):
+    outcome, _ = _run(tiny_spec(), prepared, tmp_path / "run")
+    state = read_state(outcome.checkpoint)
+    assert state["step"] == 24 and state["tokens"] == 24 * 512
+    assert state["sampler"]["tokens"] == 24 * 512
+    assert state["best_val_loss"] is not None
+    json.dumps(state)

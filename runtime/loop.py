@@ -308,7 +308,8 @@ class Trainer:
                 local = self.control.poll() | (ctl.STOP if signals.received is not None else 0)
                 flags = engine.sync_flags(local)
             pause_start = time.perf_counter()
-            if (every_eval and crossed(tokens_before, p.tokens, every_eval)) or flags & ctl.EVAL:
+            last = p.step == plan.total_steps  # evaluate before the final checkpoint, so it records val_loss
+            if (every_eval and crossed(tokens_before, p.tokens, every_eval)) or flags & ctl.EVAL or (last and every_eval):
                 if spec.train.eval:
                     self.evaluate()
             if crossed(tokens_before, p.tokens, every_ckpt) or flags & ctl.CHECKPOINT:

@@ -23,15 +23,9 @@ def _error(message: str) -> None:
 
 def load_run_spec(path: str, overrides: list[str]):
     """The spec, or None after printing its errors."""
-    from tabula.report import print_errors
-    from tabula.schemas.errors import SpecErrors
-    from tabula.schemas.loader import load_spec
+    from tabula.report import load_spec_or_report
 
-    try:
-        return load_spec(path, overrides=tuple(overrides))
-    except SpecErrors as errors:
-        print_errors(errors.errors)
-        return None
+    return load_spec_or_report(path, overrides)
 
 
 # ---------------------------------------------------------------- resume
@@ -69,9 +63,9 @@ def resume_changes(spec, run) -> tuple[bool, list[dict[str, Any]]]:
     print(f"The spec differs from the one {run.name} was trained with:")
     for change in changes:
         print(f"  {change.path}: {_show(change.old)} -> {_show(change.new)}")
-    verdict = resume_compatibility(old, spec)
-    if not verdict.compatible:
-        _error("cannot resume with these changes:\n" + "\n".join(f"  {reason}" for reason in verdict.reasons)
+    compatible, reasons = resume_compatibility(old, spec)
+    if not compatible:
+        _error("cannot resume with these changes:\n" + "\n".join(f"  {reason}" for reason in reasons)
                + "\nStart a new run instead (without --resume).")
         return False, []
     print("These changes are compatible with the checkpoint: applying them.")

@@ -32,8 +32,9 @@ def _positive(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
-    parser.add_argument("overrides", nargs="*", metavar="a.b=v", help="override spec values (the value is parsed as YAML)")
+    from tabula.report import add_spec_arguments
+
+    add_spec_arguments(parser)
     parser.add_argument("--headless", action="store_true", help="print progress lines instead of opening the dashboard")
     parser.add_argument("--max-steps", type=_positive, metavar="N", help="stop after N optimizer steps of this call, with a checkpoint")
     parser.add_argument("--run-dir", metavar="DIR", help="write the run here instead of track.runs_dir/<name>-<time>")

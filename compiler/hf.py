@@ -146,6 +146,8 @@ def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, 
     architecture. Tensors are made contiguous and never shared (safetensors refuses aliases)."""
     out = {}
     for name, tensor in state.items():
+        if name == "lm_head.weight" and spec.tie_embeddings:
+            continue  # transformers ties it to the embedding itself
         kv = _KV_DOWN.match(name)
         if kv:
             layer, kind = kv.groups()

@@ -12,7 +12,9 @@ Parameter names (stable: the runtime saves safetensors by them, the plan counts 
     blocks.{i}.mlp_norm.weight / .bias
     blocks.{i}.mlp.up|down.weight / .bias     gelu;   blocks.{i}.mlp.gate|up|down.weight  swiglu
     norm.weight / .bias                       the final norm
-    lm_head.weight                            (vocab, C)   untied only: tied models reuse embed.weight
+    lm_head.weight                            (vocab, C)   with tie_embeddings, the same Parameter as
+                                              embed.weight: named_parameters() lists it once (as
+                                              embed.weight); state_dict() has both names, one tensor
 
 Biases exist only where the spec asks for them. Build with `tabula.compiler.build_model(spec)`.
 """
@@ -82,7 +84,12 @@ class Transformer(nn.Module):
             self.rope = Rope(spec.position, rope_dim, spec.max_seq_len)
         self.blocks = nn.ModuleList(Block(spec.block, spec.d_model, spec.dropout) for _ in range(spec.n_layers))
         self.norm = build_norm(spec.block.norm, spec.d_model)
-        self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.d_model, vocab_size, bias=False)
+        self.tie_embeddings = spec.tie_embeddings
+        self.lm_head = nn.Linear(spec.d_model, vocab_size, bias=False)
+        if self.tie_embeddings:
+            # A module of its own even when tied, so that sharded engines (ZeRO-3) gather the
+            # weight around the head's forward as they do around the embedding's.
+            self.lm_head.weight = self.embed.weight
         self._masks: dict[tuple[int, torch.device], torch.Tensor | None] = {}
 
     def forward(
@@ -102,8 +109,7 @@ class Transformer(nn.Module):
             else:
                 x = block(x, rope, mask)
         x = self.norm(x)
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, weight)  # (B, T, vocab)
+        logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
@@ -123,6 +129,8 @@ class Transformer(nn.Module):
     def materialize(self, device: torch.device | str, seed: int) -> Transformer:
         """Allocates the parameters on `device` (from the meta device) and initialises them."""
         self.to_empty(device=device)
+        if self.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
         self._masks.clear()
         self.init_weights(seed)
         return self
@@ -134,12 +142,16 @@ class Transformer(nn.Module):
         from its own CPU generator seeded by (seed, name): the same seed gives the same weights on
         any device, and adding a module leaves the others' values unchanged."""
         residual_std = self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual else self.init_std
+        done: set[int] = set()  # a tied head is the embedding: drawn once, under its first name
         for module_name, module in self.named_modules():
             if isinstance(module, (RMSNorm, LayerNorm)):
                 module.reset_parameters()
                 continue
             for param_name, param in module.named_parameters(recurse=False):
                 name = f"{module_name}.{param_name}" if module_name else param_name
+                if id(param) in done:
+                    continue
+                done.add(id(param))
                 if param_name == "bias":
                     param.zero_()
                     continue

@@ -52,8 +52,10 @@ def test_parameter_names_are_stable():
     assert {"embed.weight", "norm.weight", "lm_head.weight", "blocks.1.attn.q_proj.weight", "blocks.0.attn.o_proj.weight",
             "blocks.0.attn_norm.weight", "blocks.0.mlp_norm.weight", "blocks.0.mlp.gate.weight", "blocks.0.mlp.up.weight",
             "blocks.0.mlp.down.weight"} <= names
-    tied = {name for name, _ in build_model(tiny_spec()).named_parameters()}
-    assert "lm_head.weight" not in tied  # the head reuses embed.weight
+    tied = build_model(tiny_spec())
+    assert "lm_head.weight" not in {name for name, _ in tied.named_parameters()}  # listed once, as embed.weight
+    assert tied.lm_head.weight is tied.embed.weight
+    assert tied.materialize("cpu", seed=1).lm_head.weight is tied.embed.weight  # still tied once allocated
     mla = {name for name, _ in build_model(tiny_spec(block={"attention": {**MLA, "latent_norm": True}})).named_parameters()}
     assert {f"blocks.0.attn.{n}.weight" for n in ("q_down", "q_up", "kv_down", "kv_up", "k_rope", "o_proj", "q_latent_norm", "kv_latent_norm")} <= mla
 

@@ -141,20 +141,26 @@ def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress) -
     pending = PendingEntry(root, key)
     try:
         warnings: list[str] = []
+        clock = time.perf_counter()
         spools, report = _spool_sources(spec, readers, pending.folder, progress, warnings)
+        timings = {"read_and_filter": time.perf_counter() - clock}
+        clock = time.perf_counter()
         tokenizer = _make_tokenizer(spec, spools, progress)
+        timings["tokenizer"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         eos_id, pad_id = special_ids(spec.data.tokenizer, tokenizer)
         vocab_size = tokenizer.get_vocab_size()
         dtype = token_dtype(vocab_size)
         tokenizer_json = tokenizer.to_str()
         counts = _tokenize(spec, spools, tokenizer_json, eos_id, dtype, pending.folder, progress)
+        timings["tokenize"] = time.perf_counter() - clock
         for (split, name), spool in spools.items():
             spool.path.unlink()
             report["sources"][name][split]["tokens"] = counts[name][split]["tokens"]
         for name, source in report["sources"].items():
             source["tokens"] = source["train"]["tokens"] + source["val"]["tokens"]
         report.update(
-            fingerprint=key, warnings=warnings,
+            fingerprint=key, warnings=warnings, build_seconds={k: round(v, 3) for k, v in timings.items()},
             tokenizer={"kind": spec.data.tokenizer.kind, "vocab_size": vocab_size, "hash": tokenizer_hash(tokenizer),
                        "eos_id": eos_id, "pad_id": pad_id, "dtype": dtype.name},
         )

@@ -70,6 +70,11 @@ def apply_override(data: dict, index: int, text: str) -> Document:
         else:
             raise fail(f"{'.'.join(map(str, path)) or 'the spec'} is a single value, so {shown} cannot be set",
                        column=offsets[depth], expected="a path to a key", found=repr(shown))
+        if not last and isinstance(node, dict) and node.get(key) is None and raw_parts[depth + 1].isdigit():
+            written = ".".join(str(p) for p in [*path, key])
+            raise fail(f"{written} is not written in the spec (its default applies), so its item {raw_parts[depth + 1]} "
+                       f"cannot be set; set the whole list: {written}=[...]", column=offsets[depth + 1],
+                       expected=f"{written}=[...]", found=repr(key_text.strip()))
         path.append(key)
         if last:
             node[key] = value_doc.data

@@ -47,10 +47,11 @@ class Parallel(SpecModel):
         if self.backend == "local":
             if self.world_size > 1:
                 raise field_error("world_size", f"world_size {self.world_size} needs backend: deepspeed (local runs one process)")
-            if self.zero.stage:
-                raise field_error(("zero", "stage"), f"ZeRO stage {self.zero.stage} needs backend: deepspeed")
+            # offload first: it is the more specific mistake (the stage alone would hide it)
             if self.zero.offload_optimizer or self.zero.offload_params:
                 raise field_error(("zero", "offload_optimizer" if self.zero.offload_optimizer else "offload_params"), "offload needs backend: deepspeed")
+            if self.zero.stage:
+                raise field_error(("zero", "stage"), f"ZeRO stage {self.zero.stage} needs backend: deepspeed")
             if self.hostfile is not None:
                 raise field_error("hostfile", "a hostfile needs backend: deepspeed")
         return self

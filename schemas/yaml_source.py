@@ -128,7 +128,11 @@ class _Builder:
         problem = error.problem or error.context or "invalid YAML"
         message = f"YAML syntax error: {problem}"
         if error.context and error.problem:
-            message += f" ({error.context})"
+            started = error.context_mark
+            if started is not None and (started.line, started.column) != (mark.line if mark else -1, mark.column if mark else -1):
+                message += f" ({error.context} that starts at line {started.line + 1 + self.line_offset})"
+            else:
+                message += f" ({error.context})"
         if mark is None:
             return SpecError(message, file=self.doc.file)
         column = mark.column + 1 + (self.column_offset if mark.line == 0 else 0)

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from pathlib import Path
 
 HELP = "show parameters, FLOPs, memory per rank, steps and time a spec implies (nothing is built)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
-    parser.add_argument("overrides", nargs="*", metavar="a.b=v", help="overrides applied to the spec (values parsed as YAML)")
+    from tabula.report import add_spec_arguments
+
+    add_spec_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     parser.add_argument("--world-size", type=int, metavar="N", help="ranks to plan for (default: parallel.world_size)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tabula.compiler.estimate import DEFAULT_MFU, estimate
     from tabula.compiler.plan import make_plan
-    from tabula.report import load_spec_or_report, print_errors, split_spec_and_overrides
+    from tabula.report import load_spec_or_report, print_errors
     from tabula.schemas.errors import SpecError, SpecErrors
 
     if args.world_size is not None and args.world_size < 1:
@@ -49,18 +52,18 @@ def run(args: argparse.Namespace) -> int:
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         return _bad(f"--peak-tflops must be positive, found {args.peak_tflops}")
 
-    path, overrides = split_spec_and_overrides([args.spec, *args.overrides])
-    spec = load_spec_or_report(path, overrides)
+    path = args.spec
+    spec = load_spec_or_report(path, args.overrides)
     if spec is None:
         return 2
     device = _device(args.device)
+    if args.world_size is not None and args.world_size > 1 and spec.parallel.backend == "local":
+        print_errors([SpecError(f"--world-size {args.world_size} needs parallel.backend: deepspeed", path=("parallel", "backend"))])
+        return 2
     try:
         plan = make_plan(spec, world_size=args.world_size, device_type=device)
     except SpecErrors as error:
         print_errors(error.errors)
-        return 2
-    if args.world_size is not None and args.world_size > 1 and spec.parallel.backend == "local":
-        print_errors([SpecError(f"--world-size {args.world_size} needs parallel.backend: deepspeed", path=("parallel", "backend"))])
         return 2
     if args.deepspeed_config:
         return _print_deepspeed_config(spec, plan)
@@ -249,6 +252,9 @@ def _spec_hash(spec) -> str | None:
 def _device(choice: str) -> str:
     if choice != "auto":
         return choice
+    # importing torch only to ask costs seconds: without a GPU driver there is no CUDA device
+    if not any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd")) and not shutil.which("nvidia-smi"):
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

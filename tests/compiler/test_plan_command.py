@@ -1,0 +1,110 @@
+"""`tabula plan`: the readable report, --json, --deepspeed-config and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tabula.cli import main
+from tabula.compiler.deepspeed_config import deepspeed_config
+from tabula.compiler.estimate import count_parameters
+from tabula.compiler.plan import make_plan
+from tabula.schemas.loader import load_spec
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+QUICKSTART = str(SPECS / "quickstart.yaml")
+
+
+def plan(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["plan", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_has_the_promised_shape(capsys):
+    code, out, _ = plan(capsys, QUICKSTART, "--json", "--device", "cpu")
+    assert code == 0
+    data = json.loads(out)
+    spec = load_spec(QUICKSTART)
+    from tabula.schemas.canonical import spec_hash
+
+    assert data["spec_hash"] == spec_hash(spec)
+    assert data["parameters"]["total"] == count_parameters(spec.model, 8192).total
+    assert data["parameters"]["embedding"] == 8192 * 256
+    assert data["flops_per_token"] > 6 * data["parameters"]["total"]
+    assert set(data["memory_per_rank"]) == {"weights", "gradients", "master_weights", "optimizer_state", "activations", "total"}
+    assert all(isinstance(v, int) for v in data["memory_per_rank"].values())
+    assert data["steps"]["total"] == make_plan(spec).total_steps == 192
+    assert [s["seq_len"] for s in data["stages"]] == [128, 256]
+    assert data["precision"] == "fp32"
+
+
+def test_overrides_and_world_size_change_the_plan(capsys):
+    code, out, _ = plan(capsys, QUICKSTART, "train.batch_tokens=32k", "parallel.backend=deepspeed", "--world-size", "2", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["world_size"] == 2
+    assert data["steps"]["total"] == 96
+    assert data["stages"][1]["micro_batch"] * data["stages"][1]["grad_accum"] == 32 * 1024 // 256 // 2
+
+
+def test_report_shows_each_part(capsys):
+    code, out, _ = plan(capsys, QUICKSTART, "--device", "cpu", "--peak-tflops", "0.05", "--mfu", "0.5")
+    assert code == 0
+    for text in ("parameters", "4,868,352", "FLOPs per token", "optimizer state", "activations", "stages", "warmup", "steps", "time"):
+        assert text in out
+    assert "0.05 TFLOP/s peak x 0.5 MFU" in out
+
+
+def test_time_scales_with_peak_and_mfu(capsys):
+    slow = json.loads(plan(capsys, QUICKSTART, "--json", "--peak-tflops", "1", "--mfu", "0.5")[1])
+    fast = json.loads(plan(capsys, QUICKSTART, "--json", "--peak-tflops", "2", "--mfu", "0.5")[1])
+    assert slow["time"]["seconds"] == pytest.approx(2 * fast["time"]["seconds"])
+    assert slow["time"]["seconds"] == pytest.approx(slow["time"]["total_flops"] / (1e12 * 0.5))
+
+
+def test_deepspeed_config_is_printed_and_checked(capsys):
+    path = str(SPECS / "zero3-offload.yaml")
+    code, out, err = plan(capsys, path, "--deepspeed-config", "--device", "cuda")
+    assert code == 0
+    config = json.loads(out)
+    spec = load_spec(path)
+    assert config == deepspeed_config(spec, make_plan(spec, device_type="cuda"))
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert config["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": True}
+    assert config["bf16"] == {"enabled": True}
+    assert "scheduler" not in config
+    assert config["train_batch_size"] == config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * 2
+    assert "checked" in err or "not checked" in err
+
+
+def test_fp16_config_uses_dynamic_loss_scaling(capsys):
+    code, out, _ = plan(capsys, str(SPECS / "zero2.yaml"), "parallel.precision=fp16", "--deepspeed-config")
+    assert code == 0
+    fp16 = json.loads(out)["fp16"]
+    assert fp16["enabled"] and fp16["loss_scale"] == 0
+
+
+@pytest.mark.parametrize("argv", [["--mfu", "1.5"], ["--mfu", "0"], ["--peak-tflops", "-1"], ["--world-size", "0"]])
+def test_bad_flags_exit_2(capsys, argv):
+    code, _, err = plan(capsys, QUICKSTART, *argv)
+    assert code == 2 and "error" in err
+
+
+def test_bad_spec_exits_2_with_the_position(capsys):
+    code, out, err = plan(capsys, QUICKSTART, "train.batch_tokens=1000")
+    assert code == 2 and out == ""
+    assert "train.batch_tokens" in err and "1024" in err
+
+
+def test_world_size_on_a_local_spec_is_refused(capsys):
+    code, _, err = plan(capsys, QUICKSTART, "--world-size", "2")
+    assert code == 2 and "deepspeed" in err
+
+
+def test_missing_file_exits_2(capsys):
+    code, _, err = plan(capsys, "no-such-spec.yaml")
+    assert code == 2 and "no-such-spec.yaml" in err

@@ -1,0 +1,94 @@
+"""The example specs: each loads, points editors at the schema, and `tabula plan` runs on it; the
+TabulaPrima specs have the original models' sizes. The TabulaPrima plans run `tabula` as a user
+would (a subprocess, so the 1.3B model is planned without being built); the other specs go
+through the same `tabula.cli.main` in this process, sparing a torch import each."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tabula.schemas.loader import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "specs"
+ALL = sorted(SPECS.glob("*.yaml")) + sorted((SPECS / "presets").glob("*.yaml"))
+TABULA = [sys.executable, "-m", "tabula.cli"]
+
+
+def plan_json(path: Path, *extra: str) -> dict:
+    """`tabula plan PATH --json EXTRA...` in a subprocess."""
+    done = subprocess.run([*TABULA, "plan", str(path), "--json", *extra], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def plan_in_process(path: Path, capsys, *extra: str) -> dict:
+    from tabula.cli import main
+
+    assert main(["plan", str(path), "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_spec_is_found():
+    names = {p.relative_to(SPECS).as_posix() for p in ALL}
+    assert {"quickstart.yaml", "tabulaprima-278m.yaml", "tabulaprima-1.3b.yaml", "zero2.yaml", "zero3-offload.yaml",
+            "presets/llama-tiny.yaml", "presets/mistral-tiny.yaml", "presets/mla-tiny.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.relative_to(SPECS).as_posix())
+def test_spec_loads_and_names_the_schema(path):
+    load_spec(path)
+    first = path.read_text().splitlines()[0]
+    schema = "../../schemas/tabula-spec.schema.json" if path.parent.name == "presets" else "../schemas/tabula-spec.schema.json"
+    assert first == f"# yaml-language-server: $schema={schema}"
+    assert (path.parent / schema).resolve() == ROOT / "schemas" / "tabula-spec.schema.json"
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.relative_to(SPECS).as_posix())
+def test_plan_runs_on_every_spec(path, capsys):
+    plan = plan_in_process(path, capsys)
+    spec = load_spec(path)
+    assert plan["name"] == spec.name
+    assert plan["parameters"]["total"] > plan["parameters"]["embedding"] > 0
+    assert plan["steps"]["total"] == sum(stage["steps"] for stage in plan["stages"]) > 0
+    assert plan["memory_per_rank"]["total"] == sum(v for k, v in plan["memory_per_rank"].items() if k != "total")
+
+
+def test_tabulaprima_278m_has_the_original_size():
+    plan = plan_json(SPECS / "tabulaprima-278m.yaml", "--device", "cuda")
+    # the original model_arch.MLATransformer: 278,340,480 with a bias on each attention output
+    # projection, which tabula's MLA leaves out (12 x 1152 fewer)
+    assert plan["parameters"]["total"] == 278_340_480 - 12 * 1152
+    assert plan["parameters"]["embedding"] == 100_277 * 1152
+    assert plan["stages"][0]["seq_len"] == 512
+    assert plan["tokens"]["budget"] == 10 * plan["parameters"]["total"]  # 10 tokens a parameter
+
+
+def test_tabulaprima_1_3b_plans_without_building_it():
+    plan = plan_json(SPECS / "tabulaprima-1.3b.yaml", "--device", "cuda", "--world-size", "1")
+    assert plan["parameters"]["total"] == 1_318_574_080 - 26 * 2048
+    assert plan["stages"][0]["seq_len"] == 2048
+    assert plan["precision"] == "fp32"
+
+
+def test_zero_specs_extend_quickstart():
+    quickstart = load_spec(SPECS / "quickstart.yaml")
+    for name, stage, offload in (("zero2.yaml", 2, False), ("zero3-offload.yaml", 3, True)):
+        spec = load_spec(SPECS / name)
+        assert spec.model == quickstart.model and spec.train == quickstart.train
+        assert (spec.parallel.backend, spec.parallel.world_size, spec.parallel.zero.stage) == ("deepspeed", 2, stage)
+        assert spec.parallel.zero.offload_optimizer is offload and spec.parallel.zero.offload_params is offload
+
+
+def test_presets_are_what_their_names_say():
+    llama = load_spec(SPECS / "presets" / "llama-tiny.yaml").model
+    assert (llama.block.attention.kind, llama.position.kind, llama.block.norm.kind, llama.block.mlp.kind) == ("gqa", "rope", "rmsnorm", "swiglu")
+    mistral = load_spec(SPECS / "presets" / "mistral-tiny.yaml").model
+    assert mistral.block.attention.window is not None and mistral.block.attention.window < mistral.max_seq_len
+    mla = load_spec(SPECS / "presets" / "mla-tiny.yaml").model
+    assert mla.block.attention.kind == "mla" and mla.block.attention.latent_norm

@@ -20,11 +20,8 @@ class DataError(Exception):
 
     @property
     def dotted_path(self) -> str:
-        """The spec path as the user writes it: data.filters[1], data.sources.corpus."""
-        text = ""
-        for part in self.path:
-            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-        return text
+        """The spec path as an override writes it: data.filters.1, data.sources.corpus."""
+        return ".".join(str(part) for part in self.path)
 
     def __str__(self) -> str:
         return f"{self.dotted_path}: {self.message}" if self.path else self.message

@@ -12,6 +12,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections import deque
@@ -73,7 +74,7 @@ def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: 
     digests = FileDigests(root)
     key = fingerprint(_fingerprint_parts(spec, readers, digests, base_dir))
     entry = root / key
-    hit = (entry / "meta.json").is_file()
+    hit = entry_is_complete(entry)
     if not hit:
         _build(spec, readers, root, key, progress or _quiet)
     digests.save()
@@ -99,6 +100,37 @@ def open_entry(entry: Path, *, document_masking: bool = False, cache_hit: bool =
         pad_id=meta["pad_id"], vocab_size=meta["vocab_size"], train=shards["train"], val=shards["val"],
         document_masking=document_masking, cache_hit=cache_hit, report=dict(meta["report"]),
     )
+
+
+def entry_is_complete(entry: Path) -> bool:
+    """Whether `entry` holds a whole cache entry: meta.json, tokenizer.json and every shard at its
+    recorded size. A damaged one (files deleted or truncated by hand) is moved aside to be rebuilt."""
+    if not entry.is_dir():
+        return False
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        complete = (entry / "tokenizer.json").is_file() and all(
+            os.path.getsize(entry / f"{split}-{name}.tokens") == counts[split]["tokens"] * itemsize
+            and os.path.getsize(entry / f"{split}-{name}.docs") == counts[split]["documents"] * 8
+            for name, counts in meta["shards"].items()
+            for split in SPLITS
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        complete = False
+    if not complete:
+        discard_entry(entry)
+    return complete
+
+
+def discard_entry(entry: Path) -> None:
+    """Remove a cache entry: renamed first, so no reader ever opens it half-deleted."""
+    doomed = entry.with_name(f".tmp-{entry.name}-{os.getpid()}-discard")
+    try:
+        os.rename(entry, doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def save_tokenizer(prepared: PreparedData, path: str | os.PathLike) -> Path:
@@ -142,10 +174,13 @@ def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress) -
     try:
         warnings: list[str] = []
         clock = time.perf_counter()
+        tokenizer = None
+        if spec.data.tokenizer.kind not in TRAINED_KINDS:  # a tokenizer that cannot load fails before the long read
+            tokenizer = _make_tokenizer(spec, {}, progress)
         spools, report = _spool_sources(spec, readers, pending.folder, progress, warnings)
         timings = {"read_and_filter": time.perf_counter() - clock}
         clock = time.perf_counter()
-        tokenizer = _make_tokenizer(spec, spools, progress)
+        tokenizer = tokenizer or _make_tokenizer(spec, spools, progress)
         timings["tokenizer"] = time.perf_counter() - clock
         clock = time.perf_counter()
         eos_id, pad_id = special_ids(spec.data.tokenizer, tokenizer)

@@ -18,22 +18,28 @@ HELP = "read, filter and tokenize a spec's data into the token cache"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="the experiment spec (YAML)")
-    parser.add_argument("overrides", metavar="a.b=v", nargs="*", help="spec overrides, values parsed as YAML")
+    from tabula.report import add_spec_arguments
+
+    add_spec_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON: per source, documents in/out per filter, characters, tokens; the fingerprint; cache hit or miss; seconds")
     parser.add_argument("--cache-dir", metavar="DIR", help="the token cache folder (default: $TABULA_CACHE_DIR or ~/.cache/tabula)")
 
 
 def run(args) -> int:
-    spec = _load(args.spec, args.overrides)
+    from tabula.report import load_spec_or_report
+
+    spec = load_spec_or_report(args.spec, args.overrides)
     if spec is None:
         return 2
     from tabula.runtime.data import DataError, prepare, terminal_progress
+    from tabula.schemas.loader import error_at
 
     try:
         prepared = prepare(spec, cache_dir=args.cache_dir, progress=terminal_progress(sys.stderr))
     except DataError as error:
-        sys.stderr.write(f"tabula prepare: error: {error}\n")
+        # One line, pointing at the spec line that names the bad input where it can.
+        located = error_at(spec, error.path, error.message) if error.path else error.message
+        sys.stderr.write(f"tabula prepare: error: {located}\n")
         return 2
     report = {**prepared.report, "directory": str(prepared.directory)}
     if args.json:
@@ -60,20 +66,3 @@ def _summary(report: dict) -> str:
     for warning in report.get("warnings", []):
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)
-
-
-def _load(path: str, overrides: list[str]):
-    """The Spec, or None after printing why not."""
-    try:
-        from tabula.report import load_spec_or_report
-    except ImportError:  # until the spec language's report module lands
-        from tabula.schemas.errors import SpecErrors
-        from tabula.schemas.loader import load_spec
-
-        try:
-            return load_spec(path, overrides)
-        except SpecErrors as errors:
-            for error in errors.errors:
-                sys.stderr.write(f"{error}\n")
-            return None
-    return load_spec_or_report(path, overrides)

@@ -50,10 +50,14 @@ def test_prepare_json_then_cache_hit(tmp_path, capsys, monkeypatch):
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tabula_cache):
     spec = write_spec(tmp_path)
-    assert main(["prepare", str(spec), "data.sources.corpus.paths=[nowhere/*.txt]"]) == 2
+    spec.write_text(SPEC.replace("corpus/*.txt", "nowhere/*.txt"))
+    assert main(["prepare", str(spec)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "data.sources.corpus.paths[0]" in err and "matches no files" in err
+    assert err.count("\n") == 1 and "spec.yaml:8:" in err and "data.sources.corpus.paths.0" in err and "matches no files" in err
     assert "Traceback" not in err
+    spec.write_text(SPEC)
+    assert main(["prepare", str(spec), "data.sources.corpus.paths=[absent.txt]"]) == 2
+    assert "<override 1" in capsys.readouterr().err
     assert not list(tabula_cache.glob("*/meta.json"))
     assert main(["prepare", str(spec), "data.tokenizer.vocab_size=60000"]) == 2
     assert "supports only" in capsys.readouterr().err

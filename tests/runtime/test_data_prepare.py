@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from data_helpers import document, documents_of, make_spec, write_jsonl, write_texts
 
-from tabula.runtime.data import DataError, prepare
+from tabula.runtime.data import DataError, prepare, save_tokenizer
 from tabula.runtime.data import pipeline, shards
 
 
@@ -209,3 +209,15 @@ def test_meta_json_records_the_report(corpus, tabula_cache):
     assert meta["fingerprint"] == prepared.fingerprint == prepared.report["fingerprint"]
     assert meta["tokenizer_hash"] == prepared.tokenizer_hash
     assert os.path.getsize(prepared.directory / "train-corpus.tokens") == 2 * prepared.train["corpus"].n_tokens
+
+
+def test_a_damaged_entry_is_rebuilt_and_the_tokenizer_saved(corpus, tabula_cache, tmp_path):
+    folder, _ = corpus
+    first = prepare(files_spec(folder))
+    tokens = np.array(first.train["corpus"].tokens)
+    with open(first.directory / "train-corpus.tokens", "r+b") as handle:
+        handle.truncate(10)  # a disk that lost the shard's tail
+    again = prepare(files_spec(folder))
+    assert not again.cache_hit and np.array_equal(np.asarray(again.train["corpus"].tokens), tokens)
+    saved = save_tokenizer(again, tmp_path)
+    assert saved == tmp_path / "tokenizer.json" and saved.read_text() == again.tokenizer_json

@@ -46,10 +46,16 @@ def changed_paths(a: Spec, b: Spec) -> list[str]:
 
 def resume_compatibility(a: Spec, b: Spec) -> tuple[bool, list[str]]:
     """(True, []) when a run trained with spec `a` can resume under spec `b`, else (False, one
-    reason a line naming the spec path)."""
-    reasons = []
+    reason a line, each starting with the spec path it is about)."""
+    reasons = [f"{path} {why}" for path, why in _resume_breaks(a, b)]
+    return not reasons, reasons
+
+
+def _resume_breaks(a: Spec, b: Spec) -> list[tuple[str, str]]:
+    """(path, why) for every change from `a` to `b` that a run cannot resume across."""
+    breaks = []
     if a.vocab_size != b.vocab_size:
-        reasons.append(f"model.vocab_size (resolved) changes from {a.vocab_size} to {b.vocab_size}: the embedding's shape differs")
+        breaks.append(("model.vocab_size", f"(resolved) changes from {a.vocab_size} to {b.vocab_size}: the embedding's shape differs"))
     learned = "learned" in (a.model.position.kind, b.model.position.kind)
     for path in changed_paths(a, b):
         if path.startswith("model."):
@@ -57,12 +63,12 @@ def resume_compatibility(a: Spec, b: Spec) -> tuple[bool, list[str]]:
                 continue
             if path == "model.max_seq_len" and not learned:
                 continue
-            reasons.append(f"{path} changes the model: the checkpoint's weights do not fit it")
+            breaks.append((path, "changes the model: the checkpoint's weights do not fit it"))
         elif path.startswith("data.tokenizer."):
-            reasons.append(f"{path} changes the tokenizer: the checkpoint learned other token ids")
+            breaks.append((path, "changes the tokenizer: the checkpoint learned other token ids"))
         elif path == "train.optimizer.kind":
-            reasons.append(f"{path} changes the optimizer: its saved state has another layout")
-    return not reasons, reasons
+            breaks.append((path, "changes the optimizer: its saved state has another layout"))
+    return breaks
 
 
 QUANTITIES = (
@@ -121,18 +127,27 @@ class Impact:
 
 def annotate(a: Spec, b: Spec, changes: list | None = None, *, device_type: str = "cpu") -> Impact:
     """The impact of the change from `a` to `b`. `changes` (the diff's Change list, each with a
-    `.path`) marks which of them break resuming; None computes the changed paths here."""
+    dotted `.path` and an `.impact` slot) get their slot filled where they break resuming; None
+    computes the changed paths here."""
     notes: list[str] = []
     costs = [_costs(spec, device_type, notes, label) for spec, label in ((a, "A"), (b, "B"))]
     quantities = tuple(Quantity(key, name, costs[0].get(key), costs[1].get(key), unit) for key, name, unit in QUANTITIES)
-    resumable, reasons = resume_compatibility(a, b)
-    paths = [change.path for change in changes] if changes is not None else changed_paths(a, b)
-    breaking = tuple(path for path in paths if any(_names(path, reason) for reason in reasons))
-    return Impact(quantities, resumable, tuple(reasons), breaking, tuple(notes))
+    breaks = _resume_breaks(a, b)
+    breaking = []
+    for change in changes or []:
+        why = [(path, text) for path, text in breaks if _within(path, change.path) or _within(change.path, path)]
+        if why:
+            breaking.append(change.path)
+            change.impact = "breaks resuming: " + "; ".join(text if path == change.path else f"{path} {text}" for path, text in why)
+    if changes is None:
+        breaking = [path for path, _ in breaks]
+    reasons = tuple(f"{path} {why}" for path, why in breaks)
+    return Impact(quantities, not breaks, reasons, tuple(breaking), tuple(notes))
 
 
-def _names(path: str, reason: str) -> bool:
-    return reason.startswith(path + " ")
+def _within(path: str, prefix: str) -> bool:
+    """Whether dotted `path` is `prefix` or below it."""
+    return path == prefix or path.startswith(prefix + ".")
 
 
 def _costs(spec: Spec, device_type: str, notes: list[str], label: str) -> dict[str, float]:

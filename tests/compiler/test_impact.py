@@ -93,3 +93,16 @@ def test_changed_paths_lists_added_removed_and_changed():
     assert "model.block.attention.n_kv_heads" in paths  # removed
     assert "train.micro_batch" in paths
     assert changed_paths(a, a) == []
+
+
+def test_annotate_fills_the_impact_of_the_diffs_changes():
+    from tabula.schemas.diff import diff_specs
+
+    a = spec()
+    b = spec(**{"model.d_model": 96, "train.budget": {"tokens": "128k"}})
+    changes = diff_specs(a, b)
+    impact = annotate(a, b, changes)
+    by_path = {change.path: change.impact for change in changes}
+    assert by_path["model.d_model"].startswith("breaks resuming")
+    assert by_path["train.budget.tokens"] is None
+    assert impact.resume_breaking == ("model.d_model",)

@@ -26,6 +26,7 @@ CHECKPOINT_PREFIX = "step-"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SPEC|RUN_DIR", help="a spec file (seed-initialised weights) or a run directory (its newest checkpoint)")
+    parser.add_argument("overrides", nargs="*", metavar="a.b=v", help="overrides for a spec, e.g. model.n_layers=2 (values are YAML)")
     parser.add_argument("--format", choices=["hf"], default="hf", help="hf: Hugging Face transformers (the only format so far)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (created; files in it are replaced)")
 
@@ -47,23 +48,20 @@ class _BadInput(Exception):
     """A message for the user; exit code 2."""
 
 
-def _load_spec(path: Path):
-    """The spec at `path`; its errors printed and _BadInput raised where it is invalid."""
-    try:
-        from tabula.report import load_spec_or_report
-    except ImportError:  # the spec-language helper's report module has not landed yet
-        from ruamel.yaml import YAML
+class _Reported(Exception):
+    """Errors already printed (a bad spec); exit code 2."""
 
-        from tabula.schemas.spec import Spec
 
-        return Spec.model_validate(YAML(typ="safe").load(path.read_text(encoding="utf-8")))
-    spec = load_spec_or_report(path)
+def _load_spec(path: Path, overrides: list[str]):
+    from tabula.report import load_spec_or_report
+
+    spec = load_spec_or_report(path, overrides)
     if spec is None:
-        raise _BadInput(f"{path}: invalid spec")
+        raise _Reported()
     return spec
 
 
-def _read_source(source: Path):
+def _read_source(source: Path, overrides: list[str]):
     """(spec, weights path or None, tokenizer.json text or None) for a spec file or a run directory."""
     if not source.exists():
         raise _BadInput(f"{source}: no such spec file or run directory")
@@ -73,13 +71,14 @@ def _read_source(source: Path):
         weights = find_weights(source)
         if weights is None:
             raise _BadInput(f"{source}: the run has no checkpoint yet (checkpoints/step-*/model.safetensors)")
+        if overrides:
+            raise _BadInput(f"{source}: overrides apply to a spec, not to a run's checkpoint ({' '.join(overrides)})")
         tokenizer = source / "tokenizer.json"
-        return _load_spec(source / "resolved.yaml"), weights, tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
-    spec = _load_spec(source)
+        return _load_spec(source / "resolved.yaml", []), weights, tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
+    spec = _load_spec(source, overrides)
     tokenizer_json = None
     if spec.data.tokenizer.kind == "file":
-        path = Path(spec.data.tokenizer.path)
-        path = path if path.is_absolute() else source.parent / path
+        path = Path(spec.base_dir) / spec.data.tokenizer.path  # an absolute path stays itself
         tokenizer_json = path.read_text(encoding="utf-8") if path.is_file() else None
     return spec, None, tokenizer_json
 
@@ -99,7 +98,7 @@ def run(args) -> int:
     from tabula.compiler.hf import ExportError, hf_problems, write_hf
 
     try:
-        spec, weights, tokenizer_json = _read_source(Path(args.source))
+        spec, weights, tokenizer_json = _read_source(Path(args.source), args.overrides)
         problems = hf_problems(spec.model)  # refused before any weights are read or made
         if problems:
             raise ExportError(problems)
@@ -114,6 +113,8 @@ def run(args) -> int:
         token = spec.data.tokenizer
         written = write_hf(args.out, spec.model, model.state_dict(), model.vocab_size,
                            tokenizer_json=tokenizer_json, eos_token=token.eos_token, pad_token=token.pad_token)
+    except _Reported:
+        return 2
     except _BadInput as error:
         sys.stderr.write(f"tabula export: {error}\n")
         return 2

@@ -105,3 +105,11 @@ def test_mla_with_latent_norm_loads_as_deepseek_v3(tmp_path):
     name, theirs = logits_of(tmp_path / "hf", ids)
     assert name == "DeepseekV3ForCausalLM"
     torch.testing.assert_close(theirs, build_model(spec, device="cpu").eval()(ids).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_spec_errors_are_printed_and_overrides_apply(tmp_path, capsys):
+    write_spec(tmp_path / "tiny.yaml")
+    assert main(["export", str(tmp_path / "tiny.yaml"), "model.n_layers=zero", "--out", str(tmp_path / "bad")]) == 2
+    assert "model.n_layers" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["export", str(tmp_path / "tiny.yaml"), "model.n_layers=1", "--out", str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 1

@@ -29,8 +29,9 @@ def field_widget(form_field: FormField, path: tuple[Any, ...], form: FormData, *
 
 
 def root_widgets(model: type[BaseModel], form: FormData) -> list:
-    """The top level of the form: the root model's fields, its sections open."""
-    return [field_widget(f, (f.name,), form, collapsed=False) for f in form_fields(model)]
+    """The top level of the form: the root model's fields, its sections folded (each is built
+    when first opened, which keeps the wizard quick to start on a large schema)."""
+    return [field_widget(f, (f.name,), form) for f in form_fields(model)]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,44 @@
-"""tabula new (not built yet)."""
+"""Write a new spec in a form generated from the schema: every field with its help, choices as
+selects, nested sections you can fold, live validation (the messages `tabula validate` gives) and
+a live plan (parameters, memory per rank, steps). Saving writes YAML with short comments and is
+refused while the spec is invalid.
 
-HELP = "new (not built yet)"
+Starts from --from (a spec file or a preset: quickstart, llama-tiny, mistral-tiny, mla-tiny,
+tabulaprima-278m ...), or from FILE when it exists, or from the quickstart spec.
+Keys: ctrl+s save, ctrl+q quit, tab to move between fields.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HELP = "write a spec in a form generated from the schema (the wizard)"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser) -> None:
+    parser.add_argument("-o", "--output", metavar="FILE", type=Path, help="where to save (default: <name>.yaml here)")
+    parser.add_argument("--from", dest="start", metavar="SPEC_OR_PRESET", help="start from this spec file or preset")
 
 
 def run(args) -> int:
-    print("tabula new: not built yet")
-    return 2
+    from tabula.tui.spec_source import DEFAULT_START, SourceError, load_start
+
+    start = args.start or (str(args.output) if args.output is not None and args.output.is_file() else DEFAULT_START)
+    try:
+        data = load_start(start)
+    except SourceError as error:
+        sys.stderr.write(f"tabula new: error: {error}\n")
+        return 2
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        sys.stderr.write("tabula new: error: the wizard needs a terminal (write the YAML by hand, or run it in one)\n")
+        return 2
+    from tabula.schemas import Spec
+    from tabula.tui.app import WizardApp
+    from tabula.tui.plan_rows import plan_rows
+    from tabula.tui.wizard import WizardScreen
+
+    saved = WizardApp(lambda: WizardScreen(Spec, data, output=args.output, planner=plan_rows, source=start,
+                                           header=f"written by `tabula new` from {start}")).run()
+    print(f"saved {saved}; check it with: tabula validate {saved}" if saved else "nothing saved")
+    return 0

@@ -85,9 +85,16 @@ class CollectionSection(Collapsible):
         return []
 
     def compose(self) -> ComposeResult:
+        self._built = not self.collapsed  # built when first opened, as ModelSection
         yield self._title
         with self.Contents():
-            yield from self._children()
+            if self._built:
+                yield from self._children()
+
+    def on_collapsible_expanded(self, event: Collapsible.Expanded) -> None:
+        if event.collapsible is self and not self._built:
+            self._built = True
+            self.rebuild()
 
     def _children(self) -> list:
         widgets: list = []

@@ -123,8 +123,10 @@ class FieldRow(Vertical):
         self._store(event.value)
 
     def show_error(self, message: str | None) -> None:
+        """Show `message` under the field (None clears it); safe before the row has composed."""
         self.set_class(bool(message), "-invalid")
-        self.query_one(".error", Static).update(message or "")
+        for error in self.query(".error").results(Static):
+            error.update(message or "")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -70,15 +70,17 @@ class ModelSection(Collapsible):
         super().__init__(title=title or form_field.name, collapsed=collapsed)
 
     def compose(self) -> ComposeResult:
+        # a folded section is built when first opened: a spec's whole schema is hundreds of widgets
+        self._built = not self.collapsed
         yield self._title
         with self.Contents():
-            if self.form_field.description:
-                yield Static(self.form_field.description, classes="section-help", markup=False)
-            head = list(self._head())
-            if head:
-                with Horizontal(classes="head"):
-                    yield from head
-            yield Vertical(*self._fields(), classes="fields")
+            if self._built:
+                yield from self._children()
+
+    def on_collapsible_expanded(self, event: Collapsible.Expanded) -> None:
+        if event.collapsible is self and not self._built:
+            self._built = True
+            self.rebuild()
 
     # ------------------------------------------------------------ what the section holds now
 
@@ -127,10 +129,7 @@ class ModelSection(Collapsible):
             return head + [field_widget(f, self.path + (f.name,), self.form) for f in form_fields(member, skip=("kind",))]
         return [field_widget(f, self.path + (f.name,), self.form) for f in form_fields(self.form_field.model)]
 
-    def rebuild(self) -> None:
-        """Rebuild the head and fields from the data (after a kind swap or the switch)."""
-        self.query_one(Collapsible.Contents).remove_children()
-        contents = self.query_one(Collapsible.Contents)
+    def _children(self) -> list:
         widgets: list = []
         if self.form_field.description:
             widgets.append(Static(self.form_field.description, classes="section-help", markup=False))
@@ -138,7 +137,13 @@ class ModelSection(Collapsible):
         if head:
             widgets.append(Horizontal(*head, classes="head"))
         widgets.append(Vertical(*self._fields(), classes="fields"))
-        contents.mount(*widgets)
+        return widgets
+
+    def rebuild(self) -> None:
+        """Rebuild the head and fields from the data (after a kind swap or the switch)."""
+        contents = self.query_one(Collapsible.Contents)
+        contents.remove_children()
+        contents.mount(*self._children())
         self.post_message(self.Rebuilt())
 
     # ------------------------------------------------------------ edits

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
@@ -23,14 +22,15 @@ class PlanPanel(Static):
         self.border_title = "plan"
 
     def show_rows(self, rows: list[tuple[str, str]], notes: list[str] = ()) -> None:
-        table = Table.grid(padding=(0, 2))
-        table.add_column(style="dim", no_wrap=True)
-        table.add_column()
+        width = max((len(label) for label, _ in rows), default=0) + 2
+        text = Text()
         for label, value in rows:
-            table.add_row(label, value)
+            text.append(label.ljust(width), style="dim")
+            text.append(value + "\n")
         for note in notes:
-            table.add_row("note", Text(note, style="yellow"))
-        self.update(table)
+            text.append("note".ljust(width), style="dim")
+            text.append(note + "\n", style="yellow")
+        self.update(text)
 
     def show_note(self, note: str, style: str = "dim") -> None:
         self.update(Text(note, style=style))

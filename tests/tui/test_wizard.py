@@ -1,0 +1,237 @@
+"""The wizard: a form generated from the schema, edited through a Pilot, saved as a valid spec."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from ruamel.yaml import YAML
+from synthetic import screen_text
+from typing_extensions import Annotated
+
+from tabula.schemas import Spec
+from tabula.tui.app import WizardApp
+from tabula.tui.schema_form import CHOICE, DICT, LIST, MODEL, SCALAR, SWITCH, UNION, YAML as YAML_WIDGET, form_fields
+from tabula.tui.spec_source import load_start, merge
+from tabula.tui.widgets.error_list import ErrorList
+from tabula.tui.widgets.field_row import FieldRow
+from tabula.tui.widgets.plan_panel import PlanPanel
+from tabula.tui.widgets.model_section import ModelSection
+from tabula.tui.wizard import WizardScreen
+
+pytestmark = pytest.mark.anyio
+
+
+def _path(dotted: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+
+
+def row(app, dotted: str) -> FieldRow:
+    return [w for w in app.screen.query(FieldRow) if w.path == _path(dotted) and w.is_mounted][-1]
+
+
+def section(app, dotted: str) -> ModelSection:
+    return [w for w in app.screen.query(ModelSection) if w.path == _path(dotted) and w.is_mounted][-1]
+
+
+async def wait_for(pilot, find, dotted: str):
+    """Sections build their fields when opened (asynchronously): wait until `dotted` is there."""
+    for _ in range(50):
+        try:
+            return find(pilot.app, dotted)
+        except IndexError:
+            await pilot.pause(0.05)
+    return find(pilot.app, dotted)
+
+
+def errors_text(app) -> str:
+    return str(app.screen.query_one(ErrorList).render())
+
+
+def plan_text(app) -> str:
+    return str(app.screen.query_one(PlanPanel).render())
+
+
+async def open_section(pilot, dotted: str) -> None:
+    """Unfold every section on the way to `dotted` (folded sections are built when opened)."""
+    parts = dotted.split(".")
+    for end in range(1, len(parts) + 1):
+        (await wait_for(pilot, section, ".".join(parts[:end]))).collapsed = False
+        await pilot.pause()
+
+
+async def type_into(pilot, dotted: str, text: str) -> None:
+    field = await wait_for(pilot, row, dotted)
+    field.control.focus()
+    await pilot.press("end", "shift+home", "backspace", *text)
+
+
+def read_yaml(path):
+    return YAML(typ="safe").load(path.read_text())
+
+
+async def test_preset_edited_through_the_pilot_saves_the_expected_spec(tmp_path):
+    out = tmp_path / "mine.yaml"
+    start = load_start("quickstart")
+    app = WizardApp(lambda: WizardScreen(Spec, load_start("quickstart"), output=out, source="quickstart"))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await type_into(pilot, "name", "mine")
+        await open_section(pilot, "model")
+        await type_into(pilot, "model.d_model", "384")
+        await open_section(pilot, "train.budget")
+        await type_into(pilot, "train.budget.tokens", "4M")
+        await open_section(pilot, "model.block.attention")
+        section(app, "model.block.attention").query_one(".kind-select").value = "mha"  # n_heads is kept, n_kv_heads goes
+        await pilot.pause()
+        assert row(app, "model.block.attention.n_heads").form.get(("model", "block", "attention")) == {"kind": "mha", "n_heads": 8}
+        await type_into(pilot, "model.dropout", "0.1")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert "the spec is valid" in screen_text(app)
+        await pilot.press("ctrl+q")
+    assert app.return_value == out
+    expected = merge(start, {"name": "mine", "model": {"d_model": 384, "dropout": 0.1, "block": {"attention": {"kind": "mha", "n_heads": 8}}},
+                             "train": {"budget": {"tokens": "4M"}}})
+    expected["model"]["block"]["attention"] = {"kind": "mha", "n_heads": 8}
+    saved = read_yaml(out)
+    assert Spec.model_validate(saved) == Spec.model_validate(expected)
+    assert saved["train"]["budget"]["tokens"] == "4M"  # written as typed
+    assert "# Width of the residual stream" in out.read_text()  # comments from the descriptions
+
+
+async def test_invalid_value_shows_its_error_and_blocks_saving(tmp_path):
+    out = tmp_path / "bad.yaml"
+    app = WizardApp(lambda: WizardScreen(Spec, load_start("quickstart"), output=out))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await open_section(pilot, "model.block.attention")
+        await type_into(pilot, "model.block.attention.n_kv_heads", "3")
+        await type_into(pilot, "model.n_layers", "-1")
+        await pilot.pause(0.5)  # debounced validation
+        kv = row(app, "model.block.attention.n_kv_heads")
+        assert kv.has_class("-invalid")
+        assert "n_kv_heads (3) must divide n_heads (8)" in str(kv.query_one(".error").render())
+        assert row(app, "model.n_layers").has_class("-invalid")
+        listed = errors_text(app)
+        assert "2 errors: saving is blocked" in listed
+        assert "model.n_layers: Input should be greater than 0, found -1" in listed
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert not out.exists()
+        await type_into(pilot, "model.block.attention.n_kv_heads", "4")
+        await type_into(pilot, "model.n_layers", "")  # empty: back to required -> an error
+        await pilot.pause(0.5)
+        assert "model.n_layers: required" in errors_text(app)
+        await type_into(pilot, "model.n_layers", "6")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert read_yaml(out)["model"]["n_layers"] == 6
+
+
+async def test_live_plan_panel_shows_the_compilers_numbers(tmp_path):
+    from tabula.tui.plan_rows import plan_rows
+
+    app = WizardApp(lambda: WizardScreen(Spec, load_start("quickstart"), output=tmp_path / "x.yaml", planner=plan_rows))
+    async with app.run_test(size=(160, 48)) as pilot:
+        for _ in range(100):  # the planner imports the compiler in a worker thread
+            await pilot.pause(0.1)
+            if "non-embedding" in plan_text(app):
+                break
+        text = plan_text(app)
+        assert "4.87M" in text and "192 x 16k tokens" in text
+        await open_section(pilot, "model")
+        await type_into(pilot, "model.n_layers", "8")
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if "non-embedding" in plan_text(app) and "4.87M" not in plan_text(app):
+                break
+        assert "7.64M" in plan_text(app)  # 4 more layers of 0.69M
+
+
+# ---------------------------------------------------------------- any schema, not only Spec's
+
+
+class Inner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    depth: int = Field(default=2, gt=0, description="How deep.")
+
+
+class Circle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["circle"] = Field(description="A circle.")
+    radius: float = Field(gt=0, description="Its radius.")
+
+
+class Square(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["square"] = Field(description="A square.")
+    side: float = Field(default=1.0, description="Its side.")
+
+
+Shape = Annotated[Union[Circle, Square], Field(discriminator="kind")]
+
+
+class Toy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(description="A title.")
+    count: int = Field(default=3, ge=0, description="How many.")
+    mode: Literal["fast", "slow"] = Field(default="fast", description="Which way.")
+    verbose: bool = Field(default=False, description="Say more.")
+    inner: Inner = Field(default_factory=Inner, description="Nested.")
+    shape: Shape = Field(description="A shape.")
+    shapes: list[Shape] = Field(default_factory=list, description="More shapes.")
+    named: dict[str, Shape] = Field(default_factory=dict, description="Named shapes.")
+    tags: list[str] = Field(default_factory=list, description="Tags.")
+    limit: int | None = Field(default=None, description="Optional limit.")
+
+
+def test_types_pick_widgets():
+    fields = {f.name: f for f in form_fields(Toy)}
+    assert {name: f.widget for name, f in fields.items()} == {
+        "title": SCALAR, "count": SCALAR, "mode": CHOICE, "verbose": SWITCH, "inner": MODEL, "shape": UNION,
+        "shapes": LIST, "named": DICT, "tags": YAML_WIDGET, "limit": SCALAR,
+    }
+    assert list(fields["shape"].members) == ["circle", "square"]
+    assert fields["limit"].nullable and fields["title"].required and fields["count"].default == 3
+
+
+async def test_a_field_added_to_a_schema_appears_in_the_form(tmp_path):
+    Extended = create_model("Extended", __base__=Toy, warmup_ratio=(float, Field(default=0.05, description="A new field.")))
+    out = tmp_path / "toy.yaml"
+    app = WizardApp(lambda: WizardScreen(Extended, {"title": "t", "shape": {"kind": "circle", "radius": 1.0}}, output=out))
+    async with app.run_test(size=(160, 48)) as pilot:
+        assert "A new field." in screen_text(app)
+        await type_into(pilot, "warmup_ratio", "0.2")
+        await open_section(pilot, "shape")
+        section(app, "shape").query_one(".kind-select").value = "square"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    assert Extended.model_validate(read_yaml(out)) == Extended(title="t", shape=Square(kind="square"), warmup_ratio=0.2)
+
+
+async def test_rows_are_added_and_removed(tmp_path):
+    out = tmp_path / "toy.yaml"
+    app = WizardApp(lambda: WizardScreen(Toy, {"title": "t", "shape": {"kind": "circle", "radius": 1.0}}, output=out))
+    async with app.run_test(size=(160, 48)) as pilot:
+        for name in ("shapes", "named"):
+            collection = next(w for w in app.screen.query("CollectionSection") if w.path == (name,))
+            collection.collapsed = False
+            await pilot.pause()
+            collection.query_one(".add").press()
+            await pilot.pause()
+            collection.query_one(".add").press()
+            await pilot.pause()
+        shapes = next(w for w in app.screen.query("CollectionSection") if w.path == ("shapes",))
+        shapes.query(".remove").first().press()
+        await pilot.pause(0.5)
+        assert app.screen.form.get(("shapes",)) == [{"kind": "circle"}]
+        assert "shapes.0.radius: required" in errors_text(app)
+        await type_into(pilot, "shapes.0.radius", "2")
+        for key in ("source1", "source2"):
+            await type_into(pilot, f"named.{key}.radius", "3")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    saved = read_yaml(out)
+    assert saved["shapes"] == [{"kind": "circle", "radius": 2}]
+    assert list(saved["named"]) == ["source1", "source2"]

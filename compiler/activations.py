@@ -13,8 +13,10 @@ token times bytes per element, for this codebase's blocks (compiler/blocks) as t
                       mask and dropped probabilities where dropout is not fused (CPUs)
     head              final norm, logits (returned to the caller) and their fp32 log-softmax
 
-Mixed precision (bf16/fp16): matmul inputs and outputs are 2 bytes, the residual stream and the
-norms' fp32 internals 4, the log-softmax 4. With activation checkpointing only each checkpointed
+Mixed precision (bf16/fp16, autocast): matmul inputs and outputs are 2 bytes, each matmul keeps
+its own half-precision copy of a norm's output, the residual stream and the norms' fp32 internals
+are 4 bytes, the log-softmax 4. (Autocast's half-precision copies of the weights are model state,
+counted by estimate.model_state_bytes.) With activation checkpointing only each checkpointed
 block's input is kept, and the backward recomputes one block at a time, so the peak is the kept
 inputs plus one block's tensors. tests/compiler/test_estimate.py measures the quickstart model's
 saved tensors and holds this within 25%.
@@ -26,20 +28,23 @@ from tabula.schemas.model import MLA
 from tabula.schemas.model import Model as ModelSpec
 
 
-def _norm_bytes(model: ModelSpec, d: int, stream: int, half: int) -> int:
-    """Bytes per token a norm over width d keeps (its output is kept by the next matmul)."""
+def _norm_bytes(model: ModelSpec, d: int, half: int, consumers: int) -> int:
+    """Bytes per token a norm over width d keeps, its output included (kept by the matmuls that
+    read it: in fp32 one tensor, under autocast one half-precision copy for each of `consumers`)."""
+    output = d * 4 if half == 4 else d * half * consumers
     if model.block.norm.kind == "rmsnorm":
-        return 2 * d * stream + d * half + 4  # x, x * rsqrt (fp32 math), output; rsqrt per token
-    return d * stream + d * half + 8  # input, output; mean and rstd per token
+        return 2 * d * 4 + output + 4  # x, x * rsqrt (fp32 math); rsqrt per token
+    return d * 4 + output + 8  # input; mean and rstd per token
 
 
 def layer_bytes_per_token(model: ModelSpec, seq_len: int, precision: str) -> int:
     """Bytes one transformer block keeps per token for the backward pass."""
     half = 2 if precision in ("bf16", "fp16") else 4
-    stream = 4
     d, attn, hd = model.d_model, model.block.attention, model.head_dim
     nh = attn.n_heads
-    total = 2 * _norm_bytes(model, d, stream, half)
+    mlp = model.block.mlp
+    # attention reads its norm's output three times (q, k, v; MLA: q, kv latent, rotary key)
+    total = _norm_bytes(model, d, half, 3) + _norm_bytes(model, d, half, 2 if mlp.kind == "swiglu" else 1)
     windowed = attn.window is not None and attn.window < seq_len
     if isinstance(attn, MLA):
         hv = attn.v_head_dim or hd
@@ -57,7 +62,6 @@ def layer_bytes_per_token(model: ModelSpec, seq_len: int, precision: str) -> int
     if attn.qk_norm:
         total += 2 * nh * hd * 4 + 2 * nh * hd * half  # input and normalised of q and k
     total += nh * 4  # log-sum-exp
-    mlp = model.block.mlp
     total += (4 if mlp.kind == "swiglu" else 2) * mlp.hidden * half
     if model.dropout > 0:
         # one-byte masks on both residual branches; attention dropout falls back to the math
@@ -71,7 +75,7 @@ def head_bytes_per_token(model: ModelSpec, vocab_size: int, precision: str) -> i
     """Bytes per token outside the blocks: token ids and targets, the final norm, the logits and
     the fp32 log-softmax the loss keeps."""
     half = 2 if precision in ("bf16", "fp16") else 4
-    return 16 + _norm_bytes(model, model.d_model, 4, half) + vocab_size * (half + 4)
+    return 16 + _norm_bytes(model, model.d_model, half, 1) + vocab_size * (half + 4)
 
 
 def activation_bytes(

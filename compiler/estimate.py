@@ -176,10 +176,12 @@ def optimizer_state_elements(spec: Spec, vocab_size: int) -> int:
 
 
 def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: int) -> tuple[dict[str, int], dict[str, int]]:
-    """(device bytes, host bytes) per rank by part: weights, gradients, master_weights, optimizer_state.
+    """(device bytes, host bytes) per rank by part: weights, gradients, master_weights,
+    optimizer_state, weight_copies.
 
     fp32: fp32 weights and gradients, no master copy. bf16/fp16 on one local process: autocast
-    over fp32 weights (weights and gradients fp32, no master copy). bf16/fp16 with DeepSpeed:
+    over fp32 weights (weights and gradients fp32, no master copy), which keeps a half-precision
+    copy of every matmul weight from the forward to the backward (weight_copies). bf16/fp16 with DeepSpeed:
     half-precision weights and gradients plus fp32 master weights, as ZeRO's 2 + 2 + 12 bytes per
     parameter with AdamW. ZeRO 1 shards optimizer state and master weights over the ranks, 2 also
     gradients, 3 also weights; offload moves optimizer state and master weights (offload_optimizer)
@@ -189,17 +191,20 @@ def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: i
     zero, deepspeed = spec.parallel.zero, spec.parallel.backend == "deepspeed"
     half = precision in ("bf16", "fp16") and deepspeed
     weight_bytes = 2 if half else 4
+    autocast = precision in ("bf16", "fp16") and not deepspeed
     parts = {
         "weights": n * weight_bytes,
         "gradients": n * weight_bytes,
         "master_weights": n * 4 if half else 0,
         "optimizer_state": state * 4,
+        "weight_copies": 2 * count_parameters(spec.model, vocab_size).matmul if autocast else 0,
     }
     shards = {
         "weights": world_size if zero.stage >= 3 else 1,
         "gradients": world_size if zero.stage >= 2 else 1,
         "master_weights": world_size if zero.stage >= 1 else 1,
         "optimizer_state": world_size if zero.stage >= 1 else 1,
+        "weight_copies": 1,
     }
     per_rank = {part: math.ceil(size / shards[part]) for part, size in parts.items()}
     on_host = {"optimizer_state": zero.offload_optimizer, "master_weights": zero.offload_optimizer,

@@ -114,7 +114,7 @@ def as_json(spec, plan, est, path: str) -> dict:
 # ---------------------------------------------------------------- the readable report
 
 MEMORY_PARTS = (("weights", "weights"), ("gradients", "gradients"), ("master_weights", "fp32 master weights"),
-                ("optimizer_state", "optimizer state"), ("activations", "activations"))
+                ("optimizer_state", "optimizer state"), ("weight_copies", "autocast copies"), ("activations", "activations"))
 
 
 def report_lines(spec, plan, est, path: str) -> list[str]:

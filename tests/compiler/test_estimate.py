@@ -101,12 +101,14 @@ def test_flops_per_token_is_6n_plus_the_attention_term():
 def test_model_state_memory_follows_precision_zero_and_offload():
     n = count_parameters(spec().model, 512).total
     device, host = model_state_bytes(spec(), 512, "fp32", 1)
-    assert device == {"weights": 4 * n, "gradients": 4 * n, "master_weights": 0, "optimizer_state": 8 * n}
+    assert device == {"weights": 4 * n, "gradients": 4 * n, "master_weights": 0, "optimizer_state": 8 * n, "weight_copies": 0}
+    autocast, _ = model_state_bytes(spec(), 512, "bf16", 1)
+    assert autocast["weight_copies"] == 2 * count_parameters(spec().model, 512).matmul
     assert host == {}
     ds = {"parallel": {"backend": "deepspeed", "world_size": 4, "zero": {"stage": 2}}}
     device, _ = model_state_bytes(spec(**ds), 512, "bf16", 4)
     # ZeRO's 2 + 2 + 12 bytes a parameter, optimizer state and master weights (and gradients at stage 2) / 4
-    assert device["weights"] == 2 * n
+    assert device["weights"] == 2 * n and device["weight_copies"] == 0  # no autocast: the weights are bf16
     assert device["gradients"] == -(-2 * n // 4)
     assert device["master_weights"] + device["optimizer_state"] == -(-4 * n // 4) + -(-8 * n // 4)
     offload = {"parallel": {"backend": "deepspeed", "world_size": 4, "zero": {"stage": 3, "offload_optimizer": True, "offload_params": True}}}
@@ -183,3 +185,19 @@ def test_activation_estimate_within_25_percent_for_other_blocks(name):
     estimated = activation_bytes(s.model, 512, 2, 64, "fp32")
     assert abs(estimated - measured) / measured < 0.25, (estimated, measured)
 
+
+
+@pytest.mark.parametrize("name", ["gqa", "mla", "gelu-layernorm-learned-untied"])
+def test_activation_estimate_within_25_percent_under_bf16_autocast(name):
+    """One forward under CPU autocast (a single small step: bf16 is slow on this CPU); autocast's
+    bf16 weight copies are among the saved tensors, so they join the estimate."""
+    from tabula.compiler import build_model
+
+    s = spec(**VARIANTS[name])
+    model = build_model(s, vocab_size=512).materialize("cpu", 0)
+    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        measured = saved_activation_bytes(model, ids)
+    copies = model_state_bytes(s, 512, "bf16", 1)[0]["weight_copies"]
+    estimated = activation_bytes(s.model, 512, 2, 64, "bf16") + copies
+    assert abs(estimated - measured) / measured < 0.25, (estimated, measured)

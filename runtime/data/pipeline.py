@@ -228,7 +228,7 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
     for name, reader in readers.items():
         writers = {split: SpoolWriter(folder / f"{split}-{name}.spool") for split in SPLITS}
         read = kept = held = 0
-        for text in reader.documents(warn):
+        for text in reader.documents(warn, workers=spec.data.workers or os.cpu_count() or 1):
             read += 1
             if read % 1000 == 0:
                 progress(f"reading {name}", read, None)

@@ -8,8 +8,10 @@ streams documents one at a time so that no corpus is ever held in memory whole.
 from __future__ import annotations
 
 import ast
+import functools
 import glob
 import json
+import multiprocessing
 import os
 import sys
 import sysconfig
@@ -38,7 +40,7 @@ class FilesReader:
         fields = self.spec.model_dump(mode="json", exclude={"paths"})
         return {**fields, "files": [[_relative(path, self.base_dir), path.stat().st_size, digest(path)] for path in self.files]}
 
-    def documents(self, warn: Warn) -> Iterator[str]:
+    def documents(self, warn: Warn, workers: int = 1) -> Iterator[str]:
         read = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet}[self.spec.format]
         for path in self.files:
             yield from read(self.name, self.spec, path, warn)
@@ -54,7 +56,7 @@ class HubReader:
         # The contents cannot be hashed without downloading them: pin `revision` to be safe.
         return self.spec.model_dump(mode="json")
 
-    def documents(self, warn: Warn) -> Iterator[str]:
+    def documents(self, warn: Warn, workers: int = 1) -> Iterator[str]:
         spec = self.spec
         try:
             import datasets
@@ -97,15 +99,28 @@ class StdlibReader:
             "files": [[path.relative_to(self.root).as_posix(), path.stat().st_size, digest(path)] for path in self.files],
         }
 
-    def documents(self, warn: Warn) -> Iterator[str]:
-        for path in self.files:
-            text = path.read_bytes().decode("utf-8", errors="replace")  # a few test files are deliberately not UTF-8
-            if "source" in self.spec.include:
-                yield text
-            if "docstrings" in self.spec.include:
-                docstrings = module_docstrings(text)
-                if docstrings:
-                    yield docstrings
+    def documents(self, warn: Warn, workers: int = 1) -> Iterator[str]:
+        read = functools.partial(stdlib_documents, include=tuple(self.spec.include))
+        if workers <= 1:
+            for path in self.files:
+                yield from read(path)
+            return
+        # Parsing docstrings is most of the reading time: files go to worker processes, in order.
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with context.Pool(workers) as pool:
+            for documents in pool.imap(read, self.files, chunksize=8):
+                yield from documents
+
+
+def stdlib_documents(path: Path, include: tuple[str, ...]) -> list[str]:
+    """One standard-library file's documents: its source and/or its docstrings."""
+    text = path.read_bytes().decode("utf-8", errors="replace")  # a few test files are deliberately not UTF-8
+    documents = [text] if "source" in include else []
+    if "docstrings" in include:
+        docstrings = module_docstrings(text)
+        if docstrings:
+            documents.append(docstrings)
+    return documents
 
 
 SOURCES: dict[str, type] = {"files": FilesReader, "hub": HubReader, "python_stdlib": StdlibReader}

@@ -1,7 +1,7 @@
 """The example specs: each loads, points editors at the schema, and `tabula plan` runs on it; the
-TabulaPrima specs have the original models' sizes. The TabulaPrima plans run `tabula` as a user
-would (a subprocess, so the 1.3B model is planned without being built); the other specs go
-through the same `tabula.cli.main` in this process, sparing a torch import each."""
+TabulaPrima specs have the original models' sizes. The 1.3B plan runs `tabula` as a user would
+(a subprocess, which plans the model without building it); the other specs go through the same
+`tabula.cli.main` in this process, sparing a process start and a torch import each."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ def test_plan_runs_on_every_spec(path, capsys):
     assert plan["memory_per_rank"]["total"] == sum(v for k, v in plan["memory_per_rank"].items() if k != "total")
 
 
-def test_tabulaprima_278m_has_the_original_size():
-    plan = plan_json(SPECS / "tabulaprima-278m.yaml", "--device", "cuda")
+def test_tabulaprima_278m_has_the_original_size(capsys):
+    plan = plan_in_process(SPECS / "tabulaprima-278m.yaml", capsys, "--device", "cuda")
     # the original model_arch.MLATransformer: 278,340,480 with a bias on each attention output
     # projection, which tabula's MLA leaves out (12 x 1152 fewer)
     assert plan["parameters"]["total"] == 278_340_480 - 12 * 1152

@@ -115,8 +115,12 @@ def _get(data: Any, path: tuple) -> Any:
 
 def _nearest(path: tuple, locate: Locate, want_key: bool):
     """The position of `path`, or of its nearest ancestor that has one."""
+    if want_key:
+        where = locate(path, True)
+        if where is not None:
+            return where
     for cut in range(len(path), -1, -1):
-        where = locate(path[:cut], want_key and cut == len(path))
+        where = locate(path[:cut], False)
         if where is not None:
             return where
     return None

@@ -79,7 +79,7 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
     if tab_errors:
         raise SpecErrors(tab_errors)
     try:
-        root = YAML(typ="rt", pure=True).compose(io.StringIO(text))
+        root = YAML(typ="safe", pure=True).compose(io.StringIO(text))
     except MarkedYAMLError as error:
         raise SpecErrors([builder.syntax_error(error)]) from None
     except YAMLError as error:

@@ -14,7 +14,7 @@ from typing import Any
 
 _EXPORTS = {
     "prepare": "pipeline", "PreparedData": "pipeline", "save_tokenizer": "pipeline", "open_entry": "pipeline",
-    "Sampler": "sampler", "Batch": "sampler", "validation_batches": "sampler",
+    "Sampler": "sampler", "Batch": "sampler", "validation_batches": "sampler", "planned_epochs": "sampler",
     "DataError": "errors", "TokenShard": "shards", "terminal_progress": "progress", "cache_root": "cache",
 }
 

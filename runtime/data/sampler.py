@@ -141,6 +141,16 @@ class Sampler:
         return cached[1]
 
 
+def planned_epochs(prepared: PreparedData, stages: Sequence[Any]) -> dict[str, float]:
+    """Epochs of each source's training tokens the stages will consume (above 1.0: data repeats)."""
+    wanted = {name: 0.0 for name in prepared.train}
+    for stage in stages:
+        total = sum(stage.mix.values())
+        for name, weight in stage.mix.items():
+            wanted[name] += (stage.end_tokens - stage.start_tokens) * weight / total
+    return {name: tokens / max(prepared.train[name].n_tokens, 1) for name, tokens in wanted.items()}
+
+
 def validation_batches(prepared: PreparedData, tokens: int, seq_len: int, batch_size: int) -> list[Batch]:
     """Deterministic evaluation batches: about `tokens` tokens in windows of `seq_len`, taken in
     order from the front of each source's validation stream, sources in turn. Empty where no

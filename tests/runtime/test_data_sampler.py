@@ -142,3 +142,11 @@ def test_a_seq_len_change_mid_block_loses_no_token(two_sources):
     inputs = np.concatenate(parts)[:epoch]
     expected = np.concatenate([stream, stream[: epoch - len(stream)]])
     assert np.array_equal(np.bincount(inputs, minlength=400), np.bincount(expected, minlength=400))
+
+
+def test_planned_epochs_show_repetition(two_sources):
+    from tabula.runtime.data import planned_epochs
+
+    a, b = two_sources.train["a"].n_tokens, two_sources.train["b"].n_tokens
+    stages = [Stage(0, 0, 3 * a, 16, {"a": 1.0}), Stage(1, 3 * a, 3 * a + b, 32, {"a": 1.0, "b": 1.0})]
+    assert planned_epochs(two_sources, stages) == pytest.approx({"a": 3 + b / 2 / a, "b": 0.5})

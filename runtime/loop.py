@@ -25,6 +25,7 @@ from tabula.compiler.estimate import flops_per_token
 
 from . import control as ctl
 from .checkpoint import Checkpointer, CheckpointError, list_checkpoints, restore_checkpoint
+from .data.errors import DataError
 from .events import EventWriter
 from .faults import StopSignals, is_oom, oom_message, plant_nan, planted_nan_step
 from .mfu import peak_flops
@@ -414,6 +415,8 @@ def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int |
                 stage = plan.stage_at(p.tokens)
                 message = oom_message(error, micro_batch=stage.micro_batch, seq_len=stage.seq_len,
                                       spec_path=getattr(spec, "source_path", None))
+            elif isinstance(error, DataError):  # bad input met mid-run: its message says it all
+                message = str(error)
             else:
                 message = f"{type(error).__name__}: {error}"
                 trainer.log("error", traceback.format_exc())

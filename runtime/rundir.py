@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -31,7 +30,6 @@ RESOLVED_FILE = "resolved.yaml"
 SPEC_FILE = "spec.yaml"
 TOKENIZER_FILE = "tokenizer.json"
 PACKAGES = ["torch", "numpy", "pydantic", "ruamel.yaml", "safetensors", "tokenizers", "datasets", "aim", "deepspeed", "textual"]
-_STAMP = re.compile(r"-\d{8}-\d{6}(-\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -170,6 +168,7 @@ def build_manifest(spec, *, spec_hash: str, prepared, command: list[str], overri
     source = getattr(spec, "source_path", None)
     return {
         "run_name": run_name,
+        "spec_name": spec.name,
         "created": time.time(),
         "spec_hash": spec_hash,
         "spec_path": str(Path(source).resolve()) if source else None,
@@ -191,6 +190,14 @@ def build_manifest(spec, *, spec_hash: str, prepared, command: list[str], overri
 # ---------------------------------------------------------------- resume
 
 
+def _manifest_of(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path / MANIFEST_FILE, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
 def run_has_checkpoint(path: Path) -> bool:
     return bool(list_checkpoints(path))
 
@@ -203,11 +210,14 @@ def find_resume(resume: str, spec) -> tuple[RunDir, Path]:
     Raises FileNotFoundError with a message for the user."""
     if resume == "auto":
         runs_dir = Path(spec.track.runs_dir)
-        candidates = [p for p in runs_dir.glob(f"{spec.name}-*") if p.is_dir() and _STAMP.search(p.name[len(spec.name):])]
-        candidates = [p for p in candidates if run_has_checkpoint(p)]
+        candidates = []
+        for path in runs_dir.iterdir() if runs_dir.is_dir() else []:
+            manifest = _manifest_of(path)
+            if manifest is not None and manifest.get("spec_name") == spec.name and run_has_checkpoint(path):
+                candidates.append((manifest.get("created", 0.0), path.name, path))
         if not candidates:
             raise FileNotFoundError(f"--resume auto: no run of {spec.name!r} with a complete checkpoint under {runs_dir}/")
-        newest = max(candidates, key=lambda p: (p.stat().st_mtime, p.name))
+        newest = max(candidates)[2]
         return RunDir(newest), list_checkpoints(newest)[-1]
     path = Path(resume)
     if not path.exists():

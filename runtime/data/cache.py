@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = 1  # bump when the entry layout or the tokenization changes
+_WRITING: set[Path] = set()  # this process's entries in progress (never swept as stale)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -79,6 +80,7 @@ class PendingEntry:
         self.root, self.key = root, key
         self.folder = root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
         self.folder.mkdir()
+        _WRITING.add(self.folder)
 
     def commit(self) -> Path:
         """fsync every file and the folder, then rename it to its fingerprint; returns the entry."""
@@ -93,10 +95,12 @@ class PendingEntry:
                 raise
             shutil.rmtree(self.folder, ignore_errors=True)
         _fsync(self.root)
+        _WRITING.discard(self.folder)
         return final
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        _WRITING.discard(self.folder)
 
 
 def remove_stale(root: Path) -> None:
@@ -106,13 +110,11 @@ def remove_stale(root: Path) -> None:
             pid = int(folder.name.split("-")[2])
         except (IndexError, ValueError):
             continue
-        if not _alive(pid):
+        if not _alive(pid) and folder not in _WRITING:
             shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process's own leftovers are from an attempt that already failed
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -33,7 +33,7 @@ class SpoolWriter:
         self.characters = 0
 
     def add(self, text: str) -> None:
-        data = text.encode("utf-8", "surrogatepass")
+        data = text.encode("utf-8", "replace")  # a lone surrogate (legal in JSON) becomes "?"
         self.handle.write(data)
         self.size += len(data)
         self.characters += len(text)
@@ -76,7 +76,7 @@ class Spool:
             for index, end in enumerate(self.ends.tolist()):
                 if select is None or select[index]:
                     handle.seek(start)
-                    yield handle.read(end - start).decode("utf-8", "surrogatepass")
+                    yield handle.read(end - start).decode("utf-8")
                 start = end
 
 

@@ -172,7 +172,13 @@ def _expand(name: str, patterns: list[str], base_dir: Path) -> list[Path]:
     return list(files.values())
 
 
+LARGE_TEXT_FILE = 256 * 2**20
+
+
 def _read_text(name: str, spec: FilesSource, path: Path, warn: Warn) -> Iterator[str]:
+    if path.stat().st_size > LARGE_TEXT_FILE:
+        warn(f"source {name!r}: {path} ({path.stat().st_size >> 20} MiB) is read whole as one document; "
+             "split it into smaller files, or use format: jsonl, to keep memory low")
     try:
         yield path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:

@@ -25,7 +25,7 @@ def encode_chunk(path: str, start: int, ends: np.ndarray) -> tuple[np.ndarray, n
         handle.seek(start)
         data = handle.read(int(ends[-1]))
     bounds = [0, *ends.tolist()]
-    texts = [data[bounds[i] : bounds[i + 1]].decode("utf-8", "surrogatepass") for i in range(len(ends))]
+    texts = [data[bounds[i] : bounds[i + 1]].decode("utf-8") for i in range(len(ends))]
     tokenizer = _worker["tokenizer"]
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # _fast: no character offsets
     ids = [encoding.ids for encoding in encode(texts, add_special_tokens=False)]

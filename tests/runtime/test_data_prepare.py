@@ -153,6 +153,7 @@ def test_jsonl_records_malformed_lines_and_missing_fields(tmp_path, tabula_cache
     path = write_jsonl(tmp_path / "d.jsonl", [document(rng) for _ in range(6)])
     lines = path.read_text().splitlines()
     lines[2] = '{"text": "broken'
+    lines[4] = '{"text": "a lone surrogate \\ud800 is legal JSON ' + document(rng) + '"}'
     path.write_text("\n".join(lines) + "\n")
     source = {"kind": "files", "paths": [str(path)], "format": "jsonl"}
     with pytest.raises(DataError) as error:

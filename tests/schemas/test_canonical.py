@@ -1,0 +1,46 @@
+"""The canonical form: one spelling of every resolved spec."""
+
+from __future__ import annotations
+
+from schema_texts import MINIMAL
+from tabula.schemas.canonical import canonical_dict, canonical_yaml, format_float, spec_hash
+from tabula.schemas.loader import load_spec_text
+
+
+def test_defaults_filled_kind_first_sources_sorted_quantities_numbers():
+    text = MINIMAL.replace("    stdlib: {kind: python_stdlib}\n",
+                           "    zeta: {paths: [a.txt], kind: files}\n    alpha: {kind: python_stdlib}\n")
+    data = canonical_dict(load_spec_text(text))
+    assert "extends" not in data
+    assert list(data["data"]["sources"]) == ["alpha", "zeta"]
+    assert list(data["data"]["sources"]["zeta"])[0] == "kind"
+    assert data["train"]["batch_tokens"] == 4096 and data["train"]["budget"]["tokens"] == 2**20
+    assert data["train"]["grad_clip"] == 1.0 and data["data"]["validation"]["fraction"] == 0.01
+    assert data["parallel"]["zero"]["stage"] == 0
+
+
+def test_spellings_that_do_not_change_the_hash():
+    base = load_spec_text(MINIMAL)
+    for old, new in [("4k", "4096"), ("4k", "'4096'"), ("1.0e-3", "0.001"), ("1.0e-3", "1e-3"),
+                     ("1M", "1048576"), ("name: tiny", "name: 'tiny'"), ("n_heads: 4, n_kv_heads: 2", "n_kv_heads: 2, n_heads: 4")]:
+        assert spec_hash(load_spec_text(MINIMAL.replace(old, new))) == spec_hash(base), (old, new)
+    assert spec_hash(load_spec_text("# a comment\n" + MINIMAL)) == spec_hash(base)
+
+
+def test_real_changes_change_the_hash():
+    base = spec_hash(load_spec_text(MINIMAL))
+    assert spec_hash(load_spec_text(MINIMAL.replace("4k", "8k"))) != base
+    assert spec_hash(load_spec_text(MINIMAL, overrides=["seed=1"])) != base
+
+
+def test_floats_have_one_spelling_every_yaml_reads_as_a_float():
+    assert [format_float(x) for x in (1e-5, 0.001, 10000.0, 1e20, -0.5, 3e-4)] == [
+        "1.0e-05", "0.001", "10000.0", "1.0e+20", "-0.5", "0.0003"]
+
+
+def test_strings_that_look_like_other_things_are_quoted():
+    spec = load_spec_text(MINIMAL + "track: {tags: ['yes', '1e3', 'null', 'x: y', 'plain words', '']}\n")
+    text = canonical_yaml(spec)
+    assert '- "yes"\n' in text and '- "1e3"\n' in text and '- "null"\n' in text and '- "x: y"\n' in text
+    assert "- plain words\n" in text and '- ""\n' in text
+    assert load_spec_text(text) == spec

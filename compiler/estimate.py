@@ -177,41 +177,53 @@ def optimizer_state_elements(spec: Spec, vocab_size: int) -> int:
 
 def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: int) -> tuple[dict[str, int], dict[str, int]]:
     """(device bytes, host bytes) per rank by part: weights, gradients, master_weights,
-    optimizer_state, weight_copies.
+    master_gradients, optimizer_state, weight_copies, gathered_weights.
 
     fp32: fp32 weights and gradients, no master copy. bf16/fp16 on one local process: autocast
-    over fp32 weights (weights and gradients fp32, no master copy), which keeps a half-precision
-    copy of every matmul weight from the forward to the backward (weight_copies). bf16/fp16 with DeepSpeed:
-    half-precision weights and gradients plus fp32 master weights, as ZeRO's 2 + 2 + 12 bytes per
-    parameter with AdamW. ZeRO 1 shards optimizer state and master weights over the ranks, 2 also
-    gradients, 3 also weights; offload moves optimizer state and master weights (offload_optimizer)
-    and weights (offload_params) to host memory."""
-    n = count_parameters(spec.model, vocab_size).total
+    over fp32 weights (weights and gradients fp32), which keeps a half-precision copy of every
+    matmul weight from the forward to the backward (weight_copies). bf16/fp16 with DeepSpeed:
+    half-precision weights and gradients, and the optimizer's fp32 master weights and fp32
+    gradients: ZeRO's 2 + 2 + 16 bytes a parameter with AdamW, as DeepSpeed's own estimator counts.
+    ZeRO 1 shards the optimizer's part (master weights and gradients, state) over the ranks, 2 also
+    the gradients, 3 also the weights, and stage 3 gathers each layer's full weights when it runs
+    (gathered_weights: the largest parameter tensor and its gradient). offload_optimizer keeps the
+    optimizer's part and the gradients in host memory, offload_params the weights."""
+    params = count_parameters(spec.model, vocab_size)
+    n = params.total
     state = optimizer_state_elements(spec, vocab_size)
     zero, deepspeed = spec.parallel.zero, spec.parallel.backend == "deepspeed"
-    half = precision in ("bf16", "fp16") and deepspeed
-    weight_bytes = 2 if half else 4
-    autocast = precision in ("bf16", "fp16") and not deepspeed
+    half = precision in ("bf16", "fp16")
+    weight_bytes = 2 if half and deepspeed else 4
     parts = {
         "weights": n * weight_bytes,
         "gradients": n * weight_bytes,
-        "master_weights": n * 4 if half else 0,
+        "master_weights": n * 4 if half and deepspeed else 0,
+        "master_gradients": n * 4 if half and deepspeed else 0,
         "optimizer_state": state * 4,
-        "weight_copies": 2 * count_parameters(spec.model, vocab_size).matmul if autocast else 0,
+        "weight_copies": 2 * params.matmul if half and not deepspeed else 0,
+        # the gathered tensor and its gradient, as DeepSpeed's estimator counts them
+        "gathered_weights": 2 * _largest_layer(spec.model, vocab_size) * weight_bytes if zero.stage == 3 else 0,
     }
+    optimizer_side = world_size if zero.stage >= 1 else 1
     shards = {
         "weights": world_size if zero.stage >= 3 else 1,
         "gradients": world_size if zero.stage >= 2 else 1,
-        "master_weights": world_size if zero.stage >= 1 else 1,
-        "optimizer_state": world_size if zero.stage >= 1 else 1,
-        "weight_copies": 1,
+        "master_weights": optimizer_side,
+        "master_gradients": optimizer_side,
+        "optimizer_state": optimizer_side,
     }
-    per_rank = {part: math.ceil(size / shards[part]) for part, size in parts.items()}
-    on_host = {"optimizer_state": zero.offload_optimizer, "master_weights": zero.offload_optimizer,
-               "weights": zero.offload_params}
-    device = {part: 0 if on_host.get(part) else size for part, size in per_rank.items()}
-    host = {part: size for part, size in per_rank.items() if on_host.get(part)}
+    per_rank = {part: math.ceil(size / shards.get(part, 1)) for part, size in parts.items()}
+    offloaded = {"weights"} if zero.offload_params else set()
+    if zero.offload_optimizer:
+        offloaded |= {"gradients", "master_weights", "master_gradients", "optimizer_state"}
+    device = {part: 0 if part in offloaded else size for part, size in per_rank.items()}
+    host = {part: size for part, size in per_rank.items() if part in offloaded}
     return device, host
+
+
+def _largest_layer(model: ModelSpec, vocab_size: int) -> int:
+    """Parameters of the largest tensor ZeRO-3 gathers whole (usually the embedding)."""
+    return max(math.prod(shape) for _, shape in parameter_shapes(model, vocab_size))
 
 
 # ---------------------------------------------------------------- the estimate

@@ -114,7 +114,8 @@ def as_json(spec, plan, est, path: str) -> dict:
 # ---------------------------------------------------------------- the readable report
 
 MEMORY_PARTS = (("weights", "weights"), ("gradients", "gradients"), ("master_weights", "fp32 master weights"),
-                ("optimizer_state", "optimizer state"), ("weight_copies", "autocast copies"), ("activations", "activations"))
+                ("master_gradients", "fp32 gradients"), ("optimizer_state", "optimizer state"),
+                ("weight_copies", "autocast copies"), ("gathered_weights", "gathered layer"), ("activations", "activations"))
 
 
 def report_lines(spec, plan, est, path: str) -> list[str]:
@@ -138,6 +139,8 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
     ]
     for key, label in MEMORY_PARTS:
         size = est.memory_per_rank.get(key, 0)
+        if not size and key in ("master_gradients", "weight_copies", "gathered_weights") and key not in est.host_memory_per_rank:
+            continue  # parts that exist only for some precisions and stages
         where = "  (offloaded to host)" if key in est.host_memory_per_rank else ""
         lines.append(f"  {label:<19}{_bytes(size):>16}{where}")
     lines.append(f"  {'total':<19}{_bytes(est.memory_per_rank['total']):>16}")

@@ -34,7 +34,8 @@ def test_json_has_the_promised_shape(capsys):
     assert data["parameters"]["total"] == count_parameters(spec.model, 8192).total
     assert data["parameters"]["embedding"] == 8192 * 256
     assert data["flops_per_token"] > 6 * data["parameters"]["total"]
-    assert set(data["memory_per_rank"]) == {"weights", "gradients", "master_weights", "optimizer_state", "weight_copies", "activations", "total"}
+    assert set(data["memory_per_rank"]) == {"weights", "gradients", "master_weights", "master_gradients", "optimizer_state", "weight_copies",
+                                           "gathered_weights", "activations", "total"}
     assert all(isinstance(v, int) for v in data["memory_per_rank"].values())
     assert data["steps"]["total"] == make_plan(spec).total_steps == 192
     assert [s["seq_len"] for s in data["stages"]] == [128, 256]

@@ -94,6 +94,7 @@ class DashboardScreen(Screen[str | None]):
         self._last_second: int | None = None
         self._last_chart = float("-inf")
         self._exit_reported = False
+        self._charts_stale = False
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -124,7 +125,7 @@ class DashboardScreen(Screen[str | None]):
         now = self.clock()
         exited = self._check_process(now)
         second = int(now)
-        if not events and not exited and second == self._last_second:
+        if not events and not exited and second == self._last_second and not self._charts_stale:
             return
         self._last_second = second
         self.query_one(RunHeader).show(self.state, now)
@@ -133,8 +134,11 @@ class DashboardScreen(Screen[str | None]):
             self.query_one(StatsPanel).show(self.state)
             self.query_one(SampleView).show(self.state)
             self.query_one(EventLog).show(self.state)
-        if events and (now - self._last_chart >= CHART_INTERVAL_S or self.reader.caught_up):
+            self._charts_stale = True
+        # charts cost the most to draw: at most once a second, and once more when the run ends
+        if self._charts_stale and (now - self._last_chart >= CHART_INTERVAL_S or self.state.end_reason is not None):
             self._last_chart = now
+            self._charts_stale = False
             self._draw_charts()
 
     def _check_process(self, now: float) -> bool:

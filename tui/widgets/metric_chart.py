@@ -25,6 +25,8 @@ class MetricChart(PlotextPlot):
         self.title = title
         self.log_y = log_y
         self._drawn: tuple = ()
+        self._version = 0
+        self._cache: tuple[tuple, object] | None = None
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -37,7 +39,16 @@ class MetricChart(PlotextPlot):
             return
         self._drawn = signature
         self._draw(lines)
+        self._version += 1
         self.refresh()
+
+    def render(self):
+        # plotext rebuilds the whole canvas on every render, and Textual re-renders on any layout
+        # change of the screen: build only when the data, the size or the theme changed
+        key = (self._version, self.size, self.app.theme)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, super().render())
+        return self._cache[1]
 
     def _draw(self, lines: list[tuple[str, Series, str]]) -> None:
         plt = self.plt

@@ -26,7 +26,12 @@ class SampleView(Static):
     def on_mount(self) -> None:
         self.border_title = "latest sample"
 
+    _shown: tuple | None = None
+
     def show(self, state: RunState) -> None:
+        if (state.sample_prompt, state.sample_text) == self._shown:
+            return
+        self._shown = (state.sample_prompt, state.sample_text)
         if state.sample_text is None:
             self.update(Text("no sample yet (one follows each evaluation)", style="dim"))
             return

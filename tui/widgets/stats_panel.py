@@ -52,7 +52,7 @@ class StatsPanel(Static):
         ]
         for label, value in rows:
             table.add_row(label, Text(value))
-        self.update(table)
+        self.update(table, layout=False)  # a fixed number of rows
 
 
 def _short(path: str | None) -> str:

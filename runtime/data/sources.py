@@ -70,7 +70,11 @@ class HubReader:
                         f"record {index} of {spec.name} has no field {spec.text_field!r} (fields: {', '.join(sorted(record))})",
                         source=self.name, path=("data", "sources", self.name, "text_field"),
                     )
-                yield str(record[spec.text_field])
+                text = record[spec.text_field]
+                if isinstance(text, str):
+                    yield text
+                else:
+                    warn(f"source {self.name!r}: skipped record {index}: {spec.text_field!r} is {type(text).__name__}, not text")
         except DataError:
             raise
         except Exception as error:  # offline, unknown dataset, bad split: all one clear line

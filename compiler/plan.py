@@ -22,8 +22,8 @@ from tabula.schemas.spec import Spec
 from .activations import activation_bytes
 from .estimate import count_parameters, model_state_bytes
 
-# Memory a rank may fill when the plan picks micro-batches: an 80 GB H100 on CUDA; on a CPU, a
-# share of a laptop's RAM (activations of larger micro-batches gain nothing there).
+# Memory a rank may fill when the plan picks micro-batches: an 80 GB H100 on CUDA; on a CPU,
+# whose memory is shared with the data pipeline and everything else, a share of a laptop's RAM.
 DEVICE_MEMORY = {"cuda": 80 * 10**9, "cpu": 8 * 2**30}
 USABLE_MEMORY = 0.85  # head-room for the allocator's fragmentation, kernels' workspaces, buffers
 
@@ -123,7 +123,7 @@ def make_plan(
         raise _errors(spec, errors)
     stages = []
     for index, start, end, seq_len, mix in spans:
-        planned = _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, errors)
+        planned = _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, errors, notes)
         if planned is not None:
             stages.append(planned)
             if planned.steps == 0:
@@ -188,13 +188,18 @@ def _spans(spec: Spec, budget: int, notes: list[str]) -> list[tuple[int, int, in
     return spans
 
 
-def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, errors) -> StagePlan | None:
+def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, errors, notes) -> StagePlan | None:
     batch = spec.train.batch_tokens
     sequences = batch // seq_len
     per_rank = sequences // world
     asked = spec.train.micro_batch
     if asked == "auto":
         micro = _auto_micro_batch(spec, per_rank, seq_len, precision, vocab, free)
+        one = activation_bytes(spec.model, vocab, 1, seq_len, precision, spec.parallel.activation_checkpointing,
+                               spec.parallel.checkpoint_every_n)
+        if one > free > 0:
+            notes.append(f"curriculum stage {index}: the activations of one sequence of {seq_len} tokens ({_gib(one)}) "
+                         f"exceed the memory left per rank ({_gib(free)}): set parallel.activation_checkpointing: full")
     elif per_rank % asked:
         errors.append((
             ("train", "micro_batch"),

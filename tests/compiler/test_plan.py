@@ -148,3 +148,9 @@ def test_unknown_vocabulary_is_an_error_not_a_guess():
     s = spec(**{"model.vocab_size": "auto", "data.tokenizer": {"kind": "file", "path": "tok.json"}})
     (error,) = spec_errors(lambda: make_plan(s))
     assert error.path == ("model", "vocab_size")
+
+
+def test_a_sequence_that_does_not_fit_says_so():
+    plan = make_plan(spec(), device_memory=4 * 2**20)  # 3.4 MiB usable: the model states (1.8 MiB) fit, one sequence (1.9 MiB) does not
+    assert plan.stages[0].micro_batch == 1
+    assert any("activation_checkpointing" in note for note in plan.notes)

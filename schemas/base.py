@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import types
+import typing
+from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -12,6 +15,18 @@ class SpecModel(BaseModel):
     """Frozen, unknown keys rejected, values checked on assignment too."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode reads `n_layers: true` as 1; a spec means no such thing. (Quoted
+        # numbers, "64", stay accepted: quoting does not change a spec.) Checks, never rewrites.
+        if isinstance(data, dict):
+            numeric = _numeric_fields(cls)
+            for name, value in data.items():
+                if isinstance(value, bool) and name in numeric:
+                    raise field_error(name, f"expected a number, found {str(value).lower()}")
+        return data
 
 
 def field_error(field: str | tuple[Any, ...], message: str, **context: Any) -> PydanticCustomError:
@@ -21,3 +36,28 @@ def field_error(field: str | tuple[Any, ...], message: str, **context: Any) -> P
     and line of the offending value rather than the enclosing section."""
     path = field if isinstance(field, tuple) else tuple(field.split("."))
     return PydanticCustomError("spec_check", message, {"field": list(path), **context})
+
+
+@functools.lru_cache(maxsize=None)
+def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Names of the fields that take numbers and not booleans."""
+    return frozenset(name for name, field in model.model_fields.items() if _takes_number_not_bool(field.annotation))
+
+
+def _takes_number_not_bool(annotation: Any) -> bool:
+    members: list[Any] = []
+
+    def collect(item: Any) -> None:
+        origin = typing.get_origin(item)
+        if origin is typing.Annotated:
+            collect(typing.get_args(item)[0])
+        elif origin in (Union, types.UnionType):
+            for arg in typing.get_args(item):
+                collect(arg)
+        elif origin is typing.Literal:
+            members.extend(type(value) for value in typing.get_args(item))
+        else:
+            members.append(item)
+
+    collect(annotation)
+    return bool(set(members) & {int, float}) and bool not in members

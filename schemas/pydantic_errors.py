@@ -30,6 +30,10 @@ _TYPE_EXPECTED = {
     "tuple_type": "a list", "none_required": "null", "finite_number": "a finite number",
 }
 
+_PATTERNS = {  # the spec's name patterns, in words
+    r"^[A-Za-z0-9][A-Za-z0-9._-]*$": "letters, digits, '.', '_' and '-', starting with a letter or digit",
+    r"^[A-Za-z_][A-Za-z0-9_.-]*$": "letters, digits, '.', '_' and '-', starting with a letter or '_'",
+}
 _BOUNDS = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than",
            "less_than_equal": "at most"}
 _BOUND_CTX = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
@@ -64,8 +68,9 @@ def _convert(raw: dict, data: Any, root: type[BaseModel], locate: Locate) -> tup
         discriminator = str(ctx.get("discriminator", "kind")).strip("'")
         if kind == "union_tag_invalid":
             path = path + (discriminator,)
-    where_path = path[:-1] if kind == "missing" else path
-    where = _nearest(where_path, locate, want_key=want_key or kind == "missing")
+    item_missing = kind == "missing" and bool(raw["loc"]) and bool(path) and raw["loc"][-1] != path[-1]
+    where_path = path[:-1] if kind == "missing" and not item_missing else path
+    where = _nearest(where_path, locate, want_key=want_key or (kind == "missing" and not item_missing))
     found = None if kind in ("missing", "union_tag_not_found") else _show(value)
     if kind == "union_tag_invalid":
         found = repr(ctx.get("tag"))
@@ -129,8 +134,13 @@ def _nearest(path: tuple, locate: Locate, want_key: bool):
 def _describe(kind: str, raw: dict, ctx: dict, path: tuple, data: Any, root: type[BaseModel]):
     """(message, expected, suggestion) for one error."""
     where = ".".join(str(part) for part in path[:-1]) or "the spec"
+    if kind == "missing" and raw["loc"] and raw["loc"][-1] != path[-1]:  # an item of a fixed-length list
+        whole = ".".join(str(part) for part in path)
+        return f"{whole} has too few items (item {raw['loc'][-1]} is missing)", None, None
     if kind == "missing":
         return f"missing required key {path[-1]!r} in {where}", f"a value for {path[-1]}", None
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERNS:
+        return f"{_show(raw.get('input'))} is not a valid name", _PATTERNS[ctx["pattern"]], None
     if kind == "extra_forbidden":
         model = model_at(root, path[:-1], data)
         keys = sorted(model.model_fields, key=lambda name: name != "kind") if model else []

@@ -44,3 +44,16 @@ def test_strings_that_look_like_other_things_are_quoted():
     assert '- "yes"\n' in text and '- "1e3"\n' in text and '- "null"\n' in text and '- "x: y"\n' in text
     assert "- plain words\n" in text and '- ""\n' in text
     assert load_spec_text(text) == spec
+
+
+def test_quoted_numbers_are_numbers_but_booleans_are_not():
+    from tabula.schemas.errors import SpecErrors
+
+    assert load_spec_text(MINIMAL.replace("d_model: 64", "d_model: '64'")).model.d_model == 64
+    try:
+        load_spec_text(MINIMAL.replace("n_layers: 2", "n_layers: true"))
+    except SpecErrors as raised:
+        (error,) = raised.errors
+        assert (error.dotted_path, error.line, error.message) == ("model.n_layers", 4, "expected a number, found true")
+    else:
+        raise AssertionError("n_layers: true was accepted")

@@ -77,8 +77,16 @@ class Sampler:
         rows = np.empty((n_sequences, seq_len + 1), dtype=np.int64)
         for row, pick in enumerate(picks.tolist()):
             name = names[min(pick, len(names) - 1)]
-            rows[row] = self._window(name, self.cursors[name], seq_len)
-            self.cursors[name] += seq_len
+            cursor, length = self.cursors[name], self.lengths[name]
+            blocks = -(-length // self.block)
+            epoch, offset = divmod(cursor, blocks * self.block)
+            block, within = divmod(offset, self.block)
+            start = int(self._permutation(name, epoch, blocks)[block]) * self.block + within
+            if within + seq_len <= self.block and start + seq_len < length:  # the usual case: one slice
+                rows[row] = self.prepared.train[name].tokens[start : start + seq_len + 1]
+            else:
+                rows[row] = self._window(name, cursor, seq_len)
+            self.cursors[name] = cursor + seq_len
         self.tokens += n_sequences * seq_len
         return _batch(rows, self.prepared)
 

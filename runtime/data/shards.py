@@ -121,8 +121,10 @@ class TokenShard:
 
     def _map(self, suffix: str, dtype: np.dtype, count: int) -> np.ndarray:
         if suffix not in self._maps:
+            # A plain ndarray view of the map: still paged in lazily, without np.memmap's slicing overhead.
             self._maps[suffix] = (
-                np.memmap(self.stem.with_suffix("." + suffix), dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
+                np.memmap(self.stem.with_suffix("." + suffix), dtype=dtype, mode="r", shape=(count,)).view(np.ndarray)
+                if count else np.zeros(0, dtype)
             )
         return self._maps[suffix]
 

@@ -9,15 +9,16 @@ in milliseconds for a 1.3B model on a laptop:
   6N + 12 L H Q T with Q split into the query/key and value head widths (MLA has two). N counts the
   parameters that take part in matrix multiplies: all but the token and position embeddings,
   plus the output projection (vocab x d_model) once, tied or not. T is the stage's seq_len.
-- memory per rank: weights, gradients, fp32 master weights and optimizer state for the precision,
-  ZeRO stage and offload of the spec (activations in `activations.py`).
+- memory per rank: weights, gradients, the optimizer's fp32 master weights and gradients, its
+  state, autocast's weight copies and ZeRO-3's gathered tensor, for the precision, ZeRO stage and
+  offload of the spec (`model_state_bytes`); activations in `activations.py`.
 - time: total FLOPs / (peak FLOP/s x MFU).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from tabula.schemas.model import MLA
@@ -39,8 +40,6 @@ DEFAULT_MFU = 0.4
 def default_peak_flops(device_type: str, precision: str) -> float:
     """Peak FLOP/s assumed for a rank of `device_type` at `precision` (DEFAULT_PEAK_TFLOPS)."""
     return DEFAULT_PEAK_TFLOPS.get(device_type, DEFAULT_PEAK_TFLOPS["cpu"])[precision] * 1e12
-
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 # ---------------------------------------------------------------- parameters
@@ -253,7 +252,6 @@ class Estimate:
     peak_flops: float
     mfu: float
     seconds: float
-    notes: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -222,3 +222,28 @@ def test_a_damaged_entry_is_rebuilt_and_the_tokenizer_saved(corpus, tabula_cache
     assert not again.cache_hit and np.array_equal(np.asarray(again.train["corpus"].tokens), tokens)
     saved = save_tokenizer(again, tmp_path)
     assert saved == tmp_path / "tokenizer.json" and saved.read_text() == again.tokenizer_json
+
+
+def test_a_killed_prepare_leaves_nothing_that_looks_complete(corpus, tabula_cache):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder, _ = corpus
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from data_helpers import make_spec; from tabula.runtime.data import prepare;"
+        "prepare(make_spec({'sources': {'corpus': {'kind': 'files', 'paths': [sys.argv[2]]}}}), cache_dir=sys.argv[3])"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, os.path.dirname(__file__), str(folder / "*.txt"), str(tabula_cache)])
+    deadline = time.monotonic() + 60
+    while not list(tabula_cache.glob(".tmp-*")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    if child.returncode != -signal.SIGKILL:
+        pytest.skip("the child finished before it could be killed")
+    assert not list(tabula_cache.glob("*/meta.json"))
+    prepared = prepare(files_spec(folder))
+    assert not prepared.cache_hit and not list(tabula_cache.glob(".tmp-*"))

@@ -247,3 +247,16 @@ def test_a_killed_prepare_leaves_nothing_that_looks_complete(corpus, tabula_cach
     assert not list(tabula_cache.glob("*/meta.json"))
     prepared = prepare(files_spec(folder))
     assert not prepared.cache_hit and not list(tabula_cache.glob(".tmp-*"))
+
+
+def test_tokenizer_trains_only_on_the_named_sources(tmp_path, tabula_cache):
+    rng = np.random.default_rng(6)
+
+    def texts(letters):
+        return [" ".join("".join(rng.choice(list(letters), size=4)) for _ in range(40)) for _ in range(10)]
+
+    sources = {"a": {"kind": "files", "paths": [str(write_texts(tmp_path / "a", texts("abcdefg")) / "*.txt")]},
+               "b": {"kind": "files", "paths": [str(write_texts(tmp_path / "b", texts("nopqrst")) / "*.txt")]}}
+    prepared = prepare(make_spec({"sources": sources, "tokenizer": {"kind": "bpe", "vocab_size": 300, "train_on": ["b"]}}))
+    learned = [piece for piece, index in prepared.tokenizer.get_vocab().items() if index >= 258]  # after 2 specials + 256 bytes
+    assert learned and all(set(piece) <= set("nopqrstĠ") for piece in learned)

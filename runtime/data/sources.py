@@ -168,6 +168,9 @@ def _expand(name: str, patterns: list[str], base_dir: Path) -> list[Path]:
             if not matched:
                 raise DataError(f"the pattern {pattern!r} matches no files (looked in {base_dir})", source=name, path=where)
         else:
+            if os.path.isdir(full):
+                raise DataError(f"{full} is a folder: match its files with a pattern such as '{pattern.rstrip('/')}/**/*.txt'",
+                                source=name, path=where)
             if not os.path.isfile(full):
                 raise DataError(f"file not found: {full}", source=name, path=where)
             matched = [Path(full)]

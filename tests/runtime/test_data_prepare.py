@@ -187,6 +187,8 @@ def test_missing_files_and_empty_globs(tmp_path, tabula_cache):
     assert error.value.path == ("data", "sources", "c", "paths", 0) and "matches no files" in str(error.value)
     with pytest.raises(DataError, match="file not found"):
         prepare(make_spec({"sources": {"c": {"kind": "files", "paths": [str(tmp_path / "absent.txt")]}}}))
+    with pytest.raises(DataError, match=r"is a folder: match its files with a pattern such as '.*/\*\*/\*.txt'"):
+        prepare(make_spec({"sources": {"c": {"kind": "files", "paths": [str(tmp_path)]}}}))
     (tmp_path / "latin.txt").write_bytes("caf\xe9 ".encode("latin-1") * 40)
     with pytest.raises(DataError, match="UTF-8"):
         prepare(make_spec({"sources": {"c": {"kind": "files", "paths": [str(tmp_path / "latin.txt")]}}}))

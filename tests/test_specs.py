@@ -92,3 +92,13 @@ def test_presets_are_what_their_names_say():
     assert mistral.block.attention.window is not None and mistral.block.attention.window < mistral.max_seq_len
     mla = load_spec(SPECS / "presets" / "mla-tiny.yaml").model
     assert mla.block.attention.kind == "mla" and mla.block.attention.latent_norm
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "mistral-tiny", "mla-tiny"])
+def test_presets_are_usable_with_extends(tmp_path, preset):
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"name: mine\nextends: {preset}\nmodel:\n  n_layers: 2\n")
+    spec = load_spec(path)
+    base = load_spec(SPECS / "presets" / f"{preset}.yaml")
+    assert spec.name == "mine" and spec.model.n_layers == 2
+    assert spec.model.block == base.model.block and spec.train == base.train

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-STEPS = 150
+STEPS = 100
 ROUNDS = 3
-MATRIX = 384  # a step of a few tens of milliseconds on a laptop core
+MATRIX = 256  # a step of tens of milliseconds on a laptop core
 
 _DASHBOARD = """
 import sys, asyncio
@@ -93,6 +93,8 @@ def _round(attached: bool) -> tuple[float, float | None]:
 
 
 def main() -> None:
+    threads = os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS") or "all"
+    print(f"   BLAS threads: {threads}; machine load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     headless, attached, cpu = [], [], []
     for _ in range(ROUNDS):
         headless.append(_round(False)[0])

@@ -112,6 +112,8 @@ class DashboardScreen(Screen[str | None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one(StatsPanel).show(self.state)
+        self.query_one(SampleView).show(self.state)
         self.poll()
         self.set_interval(1 / POLL_HZ, self.poll)
 
@@ -125,6 +127,9 @@ class DashboardScreen(Screen[str | None]):
         now = self.clock()
         exited = self._check_process(now)
         second = int(now)
+        if self.process is not None and self.state.last_time is None and second != self._last_second:
+            lines = _tail(self.run_dir / OUTPUT_LOG, 1)  # what the run prints while it prepares its data
+            self.state.preparing = lines[-1].strip()[-120:] if lines else None
         if not events and not exited and second == self._last_second and not self._charts_stale:
             return
         self._last_second = second
@@ -220,4 +225,5 @@ def _tail(path: Path, lines: int) -> list[str]:
             text = file.read().decode("utf-8", "replace")
     except OSError:
         return []
+    text = text.replace("\r", "\n")  # progress lines rewritten in place
     return [line for line in text.splitlines() if line.strip()][-lines:]

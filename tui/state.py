@@ -104,6 +104,7 @@ class RunState:
     # `end`; or the training process's exit, reported by whoever started it
     end_reason: str | None = None
     error: str | None = None
+    preparing: str | None = None  # the launched process's latest output line, before its first event
     # charts and log
     train_loss: Series = field(default_factory=Series)
     val_loss_series: Series = field(default_factory=Series)
@@ -228,7 +229,7 @@ class RunState:
         if self.end_reason is not None:
             return self.end_reason, self.error or ""
         if self.last_time is None:
-            return "waiting", "no events yet"
+            return "waiting", self.preparing or "no events yet"
         silent = now - self.last_time
         if silent > STALE_AFTER_S:
             return "stale", f"no new events for {format_duration(silent)}"

@@ -131,3 +131,10 @@ def test_dashboard_imports_no_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_launched_run_shows_its_output_while_it_prepares(tmp_path):
+    (tmp_path / "output.log").write_text("tokenizer: training on 4M characters\rreading stdlib: 2,000\n")
+    app = DashboardApp(tmp_path, clock=lambda: T0, process=FakeProcess())
+    async with app.run_test(size=(80, 24)):
+        assert "● waiting (reading stdlib: 2,000)" in screen_text(app)

@@ -26,7 +26,7 @@ class SampleView(Static):
     def on_mount(self) -> None:
         self.border_title = "latest sample"
 
-    _shown: tuple | None = None
+    _shown: tuple | None = ("", "")  # never a real sample: the first show() draws
 
     def show(self, state: RunState) -> None:
         if (state.sample_prompt, state.sample_text) == self._shown:

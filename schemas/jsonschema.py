@@ -25,14 +25,16 @@ _PARTIAL = "Partial"
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a spec file, as a dict."""
+    """The JSON Schema of a spec file, as a dict. Draft-07, the draft the YAML language server
+    (VS Code's YAML extension and others) implements; pydantic's 2020-12 output is lowered to it
+    (`$defs` -> `definitions`, `prefixItems` -> `items`)."""
     full = Spec.model_json_schema(mode="validation")
     definitions = full.pop("$defs", {})
     root = full  # the Spec model itself, its refs pointing into $defs
     definitions["Spec"] = root
     partial = {name + _PARTIAL: _partial(definition) for name, definition in definitions.items()}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
+    return _draft7({
+        "$schema": "http://json-schema.org/draft-07/schema#",
         "$id": SCHEMA_ID,
         "title": "tabula experiment spec",
         "description": root.get("description", ""),
@@ -41,12 +43,30 @@ def json_schema() -> dict[str, Any]:
         "then": {"$ref": "#/$defs/Spec" + _PARTIAL},
         "else": {"$ref": "#/$defs/Spec"},
         "$defs": {**definitions, **partial},
-    }
+    })
 
 
 def schema_text() -> str:
     """json_schema() as the text committed at schemas/tabula-spec.schema.json."""
     return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+
+
+def _draft7(schema: Any) -> Any:
+    """pydantic's 2020-12 keywords in their draft-07 spelling."""
+    if isinstance(schema, dict):
+        result = {}
+        for key, value in schema.items():
+            if key == "$defs":
+                key = "definitions"
+            elif key == "prefixItems":
+                key = "items"
+            result[key] = _draft7(value)
+        return result
+    if isinstance(schema, list):
+        return [_draft7(item) for item in schema]
+    if isinstance(schema, str) and schema.startswith("#/$defs/"):  # $ref, and discriminator mappings
+        return "#/definitions/" + schema[len("#/$defs/"):]
+    return schema
 
 
 def _partial(definition: Any) -> Any:

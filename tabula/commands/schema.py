@@ -1,4 +1,4 @@
-"""Print the JSON Schema of a spec (draft 2020-12), generated from the spec models: every key,
+"""Print the JSON Schema of a spec (draft-07, what editors implement), generated from the spec models: every key,
 its type, default and description.
 
 Editors use it to complete keys, show each field's help and check a spec as you type. For the

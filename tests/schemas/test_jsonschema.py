@@ -21,7 +21,7 @@ def test_committed_schema_is_fresh():
 
 def test_every_field_has_a_description():
     missing = []
-    for name, definition in json_schema()["$defs"].items():
+    for name, definition in json_schema()["definitions"].items():
         for field, prop in definition.get("properties", {}).items():
             if "description" not in prop:
                 missing.append(f"{name}.{field}")
@@ -29,21 +29,31 @@ def test_every_field_has_a_description():
 
 
 def test_example_specs_point_editors_at_the_schema():
-    quickstart = (ROOT / "specs" / "quickstart.yaml").read_text().splitlines()[0]
-    assert quickstart == "# yaml-language-server: $schema=../schemas/tabula-spec.schema.json"
+    for path in EXAMPLES:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# yaml-language-server: $schema="), path
+        assert (path.parent / first.split("$schema=", 1)[1]).resolve() == SCHEMA_FILE, path
+
+
+def test_the_schema_is_a_valid_draft_07_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json_schema()
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert "$defs" not in json.dumps(schema) and "prefixItems" not in json.dumps(schema)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_editors_accept_the_example_specs(path):
     jsonschema = pytest.importorskip("jsonschema")
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA_FILE.read_text()))
     errors = [f"{list(error.absolute_path)}: {error.message}" for error in validator.iter_errors(read_yaml(path).data)]
     assert not errors
 
 
 def test_editors_flag_a_typo_and_a_missing_key():
     jsonschema = pytest.importorskip("jsonschema")
-    validator = jsonschema.Draft202012Validator(json_schema())
+    validator = jsonschema.Draft7Validator(json_schema())
     data = read_yaml(ROOT / "specs" / "quickstart.yaml").data
     data["model"]["n_layer"] = data["model"].pop("n_layers")
     messages = [error.message for error in validator.iter_errors(data)]

@@ -47,6 +47,10 @@ def apply_override(data: dict, index: int, text: str) -> Document:
     if any(not part for part in raw_parts):
         raise fail(f"empty part in the override path {key_text.strip()!r}", expected="a.b.c", found=repr(key_text.strip()))
 
+    if raw_parts[0] == "extends":
+        raise fail("extends cannot be overridden: it is merged before overrides apply; edit the spec, or override "
+                   "the values themselves", expected="a path other than extends", found=repr(key_text.strip()))
+
     value_doc = parse_yaml(value_text, label, require_mapping=False, column_offset=len(key_text) + 1, source_lines=[text])
 
     path: list[Any] = []

@@ -171,3 +171,9 @@ def test_missing_spec_file_is_an_error_not_a_traceback(tmp_path):
     with pytest.raises(SpecErrors) as raised:
         load_spec(tmp_path)
     assert "is a directory" in raised.value.errors[0].message
+
+
+def test_extends_cannot_be_overridden(write):
+    with pytest.raises(SpecErrors) as raised:
+        load_spec(write("s.yaml", MINIMAL), ["extends=llama-tiny"])
+    assert "extends cannot be overridden" in raised.value.errors[0].message

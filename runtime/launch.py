@@ -4,8 +4,8 @@
 
 The launching process (the `tabula run` command) does what happens once: it fills the token cache,
 prepares a resume that changes the world size or ZeRO stage (runtime/reshard.py), then starts the
-ranks through DeepSpeed's launcher (`python -m deepspeed.launcher.runner`: `--num_gpus N` on this
-machine, `--hostfile` across nodes). On a machine without GPUs the ranks run on the CPU over gloo, each
+ranks through DeepSpeed's launcher (`python -m deepspeed.launcher.launch` on this machine,
+`python -m deepspeed.launcher.runner --hostfile` across nodes). On a machine without GPUs the ranks run on the CPU over gloo, each
 with its share of the cores. The launcher watches the ranks: when one exits with an error it stops the
 others. This process passes rank 0's progress lines through (DeepSpeed's own log lines are held back),
 turns the first Ctrl-C / SIGTERM into a stop request (the ranks finish the step and checkpoint
@@ -15,6 +15,8 @@ whatever happened to the ranks.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
@@ -44,14 +46,18 @@ def free_port() -> int:
 
 def rank_command(spec_path: str, run_dir: Path, world_size: int, *, overrides=(), resume_from=None,
                  max_steps=None, hostfile: str | None = None, port: int | None = None) -> list[str]:
-    """The DeepSpeed launcher command line that starts every rank of a run."""
-    command = [sys.executable, "-m", "deepspeed.launcher.runner"]
+    """The DeepSpeed launcher command line that starts every rank of a run: its multi-node runner with a
+    hostfile; on this machine its per-node launcher directly (what the runner would start, one
+    DeepSpeed import sooner)."""
+    port = port or free_port()
     if hostfile:
-        command += ["--hostfile", hostfile]
+        command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", hostfile,
+                   "--master_port", str(port)]
     else:
-        command += ["--num_gpus", str(world_size)]
-    command += ["--master_port", str(port or free_port()), "--no_local_rank", "--module", "tabula.runtime.rank",
-                "--spec", str(spec_path), "--run-dir", str(run_dir)]
+        world_info = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(world_size))}).encode()).decode()
+        command = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
+                   "--master_addr=127.0.0.1", f"--master_port={port}"]
+    command += ["--no_local_rank", "--module", "tabula.runtime.rank", "--spec", str(spec_path), "--run-dir", str(run_dir)]
     for override in overrides:
         command += ["--override", override]
     if resume_from is not None:

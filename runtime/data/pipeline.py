@@ -231,7 +231,7 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
         for text in reader.documents(warn, workers=spec.data.workers or os.cpu_count() or 1):
             read += 1
             if read % 1000 == 0:
-                progress(f"reading {name}", read, None)
+                progress(f"reading {name} (documents)", read, None)
             if not chain.keep(name, text):
                 continue
             # Every round(1/fraction)-th kept document is held out: an exact, spread-out share.
@@ -239,7 +239,7 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
             writers["val" if to_val else "train"].add(text)
             held += to_val
             kept += 1
-        progress(f"reading {name}", read, read)
+        progress(f"reading {name} (documents)", read, read)
         for split in SPLITS:
             spools[split, name] = writers[split].close()
         if read == 0:
@@ -314,7 +314,7 @@ def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress) -> 
                 if pool is None:
                     writer.add(*tokenize_worker.encode_chunk(*chunk))
                     done += size
-                    progress("tokenizing", done, total)
+                    progress("tokenizing (bytes of text)", done, total)
                     continue
                 # At most two chunks a worker in flight: memory stays flat whatever the corpus size.
                 in_flight.append((pool.apply_async(tokenize_worker.encode_chunk, chunk), size))
@@ -322,19 +322,19 @@ def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress) -> 
                     task, size = in_flight.popleft()
                     writer.add(*task.get())
                     done += size
-                    progress("tokenizing", done, total)
+                    progress("tokenizing (bytes of text)", done, total)
             while in_flight:
                 task, size = in_flight.popleft()
                 writer.add(*task.get())
                 done += size
-                progress("tokenizing", done, total)
+                progress("tokenizing (bytes of text)", done, total)
             writer.close()
             counts.setdefault(name, {})[split] = {"tokens": writer.n_tokens, "documents": writer.n_documents}
     finally:
         if pool:
             pool.terminate()
             pool.join()
-    progress("tokenizing", total, total)
+    progress("tokenizing (bytes of text)", total, total)
     return counts
 
 

@@ -334,7 +334,6 @@ def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress) -> 
         if pool:
             pool.terminate()
             pool.join()
-    progress("tokenizing (bytes of text)", total, total)
     return counts
 
 

@@ -18,7 +18,7 @@ in milliseconds for a 1.3B model on a laptop:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from tabula.schemas.model import MLA
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 # 0.06-0.14 TFLOP/s; half precision is far slower on CPUs without bf16 units).
 DEFAULT_PEAK_TFLOPS = {"cuda": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}, "cpu": {"bf16": 0.1, "fp16": 0.1, "fp32": 0.1}}
 DEFAULT_MFU = 0.4
+
+# Memory of one rank's device: an 80 GB H100 on CUDA; on a CPU, whose memory is shared with the
+# data pipeline and everything else, a share of a laptop's RAM. The plan fits micro-batches in it.
+DEVICE_MEMORY = {"cuda": 80 * 10**9, "cpu": 8 * 2**30}
 
 
 def default_peak_flops(device_type: str, precision: str) -> float:
@@ -252,6 +256,7 @@ class Estimate:
     peak_flops: float
     mfu: float
     seconds: float
+    notes: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -284,6 +289,11 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
     memory["total"] = sum(memory.values())
     if host:
         host = {**host, "total": sum(host.values())}
+    notes = []
+    available = DEVICE_MEMORY.get(device_type, DEVICE_MEMORY["cpu"])
+    if memory["total"] > available:
+        notes.append(f"{memory['total'] / 2**30:.1f} GiB per rank is more than the {available / 2**30:.0f} GiB of a {device_type} "
+                     "rank: raise the ZeRO stage, offload, add ranks or checkpoint activations")
     peak = peak_flops if peak_flops is not None else default_peak_flops(device_type, plan.precision)
     seconds = total_flops / (plan.world_size * peak * mfu)
     return Estimate(
@@ -297,4 +307,5 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
         peak_flops=peak,
         mfu=mfu,
         seconds=seconds,
+        notes=tuple(notes),
     )

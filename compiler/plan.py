@@ -20,11 +20,8 @@ from dataclasses import asdict, dataclass, field
 from tabula.schemas.spec import Spec
 
 from .activations import activation_bytes
-from .estimate import count_parameters, model_state_bytes
+from .estimate import DEVICE_MEMORY, count_parameters, model_state_bytes
 
-# Memory a rank may fill when the plan picks micro-batches: an 80 GB H100 on CUDA; on a CPU,
-# whose memory is shared with the data pipeline and everything else, a share of a laptop's RAM.
-DEVICE_MEMORY = {"cuda": 80 * 10**9, "cpu": 8 * 2**30}
 USABLE_MEMORY = 0.85  # head-room for the allocator's fragmentation, kernels' workspaces, buffers
 
 

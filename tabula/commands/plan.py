@@ -107,7 +107,7 @@ def as_json(spec, plan, est, path: str) -> dict:
         "eval_every_tokens": plan.eval_every_tokens,
         "checkpoint_every_tokens": plan.checkpoint_every_tokens,
         "time": {"seconds": est.seconds, "total_flops": est.total_flops, "peak_tflops": est.peak_flops / 1e12, "mfu": est.mfu},
-        "notes": list(plan.notes),
+        "notes": [*plan.notes, *est.notes],
     }
 
 
@@ -177,8 +177,9 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         f"  time               {_duration(est.seconds):>16}  at {est.peak_flops / 1e12:g} TFLOP/s peak x {est.mfu:g} MFU"
         f" x {plan.world_size} rank{'s' if plan.world_size > 1 else ''}",
     ]
-    if plan.notes:
-        lines += ["", "notes"] + [f"  {note}" for note in plan.notes]
+    notes = [*plan.notes, *est.notes]
+    if notes:
+        lines += ["", "notes"] + [f"  {note}" for note in notes]
     return lines
 
 

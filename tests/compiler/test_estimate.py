@@ -224,3 +224,12 @@ def test_activation_estimate_within_25_percent_under_bf16_autocast(name):
     copies = model_state_bytes(s, 512, "bf16", 1)[0]["weight_copies"]
     estimated = activation_bytes(s.model, 512, 2, 64, "bf16") + copies
     assert abs(estimated - measured) / measured < 0.25, (estimated, measured)
+
+
+def test_memory_beyond_the_device_is_noted():
+    s = spec()
+    plan = make_plan(s)
+    assert estimate(s, plan).notes == ()
+    big = spec(**{"model.d_model": 4096, "model.n_layers": 48, "model.block.mlp": {"kind": "swiglu", "hidden": 11008}})
+    notes = estimate(big, make_plan(big, device_type="cuda")).notes
+    assert any("more than the 75 GiB" in note for note in notes)

@@ -91,14 +91,13 @@ def make_plan(
     device_memory: int | None = None,
 ) -> Plan:
     """The plan for training `spec` on `world_size` ranks (default: parallel.world_size) of
-    `device_type` ("cuda", "cpu"...). `vocab_size` is the tokenizer's when known (default: what the
-    spec says). `device_memory` (bytes per rank) bounds the automatic micro-batch (default
+    `device_type` ("cuda", "cpu"...). `vocab_size` is the loaded tokenizer's size where known; a
+    number in model.vocab_size wins over it (it may pad the tokenizer's), auto takes it (or what
+    the spec alone tells: a trained tokenizer's size, a known tiktoken encoding's). `device_memory` (bytes per rank) bounds the automatic micro-batch (default
     DEVICE_MEMORY). Raises SpecErrors, with the spec path, for combinations that cannot run."""
     world = world_size or spec.parallel.world_size
     notes: list[str] = []
-    vocab = vocab_size or spec.vocab_size
-    if vocab is None:
-        raise _errors(spec, [(("model", "vocab_size"), "the vocabulary size is unknown until the tokenizer is loaded: set model.vocab_size to plan this spec", "an integer", "auto")])
+    vocab = _vocab_size(spec, vocab_size)
     precision = _precision(spec, device_type, notes)
     budget = _budget(spec, vocab)
     train = spec.train
@@ -142,6 +141,19 @@ def make_plan(
         device_type=device_type,
         notes=tuple(notes),
     )
+
+
+def _vocab_size(spec: Spec, tokenizer_size: int | None) -> int:
+    declared = spec.model.vocab_size
+    if isinstance(declared, int):
+        if tokenizer_size is not None and tokenizer_size > declared:
+            raise _errors(spec, [(("model", "vocab_size"), f"model.vocab_size ({declared}) is smaller than the tokenizer's vocabulary "
+                                  f"({tokenizer_size}): some token ids would have no embedding", f"at least {tokenizer_size}", str(declared))])
+        return declared
+    vocab = tokenizer_size or spec.vocab_size
+    if vocab is None:
+        raise _errors(spec, [(("model", "vocab_size"), "the vocabulary size is unknown until the tokenizer is loaded: set model.vocab_size to plan this spec", "an integer", "auto")])
+    return vocab
 
 
 def _precision(spec: Spec, device_type: str, notes: list[str]) -> str:

@@ -115,10 +115,17 @@ def test_warmup_and_intervals():
     assert plan.checkpoint_every_tokens is None
 
 
-def test_vocab_size_from_the_tokenizer_overrides():
-    plan = make_plan(spec(**{"model.vocab_size": "auto"}), vocab_size=300)
-    assert plan.vocab_size == 300
-    assert make_plan(spec(**{"model.vocab_size": "auto"})).vocab_size == 512  # the bpe tokenizer's size
+def test_vocab_size_auto_takes_the_tokenizers_and_a_number_in_the_spec_wins():
+    auto = spec(**{"model.vocab_size": "auto"})
+    assert make_plan(auto, vocab_size=300).vocab_size == 300
+    assert make_plan(auto).vocab_size == 512  # the bpe tokenizer's size, known from the spec
+    assert make_plan(spec(**{"model.vocab_size": 576}), vocab_size=500).vocab_size == 576  # padded past the tokenizer's
+
+
+def test_a_model_vocabulary_smaller_than_the_tokenizers_is_an_error():
+    (error,) = spec_errors(lambda: make_plan(spec(), vocab_size=600))
+    assert error.path == ("model", "vocab_size")
+    assert error.expected == "at least 600"
 
 
 def test_batch_not_divisible_by_seq_len_names_batch_tokens_once():

@@ -49,19 +49,16 @@ def spec_errors_from(error: ValidationError, data: Any, root: type[BaseModel], l
             union_members.setdefault(converted.path, []).append(converted)
         else:
             found.append(converted)
-    for path, members in union_members.items():
-        found.append(_merge_union(members))
-    unique = list(dict.fromkeys(found))
-    return unique
+    found.extend(_merge_union(members) for members in union_members.values())
+    return list(dict.fromkeys(found))  # one error once, even where pydantic reports it twice
 
 
 def _convert(raw: dict, data: Any, root: type[BaseModel], locate: Locate) -> tuple[SpecError, bool]:
     kind, ctx, value = raw["type"], raw.get("ctx") or {}, raw.get("input")
-    path, node, skipped_last, is_key = _walk(raw["loc"], data, keep_last=kind == "missing")
-    if isinstance(ctx.get("field"), (list, tuple)):
+    path, _, skipped_last, is_key = _walk(raw["loc"], data, keep_last=kind == "missing")
+    if isinstance(ctx.get("field"), (list, tuple)):  # a cross-field check names the field it is about
         path = path + tuple(ctx["field"])
-        node = _get(data, path)
-        value = node
+        value = _get(data, path)
     message, expected, suggestion = _describe(kind, raw, ctx, path, data, root)
     want_key = kind == "extra_forbidden" or is_key or bool(ctx.get("key"))
     if kind in ("union_tag_invalid", "union_tag_not_found"):

@@ -83,7 +83,7 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
     except MarkedYAMLError as error:
         raise SpecErrors([builder.syntax_error(error)]) from None
     except YAMLError as error:
-        raise SpecErrors([SpecError(f"YAML error: {error}", file=file)]) from None
+        raise SpecErrors([builder.reader_error(error, text)]) from None
 
     if root is None:
         if require_mapping:
@@ -138,6 +138,19 @@ class _Builder:
         column = mark.column + 1 + (self.column_offset if mark.line == 0 else 0)
         return SpecError(message, file=self.doc.file, line=mark.line + 1 + self.line_offset, column=column,
                          source_line=self.doc.line_text(mark.line + 1))
+
+    def reader_error(self, error: YAMLError, text: str) -> SpecError:
+        # ruamel's reader refuses control characters before any mark exists; it gives an offset
+        position, character = getattr(error, "position", None), getattr(error, "character", None)
+        if not isinstance(position, int) or not 0 <= position <= len(text):
+            return SpecError(f"YAML error: {error}", file=self.doc.file)
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        shown = f"U+{character:04X}" if isinstance(character, int) else repr(character)
+        return SpecError(f"a character YAML does not allow ({shown}); specs are printable text",
+                         file=self.doc.file, line=line + self.line_offset,
+                         column=column + (self.column_offset if line == 1 else 0),
+                         found=shown, source_line=self.doc.line_text(line))
 
     def tabs_in_indentation(self, text: str) -> list[SpecError]:
         errors = []

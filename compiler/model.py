@@ -64,7 +64,8 @@ class Transformer(nn.Module):
 
     forward(input_ids (B, T), targets (B, T) or None, *, document_ids (B, T) or None)
       -> logits (B, T, vocab), or (logits, loss) with targets (mean cross-entropy over
-         targets != -100). With document_ids, tokens attend only within their document.
+         targets != -100). With document_ids, tokens attend only within their document
+         (positions keep counting across documents, as in Llama 3's document masking).
     """
 
     def __init__(self, spec: ModelSpec, vocab_size: int) -> None:

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print_errors([SpecError(f"--world-size {args.world_size} needs parallel.backend: deepspeed", path=("parallel", "backend"))])
         return 2
     try:
-        plan = make_plan(spec, world_size=args.world_size, device_type=device)
+        plan = make_plan(spec, world_size=args.world_size, vocab_size=_tokenizer_file_size(spec), device_type=device)
     except SpecErrors as error:
         print_errors(error.errors)
         return 2
@@ -243,6 +243,27 @@ def _print_deepspeed_config(spec, plan) -> int:
         return 2
     sys.stderr.write(f"checked: DeepSpeed accepts this config at world size {plan.world_size}\n")
     return 0
+
+
+def _tokenizer_file_size(spec) -> int | None:
+    """The vocabulary of a `kind: file` tokenizer.json, read as JSON (its ids and added tokens,
+    plus the special tokens the runtime appends where missing); None for other kinds or when the
+    file cannot be read (the plan then asks for model.vocab_size)."""
+    tokenizer = spec.data.tokenizer
+    if tokenizer.kind != "file" or isinstance(spec.model.vocab_size, int):
+        return None
+    path = Path(tokenizer.path)
+    path = path if path.is_absolute() else spec.base_dir / path
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        tokens = dict(data["model"]["vocab"]) if isinstance(data["model"].get("vocab"), dict) else {}
+        if isinstance(data["model"].get("vocab"), list):  # unigram: [piece, score] pairs by id
+            tokens = {piece: index for index, (piece, _) in enumerate(data["model"]["vocab"])}
+        tokens.update({added["content"]: added["id"] for added in data.get("added_tokens") or []})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    size = max(tokens.values(), default=-1) + 1
+    return size + len({tokenizer.eos_token, tokenizer.pad_token} - tokens.keys())
 
 
 def _spec_hash(spec) -> str | None:

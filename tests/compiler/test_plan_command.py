@@ -109,3 +109,16 @@ def test_world_size_on_a_local_spec_is_refused(capsys):
 def test_missing_file_exits_2(capsys):
     code, _, err = plan(capsys, "no-such-spec.yaml")
     assert code == 2 and "no-such-spec.yaml" in err
+
+
+def test_a_tokenizer_file_gives_the_vocabulary(capsys, tmp_path):
+    vocab = {f"t{i}": i for i in range(40)}
+    (tmp_path / "tok.json").write_text(json.dumps({
+        "model": {"type": "BPE", "vocab": vocab, "merges": []},
+        "added_tokens": [{"id": 40, "content": "<|endoftext|>", "special": True}],
+    }))
+    text = (SPECS / "quickstart.yaml").read_text().replace("{kind: bpe, vocab_size: 8192, max_chars: 4M}", "{kind: file, path: tok.json}")
+    (tmp_path / "spec.yaml").write_text(text)
+    code, out, _ = plan(capsys, str(tmp_path / "spec.yaml"), "--json")
+    assert code == 0
+    assert json.loads(out)["vocab_size"] == 42  # 40 pieces, the end-of-text token, the pad token the runtime adds

@@ -123,7 +123,7 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
     params = est.parameters
     spec_hash = _spec_hash(spec)
     lines = [
-        f"{spec.name}  ({path})" + (f"  spec {spec_hash[:12]}" if spec_hash else ""),
+        f"{spec.name}  ({path})  spec {spec_hash[:12]}",
         f"{plan.device_type}, {plan.precision}, {plan.world_size} rank{'s' if plan.world_size > 1 else ''}"
         f" ({spec.parallel.backend}{_zero(spec)}), vocabulary {plan.vocab_size:,}",
         "",
@@ -266,11 +266,9 @@ def _tokenizer_file_size(spec) -> int | None:
     return size + len({tokenizer.eos_token, tokenizer.pad_token} - tokens.keys())
 
 
-def _spec_hash(spec) -> str | None:
-    try:
-        from tabula.schemas.canonical import spec_hash
-    except ImportError:
-        return None
+def _spec_hash(spec) -> str:
+    from tabula.schemas.canonical import spec_hash
+
     return spec_hash(spec)
 
 

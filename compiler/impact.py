@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tabula.schemas.errors import SpecErrors
 from tabula.schemas.spec import Spec
 
 # model.* paths (prefixes) a run can resume across
@@ -156,10 +157,8 @@ def _costs(spec: Spec, device_type: str, notes: list[str], label: str) -> dict[s
 
     try:
         plan = make_plan(spec, device_type=device_type)
-    except Exception as error:  # SpecErrors: a spec that cannot be planned still diffs
-        errors = getattr(error, "errors", None)
-        message = errors[0].message if errors else str(error)
-        notes.append(f"{label} cannot be planned: {message}")
+    except SpecErrors as error:  # a spec that cannot be planned still diffs
+        notes.append(f"{label} cannot be planned: {error.errors[0].message}")
         return {}
     est = estimate(spec, plan, device_type=device_type)
     return {

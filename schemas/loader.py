@@ -30,8 +30,9 @@ class SourceMap:
     """Where each value of a loaded spec was written. `layers` are the parsed documents, highest
     priority first: the last override, ..., the first override, the spec, what it extends, ..."""
 
-    def __init__(self, layers: list[Document]):
+    def __init__(self, layers: list[Document], root_file: str | None = None):
         self.layers = layers
+        self.root_file = root_file  # the spec's own file, as shown to the user
 
     def position(self, path: tuple, *, key: bool = False) -> Position | None:
         """Where the value at `path` (or, with key=True, its key) was written; None where no file
@@ -92,13 +93,20 @@ def position_of(spec: Spec, path: tuple | str, *, key: bool = False) -> Position
 
 
 def error_at(spec: Spec, path: tuple, message: str, **details: Any) -> SpecError:
-    """A SpecError at spec `path` with the position the loader recorded (if any)."""
+    """A SpecError at spec `path`, positioned where the loader saw it written; for a value left
+    to its default, at the nearest enclosing section that was written."""
+    path = tuple(path)
     source_map: SourceMap | None = spec._source_map
-    where = source_map.locate(tuple(path)) if source_map is not None else None
-    if where is None and spec.source_path is not None:
-        return SpecError(message, path=tuple(path), file=str(spec.source_path), **details)
+    where = None
+    if source_map is not None:
+        for cut in range(len(path), -1, -1):
+            # the value itself; for an enclosing section, the line that names it
+            where = (cut < len(path) and source_map.locate(path[:cut], key=True)) or source_map.locate(path[:cut])
+            if where is not None:
+                break
     if where is None:
-        return SpecError(message, path=tuple(path), **details)
+        file = source_map.root_file if source_map is not None else spec.source_path
+        return SpecError(message, path=path, file=str(file) if file is not None else None, **details)
     file, line, column, text = where
     return SpecError(message, path=tuple(path), file=file, line=line, column=column, source_line=text, **details)
 
@@ -123,7 +131,7 @@ def _finish(document: Document, base_dir: Path, overrides: Iterable[str], *, sou
             errors.extend(raised.errors)
     if errors:
         raise SpecErrors(errors)
-    source_map = SourceMap(layers)
+    source_map = SourceMap(layers, root_file=document.file)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as error:

@@ -177,3 +177,15 @@ def test_extends_cannot_be_overridden(write):
     with pytest.raises(SpecErrors) as raised:
         load_spec(write("s.yaml", MINIMAL), ["extends=llama-tiny"])
     assert "extends cannot be overridden" in raised.value.errors[0].message
+
+
+def test_error_at_positions_errors_found_after_loading(write):
+    from tabula.schemas.loader import error_at
+
+    path = write("s.yaml", MINIMAL)
+    spec = load_spec(path)
+    error = error_at(spec, ("train", "batch_tokens"), "not divisible", expected="a multiple of 128")
+    assert (error.file, error.line, error.column, error.expected) == (str(path), 14, 17, "a multiple of 128")
+    assert error.source_line == "  batch_tokens: 4k"
+    defaulted = error_at(spec, ("data", "curriculum", 0, "seq_len"), "too long")
+    assert (defaulted.file, defaulted.line) == (str(path), 9)  # the data: section, the closest thing written

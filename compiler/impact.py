@@ -126,10 +126,13 @@ class Impact:
         }
 
 
-def annotate(a: Spec, b: Spec, changes: list | None = None, *, device_type: str = "cpu") -> Impact:
-    """The impact of the change from `a` to `b`. `changes` (the diff's Change list, each with a
-    dotted `.path` and an `.impact` slot) get their slot filled where they break resuming; None
-    computes the changed paths here."""
+def annotate(a: Spec, b: Spec, changes: list | None = None, *, device_type: str | None = None) -> Impact:
+    """The impact of the change from `a` to `b`, costs planned for `device_type` (default: this
+    machine's). `changes` (the diff's Change list, each with a dotted `.path` and an `.impact`
+    slot) get their slot filled where they break resuming; None computes the changed paths here."""
+    from .plan import local_device_type
+
+    device_type = device_type or local_device_type()
     notes: list[str] = []
     costs = [_costs(spec, device_type, notes, label) for spec, label in ((a, "A"), (b, "B"))]
     quantities = tuple(Quantity(key, name, costs[0].get(key), costs[1].get(key), unit) for key, name, unit in QUANTITIES)

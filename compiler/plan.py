@@ -15,7 +15,9 @@ total is ceil(budget / batch_tokens).
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from tabula.schemas.spec import Spec
 
@@ -80,6 +82,17 @@ class Plan:
     def as_dict(self) -> dict:
         """JSON-able form, derived properties included."""
         return {**asdict(self), "warmup_steps": self.warmup_steps, "total_tokens": self.total_tokens}
+
+
+def local_device_type() -> str:
+    """"cuda" where this machine has a CUDA (or ROCm) GPU torch can use, else "cpu". Looks for a GPU
+    driver first: importing torch only to ask costs seconds."""
+    drivers = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd")
+    if not any(Path(p).exists() for p in drivers) and not shutil.which("nvidia-smi"):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_plan(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -273,14 +272,9 @@ def _spec_hash(spec) -> str:
 
 
 def _device(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    # importing torch only to ask costs seconds: without a GPU driver there is no CUDA device
-    if not any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd")) and not shutil.which("nvidia-smi"):
-        return "cpu"
-    import torch
+    from tabula.compiler.plan import local_device_type
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return local_device_type() if choice == "auto" else choice
 
 
 def _bad(message: str) -> int:

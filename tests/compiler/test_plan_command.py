@@ -122,3 +122,17 @@ def test_a_tokenizer_file_gives_the_vocabulary(capsys, tmp_path):
     code, out, _ = plan(capsys, str(tmp_path / "spec.yaml"), "--json")
     assert code == 0
     assert json.loads(out)["vocab_size"] == 42  # 40 pieces, the end-of-text token, the pad token the runtime adds
+
+
+def test_planning_builds_no_model(capsys, monkeypatch):
+    import tabula.compiler
+    import tabula.compiler.model
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tabula plan built a model")
+
+    monkeypatch.setattr(tabula.compiler, "build_model", refuse)
+    monkeypatch.setattr(tabula.compiler.model.Transformer, "__init__", refuse)
+    code, out, _ = plan(capsys, str(SPECS / "tabulaprima-1.3b.yaml"), "--json", "--device", "cuda")
+    assert code == 0
+    assert json.loads(out)["parameters"]["total"] > 1_300_000_000

@@ -120,7 +120,8 @@ class WizardScreen(Screen[Path | None]):
         self._timer = None
         self.errors = check(self.form.data, self.model)
         self._checked_version = self.form.version
-        self.query_one(ErrorList).show_errors([(e.dotted, e.message) for e in self.errors])
+        self.query_one(ErrorList).show_errors(
+            [(e.dotted, e.message + (f" (did you mean `{e.hint}`?)" if e.hint else "")) for e in self.errors])
         self._mark_fields()
         self.query_one("#title", Static).update(self._title_text())
         plan = self.query_one(PlanPanel)

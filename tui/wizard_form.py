@@ -38,6 +38,7 @@ def root_widgets(model: type[BaseModel], form: FormData) -> list:
 class FormError:
     path: tuple[Any, ...]
     message: str
+    hint: str | None = None  # the closest valid key or kind, for a typo
 
     @property
     def dotted(self) -> str:
@@ -45,38 +46,14 @@ class FormError:
 
 
 def check(data: dict[str, Any], model: type[BaseModel]) -> list[FormError]:
-    """Validate `data` against `model`; [] when valid. Paths name the spec's keys (the union tags
-    pydantic adds to its locations are dropped; cross-field checks point at their field)."""
+    """Validate `data` against `model`; [] when valid. The errors are those `tabula validate`
+    reports (the spec language's own conversion of pydantic's errors: spec paths, plain words,
+    suggestions for typos), without file positions since the form has no file yet."""
+    from tabula.schemas.pydantic_errors import spec_errors_from
+
     try:
         model.model_validate(data)
     except ValidationError as error:
-        return [FormError(_spec_path(data, item), _message(item)) for item in error.errors(include_url=False)]
+        found = spec_errors_from(error, data, model, lambda path, key=False: None)
+        return [FormError(tuple(e.path), e.message, e.suggestion) for e in found]
     return []
-
-
-def _spec_path(data: Any, item: dict[str, Any]) -> tuple[Any, ...]:
-    path: list[Any] = []
-    node = data
-    for part in item["loc"]:
-        if isinstance(node, dict) and part not in node and node.get("kind") == part:
-            continue  # a discriminated union's tag, not a key of the spec
-        path.append(part)
-        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
-    extra = (item.get("ctx") or {}).get("field")
-    if isinstance(extra, (list, tuple)):
-        path.extend(extra)
-    return tuple(path)
-
-
-def _message(item: dict[str, Any]) -> str:
-    message = item["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if message.startswith(prefix):
-            message = message[len(prefix):]
-    if item["type"] == "missing":
-        return "required: no value given"
-    if item["type"] == "extra_forbidden":
-        return "unknown key"
-    if "input" in item and item["type"] not in ("spec_check",) and not isinstance(item["input"], (dict, list)):
-        return f"{message}, found {item['input']!r}"
-    return message

@@ -10,6 +10,7 @@ along the location. Cross-field checks (`base.field_error`) carry the offending 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import types
 import typing
@@ -141,7 +142,7 @@ def _describe(kind: str, raw: dict, ctx: dict, path: tuple, data: Any, root: typ
     if kind == "extra_forbidden":
         model = model_at(root, path[:-1], data)
         keys = sorted(model.model_fields, key=lambda name: name != "kind") if model else []
-        suggestion = _closest(str(path[-1]), keys)
+        suggestion = _closest(str(path[-1]), keys) or _elsewhere(root, str(path[-1]))
         expected = f"one of the keys of {where}: {', '.join(keys)}" if keys else None
         return f"unknown key {path[-1]!r} in {where}", expected, suggestion
     if kind == "union_tag_invalid":
@@ -242,6 +243,34 @@ def model_at(root: type[BaseModel], path: tuple, data: Any) -> type[BaseModel] |
             return None
     target = _pick(annotation, _get(data, path))
     return target if isinstance(target, type) and issubclass(target, BaseModel) else None
+
+
+def _elsewhere(root: type[BaseModel], key: str) -> str | None:
+    """The one dotted path where a key of this name belongs (`train.batch_tokens` for a
+    `batch_tokens` written under `model:`), or None where there is none or several."""
+    places = [path for path in _field_paths(root) if path.rsplit(".", 1)[-1] == key]
+    return places[0] if len(places) == 1 else None
+
+
+@functools.lru_cache(maxsize=None)
+def _field_paths(model: type[BaseModel], prefix: str = "") -> tuple[str, ...]:
+    """Every field's dotted path below `model` (list items and named entries as `*`)."""
+    paths: list[str] = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        paths.append(path)
+        annotation, suffix = field.annotation, ""
+        for _ in range(2):  # unwrap list[...] / dict[str, ...] (one level deep is all a spec has)
+            members = _members(annotation)
+            containers = [m for m in members if typing.get_origin(m) in (list, tuple, dict)]
+            if not containers:
+                break
+            args = typing.get_args(containers[0])
+            annotation, suffix = (args[-1] if args else None), suffix + ".*"
+        for member in _members(annotation):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                paths.extend(_field_paths(member, f"{path}{suffix}."))
+    return tuple(dict.fromkeys(paths))
 
 
 def _kinds_at(root: type[BaseModel], path: tuple, data: Any) -> list[str]:

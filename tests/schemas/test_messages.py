@@ -41,3 +41,10 @@ def test_message(old, new, path, line, column, message, expected):
 def test_a_source_name_is_checked_where_it_is_written():
     error = only_error("    stdlib: {kind: python_stdlib}", "    bad name: {kind: python_stdlib}")
     assert (error.dotted_path, error.line, error.column) == ("data.sources.bad name", 12, 5)
+
+
+def test_a_key_written_in_the_wrong_section_points_to_where_it_belongs():
+    with pytest.raises(SpecErrors) as raised:
+        load_spec_text(MINIMAL.replace("  n_layers: 2\n", "  n_layers: 2\n  batch_tokens: 8k\n"))
+    (error,) = raised.value.errors
+    assert (error.dotted_path, error.suggestion) == ("model.batch_tokens", "train.batch_tokens")

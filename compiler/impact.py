@@ -3,13 +3,15 @@
 `tabula diff A B` prints `annotate(a, b, changes).lines()` under the list of changed paths;
 the runtime asks `resume_compatibility(a, b)` before it resumes a run of A under spec B.
 
-Resuming needs the checkpoint's tensors and token ids to mean the same in B: every `model.*`
-change breaks that except dropout, compile and init (which act only at the start), max_seq_len
-where positions are rotary or absent (no weight depends on it), and RoPE scaling (made to read
-longer contexts with the same weights); so do any change of `data.tokenizer` (other token ids),
-of the resolved vocabulary size, and of the optimizer's kind (its saved state has another
-layout). Schedule, budget, mixture, curriculum, batch, intervals, evaluation, checkpointing and
-tracking changes resume: they act on what happens next.
+A run resumes across a change unless the checkpoint no longer fits or no longer means the same:
+a model change that changes the weights' shapes or names (the parameter list of
+`estimate.parameter_shapes` differs), any change of `data.tokenizer` (other token ids) or of the
+resolved vocabulary size, and a change of the optimizer's kind (its saved state has another
+layout). Model changes that keep every shape (RoPE theta or scaling, a sliding window, norm eps,
+a norm or attention kind with the same parameters) resume with a warning: the weights load but
+compute differently. Dropout, compile, init and max_seq_len (without learned positions) resume
+silently, as do schedule, budget, mixture, curriculum, batch, interval, evaluation, checkpoint,
+parallelism and tracking changes: they act on what happens next.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 from tabula.schemas.errors import SpecErrors
 from tabula.schemas.spec import Spec
 
-# model.* paths (prefixes) a run can resume across
-RESUMABLE_MODEL_PATHS = ("model.dropout", "model.compile", "model.init", "model.position.scaling")
+# model.* paths (prefixes) that act only at the start, or only on how the model is run
+SILENT_MODEL_PATHS = ("model.dropout", "model.compile", "model.init")
+# model.* leaves that never change a weight's shape
+COMPUTE_ONLY = ("model.position.theta", "model.position.scaling", "model.block.attention.window", "model.block.norm.eps")
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -48,28 +52,36 @@ def changed_paths(a: Spec, b: Spec) -> list[str]:
 def resume_compatibility(a: Spec, b: Spec) -> tuple[bool, list[str]]:
     """(True, []) when a run trained with spec `a` can resume under spec `b`, else (False, one
     reason a line, each starting with the spec path it is about)."""
-    reasons = [f"{path} {why}" for path, why in _resume_breaks(a, b)]
+    breaks, _ = _resume_checks(a, b)
+    reasons = [f"{path} {why}" for path, why in breaks]
     return not reasons, reasons
 
 
-def _resume_breaks(a: Spec, b: Spec) -> list[tuple[str, str]]:
-    """(path, why) for every change from `a` to `b` that a run cannot resume across."""
-    breaks = []
+def _resume_checks(a: Spec, b: Spec) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(breaks, warnings): (path, why) for the changes a run cannot resume across, and for those
+    it resumes across with weights that compute differently."""
+    from .estimate import parameter_shapes
+
+    breaks, warnings = [], []
     if a.vocab_size != b.vocab_size:
         breaks.append(("model.vocab_size", f"(resolved) changes from {a.vocab_size} to {b.vocab_size}: the embedding's shape differs"))
-    learned = "learned" in (a.model.position.kind, b.model.position.kind)
+    vocab = a.vocab_size or b.vocab_size or 1  # the same on both sides: shapes apart from the vocabulary
+    reshaped = parameter_shapes(a.model, vocab) != parameter_shapes(b.model, vocab)
     for path in changed_paths(a, b):
         if path.startswith("model."):
-            if path == "model.vocab_size" or path.startswith(RESUMABLE_MODEL_PATHS):
+            if path == "model.vocab_size" or path.startswith(SILENT_MODEL_PATHS):
                 continue
-            if path == "model.max_seq_len" and not learned:
-                continue
-            breaks.append((path, "changes the model: the checkpoint's weights do not fit it"))
+            if path == "model.max_seq_len" and not reshaped:
+                continue  # no weight depends on it unless positions are learned
+            if reshaped and not path.startswith(COMPUTE_ONLY):
+                breaks.append((path, "changes the model's weights: the checkpoint's do not fit them"))
+            else:
+                warnings.append((path, "changes what the weights compute: they load, but the loss may jump"))
         elif path.startswith("data.tokenizer."):
             breaks.append((path, "changes the tokenizer: the checkpoint learned other token ids"))
         elif path == "train.optimizer.kind":
             breaks.append((path, "changes the optimizer: its saved state has another layout"))
-    return breaks
+    return breaks, warnings
 
 
 QUANTITIES = (
@@ -106,12 +118,14 @@ class Impact:
     resumable: bool
     reasons: tuple[str, ...]
     resume_breaking: tuple[str, ...]  # the changed paths that break resuming
+    warnings: tuple[str, ...] = field(default=())  # changes a run resumes across, computing differently
     notes: tuple[str, ...] = field(default=())
 
     def lines(self) -> list[str]:
         out = [q.line() for q in self.quantities]
         if self.resumable:
-            out.append("resume             a run of A can resume under B")
+            out.append("resume             a run of A can resume under B" + (", but:" if self.warnings else ""))
+            out += [f"  {warning}" for warning in self.warnings]
         else:
             out.append("resume             a run of A cannot resume under B:")
             out += [f"  {reason}" for reason in self.reasons]
@@ -121,7 +135,8 @@ class Impact:
     def as_dict(self) -> dict:
         return {
             **{q.key: {"before": q.before, "after": q.after} for q in self.quantities},
-            "resume": {"compatible": self.resumable, "reasons": list(self.reasons), "breaking_paths": list(self.resume_breaking)},
+            "resume": {"compatible": self.resumable, "reasons": list(self.reasons), "breaking_paths": list(self.resume_breaking),
+                       "warnings": list(self.warnings)},
             "notes": list(self.notes),
         }
 
@@ -136,17 +151,25 @@ def annotate(a: Spec, b: Spec, changes: list | None = None, *, device_type: str 
     notes: list[str] = []
     costs = [_costs(spec, device_type, notes, label) for spec, label in ((a, "A"), (b, "B"))]
     quantities = tuple(Quantity(key, name, costs[0].get(key), costs[1].get(key), unit) for key, name, unit in QUANTITIES)
-    breaks = _resume_breaks(a, b)
+    breaks, warnings = _resume_checks(a, b)
     breaking = []
     for change in changes or []:
-        why = [(path, text) for path, text in breaks if _within(path, change.path) or _within(change.path, path)]
-        if why:
+        if _annotate_change(change, breaks, "breaks resuming: "):
             breaking.append(change.path)
-            change.impact = "breaks resuming: " + "; ".join(text if path == change.path else f"{path} {text}" for path, text in why)
+        else:
+            _annotate_change(change, warnings, "resumable, but ")
     if changes is None:
         breaking = [path for path, _ in breaks]
     reasons = tuple(f"{path} {why}" for path, why in breaks)
-    return Impact(quantities, not breaks, reasons, tuple(breaking), tuple(notes))
+    return Impact(quantities, not breaks, reasons, tuple(breaking), tuple(f"{path} {why}" for path, why in warnings), tuple(notes))
+
+
+def _annotate_change(change, findings: list[tuple[str, str]], prefix: str) -> bool:
+    """Fill `change.impact` from the findings at or below (or above) its path; whether any applied."""
+    found = [(path, why) for path, why in findings if _within(path, change.path) or _within(change.path, path)]
+    if found:
+        change.impact = prefix + "; ".join(why if path == change.path else f"{path} {why}" for path, why in found)
+    return bool(found)
 
 
 def _within(path: str, prefix: str) -> bool:

@@ -19,12 +19,23 @@ RESUMABLE = {
     "dropout, compile, init": {"model.dropout": 0.1, "model.compile": {"enabled": False}, "model.init": {"std": 0.01}},
     "longer context with rope": {"model.max_seq_len": 256},
     "sources": {"data.sources.web": {"kind": "python_stdlib", "max_files": 3}},
+    "parallelism": {"parallel": {"backend": "deepspeed", "world_size": 2, "zero": {"stage": 2}}},
+}
+
+# (A's changes, B's changes, the path warned about): the weights keep every shape
+SAME_SHAPES = {
+    "rope theta": ({}, {"model.position": {"kind": "rope", "theta": 500000}}, "model.position.theta"),
+    "sliding window": ({}, {"model.block.attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "window": 32}}, "model.block.attention.window"),
+    # gqa with as many key/value heads as query heads has mha's weights
+    "gqa as mha": ({"model.block.attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 4}},
+                   {"model.block.attention": {"kind": "mha", "n_heads": 4}}, "model.block.attention.kind"),
 }
 
 BREAKING = {
     "width": ({"model.d_model": 96}, "model.d_model"),
     "attention kind": ({"model.block.attention": {"kind": "mha", "n_heads": 4}}, "model.block.attention.kind"),
-    "norm kind": ({"model.block.norm": {"kind": "layernorm"}}, "model.block.norm.kind"),
+    "norm with a bias": ({"model.block.norm": {"kind": "layernorm"}}, "model.block.norm.kind"),
+    "qk norm": ({"model.block.attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "qk_norm": True}}, "model.block.attention.qk_norm"),
     "vocabulary": ({"model.vocab_size": 1024}, "model.vocab_size"),
     "tokenizer": ({"data.tokenizer": {"kind": "unigram", "vocab_size": 512}}, "data.tokenizer.kind"),
     "optimizer kind": ({"train.optimizer": {"kind": "lion", "lr": 1e-4}}, "train.optimizer.kind"),
@@ -47,6 +58,17 @@ def test_changes_that_break_resuming_name_their_path(name):
     ok, reasons = resume_compatibility(spec(), spec(**changes))
     assert not ok
     assert any(path in reason for reason in reasons), reasons
+
+
+@pytest.mark.parametrize("name", sorted(SAME_SHAPES))
+def test_same_shape_model_changes_resume_with_a_warning(name):
+    changes_a, changes_b, path = SAME_SHAPES[name]
+    a, b = spec(**changes_a), spec(**changes_b)
+    ok, reasons = resume_compatibility(a, b)
+    assert ok and reasons == []
+    impact = annotate(a, b)
+    assert any(warning.startswith(path) and "compute" in warning for warning in impact.warnings)
+    assert "but:" in impact.lines()[4]
 
 
 def test_context_change_breaks_resuming_with_learned_positions():
@@ -106,3 +128,9 @@ def test_annotate_fills_the_impact_of_the_diffs_changes():
     assert by_path["model.d_model"].startswith("breaks resuming")
     assert by_path["train.budget.tokens"] is None
     assert impact.resume_breaking == ("model.d_model",)
+
+
+def test_a_compute_only_change_beside_a_reshaping_one_is_not_blamed():
+    ok, reasons = resume_compatibility(spec(), spec(**{"model.d_model": 96, "model.position": {"kind": "rope", "theta": 500000}}))
+    assert not ok
+    assert [reason.split()[0] for reason in reasons] == ["model.d_model"]

@@ -54,7 +54,8 @@ def format_error(error: SpecError, color: bool = False) -> str:
         lines.append(f" {paint(number.rjust(4), _DIM)} | {shown}")
         if error.column:
             start = error.column - 1
-            length = _token_length(shown, start)
+            in_override_path = (error.file or "").startswith("<override") and start < shown.find("=")
+            length = _token_length(shown, start, stop=".=" if in_override_path else "")
             lines.append(f" {' ' * max(4, len(number))} | {' ' * start}{paint('^' + '~' * (length - 1), _RED)}")
     if error.expected:
         lines.append(f"  {paint('expected:', _CYAN)} {error.expected}")
@@ -136,15 +137,15 @@ def _read_line(file: str, line: int) -> str | None:
     return None
 
 
-def _token_length(text: str, start: int) -> int:
-    """Length of the word starting at `start` (for the ~~~ under it): up to a YAML separator;
-    a quoted string to its closing quote."""
+def _token_length(text: str, start: int, stop: str = "") -> int:
+    """Length of the word starting at `start` (for the ~~~ under it): up to a YAML separator
+    (or a character of `stop`); a quoted string to its closing quote."""
     if start >= len(text) or text[start] in "[{":
         return 1
     if text[start] in "'\"":
         end = text.find(text[start], start + 1)
         return end - start + 1 if end > start else 1
     end = start
-    while end < len(text) and text[end] not in _TOKEN_END:
+    while end < len(text) and text[end] not in _TOKEN_END and text[end] not in stop:
         end += 1
     return max(1, end - start)

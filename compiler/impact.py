@@ -67,11 +67,12 @@ def _resume_checks(a: Spec, b: Spec) -> tuple[list[tuple[str, str]], list[tuple[
         breaks.append(("model.vocab_size", f"(resolved) changes from {a.vocab_size} to {b.vocab_size}: the embedding's shape differs"))
     vocab = a.vocab_size or b.vocab_size or 1  # the same on both sides: shapes apart from the vocabulary
     reshaped = parameter_shapes(a.model, vocab) != parameter_shapes(b.model, vocab)
+    learned = "learned" in (a.model.position.kind, b.model.position.kind)
     for path in changed_paths(a, b):
         if path.startswith("model."):
             if path == "model.vocab_size" or path.startswith(SILENT_MODEL_PATHS):
                 continue
-            if path == "model.max_seq_len" and not reshaped:
+            if path == "model.max_seq_len" and not learned:
                 continue  # no weight depends on it unless positions are learned
             if reshaped and not path.startswith(COMPUTE_ONLY):
                 breaks.append((path, "changes the model's weights: the checkpoint's do not fit them"))

@@ -125,9 +125,10 @@ class DeepSpeedEngine:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.2)
-        if LOST_PEER.search(str(error)):
-            first = str(error).strip().splitlines()[0]
-            return f"another rank stopped answering (it exited or was killed; the launcher's output names it): {first}"
+        lost = LOST_PEER.search(str(error))
+        if lost:
+            return (f"another rank stopped answering ({lost.group(0).lower()} in a collective): it exited or was "
+                    f"killed without reporting an error; the launcher's output names it")
         return None
 
     # ------------------------------------------------------------------ training

@@ -226,8 +226,6 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: deque, out: TextIO) -> i
     end = next((e for e in reversed(events) if e["kind"] == "end"), None)
     if end is not None and not exit_codes:
         return 0 if end["reason"] in ("finished", "stopped") else 3
-    if end is not None and end["reason"] == "failed":
-        return 3
     errors = sorted((run_dir / RANKS_DIR).glob("rank-*.error"))
     if errors:
         message = errors[0].read_text(encoding="utf-8").strip().splitlines()[0]
@@ -237,6 +235,11 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: deque, out: TextIO) -> i
         message = f"a rank {how} without reporting an error"
     else:
         message = "the ranks ended without writing an end event"
+    if end is not None and end["reason"] == "failed":
+        out.write(f"run failed: {end['error']}\n")
+        if exit_codes and message != end["error"]:
+            out.write(f"  ({message})\n")
+        return 3
     if end is None:
         last = events[-1] if events else {"step": 0, "tokens": 0}
         writer = EventWriter(path)

@@ -103,11 +103,12 @@ class Sampler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("fingerprint") != self.prepared.fingerprint or state.get("seed") != self.seed or state.get("block") != self.block:
-            raise DataError(
-                f"the sampler state is for other data (fingerprint {state.get('fingerprint')}, seed {state.get('seed')}, "
-                f"block {state.get('block')}); this run has fingerprint {self.prepared.fingerprint}, seed {self.seed}, block {self.block}"
-            )
+        """Continue exactly where `state` (from state_dict) stopped. Raises DataError when it was
+        saved for other data, another seed, or stages whose sequence lengths tile other blocks."""
+        mine = {"fingerprint": self.prepared.fingerprint, "seed": self.seed, "block": self.block}
+        differ = [f"{key} {state.get(key)} (now {value})" for key, value in mine.items() if state.get(key) != value]
+        if differ:
+            raise DataError(f"the sampler state is for other data or another curriculum: {', '.join(differ)}")
         self.tokens = int(state["tokens"])
         self.cursors = {name: int(state["cursors"].get(name, 0)) for name in self.sources}
 

@@ -278,11 +278,11 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
         per_token = flops_per_token(model, vocab, stage.seq_len)
         tokens = stage.steps * plan.batch_tokens
         total_flops += per_token * tokens
+        autocast = spec.parallel.backend == "local"  # DeepSpeed holds 16-bit weights instead
         acts = {
-            name: activation_bytes(model, vocab, stage.micro_batch, stage.seq_len, plan.precision, name, every_n)
-            for name in ("none", "full")
+            name: activation_bytes(model, vocab, stage.micro_batch, stage.seq_len, plan.precision, chosen, every_n, autocast=autocast)
+            for name, chosen in (("none", "none"), ("full", "full"), ("chosen", policy))
         }
-        acts["chosen"] = activation_bytes(model, vocab, stage.micro_batch, stage.seq_len, plan.precision, policy, every_n)
         largest = max(largest, acts["chosen"])
         stages.append(StageCost(stage.index, stage.seq_len, tokens, per_token, acts))
     memory = {**device, "activations": largest}

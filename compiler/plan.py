@@ -218,7 +218,7 @@ def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free,
     if asked == "auto":
         micro = _auto_micro_batch(spec, per_rank, seq_len, precision, vocab, free)
         one = activation_bytes(spec.model, vocab, 1, seq_len, precision, spec.parallel.activation_checkpointing,
-                               spec.parallel.checkpoint_every_n)
+                               spec.parallel.checkpoint_every_n, autocast=spec.parallel.backend == "local")
         if one > free > 0:
             notes.append(f"curriculum stage {index}: the activations of one sequence of {seq_len} tokens ({_gib(one)}) "
                          f"exceed the memory left per rank ({_gib(free)}): set parallel.activation_checkpointing: full")
@@ -270,7 +270,8 @@ def _auto_micro_batch(spec: Spec, per_rank: int, seq_len: int, precision: str, v
     """The largest divisor of `per_rank` whose activations fit in `free` bytes (at least 1)."""
     parallel = spec.parallel
     for micro in sorted((m for m in range(1, per_rank + 1) if per_rank % m == 0), reverse=True):
-        needed = activation_bytes(spec.model, vocab, micro, seq_len, precision, parallel.activation_checkpointing, parallel.checkpoint_every_n)
+        needed = activation_bytes(spec.model, vocab, micro, seq_len, precision, parallel.activation_checkpointing,
+                                  parallel.checkpoint_every_n, autocast=parallel.backend == "local")
         if needed <= free:
             return micro
     return 1

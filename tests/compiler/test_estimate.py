@@ -233,3 +233,16 @@ def test_memory_beyond_the_device_is_noted():
     big = spec(**{"model.d_model": 4096, "model.n_layers": 48, "model.block.mlp": {"kind": "swiglu", "hidden": 11008}})
     notes = estimate(big, make_plan(big, device_type="cuda")).notes
     assert any("more than the 75 GiB" in note for note in notes)
+
+
+@pytest.mark.parametrize("name", ["gqa", "mla", "gelu-layernorm-learned-untied"])
+def test_activation_estimate_within_25_percent_in_16_bits_throughout(name):
+    """Weights in bf16 and no autocast, as DeepSpeed runs bf16 (one small forward on the CPU)."""
+    from tabula.compiler import build_model
+
+    s = spec(**VARIANTS[name])
+    model = build_model(s, vocab_size=512).materialize("cpu", 0).to(torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(0))
+    measured = saved_activation_bytes(model, ids)
+    estimated = activation_bytes(s.model, 512, 2, 64, "bf16", autocast=False)
+    assert abs(estimated - measured) / measured < 0.25, (estimated, measured)

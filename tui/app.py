@@ -23,14 +23,16 @@ class DashboardApp(App[str | None]):
     ENABLE_COMMAND_PALETTE = False
 
     def __init__(self, run_dir: str | Path, *, clock: Callable[[], float] = time.time,
-                 process: Process | None = None) -> None:
+                 process: Process | None = None, output_log: Path | None = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
         self.clock = clock
         self.process = process
+        self.output_log = output_log
 
     def on_mount(self) -> None:
-        self.push_screen(DashboardScreen(self.run_dir, clock=self.clock, process=self.process), self.exit)
+        screen = DashboardScreen(self.run_dir, clock=self.clock, process=self.process, output_log=self.output_log)
+        self.push_screen(screen, self.exit)
 
 
 class WizardApp(App["Path | None"]):

@@ -30,7 +30,15 @@ from .widgets.stats_panel import StatsPanel
 
 POLL_HZ = 4
 CHART_INTERVAL_S = 1.0
-OUTPUT_LOG = "output.log"  # where a launched training's stdout and stderr go (tui/launch.py)
+OUTPUT_LOG = "output.log"
+
+
+def output_log_path(run_dir: Path) -> Path:
+    """Where a launched training's stdout and stderr go (tui/launch.py): RUN_DIR/output.log when
+    the folder exists (a resume), else RUN_DIR.output.log beside it, since the runtime starts a new
+    run only in an absent or empty folder."""
+    run_dir = Path(run_dir)
+    return run_dir / OUTPUT_LOG if run_dir.is_dir() else run_dir.with_name(run_dir.name + "." + OUTPUT_LOG)
 
 
 class Process(Protocol):
@@ -84,9 +92,10 @@ class DashboardScreen(Screen[str | None]):
     ]
 
     def __init__(self, run_dir: str | Path, *, clock: Callable[[], float] = time.time,
-                 process: Process | None = None) -> None:
+                 process: Process | None = None, output_log: Path | None = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.output_log = Path(output_log) if output_log is not None else self.run_dir / OUTPUT_LOG
         self.clock = clock
         self.process = process
         self.reader = EventsReader(self.run_dir)
@@ -128,7 +137,7 @@ class DashboardScreen(Screen[str | None]):
         exited = self._check_process(now)
         second = int(now)
         if self.process is not None and self.state.last_time is None and second != self._last_second:
-            lines = _tail(self.run_dir / OUTPUT_LOG, 1)  # what the run prints while it prepares its data
+            lines = _tail(self.output_log, 1)  # what the run prints while it prepares its data
             self.state.preparing = lines[-1].strip()[-120:] if lines else None
         if not events and not exited and second == self._last_second and not self._charts_stale:
             return
@@ -155,9 +164,9 @@ class DashboardScreen(Screen[str | None]):
         self._exit_reported = True
         for event in self.reader.read_new():
             self.state.apply(event)
-        self.state.process_exited(code, now, str(self.run_dir / OUTPUT_LOG))
+        self.state.process_exited(code, now, str(self.output_log))
         if code != 0:
-            for line in _tail(self.run_dir / OUTPUT_LOG, 8):
+            for line in _tail(self.output_log, 8):
                 self.state.note(now, "error", line)
         return True
 
@@ -176,6 +185,9 @@ class DashboardScreen(Screen[str | None]):
         return self.state.end_reason is None
 
     def _send(self, name: str, what: str) -> None:
+        if self.state.last_time is None:  # no run folder to write into yet (the runtime creates it)
+            self.notify(f"The run has not started yet; nothing to {what}.", severity="warning")
+            return
         if not self.run_active:
             self.notify(f"The run has {self.state.end_reason}; nothing to {what}.", severity="warning")
             return

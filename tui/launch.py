@@ -4,6 +4,8 @@ The two are kept apart so that neither can take the other down: the training run
 session and process group (a dashboard crash, a closed terminal or Ctrl+C in the dashboard never
 signals it) and writes its output to `RUN_DIR/output.log`, never to the dashboard's terminal;
 the dashboard only reads the run directory and polls the process for its exit.
+Its output goes to RUN_DIR/output.log, or RUN_DIR.output.log beside a run folder that does not
+exist yet (the runtime creates new runs only in absent or empty folders).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from .dashboard import OUTPUT_LOG
+from .dashboard import output_log_path
 from .dialogs import LEAVE
 from .events import EventsReader
 from .format import format_count
@@ -26,10 +28,10 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED = 0, 2, 3
 
 def start_training(command_argv: Sequence[str], run_dir: str | os.PathLike[str]) -> subprocess.Popen:
     """Start `command_argv` in a new session (its own process group), stdin closed, stdout and stderr
-    appended to `run_dir/output.log` (the folder is created if needed). Returns the process."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / OUTPUT_LOG, "ab") as log:
+    appended to `output_log_path(run_dir)`. Returns the process."""
+    log_path = output_log_path(Path(run_dir))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
         return subprocess.Popen(list(command_argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
@@ -46,19 +48,20 @@ def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[s
     input; 3 the run failed."""
     out = out or sys.stdout
     run_dir = Path(run_dir)
+    log_path = output_log_path(run_dir)
     process = start_training(command_argv, run_dir)
     answer: str | None = None
     try:
         from .app import DashboardApp
 
-        answer = DashboardApp(run_dir, process=process).run()
+        answer = DashboardApp(run_dir, process=process, output_log=log_path).run()
     except Exception:  # the dashboard's failure must not end the run: report it and follow plainly
         out.write("tabula: the dashboard failed; the run continues.\n" + traceback.format_exc(limit=3))
         out.flush()
-        return _finish(process, follow_plainly(process, run_dir, out), run_dir, out)
+        return _finish(follow_plainly(process, run_dir, out), log_path, out)
     if answer == LEAVE and process.poll() is None:
         out.write(f"tabula: the run goes on in the background (pid {process.pid}); its output is in "
-                  f"{run_dir / OUTPUT_LOG}\n  watch it:  tabula watch {run_dir}\n")
+                  f"{log_path}\n  watch it:  tabula watch {run_dir}\n")
         return EXIT_OK
     if process.poll() is None:
         out.write("tabula: waiting for the run to write its checkpoint and stop (Ctrl+C leaves it running) ...\n")
@@ -68,7 +71,7 @@ def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[s
         except KeyboardInterrupt:
             out.write(f"tabula: left running in the background (pid {process.pid}); tabula watch {run_dir}\n")
             return EXIT_OK
-    return _finish(process, process.returncode, run_dir, out)
+    return _finish(process.returncode, log_path, out)
 
 
 def follow_plainly(process: subprocess.Popen, run_dir: Path, out: TextIO, interval: float = 1.0) -> int | None:
@@ -114,10 +117,8 @@ def plain_line(event: dict) -> str | None:
     return None
 
 
-def _finish(process: subprocess.Popen, code: int | None, run_dir: Path, out: TextIO) -> int:
-    if code is None:
+def _finish(code: int | None, log_path: Path, out: TextIO) -> int:
+    if code is None or code == 0:
         return EXIT_OK
-    if code == 0:
-        return EXIT_OK
-    out.write(f"tabula: the training process exited with code {code}; its output is in {run_dir / OUTPUT_LOG}\n")
+    out.write(f"tabula: the training process exited with code {code}; its output is in {log_path}\n")
     return EXIT_BAD_INPUT if code == EXIT_BAD_INPUT else EXIT_RUN_FAILED

@@ -212,10 +212,10 @@ async def test_rows_are_added_and_removed(tmp_path):
         for name, rows in (("shapes", 2), ("named", 1)):
             collection = next(w for w in app.screen.query("CollectionSection") if w.path == (name,))
             collection.collapsed = False
-            await pilot.pause()
-            for _ in range(rows):
+            for count in range(rows):
+                await until(pilot, lambda: len(collection.query(".row")) == count and len(collection.query(".add")) == 1)
                 collection.query_one(".add").press()
-                await pilot.pause()
+            await until(pilot, lambda: len(collection.query(".row")) == rows)
         shapes = next(w for w in app.screen.query("CollectionSection") if w.path == ("shapes",))
         shapes.query(".remove").first().press()
         await pilot.pause(0.5)

@@ -1,0 +1,78 @@
+"""The launcher: training in its own session with its output in a file; the dashboard's failure
+never ends the run; the control writer's files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+
+from synthetic import run_events
+
+from tabula.tui import control, launch
+from tabula.tui.dashboard import output_log_path
+
+CHILD = """
+import json, os, sys, time
+run_dir = sys.argv[1]
+print("preparing data", flush=True)
+print("a warning on stderr", file=sys.stderr, flush=True)
+os.makedirs(run_dir, exist_ok=False)  # as the runtime does: it refuses a folder someone else filled
+events = json.loads(sys.argv[2])
+with open(os.path.join(run_dir, "events.jsonl"), "a") as f:
+    for event in events:
+        f.write(json.dumps(event) + "\\n"); f.flush(); time.sleep(0.01)
+print("sid", os.getsid(0), flush=True)
+sys.exit(int(sys.argv[3]))
+"""
+
+
+def test_training_runs_in_its_own_session_with_its_output_beside_the_new_run_folder(tmp_path):
+    run_dir = tmp_path / "runs" / "quick-1"
+    assert output_log_path(run_dir) == tmp_path / "runs" / "quick-1.output.log"
+    process = launch.start_training([sys.executable, "-c", CHILD, str(run_dir), "[]", "0"], run_dir)
+    assert process.wait(timeout=30) == 0
+    assert not (run_dir / "output.log").exists()  # the folder was the runtime's to create
+    log = (tmp_path / "runs" / "quick-1.output.log").read_text()
+    assert "preparing data" in log and "a warning on stderr" in log
+    child_sid = int(log.split("sid ")[1].split()[0])
+    assert child_sid != os.getsid(0)  # a new session: Ctrl+C or a closed terminal never reach it
+
+
+def test_a_dashboard_crash_does_not_end_the_run(tmp_path, monkeypatch):
+    def broken_run(self):
+        raise RuntimeError("the terminal went away")
+
+    monkeypatch.setattr("tabula.tui.app.DashboardApp.run", broken_run)
+    run_dir = tmp_path / "run"
+    events = json.dumps(run_events(10, end="finished"))
+    out = io.StringIO()
+    code = launch.run_with_dashboard([sys.executable, "-c", CHILD, str(run_dir), events, "0"], run_dir, out=out)
+    text = out.getvalue()
+    assert code == 0
+    assert "the dashboard failed; the run continues" in text and "the terminal went away" in text
+    assert "step 10" in text and "run finished" in text  # followed with plain lines to its end
+
+
+def test_a_failed_training_gives_exit_code_3(tmp_path, monkeypatch):
+    monkeypatch.setattr("tabula.tui.app.DashboardApp.run", lambda self: None)  # q pressed at once
+    run_dir = tmp_path / "run"
+    out = io.StringIO()
+    code = launch.run_with_dashboard([sys.executable, "-c", CHILD, str(run_dir), "[]", "1"], run_dir, out=out)
+    assert code == 3
+    assert "exited with code 1" in out.getvalue()
+
+
+def test_control_requests_appear_whole_and_only_known_names(tmp_path):
+    path = control.request(tmp_path, "stop")
+    assert path == tmp_path / "control" / "stop" and path.read_bytes() == b""
+    control.request(tmp_path, "stop")
+    assert sorted(os.listdir(tmp_path / "control")) == ["stop"]  # no temporary files left behind
+    assert control.pending(tmp_path) == ["stop"]
+    try:
+        control.request(tmp_path, "halt")
+    except ValueError as error:
+        assert "stop, checkpoint, eval" in str(error)
+    else:
+        raise AssertionError("an unknown request was accepted")

@@ -141,3 +141,16 @@ def test_checkpoint_state(prepared, tmp_path):
     assert state["sampler"]["tokens"] == 24 * 512
     assert state["best_val_loss"] is not None
     json.dumps(state)
+
+
+def test_out_of_memory_names_the_micro_batch(prepared, tmp_path, monkeypatch):
+    from tabula.runtime.engine import LocalEngine
+
+    def oom(self, *args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(LocalEngine, "forward_backward", oom)
+    outcome, events = _run(tiny_spec(), prepared, tmp_path / "run")
+    assert outcome.reason == "failed"
+    assert "micro-batch 16 x seq_len 32" in outcome.error and "tabula plan" in outcome.error
+    assert events[-1]["kind"] == "end" and events[-1]["error"] == outcome.error

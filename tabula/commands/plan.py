@@ -138,7 +138,7 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
     ]
     for key, label in MEMORY_PARTS:
         size = est.memory_per_rank.get(key, 0)
-        if not size and key in ("master_gradients", "weight_copies", "gathered_weights") and key not in est.host_memory_per_rank:
+        if not size and key in ("master_weights", "master_gradients", "weight_copies", "gathered_weights") and key not in est.host_memory_per_rank:
             continue  # parts that exist only for some precisions and stages
         where = "  (offloaded to host)" if key in est.host_memory_per_rank else ""
         lines.append(f"  {label:<19}{_bytes(size):>16}{where}")

@@ -252,6 +252,9 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
         if spools["train", name].documents == 0:
             raise DataError(f"no training documents left after the validation split ({kept} kept)", source=name,
                             path=("data", "validation"))
+        if fraction > 0 and held == 0:
+            warn(f"source {name!r}: no validation documents ({kept} kept x fraction {fraction:g} rounds to 0); "
+                 "evaluation will not cover it")
         report["sources"][name] = {
             "documents": read,
             "filters": chain.report(name),

@@ -129,6 +129,8 @@ def test_no_validation_data_gives_no_batches(tmp_path, tabula_cache):
     folder = write_texts(tmp_path / "c", [document(np.random.default_rng(0)) for _ in range(5)])
     spec = make_spec({"sources": {"c": {"kind": "files", "paths": [str(folder / "*.txt")]}}, "validation": {"fraction": 0}})
     assert validation_batches(prepare(spec), tokens=64, seq_len=16, batch_size=2) == []
+    too_few = prepare(make_spec({"sources": {"c": {"kind": "files", "paths": [str(folder / "*.txt")]}}, "validation": {"fraction": "2%"}}))
+    assert too_few.val["c"].n_documents == 0 and "no validation documents (5 kept" in too_few.report["warnings"][0]
 
 
 def test_a_seq_len_change_mid_block_loses_no_token(two_sources):

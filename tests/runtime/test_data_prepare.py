@@ -179,6 +179,11 @@ def test_parquet_source_and_its_missing_column(tmp_path, tabula_cache):
     assert sorted(documents_of(prepared.train["pq"], prepared.tokenizer, prepared.eos_id)) == sorted(texts)
     with pytest.raises(DataError, match="no column 'text'"):
         prepare(make_spec({"sources": {"pq": {**source, "text_field": "text"}}}))
+    (tmp_path / "e.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="e.parquet: not a readable parquet file"):
+        prepare(make_spec({"sources": {"pq": source}}))
+    skipped = prepare(make_spec({"sources": {"pq": {**source, "on_error": "skip"}}, "validation": {"fraction": 0}}))
+    assert skipped.train["pq"].n_documents == 20 and "e.parquet" in skipped.report["warnings"][0]
 
 
 def test_missing_files_and_empty_globs(tmp_path, tabula_cache):

@@ -177,6 +177,8 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         f" x {plan.world_size} rank{'s' if plan.world_size > 1 else ''}",
     ]
     notes = [*plan.notes, *est.notes]
+    if plan.device_type == "cpu" and est.seconds > 86400:
+        notes.append("planned for a CPU: `--device cuda` plans the same spec for a GPU (bf16 where precision is auto)")
     if notes:
         lines += ["", "notes"] + [f"  {note}" for note in notes]
     return lines

@@ -159,6 +159,7 @@ class DashboardScreen(Screen[str | None]):
         if self.process is None or self._exit_reported:
             return False
         code = self.process.poll()
+        self.state.alive = code is None
         if code is None:
             return False
         self._exit_reported = True

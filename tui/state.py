@@ -16,7 +16,7 @@ from typing import Any
 from .format import format_duration
 
 EMA_WEIGHT = 0.9  # smoothing of the displayed loss: about the last 10 logged values
-STALE_AFTER_S = 30.0  # a running run silent this long is reported as such
+STALE_AFTER_S = 60.0  # a run silent this long (or 5 of its usual gaps between train events) is reported as such
 LOG_LINES = 500
 SERIES_POINTS = 1024  # chart points kept per series; older points are thinned, never re-read
 
@@ -105,6 +105,9 @@ class RunState:
     end_reason: str | None = None
     error: str | None = None
     preparing: str | None = None  # the launched process's latest output line, before its first event
+    alive: bool | None = None  # whether the training process runs (known only to who launched it)
+    train_gap: float | None = None  # smoothed seconds between train events
+    _last_train_time: float | None = None
     # charts and log
     train_loss: Series = field(default_factory=Series)
     val_loss_series: Series = field(default_factory=Series)
@@ -147,6 +150,10 @@ class RunState:
             self.note(time, "info", f"started {self.run_name or 'run'} on {self.device or '?'}")
 
     def _on_train(self, event: dict[str, Any], time: float) -> None:
+        if self._last_train_time is not None and time > self._last_train_time:
+            gap = time - self._last_train_time
+            self.train_gap = gap if self.train_gap is None else EMA_WEIGHT * self.train_gap + (1 - EMA_WEIGHT) * gap
+        self._last_train_time = time
         loss = _number(event.get("loss"))
         if loss is not None and math.isfinite(loss):
             self.loss_ema = loss if self.loss_ema is None else EMA_WEIGHT * self.loss_ema + (1 - EMA_WEIGHT) * loss
@@ -231,8 +238,9 @@ class RunState:
         if self.last_time is None:
             return "waiting", self.preparing or "no events yet"
         silent = now - self.last_time
-        if silent > STALE_AFTER_S:
-            return "stale", f"no new events for {format_duration(silent)}"
+        if silent > max(STALE_AFTER_S, 5 * (self.train_gap or 0.0)):
+            detail = f"no new events for {format_duration(silent)}"
+            return ("running", detail) if self.alive else ("stale", detail)
         return "running", ""
 
     def fraction_done(self) -> float | None:

@@ -40,6 +40,9 @@ def test_status_running_stale_and_ended():
     assert state.status(T0 + 12) == ("running", "")
     status, detail = state.status(T0 + 10 + 95)
     assert status == "stale" and detail == "no new events for 1m35s"
+    assert state.status(T0 + 10 + 50)[0] == "running"  # quiet, not yet stale
+    state.alive = True  # the launcher knows the process still runs: a slow step, not a dead run
+    assert state.status(T0 + 10 + 95) == ("running", "no new events for 1m35s")
     failed = folded(run_events(20, end="failed", error="CUDA out of memory"))
     assert failed.status(T0 + 10_000) == ("failed", "CUDA out of memory")
     assert failed.log[-1].level == "error" and "CUDA out of memory" in failed.log[-1].text

@@ -36,7 +36,7 @@ class RunHeader(Static):
         status, detail = state.status(now)
         line = Text(no_wrap=True, overflow="ellipsis")
         line.append(f"● {status}", style=STATUS_STYLES.get(status, "bold"))
-        if detail and status != "failed":
+        if detail and status != "failed":  # waiting: what it prepares; stale or quiet: how long
             line.append(f" ({detail})", style="yellow")
         line.append("  ")
         line.append(state.run_name or "waiting for the run to start", style="bold")

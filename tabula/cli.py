@@ -48,7 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may follow a flag (`tabula plan SPEC --json model.n_layers=2`): argparse stops
+    # collecting positionals at the first flag, so the leftover `a.b=v` items are put back.
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    unknown = [item for item in extra if item not in overrides]
+    target = "overrides" if hasattr(args, "overrides") else "items" if hasattr(args, "items") else None
+    if unknown or (overrides and target is None):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        setattr(args, target, [*getattr(args, target), *overrides])
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT

@@ -305,7 +305,7 @@ def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress) -> 
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         pool = context.Pool(workers, initializer=tokenize_worker.start, initargs=(tokenizer_json, eos_id, dtype.name))
     else:
-        tokenize_worker.start(tokenizer_json, eos_id, dtype.name)
+        tokenize_worker.start(tokenizer_json, eos_id, dtype.name, in_worker=False)
     counts: dict[str, dict[str, dict[str, int]]] = {}
     done = 0
     try:

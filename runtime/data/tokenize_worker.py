@@ -10,9 +10,11 @@ import numpy as np
 _worker: dict = {}
 
 
-def start(tokenizer_json: str, eos_id: int, dtype: str) -> None:
-    """Initialise this process: one tokenizer, single-threaded (the parallelism is the processes)."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+def start(tokenizer_json: str, eos_id: int, dtype: str, in_worker: bool = True) -> None:
+    """Initialise this process's tokenizer; in a worker process single-threaded (the parallelism
+    is the processes), in the main process (in_worker=False) left to use its own threads."""
+    if in_worker:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
     _worker.update(tokenizer=Tokenizer.from_str(tokenizer_json), eos_id=eos_id, dtype=np.dtype(dtype))

@@ -93,9 +93,25 @@ def _vocab_size(spec, tokenizer_json: str | None) -> int:
     raise _BadInput("model.vocab_size is auto and no tokenizer file says it: set model.vocab_size in the spec")
 
 
+def _trained_model(spec, weights: Path):
+    """The spec's model holding the checkpoint's weights (names and shapes checked against the spec)."""
+    from tabula.compiler import build_model
+    from tabula.runtime.checkpoint import read_weights
+
+    state = read_weights(weights)
+    if "embed.weight" not in state:
+        raise _BadInput(f"{weights}: not a tabula checkpoint (no embed.weight)")
+    model = build_model(spec, vocab_size=state["embed.weight"].shape[0])
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:
+        raise _BadInput(f"{weights}: the checkpoint does not fit its resolved.yaml: {error}") from None
+    return model
+
+
 def run(args) -> int:
     from tabula.compiler import build_model
-    from tabula.compiler.hf import ExportError, hf_problems, write_hf
+    from tabula.compiler.hf import ExportError, hf_architecture, hf_problems, write_hf
 
     try:
         spec, weights, tokenizer_json = _read_source(Path(args.source), args.overrides)
@@ -105,11 +121,7 @@ def run(args) -> int:
         if weights is None:
             model = build_model(spec, vocab_size=_vocab_size(spec, tokenizer_json), device="cpu")  # seed-initialised
         else:
-            from tabula.runtime.checkpoint import read_weights
-
-            state = read_weights(weights)
-            model = build_model(spec, vocab_size=state["embed.weight"].shape[0])
-            model.load_state_dict(state, strict=True, assign=True)  # names and shapes checked against the spec
+            model = _trained_model(spec, weights)
         token = spec.data.tokenizer
         written = write_hf(args.out, spec.model, model.state_dict(), model.vocab_size,
                            tokenizer_json=tokenizer_json, eos_token=token.eos_token, pad_token=token.pad_token)
@@ -123,14 +135,5 @@ def run(args) -> int:
         for problem in error.problems:
             sys.stderr.write(f"  {problem}\n")
         return 2
-    except RuntimeError as error:  # a checkpoint whose names or shapes do not match its spec
-        sys.stderr.write(f"tabula export: {Path(args.source)}: the checkpoint does not fit its spec: {error}\n")
-        return 2
-    print(f"wrote {', '.join(written)} to {args.out} ({', '.join(spec_architecture(spec))})")
+    print(f"wrote {', '.join(written)} to {args.out} ({hf_architecture(spec.model)})")
     return 0
-
-
-def spec_architecture(spec) -> list[str]:
-    from tabula.compiler.hf import hf_architecture
-
-    return [hf_architecture(spec.model)]

@@ -59,7 +59,7 @@ class ConfirmStop(_Question):
     """`s`: stop the run at its next step, after a checkpoint? Answers `stop` or `cancel`."""
 
     QUESTION = "Stop the run at its next step, after writing a checkpoint?"
-    ANSWERS = [(STOP, "Stop [y]", "error"), (CANCEL, "Cancel [n]", "default")]
+    ANSWERS = [(STOP, "Stop (y)", "error"), (CANCEL, "Cancel (n)", "default")]
     BINDINGS = [Binding("y", "answer('stop')", "Stop", show=False)]
 
 
@@ -67,5 +67,5 @@ class QuitRun(_Question):
     """`q` on a run the dashboard started: answers `stop`, `leave` or `cancel`."""
 
     QUESTION = "The run is still training. Stop it with a checkpoint, or leave it running in the background?"
-    ANSWERS = [(STOP, "Stop [s]", "error"), (LEAVE, "Leave running [l]", "primary"), (CANCEL, "Cancel [n]", "default")]
+    ANSWERS = [(STOP, "Stop (s)", "error"), (LEAVE, "Leave running (l)", "primary"), (CANCEL, "Cancel (n)", "default")]
     BINDINGS = [Binding("s", "answer('stop')", "Stop", show=False), Binding("l", "answer('leave')", "Leave", show=False)]

@@ -10,6 +10,7 @@ exist yet (the runtime creates new runs only in absent or empty folders).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[s
         except KeyboardInterrupt:
             out.write(f"tabula: left running in the background (pid {process.pid}); tabula watch {run_dir}\n")
             return EXIT_OK
-    return _finish(process.returncode, log_path, out)
+    return _finish(process.returncode, log_path, out, run_dir)
 
 
 def follow_plainly(process: subprocess.Popen, run_dir: Path, out: TextIO, interval: float = 1.0) -> int | None:
@@ -117,8 +118,35 @@ def plain_line(event: dict) -> str | None:
     return None
 
 
-def _finish(code: int | None, log_path: Path, out: TextIO) -> int:
-    if code is None or code == 0:
+def _finish(code: int | None, log_path: Path, out: TextIO, run_dir: Path | None = None) -> int:
+    if code is None:
+        return EXIT_OK
+    if run_dir is not None:
+        end = _last_end_event(run_dir)
+        if end is not None:
+            error = f": {end['error']}" if end.get("error") else ""
+            out.write(f"tabula: run {end.get('reason')} at step {end.get('step')}{error}  ({run_dir}; tabula watch {run_dir})\n")
+    if code == 0:
         return EXIT_OK
     out.write(f"tabula: the training process exited with code {code}; its output is in {log_path}\n")
     return EXIT_BAD_INPUT if code == EXIT_BAD_INPUT else EXIT_RUN_FAILED
+
+
+def _last_end_event(run_dir: Path) -> dict | None:
+    """The `end` event among the last lines of the run's events (reads at most 16 KiB)."""
+    try:
+        with open(run_dir / "events.jsonl", "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - 16384))
+            lines = file.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if '"end"' in line:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("kind") == "end":
+                return event
+    return None

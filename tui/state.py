@@ -130,9 +130,9 @@ class RunState:
             self.step = step
         if isinstance(tokens, int):
             self.tokens = tokens
-        handler = getattr(self, f"_on_{event.get('kind')}", None)
+        handler = _HANDLERS.get(event.get("kind"))
         if handler is not None:
-            handler(event, time or 0.0)
+            handler(self, event, time or 0.0)
 
     def _on_start(self, event: dict[str, Any], time: float) -> None:
         for name in ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters",
@@ -174,6 +174,9 @@ class RunState:
         self.val_ppl = _number(event.get("val_ppl"))
         self.best_val_loss = _number(event.get("best_val_loss"))
         self.val_loss_series.add(self.tokens, self.val_loss)
+        if self.val_loss is not None:
+            best = f" (best {self.best_val_loss:.4g})" if self.best_val_loss is not None else ""
+            self.note(time, "info", f"eval at step {self.step}: val_loss {self.val_loss:.4g}{best}")
 
     def _on_stage(self, event: dict[str, Any], time: float) -> None:
         self._set_stage(event)
@@ -273,6 +276,19 @@ class RunState:
         if self.loss_ema is None or self.loss_ema > 50:
             return None
         return math.exp(self.loss_ema)
+
+
+# each event kind of docs/interfaces.md and what folds it in; other kinds are ignored
+_HANDLERS = {
+    "start": RunState._on_start,
+    "train": RunState._on_train,
+    "eval": RunState._on_eval,
+    "stage": RunState._on_stage,
+    "checkpoint": RunState._on_checkpoint,
+    "sample": RunState._on_sample,
+    "log": RunState._on_log,
+    "end": RunState._on_end,
+}
 
 
 def _number(value: Any) -> float | None:

@@ -64,6 +64,15 @@ def test_a_failed_training_gives_exit_code_3(tmp_path, monkeypatch):
     assert "exited with code 1" in out.getvalue()
 
 
+def test_the_end_of_a_run_is_summed_up(tmp_path, monkeypatch):
+    monkeypatch.setattr("tabula.tui.app.DashboardApp.run", lambda self: None)
+    run_dir = tmp_path / "run"
+    out = io.StringIO()
+    events = json.dumps(run_events(10, end="stopped"))
+    assert launch.run_with_dashboard([sys.executable, "-c", CHILD, str(run_dir), events, "0"], run_dir, out=out) == 0
+    assert f"tabula: run stopped at step 10  ({run_dir}; tabula watch {run_dir})" in out.getvalue()
+
+
 def test_control_requests_appear_whole_and_only_known_names(tmp_path):
     path = control.request(tmp_path, "stop")
     assert path == tmp_path / "control" / "stop" and path.read_bytes() == b""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual_plotext import PlotextPlot
 
-from ..format import format_count
+from ..format import format_tokens
 from ..state import Series
 
 X_TICKS = 4
@@ -67,4 +67,4 @@ class MetricChart(PlotextPlot):
             low, high = min(xs_all), max(xs_all)
             if high > low:
                 ticks = [low + (high - low) * i / (X_TICKS - 1) for i in range(X_TICKS)]
-                plt.xticks(ticks, [format_count(t) for t in ticks])
+                plt.xticks(ticks, [format_tokens(int(t)) for t in ticks])

@@ -13,7 +13,8 @@ from .registry import NORM
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in fp32 as Llama does (so bf16 runs match it too)."""
+    """x / rms(x) * weight (Llama). The fused kernel accumulates in fp32 whatever x's dtype; the
+    weight is cast to x's so that bf16 activations take the fused path too."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -21,9 +22,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.type_as(x)
+        return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)

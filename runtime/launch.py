@@ -128,7 +128,7 @@ def launch(args, spec) -> int:
         return EXIT_BAD_INPUT
     if checkpoint is not None:
         try:
-            move = prepare_resume(Path(checkpoint), spec.parallel.zero.stage, world_size)
+            move = prepare_resume(Path(checkpoint), spec.parallel.zero.stage, world_size, spec=spec)
         except ReshardError as error:
             _error(f"cannot resume from {checkpoint}: {error}")
             return EXIT_BAD_INPUT

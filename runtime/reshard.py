@@ -1,28 +1,32 @@
-"""Resume a DeepSpeed run on another world size or ZeRO stage, optimizer state included.
+"""Resume a run on another world size or ZeRO stage, or move it between a local run and DeepSpeed,
+optimizer state included.
 
 DeepSpeed's own route is the universal checkpoint: `python -m deepspeed.checkpoint.ds_to_universal`
 turns a sharded ZeRO checkpoint into one folder per parameter (`zero/<name>/fp32.pt, exp_avg.pt,
 exp_avg_sq.pt, step.pt`) that any world size can load with `checkpoint.load_universal`. What
 deepspeed 0.19.8 does by itself, measured on 2 CPU ranks:
 
-  - ZeRO-1/2 -> ZeRO-1/2, any world size: works.
-  - ZeRO-3 -> ZeRO-3, any world size: works.
+  - ZeRO-1/2 -> ZeRO-1/2, any world size: works, losses continue exactly.
+  - ZeRO-3 -> ZeRO-3, another world size: loads, but the losses drift (1e-3 in 3 steps): the loader
+    leaves small "persistent" parameters at their initial values and gives every parameter group
+    one shared `step` tensor (runtime/deepspeed_engine.py repairs both after loading).
   - ZeRO-1/2 <-> ZeRO-3: fails. The two families write different universal folders: the model-states
-    file is named `mp_rank_00_model_states.pt` (stage 1/2) or `zero_pp_rank_0_mp_rank_00_model_states.pt`
-    (stage 3), and the loader globs for its own name only (hence the assertion in
-    state_dict_factory.check_ckpt_list: an empty list); stage 3 writes bare tensors and no step.pt,
-    stage 1/2 expects {"param": tensor} and step.pt; and `zero/optimizer_state.pt` has different keys.
-  - ZeRO-0 (no ZeRO) has no universal form at all (ds_to_universal wants *_optim_states.pt files), and
-    a ZeRO-0 engine ignores `load_universal`. Its own checkpoint holds the whole optimizer state, so
+    file is `mp_rank_00_model_states.pt` (stage 1/2) or `zero_pp_rank_0_mp_rank_00_model_states.pt`
+    (stage 3) and the loader globs for its own name only (hence the assertion in
+    state_dict_factory.check_ckpt_list: an empty list); stage 3 writes bare tensors and no step.pt
+    where stage 1/2 expects {"param": tensor} and step.pt; `zero/optimizer_state.pt` has other keys.
+  - ZeRO-0 (no ZeRO) has no universal form (ds_to_universal wants *_optim_states.pt files) and a
+    ZeRO-0 engine ignores `load_universal`. Its checkpoint holds the whole optimizer state, so
     ZeRO-0 -> ZeRO-0 loads natively at any world size.
 
-This module closes the gaps by normalising the universal folder to hold both families' forms (both
+This module closes the gaps: it normalises the universal folder to hold both families' forms (both
 model-states names, {"param": tensor} files with step.pt, one optimizer_state.pt with both key sets),
-by writing the universal form of a ZeRO-0 checkpoint itself, and by loading a universal folder into a
-ZeRO-0 engine directly. Every move between stages 0-3 and world sizes then keeps the optimizer state.
-One exception remains: a ZeRO-0 checkpoint trained in bf16/fp16 keeps its fp32 master weights inside
-DeepSpeed's mixed-precision optimizer; moving it elsewhere is refused with a message that names
-`--resume-weights-only`-style weights resume (`weights_only_resume`), never done silently.
+writes the universal form of a ZeRO-0 or a local checkpoint itself, loads a universal folder into a
+ZeRO-0 engine directly, and writes the local engine's optimizer.pt from a DeepSpeed checkpoint. Every
+move between local, ZeRO 0-3 and any world size then keeps the optimizer state. Refused, with a
+message, never silently degraded: a ZeRO-0 bf16/fp16 checkpoint to another layout (its fp32 master
+weights live inside DeepSpeed's mixed-precision optimizer) and fp16 loss-scaler state across engines;
+those resume from the weights only (`weights_only_resume`) when the user asks for it.
 """
 
 from __future__ import annotations
@@ -50,11 +54,12 @@ class ReshardError(Exception):
 
 @dataclass(frozen=True)
 class Move:
-    """From the layout a checkpoint was saved with to the layout a resume will run."""
+    """From the layout a checkpoint was saved with to the layout a resume will run (stage None: a
+    local run, one process without DeepSpeed)."""
 
-    from_stage: int
+    from_stage: int | None
     from_world: int
-    to_stage: int
+    to_stage: int | None
     to_world: int
 
     @property
@@ -66,23 +71,47 @@ class Move:
     @property
     def text(self) -> str:
         def side(stage, world):
+            if stage is None:
+                return "a local run"
             return f"{world} rank{'s' if world != 1 else ''} ZeRO-{stage}"
 
         return f"{side(self.from_stage, self.from_world)} -> {side(self.to_stage, self.to_world)}"
 
 
+LOCAL = {"zero_stage": None, "world_size": 1}  # the layout of a local run's checkpoint
+
+
 def read_layout(checkpoint_dir: Path) -> dict:
-    """The layout a DeepSpeed checkpoint was saved with (stage, world size, precision, groups)."""
+    """The layout a checkpoint was saved with: a DeepSpeed one's stage, world size, precision and
+    parameter names by optimizer group, or LOCAL for a local run's (model.safetensors + optimizer.pt)."""
+    from .engine import OPTIMIZER_FILE
+
     path = Path(checkpoint_dir) / DS_DIR / LAYOUT_FILE
-    if not path.is_file():
-        raise ReshardError(f"{checkpoint_dir} is not a DeepSpeed checkpoint (no {DS_DIR}/{LAYOUT_FILE}); "
-                           f"a local run's checkpoint resumes under DeepSpeed through its weights only")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    if path.is_file():
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    if (Path(checkpoint_dir) / OPTIMIZER_FILE).is_file():
+        return dict(LOCAL)
+    raise ReshardError(f"{checkpoint_dir} is neither a DeepSpeed checkpoint (no {DS_DIR}/{LAYOUT_FILE}) "
+                       f"nor a local one (no {OPTIMIZER_FILE})")
 
 
-def describe_move(layout: dict, to_stage: int, to_world: int) -> Move:
-    return Move(int(layout["zero_stage"]), int(layout["world_size"]), int(to_stage), int(to_world))
+def describe_move(layout: dict, to_stage: int | None, to_world: int) -> Move:
+    stage = layout["zero_stage"]
+    return Move(None if stage is None else int(stage), int(layout["world_size"]),
+                None if to_stage is None else int(to_stage), int(to_world))
+
+
+def group_names(spec, vocab_size: int) -> list[list[str]]:
+    """Parameter names by optimizer group, in tabula's order (runtime/optimizers.param_groups), from the
+    spec alone (the model is built on the meta device): what a local checkpoint's optimizer.pt numbers."""
+    from tabula.compiler import build_model
+
+    from .optimizers import param_groups
+
+    model = build_model(spec, vocab_size=vocab_size)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in param_groups(model, spec.train.optimizer.weight_decay)]
 
 
 def universal_folder(checkpoint_dir: Path, to_stage: int | None = None) -> Path:
@@ -90,12 +119,20 @@ def universal_folder(checkpoint_dir: Path, to_stage: int | None = None) -> Path:
     return Path(checkpoint_dir) / DS_DIR / UNIVERSAL
 
 
-def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int) -> Move:
+def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=None) -> Move:
     """Before the ranks start: make `checkpoint_dir` loadable at ZeRO `to_stage` on `to_world` ranks with
     its optimizer state. Writes the universal folder beside DeepSpeed's own (atomically: a crash leaves
-    none) when the move needs it. Returns the move; raises ReshardError when it cannot keep the state."""
+    none) when the move needs it. `spec` (the resumed spec) is needed for a local run's checkpoint, whose
+    optimizer state is numbered by parameter. Returns the move; raises ReshardError when it cannot keep
+    the state."""
     checkpoint_dir = Path(checkpoint_dir)
     layout = read_layout(checkpoint_dir)
+    if layout["zero_stage"] is None:
+        if spec is None:
+            raise ReshardError(f"{checkpoint_dir} is a local run's checkpoint: its spec is needed to move it")
+        from .checkpoint import read_state
+
+        layout["groups"] = group_names(spec, read_state(checkpoint_dir)["vocab_size"])
     move = describe_move(layout, to_stage, to_world)
     target = universal_folder(checkpoint_dir)
     if not move.changes or target.is_dir():
@@ -108,7 +145,9 @@ def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int) -> Move:
     tmp = target.with_name(f".tmp-{UNIVERSAL}")
     shutil.rmtree(tmp, ignore_errors=True)
     source = checkpoint_dir / DS_DIR / TAG
-    if move.from_stage == 0:
+    if move.from_stage is None:
+        _universal_from_local(checkpoint_dir, layout, tmp)
+    elif move.from_stage == 0:
         _universal_from_plain(source, layout, tmp)
     else:
         _run_ds_to_universal(source, tmp)
@@ -196,7 +235,70 @@ def _universal_from_plain(source: Path, layout: dict, output: Path) -> None:
     groups = [{k: v for k, v in g.items()} for g in optimizer["param_groups"]]
     torch.save({"param_groups": groups, "ds_version": deepspeed.__version__, "clip_grad": 0.0}, zero / "optimizer_state.pt")
     states["optimizer"] = None  # the universal files hold it now
+    states.setdefault("ds_version", deepspeed.__version__)
     torch.save(states, output / Z12_MODEL_STATES)
+
+
+def _universal_from_local(checkpoint_dir: Path, layout: dict, output: Path) -> None:
+    """The universal form of a local run's checkpoint (consolidated weights + torch optimizer state)."""
+    from .checkpoint import read_state, read_weights
+    from .engine import OPTIMIZER_FILE, WEIGHTS_FILE
+
+    saved = torch.load(checkpoint_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    if "scaler" in saved:
+        raise ReshardError("a local fp16 checkpoint (with a loss scaler) cannot move to DeepSpeed with its "
+                           "optimizer state; resume it locally, or from its weights only")
+    step = read_state(checkpoint_dir)["step"]
+    states = {"module": read_weights(checkpoint_dir / WEIGHTS_FILE), "optimizer": saved["optimizer"],
+              "dp_world_size": 1, "mp_world_size": 1, "global_steps": step, "skipped_steps": 0}
+    output.mkdir(parents=True)
+    tmp = output / "local"
+    tmp.mkdir()
+    torch.save(states, tmp / Z12_MODEL_STATES)
+    _universal_from_plain(tmp, layout, output)
+    shutil.rmtree(tmp)
+
+
+def prepare_local_resume(checkpoint_dir: Path) -> None:
+    """Make a DeepSpeed checkpoint resumable by the local engine (one process): write the `optimizer.pt`
+    it reads (torch's optimizer state, numbered by parameter in tabula's group order) beside the
+    consolidated weights every DeepSpeed checkpoint already has. Nothing to do for a local checkpoint."""
+    from .engine import OPTIMIZER_FILE
+
+    checkpoint_dir = Path(checkpoint_dir)
+    target = checkpoint_dir / OPTIMIZER_FILE
+    layout = read_layout(checkpoint_dir)
+    if layout["zero_stage"] is None or target.is_file():
+        return
+    if layout.get("precision", "fp32") == "fp16":
+        raise ReshardError("a DeepSpeed fp16 checkpoint keeps a loss scale the local engine does not read; "
+                           "resume it under DeepSpeed")
+    from .checkpoint import read_weights
+    from .engine import WEIGHTS_FILE
+
+    prepare_resume(checkpoint_dir, 1, 1)  # the universal folder: every parameter's state, whole
+    zero = universal_folder(checkpoint_dir) / "zero"
+    # ZeRO-3's universal files hold flat tensors: the shapes come from the consolidated weights
+    shapes = {name: tensor.shape for name, tensor in read_weights(checkpoint_dir / WEIGHTS_FILE).items()}
+    optim = torch.load(zero / "optimizer_state.pt", weights_only=False)
+    state, groups, index = {}, [], 0
+    for names, saved_group in zip(layout["groups"], optim["param_groups"]):
+        group = {k: v for k, v in saved_group.items() if k != "params"}
+        group["params"] = list(range(index, index + len(names)))
+        groups.append(group)
+        for name in names:
+            shape = shapes[name]
+            entry = {}
+            for file in (zero / name).glob("*.pt"):
+                if file.stem == "step":
+                    entry["step"] = torch.tensor(float(torch.load(file, weights_only=False)))
+                elif file.stem != "fp32":
+                    entry[file.stem] = _load_tensor(file).reshape(shape).clone()
+            state[index] = entry
+            index += 1
+    tmp = target.with_name(f".tmp-{OPTIMIZER_FILE}")
+    torch.save({"optimizer": {"state": state, "param_groups": groups}}, tmp)
+    tmp.rename(target)
 
 
 def load_universal_plain(engine, folder: Path) -> None:

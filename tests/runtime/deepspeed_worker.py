@@ -4,7 +4,8 @@ one launch (DeepSpeed's start-up costs tens of seconds a launch on a small CPU m
     python -m deepspeed.launcher.launch ... deepspeed_worker.py WORK MODE
 
 MODE stages (2 ranks): for ZeRO 0-3, 5 steps, a checkpoint, a resume for 5 more (run folders z0..z3);
-then the 2-rank moves of the ZeRO-2 checkpoint at step 10 into ZeRO-1 and ZeRO-3 (z2-to-z1, z2-to-z3).
+then the 2-rank moves of the ZeRO-2 checkpoint at step 10 into ZeRO-1 and ZeRO-3 (z2-to-z1, z2-to-z3),
+and the local engine's step-8 checkpoint (the test's reference run) into 2 ranks of ZeRO-2 (local-to-z2).
 MODE one-rank (1 rank): the step-10 checkpoints of z0..z3 resumed on 1 rank at the same stage, and z2's
 into ZeRO-1 (z0-to-1r ... z2-to-1r-z1). Every resumed run trains 5 steps; the test reads the events.
 """
@@ -42,7 +43,7 @@ def main(work: Path, mode: str) -> None:
                 create_run_dir(path, spec, spec_text="", resolved_yaml=canonical_yaml(spec), manifest={"resumes": []},
                                tokenizer_json=None)
             if resume_from is not None:
-                prepare_resume(resume_from, stage, world)
+                prepare_resume(resume_from, stage, world, spec=spec)
         dist.barrier()
         engine, parameters = build_engine(spec, plan)
         outcome = train(spec, plan, engine, RunDir(path), prepared, spec_hash=spec_hash(spec), max_steps=steps,
@@ -59,6 +60,7 @@ def main(work: Path, mode: str) -> None:
             run(f"z{stage}", stage, resume_from=first.checkpoints / "step-000005", fresh=False)
         run("z2-to-z1", 1, resume_from=step10("z2"))
         run("z2-to-z3", 3, resume_from=step10("z2"))
+        run("local-to-z2", 2, resume_from=work / "local" / "checkpoints" / "step-000008")
     else:
         for stage in (0, 1, 2, 3):
             run(f"z{stage}-to-1r", stage, resume_from=step10(f"z{stage}"))

@@ -40,3 +40,16 @@ def test_progress_off_a_terminal_is_plain_lines():
         report("tokenizing", done, 100)
     lines = stream.getvalue().splitlines()
     assert lines == ["tokenizing: 0 of 100 (0%)", "tokenizing: 100 of 100 (100%)"]
+
+
+def test_progress_on_a_terminal_is_a_redrawn_bar():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    report = terminal_progress(stream)
+    report("tokenizing", 50, 100)
+    report("tokenizing", 100, 100)
+    text = stream.getvalue()
+    assert text.count("\r") == 2 and text.endswith("100.0%\n") and "[" + "#" * 15 + "." * 15 + "]" in text

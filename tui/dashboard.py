@@ -1,8 +1,8 @@
 """The dashboard screen: tails a run directory and shows it; keys send control requests.
 
-It polls events.jsonl at `POLL_HZ` (new events are batched into one redraw per poll), redraws
-clock-dependent text once a second and the charts at most once a second, so the cost of
-watching does not grow with the run's step rate.
+It polls events.jsonl at `POLL_HZ` and folds in whatever arrived; it redraws the numbers at most
+every `REDRAW_S`, the clock once a second and the charts every `CHART_INTERVAL_S`, so the cost of
+watching does not grow with the run's step rate (bench/bench_tui.py measures it).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from .widgets.sample_view import SampleView
 from .widgets.stats_panel import StatsPanel
 
 POLL_HZ = 4
-CHART_INTERVAL_S = 1.0
+REDRAW_S = 0.5
+CHART_INTERVAL_S = 2.0
 OUTPUT_LOG = "output.log"
 
 
@@ -103,7 +104,8 @@ class DashboardScreen(Screen[str | None]):
         self._last_second: int | None = None
         self._last_chart = float("-inf")
         self._exit_reported = False
-        self._charts_stale = False
+        self._numbers_stale = self._charts_stale = False
+        self._last_numbers = float("-inf")
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -129,7 +131,8 @@ class DashboardScreen(Screen[str | None]):
     # ------------------------------------------------------------ reading
 
     def poll(self) -> None:
-        """Read what the run appended, fold it in, and redraw what changed (one batch per call)."""
+        """Read what the run appended and fold it in; redraw the numbers at most every REDRAW_S,
+        the clock once a second and the charts every CHART_INTERVAL_S (all at once when it ends)."""
         events = self.reader.read_new()
         for event in events:
             self.state.apply(event)
@@ -139,20 +142,21 @@ class DashboardScreen(Screen[str | None]):
         if self.process is not None and self.state.last_time is None and second != self._last_second:
             lines = _tail(self.output_log, 1)  # what the run prints while it prepares its data
             self.state.preparing = lines[-1].strip()[-120:] if lines else None
-        if not events and not exited and second == self._last_second and not self._charts_stale:
-            return
-        self._last_second = second
-        self.query_one(RunHeader).show(self.state, now)
-        self.query_one(ProgressPanel).show(self.state, now)
         if events or exited:
+            self._numbers_stale = self._charts_stale = True
+        ended = self.state.end_reason is not None
+        if self._numbers_stale and (now - self._last_numbers >= REDRAW_S or ended or exited):
+            self._last_numbers, self._numbers_stale = now, False
             self.query_one(StatsPanel).show(self.state)
             self.query_one(SampleView).show(self.state)
             self.query_one(EventLog).show(self.state)
-            self._charts_stale = True
-        # charts cost the most to draw: at most once a second, and once more when the run ends
-        if self._charts_stale and (now - self._last_chart >= CHART_INTERVAL_S or self.state.end_reason is not None):
-            self._last_chart = now
-            self._charts_stale = False
+            self._last_second = None  # the header and progress follow the numbers
+        if second != self._last_second:
+            self._last_second = second
+            self.query_one(RunHeader).show(self.state, now)
+            self.query_one(ProgressPanel).show(self.state, now)
+        if self._charts_stale and (now - self._last_chart >= CHART_INTERVAL_S or ended):
+            self._last_chart, self._charts_stale = now, False
             self._draw_charts()
 
     def _check_process(self, now: float) -> bool:

@@ -25,6 +25,15 @@ from .events import EventsReader
 from .format import format_count
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED = 0, 2, 3
+DASHBOARD_NICE = 10  # the display yields the CPU to the training it shows
+
+
+def lower_priority() -> None:
+    """Make this process (a dashboard) yield the CPU to training on the same machine."""
+    try:
+        os.nice(DASHBOARD_NICE)
+    except OSError:  # not permitted here: the dashboard still works, just at normal priority
+        pass
 
 
 def start_training(command_argv: Sequence[str], run_dir: str | os.PathLike[str]) -> subprocess.Popen:
@@ -51,6 +60,7 @@ def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[s
     run_dir = Path(run_dir)
     log_path = output_log_path(run_dir)
     process = start_training(command_argv, run_dir)
+    lower_priority()  # after the start: the training keeps the normal priority
     answer: str | None = None
     try:
         from .app import DashboardApp

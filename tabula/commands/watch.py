@@ -25,6 +25,8 @@ def run(args) -> int:
     if not (run_dir / "events.jsonl").exists() and not (run_dir / "manifest.json").exists():
         sys.stderr.write(f"tabula watch: note: {run_dir} has no events.jsonl yet; waiting for the run to write it\n")
     from tabula.tui.app import DashboardApp
+    from tabula.tui.launch import lower_priority
 
+    lower_priority()  # a run training on this machine comes first
     DashboardApp(run_dir).run()
     return 0

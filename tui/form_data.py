@@ -37,7 +37,7 @@ class FormData:
     def set(self, path: Path, value: Any) -> None:
         """Set the value at `path`, creating the dicts on the way (a None on the way becomes a dict)."""
         node: Any = self.data
-        for index, key in enumerate(path[:-1]):
+        for key in path[:-1]:
             child = node[key] if _has(node, key) else None
             if not isinstance(child, (dict, list)):
                 child = {}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel
@@ -161,6 +161,4 @@ def _plain(value: Any) -> Any:
 
 
 def _replace(form_field: FormField, **changes: Any) -> FormField:
-    from dataclasses import replace
-
     return replace(form_field, **changes)

@@ -22,6 +22,9 @@ def run(args) -> int:
     if not run_dir.is_dir():
         sys.stderr.write(f"tabula watch: error: {run_dir} is not a directory\n")
         return 2
+    if not sys.stdout.isatty():
+        sys.stderr.write(f"tabula watch: error: the dashboard needs a terminal; the run's record is {run_dir / 'events.jsonl'}\n")
+        return 2
     if not (run_dir / "events.jsonl").exists() and not (run_dir / "manifest.json").exists():
         sys.stderr.write(f"tabula watch: note: {run_dir} has no events.jsonl yet; waiting for the run to write it\n")
     from tabula.tui.app import DashboardApp

@@ -138,3 +138,10 @@ async def test_launched_run_shows_its_output_while_it_prepares(tmp_path):
     app = DashboardApp(tmp_path, clock=lambda: T0, process=FakeProcess())
     async with app.run_test(size=(80, 24)):
         assert "● waiting (reading stdlib: 2,000)" in screen_text(app)
+
+
+def test_watch_refuses_without_a_terminal_and_names_the_record(tmp_path):
+    write_events(tmp_path, run_events(10))
+    result = subprocess.run([sys.executable, "-m", "tabula.cli", "watch", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "needs a terminal" in result.stderr and "events.jsonl" in result.stderr

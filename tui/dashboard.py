@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from . import control
-from .dialogs import CANCEL, LEAVE, STOP, ConfirmStop, QuitRun
+from .dialogs import LEAVE, STOP, ConfirmStop, QuitRun
 from .events import EventsReader
 from .state import RunState
 from .widgets.event_log import EventLog
@@ -31,6 +31,7 @@ from .widgets.stats_panel import StatsPanel
 POLL_HZ = 4
 REDRAW_S = 0.5
 CHART_INTERVAL_S = 2.0
+CATCH_UP_S = 0.1  # reading spent a poll at most, so keys stay responsive while a long run is read
 OUTPUT_LOG = "output.log"
 
 
@@ -133,9 +134,15 @@ class DashboardScreen(Screen[str | None]):
     def poll(self) -> None:
         """Read what the run appended and fold it in; redraw the numbers at most every REDRAW_S,
         the clock once a second and the charts every CHART_INTERVAL_S (all at once when it ends)."""
-        events = self.reader.read_new()
-        for event in events:
-            self.state.apply(event)
+        events: list[dict] = []
+        budget = time.perf_counter() + CATCH_UP_S  # attaching to a long run: catch up in slices
+        while True:
+            chunk = self.reader.read_new()
+            for event in chunk:
+                self.state.apply(event)
+            events += chunk
+            if not chunk or self.reader.caught_up or time.perf_counter() > budget:
+                break
         now = self.clock()
         exited = self._check_process(now)
         second = int(now)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_FILE = "events.jsonl"
-MAX_READ_BYTES = 8 * 2**20  # per poll: attaching to a huge finished run catches up over a few polls, staying responsive
+MAX_READ_BYTES = 2**20  # per read: about 5k events, a few tens of milliseconds to parse
 
 
 class EventsReader:

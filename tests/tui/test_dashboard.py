@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from synthetic import BATCH_TOKENS, T0, run_events, screen_text, write_events
+from synthetic import T0, run_events, screen_text, write_events
 
 from tabula.tui.app import DashboardApp
 from tabula.tui.dialogs import ConfirmStop, QuitRun

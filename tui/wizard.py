@@ -63,7 +63,8 @@ class WizardScreen(Screen[Path | None]):
     }
     WizardScreen.-narrow #side {
         width: 1fr;
-        height: 12;
+        height: auto;
+        max-height: 40%;
     }
     """
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]

@@ -34,4 +34,5 @@ class ErrorList(Static):
         for path, message in errors:
             text.append(f"{path}: ", style="bold")
             text.append(message + "\n")
+        text.rstrip()
         self.update(text)

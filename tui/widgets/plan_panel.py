@@ -30,6 +30,7 @@ class PlanPanel(Static):
         for note in notes:
             text.append("note".ljust(width), style="dim")
             text.append(note + "\n", style="yellow")
+        text.rstrip()
         self.update(text)
 
     def show_note(self, note: str, style: str = "dim") -> None:

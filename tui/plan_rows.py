@@ -1,7 +1,7 @@
 """The numbers the wizard's plan panel shows for a spec, from the compiler's plan and estimate.
 
-Imports the compiler (and so torch) when first called: the wizard calls it from a worker thread,
-and the dashboard never does.
+Imports the compiler when first called (the wizard calls it from a worker thread, the dashboard
+never does); the device is found without importing torch where no GPU driver is present.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from .format import format_bytes, format_count, format_duration, format_tokens
 def plan_rows(spec: Any) -> tuple[list[tuple[str, str]], list[str]]:
     """(rows, notes) for a valid `tabula.schemas.Spec`. Raises the compiler's SpecErrors for
     specs that validate but cannot be planned (batch not divisible, unknown vocabulary ...)."""
-    import torch
-
     from tabula.compiler.estimate import estimate
-    from tabula.compiler.plan import make_plan
+    from tabula.compiler.plan import local_device_type, make_plan
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = local_device_type()
     plan = make_plan(spec, device_type=device)
     cost = estimate(spec, plan, device_type=device)
     params = cost.parameters

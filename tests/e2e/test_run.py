@@ -218,3 +218,12 @@ def test_resume_with_a_changed_spec(work):
     manifest = json.loads((work / "runs" / "changed" / "manifest.json").read_text())
     assert [c["path"] for c in manifest["resumes"][-1]["changes"]] == ["train.budget.tokens"]
     assert events(work / "runs" / "changed")[-1]["step"] == 20  # the new budget: 10k tokens = 20 steps
+
+
+def test_bad_input_is_one_clear_message(work):
+    typo = tabula(work, "run", "tiny.yaml", "train.budgett.tokens=1M", "--headless")
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr and "budgett" in typo.stderr
+    missing = tabula(work, "run", "tiny.yaml", "--headless", "--resume", "runs/nowhere")
+    assert missing.returncode == 2 and "no such folder" in missing.stderr
+    bad_flag = tabula(work, "run", "tiny.yaml", "--max-steps", "0")
+    assert bad_flag.returncode == 2 and "--max-steps" in bad_flag.stderr

@@ -3,7 +3,9 @@
 The plain GPT below is what one would write by hand (nanoGPT style: fused qkv projection, RMSNorm,
 RoPE, GQA through scaled_dot_product_attention, SwiGLU, tied head). Both run in fp32 with the same
 batch, eager and compiled (tabula: its own per-block policy; plain: torch.compile of the model),
-in this one process, timed in alternation. Printed: seconds per step and the ratio tabula / plain (below 1: tabula faster).
+in this one process, timed in alternation. On a CPU the clock is this process's CPU time on
+one thread, which other processes' load does not inflate the way it does wall-clock time
+(this machine's 2 cores are shared); on a GPU it is wall-clock time. Printed: seconds per step and the ratio tabula / plain (below 1: tabula faster).
 
     python bench/bench_model.py [--steps N] [--batch B] [--no-compile]
 """
@@ -91,13 +93,15 @@ def tabula_model(device):
 def compare(ours, plain, ids, steps: int) -> tuple[float, float]:
     """Median seconds of forward+backward for each model after two warm-up steps (which also
     compile), the two timed in alternation so that load from other processes hits both alike."""
+    clock = time.perf_counter if ids.device.type == "cuda" else time.process_time
+
     def one(model) -> float:
-        start = time.perf_counter()
+        start = clock()
         _, loss = model(ids, ids)
         loss.backward()
         if ids.device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return clock() - start
 
     for _ in range(2):
         one(ours), one(plain)
@@ -115,12 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     from tabula.schemas.model import Compile
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     ids = torch.randint(0, VOCAB, (args.batch, SEQ_LEN), device=device)
     spec, ours = tabula_model(device)
     plain = PlainGPT().to(device)
     n_ours, n_plain = sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in plain.parameters())
-    print(f"   {device}, fp32, batch {args.batch} x {SEQ_LEN}, {n_ours:,} parameters (plain GPT {n_plain:,})")
+    clock = "wall-clock" if device == "cuda" else "CPU time, 1 thread"
+    print(f"   {device} ({clock}), fp32, batch {args.batch} x {SEQ_LEN}, {n_ours:,} parameters (plain GPT {n_plain:,})")
     rows = [("eager", *compare(ours, plain, ids, args.steps))]
     if not args.no_compile:
         apply_compile(ours, Compile(enabled=True, scope="block"), device)

@@ -41,6 +41,11 @@ from .blocks.position import LearnedPositions, Rope
 RESIDUAL_PROJECTIONS = ("attn.o_proj.weight", "mlp.down.weight")
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (B, T, vocab) logits against (B, T) targets, in fp32, over targets != -100."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+
 class Block(nn.Module):
     """x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)); dropout on both residual branches."""
 
@@ -92,6 +97,7 @@ class Transformer(nn.Module):
             # weight around the head's forward as they do around the embedding's.
             self.lm_head.weight = self.embed.weight
         self._masks: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+        self.loss_fn = cross_entropy  # compile.apply_compile may swap in a compiled copy
 
     def forward(
         self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, document_ids: torch.Tensor | None = None
@@ -113,8 +119,7 @@ class Transformer(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return logits, self.loss_fn(logits, targets)
 
     def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
         """The mask every block shares: None (plain causal), or a boolean mask cached per length."""

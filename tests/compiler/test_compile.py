@@ -8,6 +8,7 @@ from compiler_specs import tiny_spec
 
 from tabula.compiler import apply_activation_checkpointing, apply_compile, build_model
 from tabula.compiler.compile import is_compiled, should_compile
+from tabula.compiler.model import cross_entropy
 from tabula.schemas.model import Compile
 
 
@@ -23,6 +24,7 @@ def test_block_scope_compiles_each_block_and_keeps_names():
     names = [name for name, _ in model.named_parameters()]
     apply_compile(model, Compile(enabled=True), "cpu")
     assert all(is_compiled(block) for block in model.blocks) and not is_compiled(model)
+    assert model.loss_fn is not cross_entropy  # the loss over the vocabulary is compiled too
     assert [name for name, _ in model.named_parameters()] == names
     untouched = apply_compile(build_model(tiny_spec()), Compile(), "cpu")  # auto on a CPU
     assert not any(is_compiled(block) for block in untouched.blocks)

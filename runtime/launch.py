@@ -100,6 +100,18 @@ def launch(args, spec) -> int:
     from .session import EXIT_BAD_INPUT, EXIT_RUN_FAILED, open_run, prepare_data, resume_changes, resume_target
 
     world_size = args.nproc or spec.parallel.world_size
+    hostfile = None
+    if spec.parallel.hostfile:
+        hostfile = Path(spec.base_dir) / spec.parallel.hostfile  # relative to the spec, as every path in it
+        slots = hostfile_slots(hostfile)
+        if slots is None:
+            _error(f"parallel.hostfile: cannot read {hostfile} (DeepSpeed's format: one `HOST slots=N` a line)")
+            return 2
+        if args.nproc is None:
+            world_size = slots
+        elif slots != world_size:
+            _error(f"--nproc {world_size} differs from the {slots} slots of {hostfile}")
+            return 2
     if spec.parallel.backend != "deepspeed":
         _error(f"--nproc {world_size} runs DeepSpeed ranks: add parallel.backend=deepspeed "
                f"(and parallel.zero.stage=1|2|3 to shard state over the ranks)")
@@ -141,13 +153,31 @@ def launch(args, spec) -> int:
         return EXIT_BAD_INPUT
     for note in plan.notes:
         print(f"note: {note}")
-    where = f"hostfile {spec.parallel.hostfile}" if spec.parallel.hostfile else f"{world_size} rank{'s' * (world_size > 1)} on this machine"
+    where = f"{world_size} ranks from {hostfile}" if hostfile else f"{world_size} rank{'s' * (world_size > 1)} on this machine"
     print(f"run folder: {run.path}\nDeepSpeed ZeRO-{spec.parallel.zero.stage}, {where} ({device_type}, {plan.precision})", flush=True)
     status, signum = start_ranks(args.spec, run.path, world_size, overrides=args.overrides, resume_from=checkpoint,
-                                 max_steps=args.max_steps, hostfile=spec.parallel.hostfile, cache_dir=args.cache_dir)
+                                 max_steps=args.max_steps, hostfile=str(hostfile) if hostfile else None, cache_dir=args.cache_dir)
     if status == 0 and signum is not None:
         return 128 + signum
     return EXIT_RUN_FAILED if status else 0
+
+
+def hostfile_slots(path: Path) -> int | None:
+    """The ranks a DeepSpeed hostfile offers (the sum of its `slots=N`), or None when it cannot be read."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    total = 0
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"\S+\s+slots\s*=\s*(\d+)", line)
+        if match is None:
+            return None
+        total += int(match.group(1))
+    return total or None
 
 
 def _error(message: str) -> None:

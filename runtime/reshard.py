@@ -26,7 +26,7 @@ ZeRO-0 engine directly, and writes the local engine's optimizer.pt from a DeepSp
 move between local, ZeRO 0-3 and any world size then keeps the optimizer state. Refused, with a
 message, never silently degraded: a ZeRO-0 bf16/fp16 checkpoint to another layout (its fp32 master
 weights live inside DeepSpeed's mixed-precision optimizer) and fp16 loss-scaler state across engines;
-those resume from the weights only (`weights_only_resume`) when the user asks for it.
+those can start a new run from the checkpoint's weights (`weights_only_resume` names the file).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=N
         raise ReshardError(
             f"{move.text}: a ZeRO-0 {layout['precision']} checkpoint keeps its fp32 master weights and optimizer "
             f"state inside DeepSpeed's mixed-precision optimizer, which has no universal form. Resume at ZeRO-0 "
-            f"(any world size), or resume from the weights only with a fresh optimizer state")
+            f"(any world size), or start a new run from its weights (tabula.load_model reads them)")
     tmp = target.with_name(f".tmp-{UNIVERSAL}")
     shutil.rmtree(tmp, ignore_errors=True)
     source = checkpoint_dir / DS_DIR / TAG
@@ -247,7 +247,7 @@ def _universal_from_local(checkpoint_dir: Path, layout: dict, output: Path) -> N
     saved = torch.load(checkpoint_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     if "scaler" in saved:
         raise ReshardError("a local fp16 checkpoint (with a loss scaler) cannot move to DeepSpeed with its "
-                           "optimizer state; resume it locally, or from its weights only")
+                           "optimizer state; resume it locally, or start a new run from its weights")
     step = read_state(checkpoint_dir)["step"]
     states = {"module": read_weights(checkpoint_dir / WEIGHTS_FILE), "optimizer": saved["optimizer"],
               "dp_world_size": 1, "mp_world_size": 1, "global_steps": step, "skipped_steps": 0}

@@ -195,13 +195,18 @@ def tabula(work: Path, *args: str, timeout: float = 300) -> subprocess.Completed
     return subprocess.run([str(TABULA), *args], cwd=work, capture_output=True, text=True, timeout=timeout)
 
 
-def test_user_command_runs_two_ranks_and_exports(work):
-    result = tabula(work, "run", "tiny.yaml", "parallel.backend=deepspeed", "parallel.zero.stage=2", "--nproc", "2",
-                    "--headless", "--max-steps", "6", "--run-dir", "cli")
+def test_user_command_runs_two_ranks_and_exports(work, local_losses):
+    """20 steps: past the evaluation, sample and curriculum stage change (seq_len 32 -> 64) at step 16."""
+    result = tabula(work, "run", "tiny.yaml", "--nproc", "2", "parallel.backend=deepspeed", "parallel.zero.stage=2",
+                    "--headless", "--max-steps", "20", "--run-dir", "cli")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "step  6/48" in result.stdout and "[INFO]" not in result.stdout  # DeepSpeed's log lines held back
+    assert "step 20/48" in result.stdout and "[INFO]" not in result.stdout  # DeepSpeed's log lines held back
     events = [json.loads(line) for line in (work / "cli" / "events.jsonl").read_text().splitlines()]
     assert events[0]["world_size"] == 2 and events[-1]["kind"] == "end" and events[-1]["reason"] == "stopped"
+    assert {"eval", "sample", "stage"} <= {e["kind"] for e in events}
+    got = train_losses(work / "cli")
+    assert sorted(got) == list(range(1, 21))
+    assert max(abs(got[s] - local_losses[s]) for s in range(1, 16)) < TOLERANCE
     exported = tabula(work, "export", "cli", "--format", "hf", "--out", "cli-hf")
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert (work / "cli-hf" / "config.json").exists()

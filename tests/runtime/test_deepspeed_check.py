@@ -87,10 +87,14 @@ def test_moves_between_layouts():
     assert not describe_move({"zero_stage": 0, "world_size": 2}, 0, 1).changes  # whole state: loads natively
 
 
-def test_a_local_checkpoint_is_not_taken_for_a_deepspeed_one(tmp_path):
-    from tabula.runtime.reshard import ReshardError, prepare_resume
+def test_checkpoints_are_told_apart(tmp_path):
+    from tabula.runtime.reshard import LOCAL, ReshardError, prepare_resume, read_layout
 
-    with pytest.raises(ReshardError, match="not a DeepSpeed checkpoint"):
+    with pytest.raises(ReshardError, match="neither a DeepSpeed checkpoint"):
+        prepare_resume(tmp_path, 2, 2)
+    (tmp_path / "optimizer.pt").write_bytes(b"")
+    assert read_layout(tmp_path) == LOCAL
+    with pytest.raises(ReshardError, match="its spec is needed"):
         prepare_resume(tmp_path, 2, 2)
 
 
@@ -125,3 +129,20 @@ def test_launcher_keeps_rank_0s_end_event(tmp_path):
     (tmp_path / "events.jsonl").write_text(json.dumps(end) + "\n")
     assert _finish(tmp_path, [], [], None) == 0
     assert (tmp_path / "events.jsonl").read_text().count("\n") == 1
+
+
+def test_hostfile_slots_give_the_world_size(tmp_path):
+    from tabula.runtime.launch import hostfile_slots, rank_command
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two nodes\nworker-1 slots=4\nworker-2 slots=4\n")
+    assert hostfile_slots(hostfile) == 8
+    hostfile.write_text("worker-1 4\n")
+    assert hostfile_slots(hostfile) is None
+    assert hostfile_slots(tmp_path / "absent") is None
+    multi = rank_command("s.yaml", tmp_path, 8, hostfile=str(hostfile), port=29600)
+    assert multi[3:7] == ["deepspeed.launcher.runner", "--hostfile", str(hostfile), "--master_port"]
+    local = rank_command("s.yaml", tmp_path, 2, overrides=["a.b=1"], max_steps=3, port=29600)
+    assert local[3] == "deepspeed.launcher.launch"
+    assert local[local.index("--module") + 1] == "tabula.runtime.rank"
+    assert local[-4:] == ["--override", "a.b=1", "--max-steps", "3"]

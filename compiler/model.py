@@ -4,6 +4,7 @@ Parameter names (stable: the runtime saves safetensors by them, the plan counts 
 
     embed.weight                              (vocab, C)
     pos_embed.weight                          (max_seq_len, C)        learned positions only
+                                              (RoPE's cos/sin tables are not saved: recomputed)
     blocks.{i}.attn_norm.weight / .bias       (C,)                    bias: layernorm with bias
     blocks.{i}.attn.q_proj|k_proj|v_proj|o_proj.weight / .bias       mha, gqa, mqa
     blocks.{i}.attn.q_down|q_up|q_proj|kv_down|kv_up|k_rope|o_proj.weight / .bias   mla
@@ -32,10 +33,10 @@ from torch.utils.checkpoint import checkpoint
 from tabula.schemas.model import Block as BlockSpec
 from tabula.schemas.model import Model as ModelSpec
 
-from .blocks import build_attention, build_mlp, build_norm
+from .blocks import build_attention, build_mlp, build_norm, build_position
 from .blocks.attention import attention_mask
 from .blocks.norm import LayerNorm, RMSNorm
-from .blocks.position import LearnedPositions, Rope
+from .blocks.position import Rope
 
 # Projections that write into the residual stream: their init std is scaled down with depth.
 RESIDUAL_PROJECTIONS = ("attn.o_proj.weight", "mlp.down.weight")
@@ -82,12 +83,9 @@ class Transformer(nn.Module):
         self.scale_residual = spec.init.scale_residual
         self.window = spec.block.attention.window
         self.embed = nn.Embedding(vocab_size, spec.d_model)
-        self.pos_embed = LearnedPositions(spec.max_seq_len, spec.d_model) if spec.position.kind == "learned" else None
-        self.rope = None
-        if spec.position.kind == "rope":
-            attn = spec.block.attention
-            rope_dim = attn.rope_head_dim if attn.kind == "mla" else spec.head_dim
-            self.rope = Rope(spec.position, rope_dim, spec.max_seq_len)
+        attn = spec.block.attention
+        rotary_dim = attn.rope_head_dim if attn.kind == "mla" else spec.head_dim
+        self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=rotary_dim, max_seq_len=spec.max_seq_len)
         self.blocks = nn.ModuleList(Block(spec.block, spec.d_model, spec.dropout) for _ in range(spec.n_layers))
         self.norm = build_norm(spec.block.norm, spec.d_model)
         self.tie_embeddings = spec.tie_embeddings
@@ -102,13 +100,10 @@ class Transformer(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, document_ids: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        B, T = input_ids.shape
+        T = input_ids.size(1)
         if T > self.max_seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len ({self.max_seq_len})")
-        x = self.embed(input_ids)  # (B, T, C)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(T)
-        rope = self.rope(T) if self.rope is not None else None
+        x, rope = self.pos_embed(self.embed(input_ids))  # (B, T, C), RoPE's (cos, sin) or None
         mask = self.attention_mask(T, document_ids, input_ids.device)
         for block in self.blocks:
             if block.checkpoint_activations and torch.is_grad_enabled():
@@ -164,8 +159,8 @@ class Transformer(nn.Module):
                 std = residual_std if name.endswith(RESIDUAL_PROJECTIONS) else self.init_std
                 generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
                 param.copy_(torch.empty(param.shape).normal_(0.0, std, generator=generator))
-        if self.rope is not None:
-            self.rope.reset_buffers()
+        if isinstance(self.pos_embed, Rope):
+            self.pos_embed.reset_buffers()  # the cos/sin tables to_empty left uninitialised
 
     # ------------------------------------------------------------ sampling
 

@@ -1,7 +1,7 @@
 """The building blocks of a transformer, one concept a module, chosen by the spec's `kind`:
 
     attention.py  mha, gqa, mqa (CausalSelfAttention)     mla.py   mla (LatentAttention)
-    position.py   rope, learned, none                     norm.py  rmsnorm, layernorm
+    position.py   rope, learned, none (Rope, ...)         norm.py  rmsnorm, layernorm
     mlp.py        gelu, swiglu                            registry.py  kind -> builder
 
 Each builder takes its narrow sub-spec and the widths it needs, never the root spec.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import attention, mla, mlp, norm  # noqa: F401  (each registers its kinds)
-from .registry import ATTENTION, MLP, NORM
+from . import attention, mla, mlp, norm, position  # noqa: F401  (each registers its kinds)
+from .registry import ATTENTION, MLP, NORM, POSITION
 
 
 def build_attention(spec, *, d_model: int, norm_eps: float, dropout: float) -> nn.Module:
@@ -29,3 +29,9 @@ def build_mlp(spec, d_model: int) -> nn.Module:
 def build_norm(spec, dim: int) -> nn.Module:
     """The norm `spec` (rmsnorm | layernorm) describes over a last dimension of width `dim`."""
     return NORM[spec.kind](spec, dim)
+
+
+def build_position(spec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> nn.Module:
+    """The position module `spec` (rope | learned | none) describes: forward(x) -> (x, rope tables
+    or None). `rotary_dim` is the width RoPE rotates (the head width, or MLA's rope_head_dim)."""
+    return POSITION[spec.kind](spec, d_model=d_model, rotary_dim=rotary_dim, max_seq_len=max_seq_len)

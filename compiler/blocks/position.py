@@ -1,7 +1,9 @@
 """Positions: rotary embeddings (RoPE, with optional linear or NTK scaling), learned, none.
 
-RoPE is applied inside attention to queries and keys; learned positions are added to the
-token embedding. `none` (NoPE) adds nothing: causal masking alone orders the tokens.
+Every kind is a module with the same call: forward(x (B, T, C)) -> (x, rope), where rope is the
+(cos, sin) tables attention rotates queries and keys by, or None. Learned positions are added to
+x; RoPE leaves x alone and hands attention its tables; none (NoPE) does neither: causal masking
+alone orders the tokens.
 """
 
 from __future__ import annotations
@@ -9,16 +11,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tabula.schemas.model import LearnedPositions as LearnedSpec
+from tabula.schemas.model import NoPositions as NoSpec
 from tabula.schemas.model import Rope as RopeSpec
+
+from .registry import POSITION
+
+Tables = tuple[torch.Tensor, torch.Tensor]
 
 
 class Rope(nn.Module):
     """Holds the cos/sin tables for positions 0..max_seq_len-1 of a `dim`-wide rotary part.
 
     The tables are non-persistent buffers (not in the state dict): `reset_buffers()` recomputes
-    them after the model is materialised from the meta device.
-    forward(T) -> (cos, sin), each (T, dim).
-    """
+    them after the model is materialised from the meta device."""
 
     def __init__(self, spec: RopeSpec, dim: int, max_seq_len: int) -> None:
         super().__init__()
@@ -48,8 +54,12 @@ class Rope(nn.Module):
         self.cos.copy_(table.cos())
         self.sin.copy_(table.sin())
 
-    def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, seq_len: int) -> Tables:
+        """(cos, sin), each (T, dim)."""
         return self.cos[:seq_len], self.sin[:seq_len]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Tables]:
+        return x, self.tables(x.size(1))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -71,5 +81,27 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(max_seq_len, d_model))
 
-    def forward(self, seq_len: int) -> torch.Tensor:
-        return self.weight[:seq_len]  # (T, C)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x + self.weight[: x.size(1)], None  # (B, T, C) + (T, C)
+
+
+class NoPositions(nn.Module):
+    """NoPE: nothing added, nothing rotated."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x, None
+
+
+@POSITION.register("rope")
+def build_rope(spec: RopeSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> Rope:
+    return Rope(spec, rotary_dim, max_seq_len)
+
+
+@POSITION.register("learned")
+def build_learned(spec: LearnedSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> LearnedPositions:
+    return LearnedPositions(max_seq_len, d_model)
+
+
+@POSITION.register("none")
+def build_none(spec: NoSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> NoPositions:
+    return NoPositions()

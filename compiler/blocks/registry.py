@@ -38,3 +38,4 @@ class Registry(Generic[Builder]):
 ATTENTION: Registry = Registry("attention")
 MLP: Registry = Registry("mlp")
 NORM: Registry = Registry("norm")
+POSITION: Registry = Registry("position")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tabula.compiler.blocks import ATTENTION, MLP, NORM
+from tabula.compiler.blocks import ATTENTION, MLP, NORM, POSITION
 from tabula.compiler.blocks.attention import attend, attention_mask
 from tabula.compiler.blocks.position import Rope, apply_rope
 from tabula.compiler.blocks.registry import Registry
@@ -34,6 +34,7 @@ def test_registry_knows_every_spec_kind_and_refuses_duplicates():
     assert ATTENTION.kinds() == ["gqa", "mha", "mla", "mqa"]
     assert MLP.kinds() == ["gelu", "swiglu"]
     assert NORM.kinds() == ["layernorm", "rmsnorm"]
+    assert POSITION.kinds() == ["learned", "none", "rope"]
     registry = Registry("thing")
     registry.register("a")(lambda: None)
     with pytest.raises(ValueError, match="twice"):
@@ -84,7 +85,7 @@ def test_grouped_heads_with_and_without_mask_agree_with_repeated_heads():
 
 def test_rope_is_a_rotation_that_depends_on_relative_position():
     rope = Rope(RopeSpec(kind="rope"), dim=8, max_seq_len=16)
-    cos, sin = rope(16)
+    cos, sin = rope.tables(16)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 1, 1, 8, generator=g).expand(1, 16, 1, 8)
     k = torch.randn(1, 1, 1, 8, generator=g).expand(1, 16, 1, 8)

@@ -18,7 +18,7 @@ def test_build_on_meta_allocates_nothing_and_materialize_initialises():
     assert all(p.device.type == "meta" for p in model.parameters())
     model.materialize("cpu", seed=3)
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
-    assert torch.isfinite(model.rope.cos).all()
+    assert torch.isfinite(model.pos_embed.cos).all()  # RoPE's tables recomputed
 
 
 def test_init_is_deterministic_for_a_seed_and_differs_across_seeds():

@@ -68,6 +68,6 @@ def test_latent_attention_computes_tabulaprimas_mla():
         ours.kv_up.weight.copy_(per_head_rows(theirs.k_c_proj.weight, theirs.v_proj.weight, HEAD - ROPE, HEAD))
         ours.k_rope.weight.copy_(theirs.k_r_proj.weight)
         ours.o_proj.weight.copy_(theirs.out_proj.weight)
-    cos, sin = Rope(RopeSpec(kind="rope"), ROPE, T)(T)
+    cos, sin = Rope(RopeSpec(kind="rope"), ROPE, T).tables(T)
     x = torch.randn(2, T, D)
     torch.testing.assert_close(ours(x, (cos, sin), None), theirs(x, cos, sin), rtol=1e-4, atol=1e-4)

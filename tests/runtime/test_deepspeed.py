@@ -245,3 +245,22 @@ def test_a_rank_killed_mid_run_ends_the_run_with_a_clear_error(work):
     assert end["kind"] == "end" and end["reason"] == "failed"
     assert "rank" in end["error"], end["error"]
     assert "run failed" in output or "another rank" in output, output
+
+
+def test_ctrl_c_stops_every_rank_with_a_checkpoint(work):
+    run_dir = work / "interrupted"
+    process = subprocess.Popen([str(TABULA), "run", "tiny.yaml", "--nproc", "2", "parallel.backend=deepspeed",
+                                "parallel.zero.stage=1", "train.budget.tokens=2M", "--headless", "--run-dir", str(run_dir)],
+                               cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    events = run_dir / "events.jsonl"
+    deadline = time.monotonic() + 240
+    while not (events.exists() and events.read_text().count('"kind":"train"') >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.3)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    end = [json.loads(line) for line in events.read_text().splitlines()][-1]
+    assert end["kind"] == "end" and end["reason"] == "stopped"
+    assert (run_dir / "checkpoints" / f"step-{end['step']:06d}" / "model.safetensors").exists()
+

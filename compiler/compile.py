@@ -20,8 +20,10 @@ from tabula.schemas.model import Compile
 # other processes sharing the CPU):
 #     eager 0.427-0.442 s/step; compiled per block 0.411 s/step (1.04-1.08x); the first two
 #     compiled steps took 27.9 s against 2.6 s eager.
-# A ~5% gain that needs ~1000 steps to repay 25 s of compiling (the quickstart's whole run is
-# ~180 steps) does not measurably pay on a CPU: auto compiles on CUDA only.
+# bench/bench_model.py, CPU time on one thread (block scope with the loss compiled): eager
+# 832 ms/step, compiled 768 ms/step (1.08x).
+# A 5-8% gain needs several hundred steps to repay 25 s of compiling (the quickstart's whole
+# run is ~180 steps): it does not measurably pay on a CPU, so auto compiles on CUDA only.
 AUTO_COMPILES_ON = ("cuda",)
 
 

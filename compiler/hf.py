@@ -6,7 +6,8 @@
 
 What has no equivalent there (GELU MLPs, LayerNorm, learned or no positions, NTK scaling,
 QK-norm, MLA without latent norms...) is reported by `hf_problems`, one line per field.
-This module imports neither transformers nor safetensors: it builds plain dicts and tensors.
+This module never imports transformers: it builds plain dicts and tensors (write_hf saves them
+with safetensors).
 """
 
 from __future__ import annotations

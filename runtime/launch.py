@@ -267,7 +267,7 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: deque, out: TextIO) -> i
         message = "the ranks ended without writing an end event"
     if end is not None and end["reason"] == "failed":
         out.write(f"run failed: {end['error']}\n")
-        if exit_codes and message != end["error"]:
+        if exit_codes and message not in end["error"]:
             out.write(f"  ({message})\n")
         return 3
     if end is None:

@@ -264,3 +264,38 @@ def test_ctrl_c_stops_every_rank_with_a_checkpoint(work):
     assert end["kind"] == "end" and end["reason"] == "stopped"
     assert (run_dir / "checkpoints" / f"step-{end['step']:06d}" / "model.safetensors").exists()
 
+
+# Loaded by every rank's interpreter (PYTHONPATH): rank 1 raises in its third optimizer step.
+FAIL_RANK_1 = """\
+import builtins, os, sys
+if os.environ.get("RANK") == "1":
+    _import = builtins.__import__
+    def _hook(name, *args, **kwargs):
+        module = _import(name, *args, **kwargs)
+        engine = sys.modules.get("tabula.runtime.deepspeed_engine")
+        if engine is not None and hasattr(engine, "DeepSpeedEngine"):
+            builtins.__import__ = _import
+            step, calls = engine.DeepSpeedEngine.step, []
+            def failing_step(self, lr):
+                calls.append(lr)
+                if len(calls) == 3:
+                    raise ValueError("the planted failure of rank 1")
+                return step(self, lr)
+            engine.DeepSpeedEngine.step = failing_step
+        return module
+    builtins.__import__ = _hook
+"""
+
+
+def test_an_error_on_another_rank_is_the_runs_error(work, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(FAIL_RANK_1)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = subprocess.run([str(TABULA), "run", "tiny.yaml", "--nproc", "2", "parallel.backend=deepspeed",
+                             "parallel.zero.stage=2", "--headless", "--run-dir", "failed"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    end = [json.loads(line) for line in (work / "failed" / "events.jsonl").read_text().splitlines()][-1]
+    assert end["kind"] == "end" and end["reason"] == "failed" and end["step"] == 2
+    assert end["error"] == "RankFailed: rank 1: ValueError: the planted failure of rank 1"
+    assert "run failed: RankFailed: rank 1: ValueError: the planted failure of rank 1" in result.stdout
+

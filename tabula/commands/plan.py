@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -48,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     mfu = DEFAULT_MFU if args.mfu is None else args.mfu
     if not 0 < mfu <= 1:
         return _bad(f"--mfu is a fraction in (0, 1], found {args.mfu}")
-    if args.peak_tflops is not None and args.peak_tflops <= 0:
-        return _bad(f"--peak-tflops must be positive, found {args.peak_tflops}")
+    if args.peak_tflops is not None and not 0 < args.peak_tflops < math.inf:
+        return _bad(f"--peak-tflops must be a positive number, found {args.peak_tflops}")
 
     path = args.spec
     spec = load_spec_or_report(path, args.overrides)

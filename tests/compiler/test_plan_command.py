@@ -89,7 +89,8 @@ def test_fp16_config_uses_dynamic_loss_scaling(capsys):
     assert fp16["enabled"] and fp16["loss_scale"] == 0
 
 
-@pytest.mark.parametrize("argv", [["--mfu", "1.5"], ["--mfu", "0"], ["--peak-tflops", "-1"], ["--world-size", "0"]])
+@pytest.mark.parametrize("argv", [["--mfu", "1.5"], ["--mfu", "0"], ["--mfu", "nan"], ["--peak-tflops", "-1"],
+                                  ["--peak-tflops", "nan"], ["--peak-tflops", "inf"], ["--world-size", "0"]])
 def test_bad_flags_exit_2(capsys, argv):
     code, _, err = plan(capsys, QUICKSTART, *argv)
     assert code == 2 and "error" in err

@@ -14,7 +14,9 @@ from pydantic_core import PydanticCustomError
 class SpecModel(BaseModel):
     """Frozen, unknown keys rejected, values checked on assignment too."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False, validate_default=True)
+    # allow_inf_nan=False: `lr: .inf` passes `gt=0` otherwise; no spec value is meant to be infinite.
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False, validate_default=True,
+                              allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -165,7 +165,7 @@ def _compose(document: Document, base_dir: Path, chain: list[Path]) -> tuple[dic
     if target is None:
         presets = sorted(path.stem for path in PRESETS_DIR.glob("*.yaml")) if PRESETS_DIR.is_dir() else []
         close = difflib.get_close_matches(Path(name).stem, presets, n=1, cutoff=0.6)
-        raise fail(f"extends: cannot find {name!r} (extends chain: {shown_chain}); looked in: "
+        raise fail(f"cannot find {name!r} (extends chain: {shown_chain}); looked in: "
                    + ", ".join(_shown(path) for path in looked),
                    expected="an existing spec file or a preset: " + ", ".join(presets), found=repr(name),
                    suggestion=close[0] if close else None)

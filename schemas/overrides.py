@@ -94,6 +94,9 @@ def apply_override(data: dict, index: int, text: str) -> Document:
         layer.keys[prefix[: depth + 1]] = Position(label, 1, offsets[depth])
     for sub, position in value_doc.values.items():
         layer.values[prefix + sub] = position
+    # An empty value (`model.d_model=`) is null with no node to hold a position: point just past
+    # the `=`, or errors about it would fall back to the spec file's line for the section.
+    layer.values.setdefault(prefix, Position(label, 1, len(key_text) + 2))
     for sub, position in value_doc.keys.items():
         layer.keys[prefix + sub] = position
     return layer

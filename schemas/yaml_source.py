@@ -22,6 +22,7 @@ from .errors import SpecError, SpecErrors
 
 _TAG = "tag:yaml.org,2002:"
 _MAX_NODES = 200_000  # aliases can multiply a small file (a "billion laughs"); a spec is never this big
+_MAX_DEPTH = 64  # a spec nests about 6 deep; far deeper is a mistake (and would exhaust Python's stack)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
         raise SpecErrors([builder.syntax_error(error)]) from None
     except YAMLError as error:
         raise SpecErrors([builder.reader_error(error, text)]) from None
+    except RecursionError:  # ruamel composes recursively: thousands of nested [ or { exhaust the stack
+        raise SpecErrors([builder.too_deep_in_text(text)]) from None
 
     if root is None:
         if require_mapping:
@@ -163,7 +166,24 @@ class _Builder:
                     expected="spaces", found="a tab character", source_line=self.doc.line_text(number)))
         return errors
 
+    def too_deep_in_text(self, text: str) -> SpecError:
+        """The error for a text nested too deeply to compose, at the first bracket past the limit
+        (quotes are not skipped: this only places the caret of an error already certain)."""
+        depth = 0
+        for number, line in enumerate(text.splitlines(), start=1):
+            for column, character in enumerate(line, start=1):
+                depth += (character in "[{") - (character in "]}")
+                if depth > _MAX_DEPTH:
+                    return SpecError(f"the YAML is nested too deeply (more than {_MAX_DEPTH} levels)",
+                                     file=self.doc.file, line=number + self.line_offset,
+                                     column=column + (self.column_offset if number == 1 else 0),
+                                     source_line=self.doc.line_text(number))
+        return SpecError(f"the YAML is nested too deeply (more than {_MAX_DEPTH} levels)", file=self.doc.file)
+
     def build(self, node: Node, path: tuple) -> Any:
+        if len(path) > _MAX_DEPTH:
+            self.errors.append(self.error(node, f"the YAML is nested too deeply (more than {_MAX_DEPTH} levels)", path))
+            return None
         self.nodes += 1
         if self.nodes > _MAX_NODES:
             if self.nodes == _MAX_NODES + 1:

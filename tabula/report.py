@@ -51,11 +51,14 @@ def format_error(error: SpecError, color: bool = False) -> str:
     if text is not None and error.line:
         number = str(error.line)
         shown = text.expandtabs(1)
-        lines.append(f" {paint(number.rjust(4), _DIM)} | {shown}")
+        start = error.column - 1 if error.column else 0
+        length = 1
         if error.column:
-            start = error.column - 1
             in_override_path = (error.file or "").startswith("<override") and start < shown.find("=")
             length = _token_length(shown, start, stop=".=" if in_override_path else "")
+        shown, start, length = _clip(shown, start, length)
+        lines.append(f" {paint(number.rjust(4), _DIM)} | {shown}")
+        if error.column:
             lines.append(f" {' ' * max(4, len(number))} | {' ' * start}{paint('^' + '~' * (length - 1), _RED)}")
     if error.expected:
         lines.append(f"  {paint('expected:', _CYAN)} {error.expected}")
@@ -64,6 +67,20 @@ def format_error(error: SpecError, color: bool = False) -> str:
     if error.suggestion:
         lines.append(f"  {paint('hint:', _YELLOW)} did you mean `{error.suggestion}`?")
     return "\n".join(lines)
+
+
+_EXCERPT_WIDTH = 100
+
+
+def _clip(text: str, start: int, length: int) -> tuple[str, int, int]:
+    """A long source line cut to about _EXCERPT_WIDTH characters around the caret (`...` marks
+    the cuts); returns the text, the caret's new start and its length."""
+    if len(text) <= _EXCERPT_WIDTH:
+        return text, start, length
+    begin = max(0, min(start - _EXCERPT_WIDTH // 3, len(text) - _EXCERPT_WIDTH))
+    end = begin + _EXCERPT_WIDTH
+    head, tail = ("..." if begin else ""), ("..." if end < len(text) else "")
+    return head + text[begin:end] + tail, start - begin + len(head), max(1, min(length, end - start))
 
 
 def print_errors(errors: Iterable[SpecError], stream: TextIO | None = None, color: bool | None = None) -> None:

@@ -49,3 +49,24 @@ def test_split_spec_and_overrides(tmp_path):
     odd.write_text("")
     assert split_spec_and_overrides(["s.yaml", "model.n_layers=2", str(odd), "t.yaml"]) == (
         ["s.yaml", str(odd), "t.yaml"], ["model.n_layers=2"])
+
+
+def test_a_long_source_line_is_cut_around_the_caret():
+    line = "".join(f"{n:04d}," for n in range(2000))  # 10,000 characters, every spot different
+    for column in (1, 52, 5001, len(line)):
+        error = SpecError("nested too deeply", file="s.yaml", line=2, column=column, source_line=line)
+        _, excerpt, caret = format_error(error).splitlines()
+        assert len(excerpt) < 120
+        shown = excerpt[len("    2 | "):]
+        assert shown.startswith("...") == (column > 40) and shown.endswith("...") == (column < len(line) - 80)
+        # the caret still sits under the character the column names
+        assert shown[caret.index("^") - len("      | ")] == line[column - 1]
+
+
+def test_a_missing_extends_names_the_path_once(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("extends: no_such_base.yaml\n")
+    assert load_spec_or_report(str(spec), []) is None
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "error: extends: cannot find 'no_such_base.yaml' (extends chain:" in first
+    assert first.count("extends:") == 1

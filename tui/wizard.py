@@ -185,10 +185,16 @@ class WizardScreen(Screen[Path | None]):
             return
         path = self.target_path()
         text = dump_spec(self.form.data, self.model, header=self.header)
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as error:  # a folder named as the file, a read-only place: say so, keep the form
+            temporary.unlink(missing_ok=True)
+            self.notify(f"Not saved: cannot write {path}: {error.strerror or error}", severity="error",
+                        title="cannot save")
+            return
         self.saved = path
         self.notify(f"saved {path}", title="tabula new")
 

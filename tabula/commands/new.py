@@ -24,6 +24,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tabula.tui.spec_source import DEFAULT_START, SourceError, load_start
 
+    if args.output is not None and args.output.is_dir():
+        sys.stderr.write(f"tabula new: error: {args.output} is a directory; -o takes a file name, e.g. "
+                         f"{args.output / 'experiment.yaml'}\n")
+        return 2
     start = args.start or (str(args.output) if args.output is not None and args.output.is_file() else DEFAULT_START)
     try:
         data = load_start(start)

@@ -228,3 +228,23 @@ async def test_rows_are_added_and_removed(tmp_path):
     saved = read_yaml(out)
     assert saved["shapes"] == [{"kind": "circle", "radius": 2}]
     assert saved["named"] == {"source1": {"kind": "circle", "radius": 3}}
+
+
+async def test_a_place_that_cannot_be_written_is_a_message_not_a_crash(tmp_path):
+    folder = tmp_path / "taken"
+    folder.mkdir()  # `-o` naming a folder: the save must say so and keep the form open
+    app = WizardApp(lambda: WizardScreen(Toy, {"title": "t", "shape": {"kind": "circle", "radius": 1.0}}, output=folder))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        messages = [notification.message for notification in app._notifications]
+        assert any(f"Not saved: cannot write {folder}" in message for message in messages), messages
+        assert app.screen.saved is None and app.is_running
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and not any(folder.iterdir())
+
+
+def test_new_refuses_a_folder_as_its_output(tmp_path, capsys):
+    from tabula.cli import main
+
+    assert main(["new", "-o", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a directory; -o takes a file name" in capsys.readouterr().err

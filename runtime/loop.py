@@ -334,8 +334,8 @@ class Trainer:
         achieved = tokens_per_s * flops_per_tok / self.engine.world_size
         if self.peak and achieved > self.peak and self.engine.device.type == "cpu":
             # the start-up measurement met a busy CPU: measure again, keep the best seen
-            self.peak = max(self.peak, measure_cpu_peak(), achieved)
-        mfu = achieved / self.peak if self.peak else None
+            self.peak = max(self.peak, measure_cpu_peak())
+        mfu = achieved / self.peak if self.peak and achieved <= self.peak else None  # None: no trustworthy peak
         self.emit(
             "train",
             loss=loss,

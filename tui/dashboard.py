@@ -135,6 +135,7 @@ class DashboardScreen(Screen[str | None]):
         """Read what the run appended and fold it in; redraw the numbers at most every REDRAW_S,
         the clock once a second and the charts every CHART_INTERVAL_S (all at once when it ends)."""
         events: list[dict] = []
+        bad_before = self.reader.bad_lines
         budget = time.perf_counter() + CATCH_UP_S  # attaching to a long run: catch up in slices
         while True:
             chunk = self.reader.read_new()
@@ -144,12 +145,17 @@ class DashboardScreen(Screen[str | None]):
             if not chunk or self.reader.caught_up or time.perf_counter() > budget:
                 break
         now = self.clock()
+        if self.reader.bad_lines > bad_before:  # say so once a poll, rather than show a quietly partial run
+            skipped = self.reader.bad_lines - bad_before
+            self.state.note(self.state.last_time or now, "warning",
+                            f"skipped {skipped} line{'s' if skipped > 1 else ''} of {self.reader.path.name} that "
+                            f"{'are' if skipped > 1 else 'is'} not a JSON event")
         exited = self._check_process(now)
         second = int(now)
         if self.process is not None and self.state.last_time is None and second != self._last_second:
             lines = _tail(self.output_log, 1)  # what the run prints while it prepares its data
             self.state.preparing = lines[-1].strip()[-120:] if lines else None
-        if events or exited:
+        if events or exited or self.reader.bad_lines > bad_before:
             self._numbers_stale = self._charts_stale = True
         ended = self.state.end_reason is not None
         if self._numbers_stale and (now - self._last_numbers >= REDRAW_S or ended or exited):

@@ -119,27 +119,34 @@ class RunState:
     # ------------------------------------------------------------ folding events
 
     def apply(self, event: dict[str, Any]) -> None:
-        """Fold one event (a dict from events.jsonl) into the state; unknown kinds are ignored."""
+        """Fold one event (a dict from events.jsonl) into the state; unknown kinds are ignored.
+
+        The run directory may come from another version or another tool: a field of the wrong
+        type reads as absent, never as a crash of the dashboard."""
         self.events += 1
         time = _number(event.get("time"))
         if time is not None:
             self.first_time = time if self.first_time is None else self.first_time
             self.last_time = time if self.last_time is None else max(self.last_time, time)
-        step, tokens = event.get("step"), event.get("tokens")
-        if isinstance(step, int):
+        step, tokens = _int(event.get("step")), _int(event.get("tokens"))
+        if step is not None:
             self.step = step
-        if isinstance(tokens, int):
+        if tokens is not None:
             self.tokens = tokens
-        handler = _HANDLERS.get(event.get("kind"))
+        kind = event.get("kind")
+        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
         if handler is not None:
             handler(self, event, time or 0.0)
 
     def _on_start(self, event: dict[str, Any], time: float) -> None:
-        for name in ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters",
-                     "total_steps", "total_tokens", "resumed_from"):
+        for name in ("run_name", "spec_hash", "backend", "device", "precision", "resumed_from"):
             if name in event:
-                setattr(self, name, event[name])
-        self.stages = list(event.get("stages") or [])
+                setattr(self, name, _text(event[name]))
+        for name in ("world_size", "parameters", "total_steps", "total_tokens"):
+            if name in event:
+                setattr(self, name, _int(event[name]))
+        stages = event.get("stages")
+        self.stages = [stage for stage in stages if isinstance(stage, dict)] if isinstance(stages, list) else []
         self.start_time, self.start_tokens = time, self.tokens
         self.end_reason = self.error = None
         if self.stages and self.stage_index is None:
@@ -163,8 +170,7 @@ class RunState:
         self.tokens_per_s = _number(event.get("tokens_per_s"))
         self.step_time = _number(event.get("step_time"))
         self.mfu = _number(event.get("mfu"))
-        memory = event.get("memory")
-        self.memory = memory if isinstance(memory, int) else None
+        self.memory = _int(event.get("memory"))
         self.train_loss.add(self.tokens, loss)
         self.lr_series.add(self.tokens, self.lr)
         self.tokens_per_s_series.add(self.tokens, self.tokens_per_s)
@@ -184,21 +190,21 @@ class RunState:
         self.note(time, "info", f"stage {self.stage_label}: seq_len {self.seq_len}" + (f", mix {mix}" if mix else ""))
 
     def _on_checkpoint(self, event: dict[str, Any], time: float) -> None:
-        self.last_checkpoint = event.get("path")
+        self.last_checkpoint = _text(event.get("path"))
         if event.get("best"):
             self.best_checkpoint = self.last_checkpoint
         self.note(time, "info", f"checkpoint {self.last_checkpoint}" + (" (best)" if event.get("best") else ""))
 
     def _on_sample(self, event: dict[str, Any], time: float) -> None:
-        self.sample_prompt = event.get("prompt")
-        self.sample_text = event.get("text")
+        self.sample_prompt = _text(event.get("prompt"))
+        self.sample_text = _text(event.get("text"))
 
     def _on_log(self, event: dict[str, Any], time: float) -> None:
         self.note(time, str(event.get("level") or "info"), str(event.get("message") or ""))
 
     def _on_end(self, event: dict[str, Any], time: float) -> None:
         self.end_reason = str(event.get("reason") or "finished")
-        self.error = event.get("error")
+        self.error = _text(event.get("error"))
         level = "error" if self.end_reason == "failed" else "info"
         self.note(time, level, f"run {self.end_reason}" + (f": {self.error}" if self.error else ""))
 
@@ -217,9 +223,12 @@ class RunState:
             self.note(time, "error", self.error)
 
     def _set_stage(self, stage: dict[str, Any]) -> None:
-        self.stage_index = stage.get("index")
-        self.seq_len = stage.get("seq_len", self.seq_len)
-        self.mix = stage.get("mix") or self.mix
+        self.stage_index = _int(stage.get("index"))
+        self.seq_len = _int(stage.get("seq_len")) or self.seq_len
+        mix = stage.get("mix")
+        if isinstance(mix, dict):
+            weights = {str(name): _number(weight) for name, weight in mix.items()}
+            self.mix = {name: weight for name, weight in weights.items() if weight is not None} or self.mix
 
     def note(self, time: float, level: str, text: str) -> None:
         """Add a line to the log pane (also used for what the dashboard itself did)."""
@@ -295,3 +304,11 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) or value is None else str(value)

@@ -145,3 +145,33 @@ def test_watch_refuses_without_a_terminal_and_names_the_record(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tabula.cli", "watch", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "needs a terminal" in result.stderr and "events.jsonl" in result.stderr
+
+
+MALFORMED = [
+    b'{"kind": "start", "time": 1, "step": 0, "tokens": 0, "run_name": 7, "world_size": "two", "stages": [3, {"index": 0}]}',
+    b"not json",
+    b"[1, 2]",
+    b'{"kind": ["train"]}',
+    b'{"kind": "train", "time": "yesterday", "step": "a", "tokens": null, "loss": "NaN", "lr": [1], "memory": 1.5}',
+    b"\xff\xfe garbage",
+    b'{"kind": "stage", "index": "x", "seq_len": "long", "mix": {"a": "half", "b": 1}}',
+    b'{"kind": "checkpoint", "path": null, "best": true}',
+    b'{"kind": "sample", "prompt": null, "text": 12}',
+    b'{"kind": "log", "level": 5, "message": ["a"]}',
+    b'{"kind": "end", "time": 4, "step": 5, "tokens": 100, "reason": "failed", "error": {"type": "OOM"}}',
+]
+
+
+async def test_malformed_events_never_crash_the_dashboard_and_are_reported(tmp_path):
+    # another tool or version may write the run directory: wrong types read as absent
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(MALFORMED) + b"\n")
+    app = DashboardApp(tmp_path, clock=lambda: 10.0)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        assert "failed" in text and "{'type': 'OOM'}" in text
+        assert "skipped 3 lines of events.jsonl that are not a JSON event" in text
+        state = app.screen.state
+        assert (state.run_name, state.world_size, state.stage_index, state.seq_len) == ("7", None, None, None)
+        assert state.mix == {"b": 1.0} and state.stages == [{"index": 0}] and state.memory is None
+        assert (state.step, state.tokens, state.sample_text) == (5, 100, "12")

@@ -27,14 +27,12 @@ import torch
 from torch import nn
 
 from .engine import WEIGHTS_FILE
+from .reshard import DS_DIR, LAYOUT_FILE, TAG
 
-DS_DIR = "deepspeed"
-TAG = "state"
-LAYOUT_FILE = "layout.json"
-# the optimizer hyperparameters tabula owns per group: restored after every load, because DeepSpeed's
-# ZeRO-3 universal loader copies group 0's values (weight decay included) into every group
 # what gloo / NCCL say when the rank at the other end of a collective has gone
 LOST_PEER = re.compile(r"Connection closed by peer|Connection reset|Broken pipe|timed out|Timeout|NCCL communicator was aborted", re.I)
+# the optimizer hyperparameters tabula owns per group: restored after every load, because DeepSpeed's
+# ZeRO-3 universal loader copies group 0's values (weight decay included) into every group
 GROUP_KEYS = ("name", "weight_decay", "betas", "eps", "momentum", "nesterov", "lr_scale")
 
 
@@ -228,7 +226,7 @@ class DeepSpeedEngine:
         if not move.changes:
             self.ds.load_checkpoint(str(folder), tag=TAG, load_lr_scheduler_states=False)
         else:
-            universal = reshard.universal_folder(Path(checkpoint_dir), self.stage)
+            universal = reshard.universal_folder(Path(checkpoint_dir))
             if not universal.is_dir():
                 raise RuntimeError(f"{checkpoint_dir}: {move.text}, but no universal checkpoint was prepared for it "
                                    f"(runtime/reshard.py prepare_resume runs before the ranks start)")

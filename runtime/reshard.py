@@ -114,7 +114,7 @@ def group_names(spec, vocab_size: int) -> list[list[str]]:
     return [[names[id(p)] for p in g["params"]] for g in param_groups(model, spec.train.optimizer.weight_decay)]
 
 
-def universal_folder(checkpoint_dir: Path, to_stage: int | None = None) -> Path:
+def universal_folder(checkpoint_dir: Path) -> Path:
     """Where the normalised universal checkpoint of `checkpoint_dir` lives (one folder serves every target)."""
     return Path(checkpoint_dir) / DS_DIR / UNIVERSAL
 

@@ -27,6 +27,13 @@ SILENT_MODEL_PATHS = ("model.dropout", "model.compile", "model.init")
 # model.* leaves that never change a weight's shape
 COMPUTE_ONLY = ("model.position.theta", "model.position.scaling", "model.block.attention.window", "model.block.norm.eps")
 
+# why a change breaks resuming, or resumes with a caveat: short, since `tabula diff` shows it under
+# each change it applies to and once more, with the paths, in its summary
+RESHAPES = "reshapes the weights, so a checkpoint does not load"
+RETOKENIZES = "changes the tokenizer, so the checkpoint learned other token ids"
+NEW_OPTIMIZER = "changes the optimizer, whose saved state has another layout"
+COMPUTES_DIFFERENTLY = "the weights compute differently (the loss may jump)"
+
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}, 'c': [2]} -> {'a.b': 1, 'c.0': 2}; empty dicts and lists stay leaves."""
@@ -75,13 +82,13 @@ def _resume_checks(a: Spec, b: Spec) -> tuple[list[tuple[str, str]], list[tuple[
             if path == "model.max_seq_len" and not learned:
                 continue  # no weight depends on it unless positions are learned
             if reshaped and not path.startswith(COMPUTE_ONLY):
-                breaks.append((path, "changes the model's weights: the checkpoint's do not fit them"))
+                breaks.append((path, RESHAPES))
             else:
-                warnings.append((path, "changes what the weights compute: they load, but the loss may jump"))
+                warnings.append((path, COMPUTES_DIFFERENTLY))
         elif path.startswith("data.tokenizer."):
-            breaks.append((path, "changes the tokenizer: the checkpoint learned other token ids"))
+            breaks.append((path, RETOKENIZES))
         elif path == "train.optimizer.kind":
-            breaks.append((path, "changes the optimizer: its saved state has another layout"))
+            breaks.append((path, NEW_OPTIMIZER))
     return breaks, warnings
 
 
@@ -121,15 +128,20 @@ class Impact:
     resume_breaking: tuple[str, ...]  # the changed paths that break resuming
     warnings: tuple[str, ...] = field(default=())  # changes a run resumes across, computing differently
     notes: tuple[str, ...] = field(default=())
+    # (path, why) pairs behind `reasons` and `warnings`, for lines() to group by why
+    break_findings: tuple[tuple[str, str], ...] = field(default=())
+    warning_findings: tuple[tuple[str, str], ...] = field(default=())
 
     def lines(self) -> list[str]:
+        """The summary under the diff: one line a quantity, then whether a run of A resumes under
+        B, each reason once with the paths it is about."""
         out = [q.line() for q in self.quantities]
         if self.resumable:
             out.append("resume             a run of A can resume under B" + (", but:" if self.warnings else ""))
-            out += [f"  {warning}" for warning in self.warnings]
+            out += _grouped(self.warning_findings) if self.warning_findings else [f"  {w}" for w in self.warnings]
         else:
             out.append("resume             a run of A cannot resume under B:")
-            out += [f"  {reason}" for reason in self.reasons]
+            out += _grouped(self.break_findings) if self.break_findings else [f"  {r}" for r in self.reasons]
         out += [f"note: {note}" for note in self.notes]
         return out
 
@@ -162,7 +174,16 @@ def annotate(a: Spec, b: Spec, changes: list | None = None, *, device_type: str 
     if changes is None:
         breaking = [path for path, _ in breaks]
     reasons = tuple(f"{path} {why}" for path, why in breaks)
-    return Impact(quantities, not breaks, reasons, tuple(breaking), tuple(f"{path} {why}" for path, why in warnings), tuple(notes))
+    return Impact(quantities, not breaks, reasons, tuple(breaking), tuple(f"{path} {why}" for path, why in warnings),
+                  tuple(notes), tuple(breaks), tuple(warnings))
+
+
+def _grouped(findings: tuple[tuple[str, str], ...]) -> list[str]:
+    """`  why: path, path` lines, one a distinct reason, in the order first found."""
+    paths: dict[str, list[str]] = {}
+    for path, why in findings:
+        paths.setdefault(why, []).append(path)
+    return [f"  {why}: {', '.join(members)}" for why, members in paths.items()]
 
 
 def _annotate_change(change, findings: list[tuple[str, str]], prefix: str) -> bool:

@@ -134,3 +134,17 @@ def test_a_compute_only_change_beside_a_reshaping_one_is_not_blamed():
     ok, reasons = resume_compatibility(spec(), spec(**{"model.d_model": 96, "model.position": {"kind": "rope", "theta": 500000}}))
     assert not ok
     assert [reason.split()[0] for reason in reasons] == ["model.d_model"]
+
+
+def test_summary_says_each_reason_once_with_its_paths():
+    from tabula.compiler.impact import RESHAPES
+    from tabula.schemas.diff import diff_specs
+
+    a, b = spec(), spec(**{"model.d_model": 96, "model.n_layers": 4, "model.position": {"kind": "rope", "theta": 500000}})
+    changes = diff_specs(a, b)
+    lines = annotate(a, b, changes).lines()
+    resume = lines.index("resume             a run of A cannot resume under B:")
+    assert lines[resume + 1:] == [f"  {RESHAPES}: model.d_model, model.n_layers"]
+    by_path = {change.path: change.impact for change in changes}
+    assert by_path["model.d_model"] == by_path["model.n_layers"] == f"breaks resuming: {RESHAPES}"
+    assert by_path["model.position.theta"] == "resumable, but the weights compute differently (the loss may jump)"

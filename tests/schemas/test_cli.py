@@ -184,3 +184,14 @@ def test_help_explains_each_command(capsys):
             main([command, "--help"])
         assert exit_.value.code == 0
         assert "Exit status" in capsys.readouterr().out or command == "schema"
+
+
+def test_diff_shows_token_counts_as_specs_write_them(tmp_path, capsys):
+    a = _write(tmp_path, "a.yaml", MINIMAL)
+    b = _write(tmp_path, "b.yaml", MINIMAL + "  eval: {every_tokens: 2.5M, tokens: 1000}\n")
+    assert main(["diff", str(a), str(b), "--no-impact"]) == 1
+    out = capsys.readouterr().out
+    # 2.5M rather than 2621440; a count no suffix writes exactly stays digits
+    assert '~ train.eval: null -> {every_tokens: 2.5M, tokens: 1000, sample: {prompt: "", max_new_tokens: 48}}' in out
+    assert main(["diff", str(a), str(b), "--json", "--no-impact"]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["new"]["every_tokens"] == 2621440  # numbers in JSON

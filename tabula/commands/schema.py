@@ -1,5 +1,5 @@
-"""Print the JSON Schema of a spec (draft-07, what editors implement), generated from the spec models: every key,
-its type, default and description.
+"""Print the JSON Schema of a spec (draft-07, what editors implement), generated from the spec
+models: every key, its type, default and description.
 
 Editors use it to complete keys, show each field's help and check a spec as you type. For the
 YAML language server (VS Code's YAML extension, Neovim, Helix...), start a spec with

@@ -84,13 +84,14 @@ def crossed(before: int, after: int, every: int | None) -> bool:
 class Trainer:
     """One run of the loop. Built by `train`; split into methods so each reads on its own."""
 
-    def __init__(self, spec, plan, engine, run, prepared, *, max_steps, console, tracker_factory):
+    def __init__(self, spec, plan, engine, run, prepared, *, spec_hash, max_steps, console):
         self.spec, self.plan, self.engine, self.run, self.prepared = spec, plan, engine, run, prepared
         self.max_steps = max_steps
         self.events = EventWriter(run.events if engine.is_main else None)
         if console is not None and engine.is_main:
             self.events.listeners.append(console)
-        self.tracker = tracker_factory(self.events) if (tracker_factory and engine.is_main) else None
+        self.spec_hash = spec_hash
+        self.tracker = None  # the Aim tracker, rank 0 (set by `train`)
         self.control = ctl.ControlFolder(run.path if engine.is_main else None)
         self.control_every = 1 if engine.world_size == 1 else spec.train.log.every_steps
         train = spec.train
@@ -388,8 +389,7 @@ def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int |
     Every rank calls this. `resume_from`: a checkpoint folder to continue from exactly. `max_steps`:
     stop (with a checkpoint) after this many steps of this call. `console`: an event listener (rank 0).
     Returns the Outcome; the `end` event is written whatever happens."""
-    trainer = Trainer(spec, plan, engine, run, prepared, max_steps=max_steps, console=console, tracker_factory=None)
-    trainer.spec_hash = spec_hash
+    trainer = Trainer(spec, plan, engine, run, prepared, spec_hash=spec_hash, max_steps=max_steps, console=console)
     if engine.is_main:
         try:
             trainer.tracker = make_tracker(spec, run, spec_hash, warn=lambda message: trainer.log("warning", message))
@@ -398,7 +398,6 @@ def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int |
         if trainer.tracker is not None:
             trainer.events.listeners.append(trainer.tracker)
     parameters = parameters if parameters is not None else sum(p.numel() for p in engine.model.parameters())
-    stage = plan.stages[0] if plan.stages else None
     with StopSignals() as signals:
         try:
             if resume_from is not None:
@@ -408,7 +407,6 @@ def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int |
             trainer.start_event(resume_from, parameters)
             if spec.train.on_nonfinite == "rollback" and trainer.last_good_checkpoint() is None:
                 trainer.checkpoint()  # something to roll back to before the first interval's checkpoint
-            stage = plan.stage_at(trainer.progress.tokens)
             outcome = trainer.loop(signals)
         except KeyboardInterrupt:
             p = trainer.progress

@@ -315,6 +315,8 @@ class Trainer:
             if (every_eval and crossed(tokens_before, p.tokens, every_eval)) or flags & ctl.EVAL or (last and every_eval):
                 if spec.train.eval:
                     self.evaluate()
+                else:
+                    self.log("warning", "evaluation requested, but train.eval is null: the spec has no evaluation")
             if crossed(tokens_before, p.tokens, every_ckpt) or flags & ctl.CHECKPOINT:
                 self.checkpoint()
             self.control.done(flags)

@@ -47,6 +47,8 @@ class SourceMap:
                 kept.append(layer)
                 if not isinstance(value, dict):  # a list or value replaces what lower layers had
                     break
+                if layer.replaces is not None and prefix[: len(layer.replaces)] == layer.replaces:
+                    break  # an override's mapping replaces too: extends merges, overrides do not
             if not kept:
                 return None
             candidates = kept

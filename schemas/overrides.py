@@ -87,7 +87,7 @@ def apply_override(data: dict, index: int, text: str) -> Document:
                 node[key] = {}  # a new section (or one that was null): validation judges its keys
             node = node[key]
 
-    layer = Document(file=label, lines=[text])
+    layer = Document(file=label, lines=[text], replaces=tuple(path))
     layer.data = _nest(tuple(path), value_doc.data)
     prefix = tuple(path)
     for depth in range(len(prefix)):

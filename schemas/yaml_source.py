@@ -44,6 +44,9 @@ class Document:
     data: Any = None
     values: dict[tuple, Position] = field(default_factory=dict)
     keys: dict[tuple, Position] = field(default_factory=dict)
+    # set on an override's layer: the path it replaced whole, so nothing at or below it comes
+    # from a lower layer even where its value is a mapping (`train.budget={tokens_per_param: 20}`)
+    replaces: tuple | None = None
 
     def line_text(self, line: int) -> str | None:
         """The text of a 1-based line, without its newline."""

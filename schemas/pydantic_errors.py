@@ -71,7 +71,7 @@ def _convert(raw: dict, data: Any, root: type[BaseModel], locate: Locate) -> tup
     where = _nearest(where_path, locate, want_key=want_key or (kind == "missing" and not item_missing))
     found = None if kind in ("missing", "union_tag_not_found") else _show(value)
     if kind == "union_tag_invalid":
-        found = repr(ctx.get("tag"))
+        found = _show(_get(data, path))  # the kind as written (ctx's tag is its str())
     if (kind == "extra_forbidden" or ctx.get("key")) and path:
         found = repr(path[-1])
     error = SpecError(
@@ -148,8 +148,11 @@ def _describe(kind: str, raw: dict, ctx: dict, path: tuple, data: Any, root: typ
     if kind == "union_tag_invalid":
         tags = re.findall(r"'([^']*)'", ctx.get("expected_tags", ""))
         section = ".".join(str(part) for part in path) or "the spec"
-        return (f"unknown kind {ctx.get('tag')!r} for {section}", "one of: " + ", ".join(tags),
-                _closest(str(ctx.get("tag")), tags))
+        given = raw.get("input")  # the mapping: pydantic's ctx has the kind stringified (None -> 'None')
+        tag = given.get("kind", ctx.get("tag")) if isinstance(given, dict) else ctx.get("tag")
+        if not isinstance(tag, str):
+            return f"kind names one of {', '.join(tags)}; found {_show(tag)}", "one of: " + ", ".join(tags), None
+        return f"unknown kind {tag!r} for {section}", "one of: " + ", ".join(tags), _closest(tag, tags)
     if kind == "union_tag_not_found":
         tags = re.findall(r"'([^']*)'", ctx.get("expected_tags", ""))
         if not tags:

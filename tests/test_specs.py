@@ -31,7 +31,11 @@ def plan_in_process(path: Path, capsys, *extra: str) -> dict:
     from tabula.cli import main
 
     assert main(["plan", str(path), "--json", *extra]) == 0
-    return json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out, parse_constant=_not_json)
+
+
+def _not_json(constant: str):
+    raise AssertionError(f"plan --json wrote {constant}, which strict JSON readers (jq, browsers) refuse")
 
 
 def test_every_spec_is_found():

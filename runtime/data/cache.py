@@ -8,6 +8,7 @@ temporary folder, removed by the next prepare once its process is gone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import secrets
 import shutil
 from pathlib import Path
 from typing import Any
+
+from .errors import DataError
 
 FORMAT = 1  # bump when the entry layout or the tokenization changes
 _WRITING: set[Path] = set()  # this process's entries in progress (never swept as stale)
@@ -29,6 +32,20 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(os.environ["TABULA_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tabula"
+
+
+def check_writable(root: Path) -> None:
+    """Create the cache folder if needed; raises DataError, naming it, where that is impossible
+    (a file in the way, no permission, a read-only disk)."""
+    hint = "set --cache-dir or TABULA_CACHE_DIR to a writable folder"
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the token cache {root} is not a folder: {hint}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the token cache folder {root}: {error.strerror or error}; {hint}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise DataError(f"the token cache {root} is not writable: {hint}")
 
 
 def fingerprint(parts: dict[str, Any]) -> str:
@@ -64,11 +81,17 @@ class FileDigests:
         return self.known[key][2]
 
     def save(self) -> None:
-        if self.changed:
+        """Remember the digests; a read-only cache (entries shared by another user) only forgets them."""
+        if not self.changed:
+            return
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             temporary.write_text(json.dumps(self.known))
             os.replace(temporary, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
 
 
 class PendingEntry:

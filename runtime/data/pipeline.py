@@ -24,7 +24,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from . import tokenize_worker
-from .cache import FileDigests, PendingEntry, cache_root, fingerprint
+from .cache import FileDigests, PendingEntry, cache_root, check_writable, fingerprint
 from .errors import DataError
 from .filters import FilterChain
 from .progress import Progress
@@ -69,16 +69,20 @@ def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: 
     started = time.perf_counter()
     data = spec.data
     base_dir = spec_base_dir(spec)
-    readers = {name: open_source(name, source, base_dir) for name, source in data.sources.items()}
     root = cache_root(cache_dir)
-    digests = FileDigests(root)
-    key = fingerprint(_fingerprint_parts(spec, readers, digests, base_dir))
-    entry = root / key
-    hit = entry_is_complete(entry)
-    if not hit:
-        _build(spec, readers, root, key, progress or _quiet)
-    digests.save()
-    prepared = open_entry(entry, document_masking=data.packing.document_masking, cache_hit=hit)
+    try:
+        readers = {name: open_source(name, source, base_dir) for name, source in data.sources.items()}
+        digests = FileDigests(root)
+        key = fingerprint(_fingerprint_parts(spec, readers, digests, base_dir))
+        entry = root / key
+        hit = entry_is_complete(entry)
+        if not hit:
+            check_writable(root)
+            _build(spec, readers, root, key, progress or _quiet)
+        digests.save()
+        prepared = open_entry(entry, document_masking=data.packing.document_masking, cache_hit=hit)
+    except OSError as error:  # a full disk, a file that vanished mid-read: one line naming the file
+        raise _io_error(error, root) from None
     prepared.report.update(cache="hit" if hit else "miss", cache_dir=str(root), seconds=round(time.perf_counter() - started, 3))
     return prepared
 
@@ -342,3 +346,21 @@ def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress) -> 
 
 def _quiet(stage: str, done: int, total: int | None) -> None:
     pass
+
+
+def _io_error(error: OSError, root: Path) -> DataError:
+    """An OSError as a DataError: the cache's own files name the cache and how to move it."""
+    name = error.filename
+    reason = error.strerror or _first_line(error)
+    try:
+        in_cache = name is not None and Path(name).resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError):
+        in_cache = False
+    if in_cache:
+        return DataError(f"cannot write the token cache {root}: {reason} ({name}); "
+                         "free space there, or set --cache-dir or TABULA_CACHE_DIR to another folder")
+    return DataError(f"cannot read {name}: {reason}" if name else f"input/output error: {reason}")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -38,7 +38,16 @@ class FilesReader:
     def key(self, digest: Digest) -> dict[str, Any]:
         # Paths relative to the spec's folder: moving the whole project keeps the cache valid.
         fields = self.spec.model_dump(mode="json", exclude={"paths"})
-        return {**fields, "files": [[_relative(path, self.base_dir), path.stat().st_size, digest(path)] for path in self.files]}
+        return {**fields, "files": [[_relative(path, self.base_dir), path.stat().st_size, self._digest(path, digest)] for path in self.files]}
+
+    def _digest(self, path: Path, digest: Digest) -> str:
+        try:
+            return digest(path)
+        except OSError as error:  # no permission: with on_error: skip, documents() skips it with a warning
+            if self.spec.on_error == "fail":
+                raise DataError(f"{path}: cannot read: {error.strerror or _first_line(error)} (set on_error: skip to skip such files)",
+                                source=self.name) from None
+            return "unreadable"
 
     def documents(self, warn: Warn, workers: int = 1) -> Iterator[str]:
         read = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet}[self.spec.format]
@@ -187,8 +196,13 @@ def _read_text(name: str, spec: FilesSource, path: Path, warn: Warn) -> Iterator
         warn(f"source {name!r}: {path} ({path.stat().st_size >> 20} MiB) is read whole as one document; "
              "split it into smaller files, or use format: jsonl, to keep memory low")
     try:
-        yield path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        data = path.read_bytes()
+    except OSError as error:
+        _bad(name, spec, f"{path}: cannot read: {error.strerror or _first_line(error)}", warn)
+        return
+    try:
+        yield data.decode("utf-8")
+    except UnicodeDecodeError as error:
         _bad(name, spec, f"{path}: cannot read as UTF-8 text: {_first_line(error)}", warn)
 
 

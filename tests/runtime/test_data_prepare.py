@@ -267,3 +267,59 @@ def test_tokenizer_trains_only_on_the_named_sources(tmp_path, tabula_cache):
     prepared = prepare(make_spec({"sources": sources, "tokenizer": {"kind": "bpe", "vocab_size": 300, "train_on": ["b"]}}))
     learned = [piece for piece, index in prepared.tokenizer.get_vocab().items() if index >= 258]  # after 2 specials + 256 bytes
     assert learned and all(set(piece) <= set("nopqrstĠ") for piece in learned)
+
+
+def test_a_cache_that_cannot_be_written_is_a_data_error(corpus, tmp_path, monkeypatch):
+    import errno
+
+    folder, _ = corpus
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    for root, words in ((in_the_way, "is not a folder"), (in_the_way / "cache", "cannot create the token cache folder")):
+        with pytest.raises(DataError, match=words) as error:
+            prepare(files_spec(folder), cache_dir=root)
+        assert str(root) in str(error.value) and "--cache-dir" in str(error.value)
+    real_add = shards.ShardWriter.add
+
+    def disk_full(self, tokens, lengths):
+        real_add(self, tokens, lengths)
+        raise OSError(errno.ENOSPC, "No space left on device", self.tokens.name)
+
+    monkeypatch.setattr(shards.ShardWriter, "add", disk_full)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="cannot write the token cache .*No space left on device"):
+        prepare(files_spec(folder), cache_dir=cache)
+    assert [p.name for p in cache.iterdir()] == []  # the temporary entry is gone too
+
+
+def test_a_read_only_cache_still_serves_its_entries(corpus, tabula_cache, monkeypatch):
+    from tabula.runtime.data import cache
+
+    folder, _ = corpus
+    first = prepare(files_spec(folder))
+    (tabula_cache / "file-digests.json").unlink()  # digests to remember again, where nothing may be written
+    def read_only(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache.os, "replace", read_only)
+    again = prepare(files_spec(folder))
+    assert again.cache_hit and again.fingerprint == first.fingerprint
+
+
+def test_an_unreadable_source_file_fails_or_is_skipped(corpus, tabula_cache, monkeypatch):
+    from tabula.runtime.data import cache
+
+    folder, _ = corpus
+    real_digest = cache.FileDigests.__call__
+
+    def no_permission(self, path):
+        if path.name == "doc0001.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_digest(self, path)
+
+    monkeypatch.setattr(cache.FileDigests, "__call__", no_permission)
+    with pytest.raises(DataError, match="doc0001.txt: cannot read: Permission denied") as error:
+        prepare(files_spec(folder))
+    assert error.value.source == "corpus"
+    spec = make_spec({"sources": {"corpus": {"kind": "files", "paths": [str(folder / "*.txt")], "on_error": "skip"}}})
+    assert prepare(spec).report["sources"]["corpus"]["documents"] == 19  # only its digest failed: read all the same

@@ -232,7 +232,13 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
     for name, reader in readers.items():
         writers = {split: SpoolWriter(folder / f"{split}-{name}.spool") for split in SPLITS}
         read = kept = held = 0
-        for text in reader.documents(warn, workers=spec.data.workers or os.cpu_count() or 1):
+        skipped: list[str] = []
+
+        def warn_source(message: str) -> None:
+            skipped.append(message)
+            warn(message)
+
+        for text in reader.documents(warn_source, workers=spec.data.workers or os.cpu_count() or 1):
             read += 1
             if read % 1000 == 0:
                 progress(f"reading {name} (documents)", read, None)
@@ -247,7 +253,7 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
         for split in SPLITS:
             spools[split, name] = writers[split].close()
         if read == 0:
-            raise DataError("the source yielded no documents", source=name)
+            raise DataError(f"the source yielded no documents ({_why_empty(reader, skipped)})", source=name)
         emptied = chain.emptied_by(name)
         if emptied is not None:
             kind = data.filters[emptied].kind
@@ -267,6 +273,15 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
         }
         report["sources"][name]["characters"] = sum(spools[s, name].characters for s in SPLITS)
     return spools, report
+
+
+def _why_empty(reader: Any, skipped: list[str]) -> str:
+    if skipped:  # with on_error: skip, e.g. a text_field that no record has
+        return f"{len(skipped)} skipped; the first: {skipped[0].split(': skipped ', 1)[-1]}"
+    files = getattr(reader, "files", None)
+    if files is not None:
+        return f"{len(files)} file{'s' if len(files) != 1 else ''} read, all empty: {files[0]}{', ...' if len(files) > 1 else ''}"
+    return "it is empty"
 
 
 def _make_tokenizer(spec: Any, spools: dict, progress: Progress) -> Tokenizer:

@@ -323,3 +323,18 @@ def test_an_unreadable_source_file_fails_or_is_skipped(corpus, tabula_cache, mon
     assert error.value.source == "corpus"
     spec = make_spec({"sources": {"corpus": {"kind": "files", "paths": [str(folder / "*.txt")], "on_error": "skip"}}})
     assert prepare(spec).report["sources"]["corpus"]["documents"] == 19  # only its digest failed: read all the same
+
+
+def test_a_source_with_no_documents_says_why(tmp_path, tabula_cache):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = write_jsonl(tmp_path / "d.jsonl", ["some text here", "more text there"])
+    source = {"kind": "files", "paths": [str(path)], "format": "jsonl", "text_field": "body", "on_error": "skip"}
+    with pytest.raises(DataError) as error:
+        prepare(make_spec({"sources": {"web": source}}))
+    assert f"no documents (2 skipped; the first: {path}:1: no field 'body' (found: id, text))" in str(error.value)
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match=r"no documents \(1 file read, all empty: .*empty.parquet\)"):
+        prepare(make_spec({"sources": {"pq": {"kind": "files", "paths": [str(tmp_path / "empty.parquet")], "format": "parquet"}}}))
+    assert not [p for p in tabula_cache.iterdir() if p.is_dir()]

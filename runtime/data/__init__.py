@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "prepare": "pipeline", "PreparedData": "pipeline", "save_tokenizer": "pipeline", "open_entry": "pipeline",
+    "prepare": "pipeline", "PreparedData": "pipeline", "save_tokenizer": "pipeline", "open_entry": "pipeline", "find_prepared": "pipeline",
     "Sampler": "sampler", "Batch": "sampler", "validation_batches": "sampler", "planned_epochs": "sampler",
     "DataError": "errors", "TokenShard": "shards", "terminal_progress": "progress", "cache_root": "cache",
 }

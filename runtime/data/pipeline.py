@@ -87,6 +87,21 @@ def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: 
     return prepared
 
 
+def find_prepared(spec: Any, *, cache_dir: str | os.PathLike | None = None) -> PreparedData | None:
+    """The spec's prepared data where the cache already holds it, else None; builds nothing.
+    Raises DataError where the sources cannot be read (the fingerprint hashes their contents)."""
+    base_dir = spec_base_dir(spec)
+    root = cache_root(cache_dir)
+    try:
+        readers = {name: open_source(name, source, base_dir) for name, source in spec.data.sources.items()}
+        entry = root / fingerprint(_fingerprint_parts(spec, readers, FileDigests(root), base_dir))
+        if not entry.is_dir() or not entry_is_complete(entry):
+            return None
+        return open_entry(entry, document_masking=spec.data.packing.document_masking)
+    except OSError as error:
+        raise _io_error(error, root) from None
+
+
 def open_entry(entry: Path, *, document_masking: bool = False, cache_hit: bool = True) -> PreparedData:
     """Open a complete cache entry (a folder written by prepare)."""
     meta = json.loads((entry / "meta.json").read_text())

@@ -4,8 +4,9 @@
     tabula export RUN_DIR --format hf --out DIR    the newest checkpoint of a run
 
 --format hf writes config.json, model.safetensors and the tokenizer (tokenizer.json,
-tokenizer_config.json) where there is one, so that transformers' AutoModelForCausalLM and
-AutoTokenizer load DIR offline: as Llama (MHA/GQA/MQA, RoPE, RMSNorm, SwiGLU), Mistral (the
+tokenizer_config.json) where there is one (a spec's tokenizer file, a run's tokenizer.json, or
+what `tabula prepare SPEC` trained, from the token cache), so that transformers'
+AutoModelForCausalLM and AutoTokenizer load DIR offline: as Llama (MHA/GQA/MQA, RoPE, RMSNorm, SwiGLU), Mistral (the
 same with a sliding window) or DeepSeek-V3 (MLA with latent norms). A model with no equivalent
 there is refused with what does not map, before anything is written.
 
@@ -28,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SPEC|RUN_DIR", help="a spec file (seed-initialised weights) or a run directory (its newest checkpoint)")
     parser.add_argument("overrides", nargs="*", metavar="a.b=v", help="overrides for a spec, e.g. model.n_layers=2 (values are YAML)")
     parser.add_argument("--format", choices=["hf"], default="hf", help="hf: Hugging Face transformers (the only format so far)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (created; files in it are replaced)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write: new or empty (created where absent)")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out: the exported files are replaced, a tokenizer left by an earlier export is removed")
 
 
 def find_weights(run_dir: Path) -> Path | None:
@@ -80,7 +82,47 @@ def _read_source(source: Path, overrides: list[str]):
     if spec.data.tokenizer.kind == "file":
         path = Path(spec.base_dir) / spec.data.tokenizer.path  # an absolute path stays itself
         tokenizer_json = path.read_text(encoding="utf-8") if path.is_file() else None
+    else:
+        tokenizer_json = _prepared_tokenizer(spec, source)
     return spec, None, tokenizer_json
+
+
+def _prepared_tokenizer(spec, source: Path) -> str | None:
+    """A trained (or hub) tokenizer from the token cache, where `tabula prepare` made it; else None, said on stderr."""
+    from tabula.runtime.data import DataError, find_prepared
+
+    try:
+        prepared = find_prepared(spec)
+    except DataError as error:
+        sys.stderr.write(f"tabula export: no tokenizer written: {error}\n")
+        return None
+    if prepared is None:
+        sys.stderr.write(f"tabula export: no tokenizer written: its data is not prepared yet (tabula prepare {source} makes it)\n")
+        return None
+    return prepared.tokenizer_json
+
+
+# Files an earlier export may have left that would not fit the new model (a stale tokenizer).
+STALE_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an --out that is a file, or a non-empty folder without --force (an earlier export's
+    tokenizer would silently stay beside other weights)."""
+    if out.exists() and not out.is_dir():
+        raise _BadInput(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise _BadInput(f"--out {out}: the folder is not empty; choose a new one, or add --force to replace the export in it")
+
+
+def _write(out: Path, write) -> list[str]:
+    """Run `write()` into `out`, turning file system errors into one line naming the folder."""
+    try:
+        for name in STALE_FILES:
+            (out / name).unlink(missing_ok=True)
+        return write()
+    except OSError as error:
+        raise _BadInput(f"--out {out}: cannot write {error.filename or ''}: {error.strerror or error}") from None
 
 
 def _vocab_size(spec, tokenizer_json: str | None) -> int:
@@ -113,18 +155,20 @@ def run(args) -> int:
     from tabula.compiler import build_model
     from tabula.compiler.hf import ExportError, hf_architecture, hf_problems, write_hf
 
+    out = Path(args.out)
     try:
         spec, weights, tokenizer_json = _read_source(Path(args.source), args.overrides)
         problems = hf_problems(spec.model)  # refused before any weights are read or made
         if problems:
             raise ExportError(problems)
+        _check_out(out, args.force)
         if weights is None:
             model = build_model(spec, vocab_size=_vocab_size(spec, tokenizer_json), device="cpu")  # seed-initialised
         else:
             model = _trained_model(spec, weights)
         token = spec.data.tokenizer
-        written = write_hf(args.out, spec.model, model.state_dict(), model.vocab_size,
-                           tokenizer_json=tokenizer_json, eos_token=token.eos_token, pad_token=token.pad_token)
+        written = _write(out, lambda: write_hf(out, spec.model, model.state_dict(), model.vocab_size, tokenizer_json=tokenizer_json,
+                                               eos_token=token.eos_token, pad_token=token.pad_token))
     except _Reported:
         return 2
     except _BadInput as error:

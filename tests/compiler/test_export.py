@@ -113,3 +113,43 @@ def test_spec_errors_are_printed_and_overrides_apply(tmp_path, capsys):
     assert "model.n_layers" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["export", str(tmp_path / "tiny.yaml"), "model.n_layers=1", "--out", str(tmp_path / "hf")]) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 1
+
+
+def test_out_must_be_new_or_empty_unless_forced(tmp_path, capsys):
+    write_spec(tmp_path / "tiny.yaml")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "tokenizer.json").write_text("{}")  # left by an earlier export of another model
+    assert main(["export", str(tmp_path / "tiny.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out}: the folder is not empty" in err and "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "tokenizer.json"]
+    assert main(["export", str(tmp_path / "tiny.yaml"), "--out", str(out), "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    (tmp_path / "a-file").write_text("")
+    assert main(["export", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a folder" in err and "Traceback" not in err
+
+
+def test_spec_with_a_trained_tokenizer_exports_it_from_the_token_cache(tmp_path, capsys, tabula_cache):
+    from tabula.runtime.data import prepare
+    from tabula.schemas.loader import load_spec
+
+    (tmp_path / "corpus").mkdir()
+    for index in range(8):
+        (tmp_path / "corpus" / f"{index}.txt").write_text(f"document {index} " + "words in a small corpus " * 30)
+    raw = copy.deepcopy(BASE)
+    raw["model"]["vocab_size"] = "auto"
+    raw["data"] = {"tokenizer": {"kind": "bpe", "vocab_size": 280, "min_frequency": 1},
+                   "sources": {"text": {"kind": "files", "paths": ["corpus/*.txt"]}}, "validation": {"fraction": 0}}
+    YAML(typ="safe").dump(raw, tmp_path / "bpe.yaml")
+    assert main(["export", str(tmp_path / "bpe.yaml"), "--out", str(tmp_path / "before")]) == 0
+    assert "no tokenizer written: its data is not prepared yet (tabula prepare" in capsys.readouterr().err
+    assert not (tmp_path / "before" / "tokenizer.json").exists()
+    prepared = prepare(load_spec(tmp_path / "bpe.yaml"))
+    assert main(["export", str(tmp_path / "bpe.yaml"), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").read_text() == prepared.tokenizer_json
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer.eos_token_id == prepared.eos_id and len(tokenizer) == 280

@@ -338,3 +338,26 @@ def test_a_source_with_no_documents_says_why(tmp_path, tabula_cache):
     with pytest.raises(DataError, match=r"no documents \(1 file read, all empty: .*empty.parquet\)"):
         prepare(make_spec({"sources": {"pq": {"kind": "files", "paths": [str(tmp_path / "empty.parquet")], "format": "parquet"}}}))
     assert not [p for p in tabula_cache.iterdir() if p.is_dir()]
+
+
+def test_tokenizer_hash_is_the_same_in_another_process(corpus, tmp_path):
+    """Python's and Rust's hash seeds differ from process to process: the trained tokenizer must not."""
+    import subprocess
+    import sys
+
+    folder, _ = corpus
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from data_helpers import make_spec; from tabula.runtime.data import prepare;"
+        "tokenizer = {'kind': sys.argv[2], 'vocab_size': 280, 'min_frequency': 1};"
+        "spec = make_spec({'sources': {'corpus': {'kind': 'files', 'paths': [sys.argv[3]]}}, 'tokenizer': tokenizer});"
+        "print(prepare(spec, cache_dir=sys.argv[4]).tokenizer_hash)"
+    )
+    for kind in ("bpe", "unigram"):
+        tokenizer = {"kind": kind, "vocab_size": 280, "min_frequency": 1}
+        here = prepare(files_spec(folder, tokenizer=tokenizer), cache_dir=tmp_path / f"here-{kind}")
+        there = subprocess.run(
+            [sys.executable, "-c", script, os.path.dirname(__file__), kind, str(folder / "*.txt"), str(tmp_path / f"there-{kind}")],
+            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True,
+        )
+        assert there.stdout.strip() == here.tokenizer_hash

@@ -49,7 +49,11 @@ def test_activation_checkpointing_marks_blocks_and_leaves_gradients_unchanged(po
     loss, reference = grads(model, ids)
     apply_activation_checkpointing(model, policy, every_n=2)
     assert [block.checkpoint_activations for block in model.blocks] == expected
+    calls = [0] * len(model.blocks)
+    for index, block in enumerate(model.blocks):
+        block.attn_norm.register_forward_pre_hook(lambda *args, index=index: calls.__setitem__(index, calls[index] + 1))
     loss2, checkpointed = grads(model, ids)
+    assert calls == [2 if marked else 1 for marked in expected]  # a checkpointed block runs again in backward
     torch.testing.assert_close(loss2, loss)
     for name in reference:
         torch.testing.assert_close(checkpointed[name], reference[name])

@@ -86,24 +86,44 @@ def test_document_ids_keep_attention_inside_documents(attention):
     assert not torch.allclose(plain[:, 6:], a[:, 6:])  # without document ids, document 0 leaks in
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"position": {"kind": "learned"}, "block": {"norm": {"kind": "layernorm"}, "mlp": {"kind": "gelu", "hidden": 128}}},
-        {"position": {"kind": "none"}, "block": {"norm": {"kind": "layernorm", "bias": False}, "mlp": {"kind": "gelu", "hidden": 128, "bias": False}}},
-        {"block": {"attention": {"kind": "mha", "n_heads": 4, "qk_norm": True, "window": 4, "bias": True}}},
-        {"block": {"attention": {**MLA, "q_latent": None, "qk_norm": True, "v_head_dim": 12, "bias": True}}},
-        {"dropout": 0.1, "tie_embeddings": False},
-    ],
-    ids=["gpt2-like", "nope", "mha-qknorm-window", "mla-variants", "dropout-untied"],
-)
-def test_every_variant_trains_a_step(change):
+VARIANTS = {
+    "gpt2-like": {"position": {"kind": "learned"}, "block": {"norm": {"kind": "layernorm"}, "mlp": {"kind": "gelu", "hidden": 128}}},
+    "nope": {"position": {"kind": "none"},
+             "block": {"norm": {"kind": "layernorm", "bias": False}, "mlp": {"kind": "gelu", "hidden": 128, "bias": False}}},
+    "mha-qknorm-window": {"block": {"attention": {"kind": "mha", "n_heads": 4, "qk_norm": True, "window": 4, "bias": True}}},
+    "mla-variants": {"block": {"attention": {**MLA, "q_latent": None, "qk_norm": True, "v_head_dim": 12, "bias": True}}},
+    "dropout-untied": {"dropout": 0.1, "tie_embeddings": False},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_trains_a_step(variant):
+    change = VARIANTS[variant]
     model = build_model(tiny_spec(**change), device="cpu")
     ids = torch.randint(0, 97, (2, 16))
     _, loss = model(ids, ids)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # The variant is really built: the parameters its spec asks for, and none it rules out.
+    names = {name.removeprefix("blocks.0.") for name, _ in model.named_parameters() if not name.startswith("blocks.1.")}
+    present, absent = VARIANT_PARAMETERS[variant]
+    assert present <= names and not absent & names, (present - names, absent & names)
+    # Dropout draws in training only: two training forwards differ exactly when dropout > 0.
+    with torch.no_grad():
+        differ = not torch.equal(model(ids), model(ids))
+        assert differ == (change.get("dropout", 0.0) > 0)
+        model.eval()
+        assert torch.equal(model(ids), model(ids))
+
+
+VARIANT_PARAMETERS = {  # (names that must exist, names that must not), block 0's without its prefix
+    "gpt2-like": ({"pos_embed.weight", "attn_norm.bias", "mlp.up.bias", "norm.bias"}, {"mlp.gate.weight"}),
+    "nope": ({"mlp.up.weight"}, {"pos_embed.weight", "attn_norm.bias", "mlp.up.bias", "norm.bias", "mlp.gate.weight"}),
+    "mha-qknorm-window": ({"attn.q_norm.weight", "attn.k_norm.weight", "attn.q_proj.bias", "attn.o_proj.bias"}, {"mlp.up.bias"}),
+    "mla-variants": ({"attn.q_proj.weight", "attn.kv_down.bias", "attn.q_norm.weight"}, {"attn.q_down.weight", "attn.k_proj.weight"}),
+    "dropout-untied": ({"lm_head.weight", "embed.weight"}, set()),
+}
 
 
 def test_generate_is_greedy_and_crops_to_the_context():

@@ -32,9 +32,22 @@ def sharp(spec):
     return spec.model_copy(update={"model": spec.model.model_copy(update={"init": spec.model.init.model_copy(update={"std": 0.3})})})
 
 
+def perturb(model):
+    """Norm scales and biases away from their init (1 and 0): a swapped or dropped mapping of
+    either (attn_norm for mlp_norm, a q bias for a k bias) then changes the logits."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(torch.rand(param.shape, generator=generator) - 0.5)
+            elif "norm" in name:
+                param.copy_(torch.rand(param.shape, generator=generator) + 0.5)
+    return model
+
+
 def assert_same_logits(spec, seq_len=24):
     spec = sharp(spec)
-    model = build_model(spec, device="cpu").eval()
+    model = perturb(build_model(spec, device="cpu")).eval()
     hf = reference(spec, model)
     ids = torch.randint(0, model.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -71,6 +84,14 @@ def test_mistral_sliding_window_parity():
     spec = tiny_spec(block={"attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "window": 5}})
     hf = assert_same_logits(spec, seq_len=24)  # the window is far shorter than the sequence
     assert type(hf).__name__ == "MistralForCausalLM"
+    # ... and it matters: the same weights without the window give other logits.
+    ids = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(0))
+    windowed = perturb(build_model(sharp(spec), device="cpu")).eval()
+    full = build_model(sharp(tiny_spec()), device="cpu").eval()
+    full.load_state_dict(windowed.state_dict())
+    with torch.no_grad():
+        assert (windowed(ids)[:, 5:] - full(ids)[:, 5:]).abs().max() > 1e-2
+        torch.testing.assert_close(windowed(ids)[:, :5], full(ids)[:, :5])
 
 
 @pytest.mark.parametrize("q_latent", [24, None], ids=["q-latent", "direct-q"])
@@ -83,13 +104,11 @@ def test_deepseek_v3_mla_parity(q_latent):
         "rope_head_dim": 8,
         "v_head_dim": 12,
         "latent_norm": True,
+        "bias": q_latent is not None,  # DeepSeek-V3 has q/kv latent biases, not a direct query's
     }
     spec = sharp(tiny_spec(block={"attention": attention}, tie_embeddings=False))
     model = build_model(spec, device="cpu")
-    with torch.no_grad():  # latent norm scales away from 1, so a wrong mapping shows
-        for name, param in model.named_parameters():
-            if "latent_norm" in name:
-                param.uniform_(0.5, 1.5)
+    perturb(model)  # latent norm scales away from 1, so a wrong mapping shows
     hf = reference(spec, model)
     assert type(hf).__name__ == "DeepseekV3ForCausalLM"
     ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))

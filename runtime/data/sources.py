@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from tabula.schemas.data import FilesSource, HubSource, PythonStdlibSource
 
 from .errors import DataError
+from .tokenize_worker import die_with_parent
 
 Warn = Callable[[str], None]
 Digest = Callable[[Path], str]  # a file's content hash
@@ -120,7 +121,7 @@ class StdlibReader:
             return
         # Parsing docstrings is most of the reading time: files go to worker processes, in order.
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with context.Pool(workers) as pool:
+        with context.Pool(workers, initializer=die_with_parent) as pool:
             for documents in pool.imap(read, self.files, chunksize=8):
                 yield from documents
 

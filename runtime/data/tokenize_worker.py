@@ -3,17 +3,36 @@ so only offsets and finished tokens cross the process boundary. Imports numpy an
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 
 import numpy as np
 
 _worker: dict = {}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a worker process: end quietly when the main process dies (kill -9, the OOM killer)
+    instead of finishing its task and printing a broken-pipe traceback. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
 
 
 def start(tokenizer_json: str, eos_id: int, dtype: str, in_worker: bool = True) -> None:
     """Initialise this process's tokenizer; in a worker process single-threaded (the parallelism
     is the processes), in the main process (in_worker=False) left to use its own threads."""
     if in_worker:
+        die_with_parent()
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 

@@ -361,3 +361,32 @@ def test_tokenizer_hash_is_the_same_in_another_process(corpus, tmp_path):
             capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True,
         )
         assert there.stdout.strip() == here.tokenizer_hash
+
+
+def test_worker_processes_end_with_a_killed_prepare(tmp_path):
+    """kill -9 (or the OOM killer) on prepare: its workers end too, quietly, not minutes later with a traceback."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import multiprocessing, os, time;"
+        "from tabula.runtime.data.tokenize_worker import die_with_parent;"
+        "pool = multiprocessing.get_context('fork').Pool(1, initializer=die_with_parent);"
+        "pool.apply_async(time.sleep, (60,)); time.sleep(0.5);"
+        "print(pool._pool[0].pid, flush=True); os._exit(0)"  # the parent dies without closing its pool
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    worker = int(child.stdout)
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                return handle.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(worker) and "Traceback" not in child.stderr

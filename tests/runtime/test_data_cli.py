@@ -62,3 +62,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tabula_cache):
     assert main(["prepare", str(spec), "data.tokenizer.vocab_size=60000"]) == 2
     assert "supports only" in capsys.readouterr().err
 
+
+
+def test_a_cache_dir_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    for cache in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        assert main(["prepare", str(spec), "--cache-dir", str(cache)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(cache) in err and "Traceback" not in err

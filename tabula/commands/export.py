@@ -82,8 +82,6 @@ def _read_source(source: Path, overrides: list[str]):
     if spec.data.tokenizer.kind == "file":
         path = Path(spec.base_dir) / spec.data.tokenizer.path  # an absolute path stays itself
         tokenizer_json = path.read_text(encoding="utf-8") if path.is_file() else None
-    else:
-        tokenizer_json = _prepared_tokenizer(spec, source)
     return spec, None, tokenizer_json
 
 
@@ -162,6 +160,8 @@ def run(args) -> int:
         if problems:
             raise ExportError(problems)
         _check_out(out, args.force)
+        if weights is None and spec.data.tokenizer.kind != "file":
+            tokenizer_json = _prepared_tokenizer(spec, Path(args.source))
         if weights is None:
             model = build_model(spec, vocab_size=_vocab_size(spec, tokenizer_json), device="cpu")  # seed-initialised
         else:

@@ -145,6 +145,8 @@ def test_spec_with_a_trained_tokenizer_exports_it_from_the_token_cache(tmp_path,
     raw["data"] = {"tokenizer": {"kind": "bpe", "vocab_size": 280, "min_frequency": 1},
                    "sources": {"text": {"kind": "files", "paths": ["corpus/*.txt"]}}, "validation": {"fraction": 0}}
     YAML(typ="safe").dump(raw, tmp_path / "bpe.yaml")
+    assert main(["export", str(tmp_path / "bpe.yaml"), "model.block.norm.kind=layernorm", "--out", str(tmp_path / "no")]) == 2
+    assert "tokenizer" not in capsys.readouterr().err  # a model that cannot map is refused first, and only that is said
     assert main(["export", str(tmp_path / "bpe.yaml"), "--out", str(tmp_path / "before")]) == 0
     assert "no tokenizer written: its data is not prepared yet (tabula prepare" in capsys.readouterr().err
     assert not (tmp_path / "before" / "tokenizer.json").exists()

@@ -80,12 +80,17 @@ class Spool:
                 start = end
 
 
+def shard_file(stem: Path, suffix: str) -> Path:
+    """`<stem>.<suffix>`: appended, never replacing a suffix (source names may hold dots: web.en)."""
+    return stem.with_name(f"{stem.name}.{suffix}")
+
+
 class ShardWriter:
     """Appends token chunks to `<stem>.tokens` and document ends to `<stem>.docs`."""
 
     def __init__(self, stem: Path):
-        self.tokens = stem.with_suffix(".tokens").open("wb")
-        self.docs = stem.with_suffix(".docs").open("wb")
+        self.tokens = shard_file(stem, "tokens").open("wb")
+        self.docs = shard_file(stem, "docs").open("wb")
         self.n_tokens = 0
         self.n_documents = 0
 
@@ -123,7 +128,7 @@ class TokenShard:
         if suffix not in self._maps:
             # A plain ndarray view of the map: still paged in lazily, without np.memmap's slicing overhead.
             self._maps[suffix] = (
-                np.memmap(self.stem.with_suffix("." + suffix), dtype=dtype, mode="r", shape=(count,)).view(np.ndarray)
+                np.memmap(shard_file(self.stem, suffix), dtype=dtype, mode="r", shape=(count,)).view(np.ndarray)
                 if count else np.zeros(0, dtype)
             )
         return self._maps[suffix]

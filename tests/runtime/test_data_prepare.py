@@ -390,3 +390,15 @@ def test_worker_processes_end_with_a_killed_prepare(tmp_path):
     while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(worker) and "Traceback" not in child.stderr
+
+
+def test_source_names_with_dots_keep_their_own_shards(tmp_path, tabula_cache):
+    rng = np.random.default_rng(8)
+    english, french = [document(rng) for _ in range(5)], [document(rng, 30) for _ in range(4)]
+    sources = {"web.en": {"kind": "files", "paths": [str(write_texts(tmp_path / "en", english) / "*.txt")]},
+               "web.fr": {"kind": "files", "paths": [str(write_texts(tmp_path / "fr", french) / "*.txt")]}}
+    spec = make_spec({"sources": sources, "validation": {"fraction": 0}})
+    prepared = prepare(spec)
+    assert sorted(documents_of(prepared.train["web.en"], prepared.tokenizer, prepared.eos_id)) == sorted(english)
+    assert sorted(documents_of(prepared.train["web.fr"], prepared.tokenizer, prepared.eos_id)) == sorted(french)
+    assert prepare(spec).cache_hit  # complete as written: the second prepare finds it

@@ -12,6 +12,20 @@ from data_helpers import document, make_spec, write_texts
 from tabula.runtime.data import DataError, prepare, terminal_progress
 
 
+@pytest.fixture(autouse=True)
+def hub_offline(monkeypatch):
+    """huggingface_hub and datasets read HF_HUB_OFFLINE once, when imported: where another test
+    module imported them at collection, before conftest set it, patch what they read (else each
+    offline test waits ~24 s on network retries)."""
+    import sys
+
+    if "huggingface_hub.constants" in sys.modules:
+        monkeypatch.setattr(sys.modules["huggingface_hub.constants"], "HF_HUB_OFFLINE", True)
+    if "datasets.config" in sys.modules:
+        monkeypatch.setattr(sys.modules["datasets.config"], "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(sys.modules["datasets.config"], "HF_DATASETS_OFFLINE", True)
+
+
 def test_hub_source_offline_is_a_clear_error(tabula_cache):
     spec = make_spec({"sources": {"web": {"kind": "hub", "name": "no-such-org/no-such-dataset"}}})
     with pytest.raises(DataError) as error:

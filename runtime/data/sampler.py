@@ -105,12 +105,18 @@ class Sampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where `state` (from state_dict) stopped. Raises DataError when it was
         saved for other data, another seed, or stages whose sequence lengths tile other blocks."""
+        if not isinstance(state, dict):
+            raise DataError(f"the sampler state is not a mapping but {type(state).__name__}")
         mine = {"fingerprint": self.prepared.fingerprint, "seed": self.seed, "block": self.block}
         differ = [f"{key} {state.get(key)} (now {value})" for key, value in mine.items() if state.get(key) != value]
         if differ:
             raise DataError(f"the sampler state is for other data or another curriculum: {', '.join(differ)}")
-        self.tokens = int(state["tokens"])
-        self.cursors = {name: int(state["cursors"].get(name, 0)) for name in self.sources}
+        try:
+            tokens = int(state["tokens"])
+            cursors = {name: int(state["cursors"].get(name, 0)) for name in self.sources}
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # a damaged or hand-edited state.json
+            raise DataError(f"the sampler state is damaged ({type(error).__name__}: {error}): tokens and cursors are needed") from None
+        self.tokens, self.cursors = tokens, cursors
 
     # ------------------------------------------------------------ windows
 

@@ -102,6 +102,11 @@ def test_save_and_restore_give_identical_next_batches(two_sources):
     assert not torch.equal(Sampler(two_sources, stages, seed=43).next_batch(8, 16).input_ids, first.input_ids)
     with pytest.raises(DataError, match="seed 42 \\(now 7\\)"):
         Sampler(two_sources, stages, seed=7).load_state_dict(state)
+    for damaged in ({**state, "tokens": "many"}, {k: v for k, v in state.items() if k != "cursors"}, [state]):
+        kept = Sampler(two_sources, stages, seed=42)
+        with pytest.raises(DataError, match="sampler state"):
+            kept.load_state_dict(damaged)
+        assert kept.tokens == 0 and set(kept.cursors.values()) == {0}  # unchanged by a refused state
 
 
 def test_document_ids_number_documents_within_a_row(two_sources):

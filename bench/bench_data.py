@@ -18,14 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model_tokens_per_s(spec, vocab_size: int, micro_batch: int, seq_len: int, steps: int = 2) -> tuple[float, str]:
-    try:
-        from tabula.compiler import build_model
+    from tabula.compiler import build_model
 
-        model = build_model(spec, vocab_size=vocab_size).materialize("cpu", spec.seed)
-        what = "tabula.compiler.build_model (quickstart, eager fp32)"
-    except ImportError:
-        model = torch.nn.Sequential(torch.nn.Embedding(vocab_size, 256), torch.nn.Linear(256, vocab_size))
-        what = "a torch stand-in (build_model missing)"
+    model = build_model(spec, vocab_size=vocab_size).materialize("cpu", spec.seed)
+    what = "tabula.compiler.build_model (quickstart, eager fp32)"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.randint(0, vocab_size, (micro_batch, seq_len + 1))
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
+from tabula.schemas.errors import SpecErrors
+from tabula.schemas.yaml_source import read_yaml
 
 SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"  # the repository's example specs and presets
 DEFAULT_START = "quickstart"
@@ -36,12 +37,12 @@ def load_start(name: str, *, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = find_spec(name).resolve()
     if path in _seen:
         raise SourceError(f"extends loops back to {path}")
-    try:
-        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-    except Exception as error:  # noqa: BLE001 - a YAML or I/O error, reported as one line
-        raise SourceError(f"cannot read {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise SourceError(f"{path} does not hold a mapping (a spec)")
+    try:  # the spec language's own reader: safe, and its errors say file:line:column
+        data = read_yaml(path, shown_as=name if Path(name).is_file() else str(path)).data
+    except SpecErrors as raised:
+        first = raised.errors[0]
+        where = ":".join(str(part) for part in (first.file, first.line, first.column) if part is not None)
+        raise SourceError(f"{where}: {first.message}") from None
     base = data.pop("extends", None)
     if base is None:
         return data

@@ -28,7 +28,8 @@ def run(args) -> int:
         sys.stderr.write(f"tabula new: error: {args.output} is a directory; -o takes a file name, e.g. "
                          f"{args.output / 'experiment.yaml'}\n")
         return 2
-    start = args.start or (str(args.output) if args.output is not None and args.output.is_file() else DEFAULT_START)
+    given = args.output is not None and args.output.is_file() and args.output.stat().st_size > 0  # an empty file: a place to write
+    start = args.start or (str(args.output) if given else DEFAULT_START)
     try:
         data = load_start(start)
     except SourceError as error:

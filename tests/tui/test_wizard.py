@@ -248,3 +248,18 @@ def test_new_refuses_a_folder_as_its_output(tmp_path, capsys):
 
     assert main(["new", "-o", str(tmp_path)]) == 2
     assert f"{tmp_path} is a directory; -o takes a file name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("name: x\nmodel: {d_model: 3\n", "bad.yaml:3:1: YAML syntax error"),
+    ("seed: 1\nseed: 2\n", "bad.yaml:2:1: duplicate key 'seed'"),
+    ("just text\n", "bad.yaml:1:1: a spec is a mapping of keys"),
+])
+def test_a_start_that_cannot_be_read_says_where(tmp_path, monkeypatch, text, says):
+    from tabula.tui.spec_source import SourceError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(SourceError) as raised:
+        load_start("bad.yaml")
+    assert str(raised.value).startswith(says)

@@ -52,3 +52,7 @@ def specs_dir() -> Path:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# huggingface_hub and datasets read these once, when first imported (possibly at collection):
+# set them before any test module imports them, not only in the per-test fixture.
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")

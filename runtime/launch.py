@@ -97,7 +97,7 @@ def launch(args, spec) -> int:
 
     from .deepspeed_check import check_config
     from .reshard import ReshardError, prepare_resume
-    from .session import EXIT_BAD_INPUT, EXIT_RUN_FAILED, open_run, prepare_data, resume_changes, resume_target
+    from .session import EXIT_BAD_INPUT, EXIT_RUN_FAILED, open_run, prepare_data, resolve_resume
 
     world_size = args.nproc or spec.parallel.world_size
     hostfile = None
@@ -116,15 +116,10 @@ def launch(args, spec) -> int:
         _error(f"--nproc {world_size} runs DeepSpeed ranks: add parallel.backend=deepspeed "
                f"(and parallel.zero.stage=1|2|3 to shard state over the ranks)")
         return EXIT_BAD_INPUT
-    target = resume_target(args, spec)
-    if target is None:
+    resume = resolve_resume(args, spec)
+    if resume is None:
         return EXIT_BAD_INPUT
-    resume_run, checkpoint = target
-    changes: list[dict] = []
-    if resume_run is not None:
-        allowed, changes = resume_changes(spec, resume_run)
-        if not allowed:
-            return EXIT_BAD_INPUT
+    resume_run, checkpoint, changes = resume
     prepared = prepare_data(spec, args.cache_dir)  # fills the token cache once, before N ranks read it
     if prepared is None:
         return EXIT_BAD_INPUT

@@ -47,6 +47,21 @@ def resume_target(args, spec):
         return None
 
 
+def resolve_resume(args, spec):
+    """--resume -> (run or None, checkpoint or None, applied spec changes), or None after
+    printing why the resume is refused (bad target, incompatible spec change)."""
+    target = resume_target(args, spec)
+    if target is None:
+        return None
+    resume_run, checkpoint = target
+    changes: list[dict[str, Any]] = []
+    if resume_run is not None:
+        allowed, changes = resume_changes(spec, resume_run)
+        if not allowed:
+            return None
+    return resume_run, checkpoint, changes
+
+
 def resume_changes(spec, run) -> tuple[bool, list[dict[str, Any]]]:
     """Compare `spec` with the run's resolved spec. Prints the changes; returns (allowed, changes as
     JSON-able dicts). Incompatible changes are printed with the reason and refused."""
@@ -169,15 +184,10 @@ def run_local(args, spec) -> int:
     from .engine import pick_device
     from .loop import train
 
-    target = resume_target(args, spec)
-    if target is None:
+    resume = resolve_resume(args, spec)
+    if resume is None:
         return EXIT_BAD_INPUT
-    resume_run, checkpoint = target
-    changes: list[dict] = []
-    if resume_run is not None:
-        allowed, changes = resume_changes(spec, resume_run)
-        if not allowed:
-            return EXIT_BAD_INPUT
+    resume_run, checkpoint, changes = resume
     prepared = prepare_data(spec, args.cache_dir)
     if prepared is None:
         return EXIT_BAD_INPUT

@@ -130,6 +130,8 @@ def child_command(args, spec) -> tuple[list[str] | None, Path | None]:
         argv += ["--max-steps", str(args.max_steps)]
     if args.cache_dir:
         argv += ["--cache-dir", args.cache_dir]
+    if args.nproc:  # the child launches the DeepSpeed ranks itself
+        argv += ["--nproc", str(args.nproc)]
     if args.resume:
         target = resume_target(args, spec)
         if target is None:

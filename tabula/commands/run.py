@@ -44,29 +44,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tabula.runtime.session import EXIT_BAD_INPUT, load_run_spec, run_local
+    from tabula.runtime.session import EXIT_BAD_INPUT, load_run_spec
 
     spec = load_run_spec(args.spec, args.overrides)
     if spec is None:
         return EXIT_BAD_INPUT
     world_size = args.nproc or spec.parallel.world_size
-    if world_size > 1 or spec.parallel.backend == "deepspeed":
+    distributed = world_size > 1 or spec.parallel.backend == "deepspeed"
+    refused = world_size > 1 and spec.parallel.backend != "deepspeed"  # launch() says why, before any dashboard
+    if not args.headless and not refused and sys.stdout.isatty():
+        return _with_dashboard(args, spec, distributed)
+    return _train_here(args, spec, distributed)
+
+
+def _train_here(args: argparse.Namespace, spec, distributed: bool) -> int:
+    """Train in this process (local), or launch and watch the DeepSpeed ranks from it."""
+    if distributed:
         from tabula.runtime.launch import launch
 
         return launch(args, spec)
-    if not args.headless and sys.stdout.isatty():
-        return _with_dashboard(args, spec)
+    from tabula.runtime.session import run_local
+
     return run_local(args, spec)
 
 
-def _with_dashboard(args: argparse.Namespace, spec) -> int:
-    """The training in its own process (headless, at a known run folder), the dashboard beside it."""
+def _with_dashboard(args: argparse.Namespace, spec, distributed: bool) -> int:
+    """The training in its own process (headless, at a known run folder), the dashboard beside it.
+    For DeepSpeed the child is `tabula run --headless --nproc N`, which launches the ranks itself."""
     try:
         from tabula.tui.launch import run_with_dashboard
-    except ImportError:
-        from tabula.runtime.session import run_local
-
-        return run_local(args, spec)
+    except ImportError:  # textual missing: progress lines here, as --headless would
+        return _train_here(args, spec, distributed)
     from tabula.runtime.session import EXIT_BAD_INPUT, child_command
 
     command, run_dir = child_command(args, spec)

@@ -85,3 +85,35 @@ def test_control_requests_appear_whole_and_only_known_names(tmp_path):
         assert "stop, checkpoint, eval" in str(error)
     else:
         raise AssertionError("an unknown request was accepted")
+
+
+def _run_command(argv, monkeypatch, *, tty: bool):
+    """`tabula run ARGV` with stdout a terminal or not; returns what it started (dashboard or here)."""
+    import argparse
+
+    from tabula.commands import run as run_command
+
+    started = []
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    monkeypatch.setattr(launch, "run_with_dashboard", lambda command, run_dir: started.append(("dashboard", command, run_dir)) or 0)
+    monkeypatch.setattr("tabula.runtime.launch.launch", lambda args, spec: started.append(("launch", args.nproc)) or 0)
+    monkeypatch.setattr("tabula.runtime.session.run_local", lambda args, spec: started.append(("local",)) or 0)
+    parser = argparse.ArgumentParser()
+    run_command.add_arguments(parser)
+    assert run_command.run(parser.parse_args(argv)) == 0
+    return started
+
+
+def test_a_deepspeed_run_in_a_terminal_opens_the_dashboard_on_a_child_that_launches_the_ranks(specs_dir, tmp_path, monkeypatch):
+    argv = [str(specs_dir / "quickstart.yaml"), "parallel.backend=deepspeed", "--nproc", "2", "--run-dir", str(tmp_path / "r")]
+    [(what, command, run_dir)] = _run_command(argv, monkeypatch, tty=True)
+    assert what == "dashboard" and run_dir == tmp_path / "r"
+    assert command[command.index("run") + 1:] == [*argv[:2], "--headless", "--nproc", "2", "--run-dir", str(tmp_path / "r")]
+    assert _run_command(argv + ["--headless"], monkeypatch, tty=True) == [("launch", 2)]  # unchanged
+    assert _run_command(argv, monkeypatch, tty=False) == [("launch", 2)]
+
+
+def test_ranks_without_deepspeed_are_refused_before_any_dashboard(specs_dir, monkeypatch):
+    # launch() prints why (--nproc 2 needs parallel.backend=deepspeed); no dashboard on a child that would fail
+    assert _run_command([str(specs_dir / "quickstart.yaml"), "--nproc", "2"], monkeypatch, tty=True) == [("launch", 2)]
+    assert _run_command([str(specs_dir / "quickstart.yaml")], monkeypatch, tty=False) == [("local",)]

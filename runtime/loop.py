@@ -141,7 +141,9 @@ class Trainer:
         p.step, p.tokens = state["step"], state["tokens"]
         p.best_val_loss, p.val_loss, p.val_step = state.get("best_val_loss"), state.get("val_loss"), state.get("val_step")
         if data_too:
-            self.sampler.load_state_dict(state["sampler"])
+            note = self.sampler.load_state_dict(state["sampler"])
+            if note:
+                self.log("warning", note)
         self.last_checkpoint, self.last_checkpoint_step = checkpoint, p.step
 
     def checkpoint(self) -> Path | None:

@@ -9,6 +9,11 @@ sequence, the stage's mixture picks the source from a hash of (seed, fingerprint
 Windows are read as seq_len + 1 contiguous tokens (inputs, and targets shifted by one); the
 stream is circular, so every token of an epoch is read once and at most block - 1 twice. A
 cursor left mid-block by a seq_len change makes one window that spans two blocks.
+
+A resumed run whose curriculum tiles other blocks (a stage added, dropped or given another
+seq_len) keeps each source's current epoch in the order it started, then continues in the new
+tiling: a source's history is a list of segments (first cursor, first epoch, block), saved with
+the state, so resuming again replays the same order.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ class Sampler:
         self.key = _mix(np.uint64(int(prepared.fingerprint[:16], 16)) ^ _mix(np.uint64(seed)))
         self.tokens = 0
         self.cursors = {name: 0 for name in self.sources}
-        self._permutations: dict[str, tuple[int, np.ndarray]] = {}
+        # Each source's (first cursor, first epoch, block) segments; the last one is open-ended.
+        self.segments = {name: [(0, 0, self.block)] for name in self.sources}
+        self._permutations: dict[str, tuple[int, int, np.ndarray]] = {}
 
     # ------------------------------------------------------------ the public contract
 
@@ -77,12 +84,9 @@ class Sampler:
         rows = np.empty((n_sequences, seq_len + 1), dtype=np.int64)
         for row, pick in enumerate(picks.tolist()):
             name = names[min(pick, len(names) - 1)]
-            cursor, length = self.cursors[name], self.lengths[name]
-            blocks = -(-length // self.block)
-            epoch, offset = divmod(cursor, blocks * self.block)
-            block, within = divmod(offset, self.block)
-            start = int(self._permutation(name, epoch, blocks)[block]) * self.block + within
-            if within + seq_len <= self.block and start + seq_len < length:  # the usual case: one slice
+            cursor = self.cursors[name]
+            start, left = self._locate(name, cursor)
+            if seq_len <= left and start + seq_len < self.lengths[name]:  # the usual case: one slice
                 rows[row] = self.prepared.train[name].tokens[start : start + seq_len + 1]
             else:
                 rows[row] = self._window(name, cursor, seq_len)
@@ -100,23 +104,40 @@ class Sampler:
         return {
             "version": STATE_VERSION, "seed": self.seed, "fingerprint": self.prepared.fingerprint,
             "block": self.block, "tokens": self.tokens, "cursors": dict(self.cursors),
+            "segments": {name: [list(segment) for segment in segments] for name, segments in self.segments.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> str | None:
         """Continue exactly where `state` (from state_dict) stopped. Raises DataError when it was
-        saved for other data, another seed, or stages whose sequence lengths tile other blocks."""
+        saved for other data or another seed. Where the stages now tile other blocks, returns a
+        note saying how the order changes (None when it does not)."""
         if not isinstance(state, dict):
             raise DataError(f"the sampler state is not a mapping but {type(state).__name__}")
-        mine = {"fingerprint": self.prepared.fingerprint, "seed": self.seed, "block": self.block}
+        mine = {"fingerprint": self.prepared.fingerprint, "seed": self.seed}
         differ = [f"{key} {state.get(key)} (now {value})" for key, value in mine.items() if state.get(key) != value]
         if differ:
-            raise DataError(f"the sampler state is for other data or another curriculum: {', '.join(differ)}")
+            raise DataError(f"the sampler state is for other data: {', '.join(differ)}")
         try:
-            tokens = int(state["tokens"])
+            tokens, block = int(state["tokens"]), int(state["block"])
             cursors = {name: int(state["cursors"].get(name, 0)) for name in self.sources}
+            saved = state.get("segments", {})
+            segments = {
+                name: [tuple(int(x) for x in segment) for segment in saved.get(name, [(0, 0, block)])] for name in self.sources
+            }
+            if block < 1 or any(not s or s[0][:2] != (0, 0) or any(len(x) != 3 or x[2] < 1 for x in s) for s in segments.values()):
+                raise ValueError("segments must start at cursor 0, epoch 0, with positive blocks")
         except (KeyError, TypeError, ValueError, AttributeError) as error:  # a damaged or hand-edited state.json
             raise DataError(f"the sampler state is damaged ({type(error).__name__}: {error}): tokens and cursors are needed") from None
-        self.tokens, self.cursors = tokens, cursors
+        note = None
+        if block != self.block:
+            for name in self.sources:
+                start = self._epoch_end(name, cursors[name], segments[name])
+                segments[name] = [s for s in segments[name] if s[0] < start[0]] + [start + (self.block,)]
+            note = (f"the curriculum's sequence lengths now tile blocks of {self.block} tokens (were {block}): each source "
+                    "finishes its current epoch in the order it started, then continues in a new order")
+        self.tokens, self.cursors, self.segments = tokens, cursors, segments
+        self._permutations.clear()
+        return note
 
     # ------------------------------------------------------------ windows
 
@@ -125,16 +146,35 @@ class Sampler:
         bits = _mix(positions.astype(np.uint64) ^ self.key)
         return (bits >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
+    def _segment(self, name: str, cursor: int) -> tuple[int, int, int]:
+        """The (first cursor, first epoch, block) segment a source's cursor lies in."""
+        segments = self.segments[name]
+        return next((segment for segment in reversed(segments) if segment[0] <= cursor), segments[0])
+
+    def _locate(self, name: str, cursor: int) -> tuple[int, int]:
+        """Where a source's cursor reads: (token index in the stream, tokens left in its block)."""
+        first_cursor, first_epoch, block = self._segment(name, cursor)
+        blocks = -(-self.lengths[name] // block)
+        epoch, offset = divmod(cursor - first_cursor, blocks * block)
+        index, within = divmod(offset, block)
+        start = int(self._permutation(name, first_epoch + epoch, blocks)[index]) * block + within
+        return start, block - within
+
+    def _epoch_end(self, name: str, cursor: int, segments: list[tuple[int, int, int]]) -> tuple[int, int]:
+        """(cursor, epoch) where the epoch that `cursor` is in ends (`cursor` itself at a boundary)."""
+        first_cursor, first_epoch, block = next(s for s in reversed(segments) if s[0] <= cursor)
+        epoch_tokens = -(-self.lengths[name] // block) * block
+        epochs = -(-(cursor - first_cursor) // epoch_tokens)  # whole epochs up to the boundary at or after cursor
+        return first_cursor + epochs * epoch_tokens, first_epoch + epochs
+
     def _window(self, name: str, cursor: int, seq_len: int) -> np.ndarray:
         """seq_len tokens from the cursor on, in epoch order, and the token that follows the last."""
         tokens, length = self.prepared.train[name].tokens, self.lengths[name]
-        blocks = math.ceil(length / self.block)
         parts, remaining = [], seq_len
         while True:
-            epoch, offset = divmod(cursor, blocks * self.block)
-            block, within = divmod(offset, self.block)
-            start = (int(self._permutation(name, epoch, blocks)[block]) * self.block + within) % length
-            take = min(remaining, self.block - within)
+            start, left = self._locate(name, cursor)
+            start %= length
+            take = min(remaining, left)
             if take == remaining and not parts:  # the usual case: the window lies inside one block
                 return _circular(tokens, start, seq_len + 1)
             parts.append(_circular(tokens, start, take))
@@ -148,12 +188,12 @@ class Sampler:
 
     def _permutation(self, name: str, epoch: int, blocks: int) -> np.ndarray:
         cached = self._permutations.get(name)
-        if cached is None or cached[0] != epoch:
+        if cached is None or cached[:2] != (epoch, blocks):
             index = self.sources.index(name)
             seed = [self.seed, int(self.prepared.fingerprint[:8], 16), index, epoch]
-            cached = (epoch, np.random.default_rng(seed).permutation(blocks).astype(np.int64))
+            cached = (epoch, blocks, np.random.default_rng(seed).permutation(blocks).astype(np.int64))
             self._permutations[name] = cached
-        return cached[1]
+        return cached[2]
 
 
 def planned_epochs(prepared: PreparedData, stages: Sequence[Any]) -> dict[str, float]:

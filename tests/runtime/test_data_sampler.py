@@ -109,6 +109,40 @@ def test_save_and_restore_give_identical_next_batches(two_sources):
         assert kept.tokens == 0 and set(kept.cursors.values()) == {0}  # unchanged by a refused state
 
 
+def test_a_curriculum_that_tiles_other_blocks_finishes_the_epoch_in_order_then_retiles(two_sources):
+    """A resumed run may add a stage (seq_len 16 alone tiles blocks of 16; with 48, blocks of 48)."""
+    stream = np.asarray(two_sources.train["a"].tokens, dtype=np.int64)
+    old, new = one_stage({"a": 1.0}), [Stage(0, 0, 10**9, 16, {"a": 1.0}), Stage(1, 10**9, 2 * 10**9, 48, {"a": 1.0})]
+    blocks = -(-len(stream) // 16)
+    sampler = Sampler(two_sources, old, seed=9)
+    for _ in range(blocks // 3):
+        sampler.next_batch(1, 16)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    rest = [sampler.next_batch(1, 16).input_ids for _ in range(blocks - blocks // 3)]  # the rest of epoch 0
+
+    resumed = Sampler(two_sources, new, seed=9)
+    note = resumed.load_state_dict(state)
+    assert note is not None and "blocks of 48 tokens (were 16)" in note
+    assert all(torch.equal(resumed.next_batch(1, 16).input_ids, expected) for expected in rest)  # epoch 0 unchanged
+    assert resumed.cursors["a"] == blocks * 16
+    # Epoch 1 in the new tiling: blocks of 48 in a permutation, every token once (the wrap excepted).
+    blocks48 = -(-len(stream) // 48)
+    epoch1 = np.concatenate([resumed.next_batch(1, 16).input_ids.numpy().ravel() for _ in range(blocks48 * 3)])
+    expected = np.concatenate([stream, stream[: blocks48 * 48 - len(stream)]])
+    assert np.array_equal(np.bincount(epoch1, minlength=400), np.bincount(expected, minlength=400))
+    assert not np.array_equal(epoch1[:48], stream[:48]) or not np.array_equal(epoch1[48:96], stream[48:96])
+
+    # Resuming again from mid-old-epoch replays the same order (the segments travel with the state).
+    again = Sampler(two_sources, new, seed=9)
+    again.load_state_dict(state)
+    midway = json.loads(json.dumps(again.state_dict()))
+    replay = Sampler(two_sources, new, seed=9)
+    assert replay.load_state_dict(midway) is None  # same blocks now: no note
+    assert all(torch.equal(replay.next_batch(1, 16).input_ids, again.next_batch(1, 16).input_ids) for _ in range(blocks + 5))
+    with pytest.raises(DataError, match="damaged"):
+        Sampler(two_sources, new, seed=9).load_state_dict({**midway, "segments": {"a": [[5, 0, 48]]}})
+
+
 def test_document_ids_number_documents_within_a_row(two_sources):
     batch = Sampler(two_sources, one_stage({"a": 1.0}, seq_len=512), seed=0).next_batch(4, 512)
     ends = (batch.input_ids == two_sources.eos_id).long()

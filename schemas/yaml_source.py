@@ -59,7 +59,10 @@ def read_yaml(path: str | Path, *, shown_as: str | None = None, require_mapping:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecErrors([SpecError(f"no such file: {shown}", file=shown)]) from None
+        # `tabula validate spec.yaml model.n_layers` meant an override without its value
+        looks_like_path = "." in shown and not any(c in shown for c in "/\\") and not shown.endswith((".yaml", ".yml"))
+        suggestion = f"{shown}=VALUE" if looks_like_path else None
+        raise SpecErrors([SpecError(f"no such file: {shown}", file=shown, suggestion=suggestion)]) from None
     except IsADirectoryError:
         raise SpecErrors([SpecError(f"{shown} is a directory, not a spec file", file=shown)]) from None
     except UnicodeDecodeError as error:

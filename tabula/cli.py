@@ -37,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tabula {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.set_defaults(_parser=parser)
     for name in COMMANDS:
         module = importlib.import_module(f"tabula.commands.{name}")
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__ or module.HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
-        command.set_defaults(_module=module)
+        command.set_defaults(_module=module, _parser=command)  # errors show the command's own usage
     return parser
 
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [item for item in extra if item not in overrides]
     target = "overrides" if hasattr(args, "overrides") else "items" if hasattr(args, "items") else None
     if unknown or (overrides and target is None):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if overrides:
         setattr(args, target, [*getattr(args, target), *overrides])
     if args.command is None:

@@ -23,7 +23,14 @@ def test_unknown_flag_is_bad_input(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "specs/quickstart.yaml", "--no-such-flag"])
     assert exit_info.value.code == 2
-    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --no-such-flag" in err
+    assert err.startswith("usage: tabula validate")  # the command's own usage, not the top level's
+
+
+def test_a_dotted_path_without_a_value_suggests_an_override(specs_dir, capsys):
+    assert main(["validate", str(specs_dir / "quickstart.yaml"), "model.n_layers"]) == 2
+    assert "did you mean `model.n_layers=VALUE`?" in capsys.readouterr().err
 
 
 def test_overrides_after_a_flag_are_applied(specs_dir, capsys):

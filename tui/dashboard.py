@@ -20,7 +20,7 @@ from textual.widgets import Footer
 from . import control
 from .dialogs import LEAVE, STOP, ConfirmStop, QuitRun
 from .events import EventsReader
-from .state import RunState
+from .state import RunState, stop_signal
 from .widgets.event_log import EventLog
 from .widgets.metric_chart import MetricChart
 from .widgets.progress_panel import ProgressPanel
@@ -45,6 +45,8 @@ def output_log_path(run_dir: Path) -> Path:
 
 class Process(Protocol):
     def poll(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
 
 
 class DashboardScreen(Screen[str | None]):
@@ -183,7 +185,7 @@ class DashboardScreen(Screen[str | None]):
         for event in self.reader.read_new():
             self.state.apply(event)
         self.state.process_exited(code, now, str(self.output_log))
-        if code != 0:
+        if code != 0 and not stop_signal(code):
             for line in _tail(self.output_log, 8):
                 self.state.note(now, "error", line)
         return True
@@ -219,6 +221,18 @@ class DashboardScreen(Screen[str | None]):
     def action_evaluate(self) -> None:
         self._send("eval", "evaluation")
 
+    def _stop(self) -> None:
+        """Stop the run with a checkpoint: a control request once the run writes its folder. Before
+        its first event there may be no folder yet (and a file put there would make the runtime refuse
+        it as not empty), so a run this dashboard launched is sent SIGTERM instead: while it prepares
+        its data that ends it (nothing to checkpoint yet); once training it stops as `stop` would."""
+        if self.state.last_time is None and self.process is not None and self.run_active:
+            self.process.terminate()
+            self.state.note(self.clock(), "info", "stop requested before the run's first step: its process was asked to end")
+            self.query_one(EventLog).show(self.state)
+            return
+        self._send("stop", "stop with checkpoint")
+
     def action_stop(self) -> None:
         if not self.run_active:
             self._send("stop", "stop")
@@ -226,7 +240,7 @@ class DashboardScreen(Screen[str | None]):
 
         def answered(answer: str | None) -> None:
             if answer == STOP:
-                self._send("stop", "stop with checkpoint")
+                self._stop()
 
         self.app.push_screen(ConfirmStop(), answered)
 
@@ -237,7 +251,7 @@ class DashboardScreen(Screen[str | None]):
 
         def answered(answer: str | None) -> None:
             if answer == STOP:
-                self._send("stop", "stop with checkpoint")
+                self._stop()
                 self.dismiss(STOP)
             elif answer == LEAVE:
                 self.dismiss(LEAVE)

@@ -23,6 +23,7 @@ from .dashboard import output_log_path
 from .dialogs import LEAVE
 from .events import EventsReader
 from .format import format_count
+from .state import stop_signal
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED = 0, 2, 3
 DASHBOARD_NICE = 10  # the display yields the CPU to the training it shows
@@ -54,8 +55,8 @@ def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[s
       and returns its code) or leave it running in the background (returns 0 at once).
     - The run ending keeps the dashboard open on its final state until q.
     - If the dashboard fails, the error is printed and the run is followed with plain lines.
-    Exit codes: 0 the run finished or was stopped or left running; 2 the command refused its
-    input; 3 the run failed."""
+    Exit codes: 0 the run finished or was stopped (SIGTERM/SIGINT included) or left running; 2 the
+    command refused its input; 3 the run failed."""
     out = out or sys.stdout
     run_dir = Path(run_dir)
     log_path = output_log_path(run_dir)
@@ -137,6 +138,9 @@ def _finish(code: int | None, log_path: Path, out: TextIO, run_dir: Path | None 
             error = f": {end['error']}" if end.get("error") else ""
             out.write(f"tabula: run {end.get('reason')} at step {end.get('step')}{error}  ({run_dir}; tabula watch {run_dir})\n")
     if code == 0:
+        return EXIT_OK
+    if stop_signal(code):  # stopped (s, q then stop, or someone's kill): as a stop request, not a failure
+        out.write(f"tabula: the training process ended by {stop_signal(code)}; its output is in {log_path}\n")
         return EXIT_OK
     out.write(f"tabula: the training process exited with code {code}; its output is in {log_path}\n")
     return EXIT_BAD_INPUT if code == EXIT_BAD_INPUT else EXIT_RUN_FAILED

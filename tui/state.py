@@ -210,13 +210,16 @@ class RunState:
 
     def process_exited(self, code: int, time: float, log_path: str | None = None) -> None:
         """The training process exited (reported by the launcher). Without an `end` event, a
-        non-zero code means the run failed before it could say so."""
+        SIGTERM/SIGINT exit means it was stopped, any other non-zero code that it failed before it could say so."""
         if self.end_reason is not None:
             return
         where = f" (see {log_path})" if log_path else ""
         if code == 0:
             self.end_reason = "finished"
             self.note(time, "info", "training process exited")
+        elif stop_signal(code):
+            self.end_reason = "stopped"
+            self.note(time, "info", f"training process ended by {stop_signal(code)}")
         else:
             self.end_reason = "failed"
             self.error = f"training process exited with code {code}{where}"
@@ -298,6 +301,12 @@ _HANDLERS = {
     "log": RunState._on_log,
     "end": RunState._on_end,
 }
+
+
+def stop_signal(code: int | None) -> str | None:
+    """'SIGTERM' or 'SIGINT' when a process's exit code says it ended on one (a stop: killed by it
+    before it set up its handler, -15, or stopped by its handler, 143 as the runtime exits), else None."""
+    return {-15: "SIGTERM", 143: "SIGTERM", -2: "SIGINT", 130: "SIGINT"}.get(code) if code is not None else None
 
 
 def _number(value: Any) -> float | None:

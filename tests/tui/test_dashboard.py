@@ -17,9 +17,13 @@ pytestmark = pytest.mark.anyio
 class FakeProcess:
     def __init__(self) -> None:
         self.code: int | None = None
+        self.terminated = False
 
     def poll(self) -> int | None:
         return self.code
+
+    def terminate(self) -> None:
+        self.terminated = True
 
 
 async def test_growing_events_file_updates_the_numbers(tmp_path):
@@ -113,6 +117,26 @@ async def test_quit_on_a_launched_run_asks_stop_or_leave(tmp_path, answer, resul
         await pilot.pause()
     assert app.return_value == result
     assert (tmp_path / "control" / "stop").exists() == stop_file
+
+
+@pytest.mark.parametrize("keys", [("s", "y"), ("q", "s")])
+async def test_stop_before_the_first_event_ends_the_launched_process(tmp_path, keys):
+    # the run folder does not exist yet (the runtime creates it, and refuses one that is not empty):
+    # a control file cannot be written, so the process is asked to end; it was ignored before (q, then
+    # stop, waited for the whole run)
+    run_dir = tmp_path / "run"
+    process = FakeProcess()
+    app = DashboardApp(run_dir, clock=lambda: T0, process=process)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(*keys)
+        await pilot.pause()
+        assert process.terminated and not run_dir.exists()
+        if keys[0] == "s":
+            process.code = -15  # killed while it prepared its data
+            app.screen.poll()
+            await pilot.pause()
+            assert "● stopped" in screen_text(app) and "ended by SIGTERM" in screen_text(app)
+    assert app.return_value == ("stop" if keys[0] == "q" else None)
 
 
 async def test_quit_on_a_watched_run_just_quits(tmp_path):

@@ -64,6 +64,14 @@ def test_a_failed_training_gives_exit_code_3(tmp_path, monkeypatch):
     assert "exited with code 1" in out.getvalue()
 
 
+def test_a_training_ended_by_sigterm_was_stopped_not_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr("tabula.tui.app.DashboardApp.run", lambda self: None)
+    out = io.StringIO()
+    kill_self = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"  # as SIGTERM does while data is prepared
+    assert launch.run_with_dashboard([sys.executable, "-c", kill_self], tmp_path / "run", out=out) == 0
+    assert "ended by SIGTERM" in out.getvalue()
+
+
 def test_the_end_of_a_run_is_summed_up(tmp_path, monkeypatch):
     monkeypatch.setattr("tabula.tui.app.DashboardApp.run", lambda self: None)
     run_dir = tmp_path / "run"

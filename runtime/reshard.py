@@ -88,8 +88,11 @@ def read_layout(checkpoint_dir: Path) -> dict:
 
     path = Path(checkpoint_dir) / DS_DIR / LAYOUT_FILE
     if path.is_file():
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError) as error:
+            raise ReshardError(f"cannot read {path}: {error}") from None
     if (Path(checkpoint_dir) / OPTIMIZER_FILE).is_file():
         return dict(LOCAL)
     raise ReshardError(f"{checkpoint_dir} is neither a DeepSpeed checkpoint (no {DS_DIR}/{LAYOUT_FILE}) "
@@ -134,9 +137,16 @@ def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=N
 
         layout["groups"] = group_names(spec, read_state(checkpoint_dir)["vocab_size"])
     move = describe_move(layout, to_stage, to_world)
+    if move.changes:
+        _ensure_universal(checkpoint_dir, layout, move)
+    return move
+
+
+def _ensure_universal(checkpoint_dir: Path, layout: dict, move: Move) -> None:
+    """Write the normalised universal folder of `checkpoint_dir` unless it is there already."""
     target = universal_folder(checkpoint_dir)
-    if not move.changes or target.is_dir():
-        return move
+    if target.is_dir():
+        return
     if move.from_stage == 0 and layout.get("precision", "fp32") != "fp32":
         raise ReshardError(
             f"{move.text}: a ZeRO-0 {layout['precision']} checkpoint keeps its fp32 master weights and optimizer "
@@ -153,7 +163,6 @@ def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=N
         _run_ds_to_universal(source, tmp)
     _normalise(tmp)
     tmp.rename(target)
-    return move
 
 
 def _run_ds_to_universal(source: Path, output: Path) -> None:
@@ -259,24 +268,26 @@ def _universal_from_local(checkpoint_dir: Path, layout: dict, output: Path) -> N
     shutil.rmtree(tmp)
 
 
-def prepare_local_resume(checkpoint_dir: Path) -> None:
+def prepare_local_resume(checkpoint_dir: Path) -> Move:
     """Make a DeepSpeed checkpoint resumable by the local engine (one process): write the `optimizer.pt`
     it reads (torch's optimizer state, numbered by parameter in tabula's group order) beside the
-    consolidated weights every DeepSpeed checkpoint already has. Nothing to do for a local checkpoint."""
+    consolidated weights every DeepSpeed checkpoint already has. Nothing to do for a local checkpoint.
+    Returns the move (to a local run); raises ReshardError when the state cannot be kept."""
     from .engine import OPTIMIZER_FILE
 
     checkpoint_dir = Path(checkpoint_dir)
     target = checkpoint_dir / OPTIMIZER_FILE
     layout = read_layout(checkpoint_dir)
+    move = describe_move(layout, None, 1)
     if layout["zero_stage"] is None or target.is_file():
-        return
+        return move
     if layout.get("precision", "fp32") == "fp16":
         raise ReshardError("a DeepSpeed fp16 checkpoint keeps a loss scale the local engine does not read; "
                            "resume it under DeepSpeed")
     from .checkpoint import read_weights
     from .engine import WEIGHTS_FILE
 
-    prepare_resume(checkpoint_dir, 1, 1)  # the universal folder: every parameter's state, whole
+    _ensure_universal(checkpoint_dir, layout, move)  # every parameter's state, whole (even from 1 rank)
     zero = universal_folder(checkpoint_dir) / "zero"
     # ZeRO-3's universal files hold flat tensors: the shapes come from the consolidated weights
     shapes = {name: tensor.shape for name, tensor in read_weights(checkpoint_dir / WEIGHTS_FILE).items()}
@@ -299,6 +310,7 @@ def prepare_local_resume(checkpoint_dir: Path) -> None:
     tmp = target.with_name(f".tmp-{OPTIMIZER_FILE}")
     torch.save({"optimizer": {"state": state, "param_groups": groups}}, tmp)
     tmp.rename(target)
+    return move
 
 
 def load_universal_plain(engine, folder: Path) -> None:

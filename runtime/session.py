@@ -87,6 +87,24 @@ def resume_changes(spec, run) -> tuple[bool, list[dict[str, Any]]]:
     return True, [{"path": c.path, "kind": c.kind, "old": c.old, "new": c.new} for c in changes]
 
 
+def prepare_local_checkpoint(checkpoint) -> bool:
+    """Before a local run resumes `checkpoint`: a DeepSpeed one (any ZeRO stage, any world size) gets the
+    optimizer.pt the local engine reads, written from its universal form (runtime/reshard.py); the move is
+    shown. Returns False after printing why the state cannot be kept; True otherwise (nothing to do for a
+    local checkpoint)."""
+    from .reshard import DS_DIR, ReshardError, prepare_local_resume
+
+    if checkpoint is None or not (Path(checkpoint) / DS_DIR).is_dir():
+        return True
+    try:
+        move = prepare_local_resume(Path(checkpoint))
+    except (ReshardError, OSError) as error:
+        _error(f"cannot resume from {checkpoint}: {error}")
+        return False
+    print(f"resuming {move.text}: weights and optimizer state kept", flush=True)
+    return True
+
+
 def _show(value: Any) -> str:
     return "(absent)" if value is None else repr(value) if isinstance(value, str) else str(value)
 
@@ -190,6 +208,8 @@ def run_local(args, spec) -> int:
     if resume is None:
         return EXIT_BAD_INPUT
     resume_run, checkpoint, changes = resume
+    if not prepare_local_checkpoint(checkpoint):
+        return EXIT_BAD_INPUT
     prepared = prepare_data(spec, args.cache_dir)
     if prepared is None:
         return EXIT_BAD_INPUT

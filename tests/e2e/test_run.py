@@ -12,39 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_specs import tiny_spec_yaml
 
-ROOT = Path(__file__).resolve().parents[2]
 TABULA = Path(sys.executable).with_name("tabula")
-QUICKSTART = ROOT / "specs" / "quickstart.yaml"
 
 pytestmark = pytest.mark.slow
 
 # 48 steps of 512 tokens; seq_len 32 then 64 after 8k tokens; a checkpoint every 8 steps.
-TINY = f"""\
-extends: {QUICKSTART}
-name: tiny
-model:
-  d_model: 64
-  n_layers: 2
-  max_seq_len: 64
-  block: {{mlp: {{kind: swiglu, hidden: 128}}}}
-data:
-  tokenizer: {{kind: bpe, vocab_size: 512, max_chars: 256k}}
-  sources:
-    stdlib: {{kind: python_stdlib, max_files: 40}}
-  curriculum:
-    - {{until_tokens: 8k, seq_len: 32, mix: {{stdlib: 1.0}}}}
-    - {{seq_len: 64}}
-train:
-  batch_tokens: 512
-  budget: {{tokens: 24k}}
-  eval: {{every_tokens: 8k, tokens: 1024, sample: {{max_new_tokens: 4}}}}
-  checkpoint: {{every_tokens: 4k, keep_last: 2}}
-  log: {{every_steps: 1}}
-track:
-  runs_dir: runs
-  aim: {{enabled: false, repo: runs}}
-"""
+TINY = tiny_spec_yaml(aim="{enabled: false, repo: runs}")
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +202,42 @@ def test_bad_input_is_one_clear_message(work):
     assert missing.returncode == 2 and "no such folder" in missing.stderr
     bad_flag = tabula(work, "run", "tiny.yaml", "--max-steps", "0")
     assert bad_flag.returncode == 2 and "--max-steps" in bad_flag.stderr
+
+
+@pytest.mark.multiproc
+def test_a_deepspeed_run_resumes_on_the_local_engine(work, whole):
+    """10 steps on 2 ranks of ZeRO-2, then `parallel.backend=local --resume`: the local engine continues
+    from the sharded optimizer state on the losses of an uninterrupted local run (a fresh optimizer
+    state would part from them at the first update)."""
+    first = tabula(work, "run", "tiny.yaml", "parallel.backend=deepspeed", "parallel.zero.stage=2", "--nproc", "2",
+                   "--headless", "--max-steps", "10", "--run-dir", "runs/ds", timeout=900)  # a cold torch_extensions adds ~3 min
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = tabula(work, "run", "tiny.yaml", "parallel.backend=local", "--headless", "--resume", "runs/ds")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming 2 ranks ZeRO-2 -> a local run: weights and optimizer state kept" in second.stdout
+    run_dir = work / "runs" / "ds"
+    got, reference = losses(run_dir), losses(whole[0])
+    assert sorted(got) == list(range(1, 49))
+    # ranks sum gradients in another order than one process: float32 rounding, not bit for bit
+    worst = max(abs(got[step] - reference[step]) for step in got)
+    assert worst < 1e-4, f"losses differ from the local run's by up to {worst:.2e}"
+    starts = [e for e in events(run_dir) if e["kind"] == "start"]
+    assert [s["backend"] for s in starts] == ["deepspeed", "local"]
+    assert starts[1]["step"] == 10 and starts[1]["resumed_from"].endswith("step-000010")
+    assert events(run_dir)[-1]["reason"] == "finished"
+
+
+def test_a_deepspeed_checkpoint_the_local_engine_cannot_read_is_refused(work, whole):
+    import shutil
+
+    shutil.copytree(whole[0], work / "runs" / "fp16")
+    checkpoint = work / "runs" / "fp16" / "checkpoints" / "step-000048"
+    (checkpoint / "optimizer.pt").unlink()
+    (checkpoint / "deepspeed").mkdir()
+    layout = {"zero_stage": 2, "world_size": 2, "precision": "fp16", "groups": []}
+    (checkpoint / "deepspeed" / "layout.json").write_text(json.dumps(layout))
+    result = tabula(work, "run", "tiny.yaml", "--headless", "--resume", "runs/fp16")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"tabula run: cannot resume from {checkpoint.relative_to(work)}: a DeepSpeed fp16 checkpoint keeps a loss "
+        "scale the local engine does not read; resume it under DeepSpeed"]

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_specs import tiny_spec_yaml
 
-ROOT = Path(__file__).resolve().parents[2]
 TABULA = Path(sys.executable).with_name("tabula")
 WORKER = Path(__file__).with_name("deepspeed_worker.py")
 
@@ -28,32 +28,7 @@ pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 TOLERANCE = 1e-4
 
 # 4 sequences a micro-batch: gradient accumulation 4 on 1 rank, 2 on each of 2 ranks (seq_len 32).
-TINY = f"""\
-extends: {ROOT / "specs" / "quickstart.yaml"}
-name: tiny
-model:
-  d_model: 64
-  n_layers: 2
-  max_seq_len: 64
-  block: {{mlp: {{kind: swiglu, hidden: 128}}}}
-data:
-  tokenizer: {{kind: bpe, vocab_size: 512, max_chars: 256k}}
-  sources:
-    stdlib: {{kind: python_stdlib, max_files: 40}}
-  curriculum:
-    - {{until_tokens: 8k, seq_len: 32, mix: {{stdlib: 1.0}}}}
-    - {{seq_len: 64}}
-train:
-  batch_tokens: 512
-  micro_batch: 4
-  budget: {{tokens: 24k}}
-  eval: {{every_tokens: 8k, tokens: 1024, sample: {{max_new_tokens: 4}}}}
-  checkpoint: {{every_tokens: 4k, keep_last: 2}}
-  log: {{every_steps: 1}}
-track:
-  runs_dir: runs
-  aim: {{enabled: false}}
-"""
+TINY = tiny_spec_yaml(micro_batch=4)
 
 
 @pytest.fixture(scope="module")

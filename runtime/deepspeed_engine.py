@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .engine import WEIGHTS_FILE
+from .engine import WEIGHTS_FILE, eval_mode, greedy_continuation, set_lr, to_device
 from .reshard import DS_DIR, LAYOUT_FILE, TAG
 
 # what gloo / NCCL say when the rank at the other end of a collective has gone
@@ -131,12 +131,9 @@ class DeepSpeedEngine:
 
     # ------------------------------------------------------------------ training
 
-    def _to_device(self, tensor):
-        return None if tensor is None else tensor.to(self.device, non_blocking=True)
-
     @collective
     def forward_backward(self, input_ids, targets, document_ids, accum_steps):
-        input_ids, targets, document_ids = map(self._to_device, (input_ids, targets, document_ids))
+        input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         self._micro += 1
         boundary = self._micro >= accum_steps
         # set before the backward: ZeRO reduces (and stage 2 partitions) gradients at the boundary
@@ -149,8 +146,7 @@ class DeepSpeedEngine:
 
     @collective
     def step(self, lr):
-        for group in self.ds.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(self.ds.optimizer.param_groups, lr)
         if self.stage == 0 and self.precision == "fp32":
             # plain DeepSpeed (no ZeRO, fp32) neither reports the norm nor refuses a non-finite update:
             # the gradients are already all-reduced at the boundary, so measure them here
@@ -172,27 +168,15 @@ class DeepSpeedEngine:
     @collective
     @torch.no_grad()
     def evaluate(self, input_ids, targets, document_ids):
-        input_ids, targets, document_ids = map(self._to_device, (input_ids, targets, document_ids))
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
+        with eval_mode(self.model):
             _, loss = self.ds(input_ids, targets, document_ids=document_ids)
-        finally:
-            self.model.train(was_training)
         return loss.detach().float()
 
     @collective
-    @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens):
         # every rank generates the same tokens (ZeRO-3 gathers each layer's weights collectively)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-            out = self.model.generate(prompt, max_new_tokens)
-        finally:
-            self.model.train(was_training)
-        return out[0, len(prompt_ids):].tolist()
+        return greedy_continuation(self.model, prompt_ids, max_new_tokens, self.device)
 
     # ------------------------------------------------------------------ state
 

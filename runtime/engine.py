@@ -91,6 +91,37 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_device(device: torch.device, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The batch tensors on `device` (copied without waiting), None left as None."""
+    return tuple(None if t is None else t.to(device, non_blocking=True) for t in tensors)
+
+
+def set_lr(param_groups: list[dict], lr: float) -> None:
+    """The schedule's `lr` into every optimizer group, times the group's `lr_scale` (default 1)."""
+    for group in param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode inside the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def greedy_continuation(model: nn.Module, prompt_ids: list[int], max_new_tokens: int, device: torch.device,
+                        autocast: contextlib.AbstractContextManager | None = None) -> list[int]:
+    """`model.generate` from `prompt_ids` in eval mode, without gradients: the new token ids only."""
+    with torch.no_grad(), eval_mode(model), autocast or contextlib.nullcontext():
+        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        out = model.generate(prompt, max_new_tokens)
+    return out[0, len(prompt_ids):].tolist()
+
+
 class LocalEngine:
     """One process, one device. `model` must already be materialized on `device` (compiled or not).
 
@@ -122,13 +153,8 @@ class LocalEngine:
 
     # ------------------------------------------------------------------ training
 
-    def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        if tensor is None:
-            return None
-        return tensor.to(self.device, non_blocking=True)
-
     def forward_backward(self, input_ids, targets, document_ids, accum_steps):
-        input_ids, targets, document_ids = map(self._to_device, (input_ids, targets, document_ids))
+        input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with autocast_for(self.device, self.precision):
             _, loss = self.forward_model(input_ids, targets, document_ids=document_ids)
         scaled = loss / accum_steps
@@ -138,8 +164,7 @@ class LocalEngine:
         return loss.detach()
 
     def step(self, lr):
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(self.optimizer.param_groups, lr)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip is not None else float("inf")
@@ -157,27 +182,14 @@ class LocalEngine:
 
     @torch.no_grad()
     def evaluate(self, input_ids, targets, document_ids):
-        input_ids, targets, document_ids = map(self._to_device, (input_ids, targets, document_ids))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with autocast_for(self.device, self.precision):
-                _, loss = self.forward_model(input_ids, targets, document_ids=document_ids)
-        finally:
-            self.model.train(was_training)
+        input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
+        with eval_mode(self.model), autocast_for(self.device, self.precision):
+            _, loss = self.forward_model(input_ids, targets, document_ids=document_ids)
         return loss.detach().float()
 
-    @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens):
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-            with autocast_for(self.device, self.precision):
-                out = self.model.generate(prompt, max_new_tokens)
-        finally:
-            self.model.train(was_training)
-        return out[0, len(prompt_ids):].tolist()
+        return greedy_continuation(self.model, prompt_ids, max_new_tokens, self.device,
+                                   autocast_for(self.device, self.precision))
 
     # ------------------------------------------------------------------ state
 

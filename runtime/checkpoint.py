@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .data.cache import fsync_path
 from .engine import WEIGHTS_FILE
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -111,17 +112,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 def _fsync_tree(folder: Path) -> None:
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_path(path)
+    fsync_path(folder)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -188,7 +180,7 @@ class Checkpointer:
                     final.rename(trash)
                     shutil.rmtree(trash, ignore_errors=True)
                 tmp.rename(final)
-                _fsync_dir(self.folder)
+                fsync_path(self.folder)
             engine.barrier()
         except OSError as error:
             if engine.is_main:

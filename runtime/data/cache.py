@@ -108,8 +108,8 @@ class PendingEntry:
     def commit(self) -> Path:
         """fsync every file and the folder, then rename it to its fingerprint; returns the entry."""
         for path in self.folder.iterdir():
-            _fsync(path)
-        _fsync(self.folder)
+            fsync_path(path)
+        fsync_path(self.folder)
         final = self.root / self.key
         try:
             os.rename(self.folder, final)
@@ -117,7 +117,7 @@ class PendingEntry:
             if not (final / "meta.json").is_file():
                 raise
             shutil.rmtree(self.folder, ignore_errors=True)
-        _fsync(self.root)
+        fsync_path(self.root)
         _WRITING.discard(self.folder)
         return final
 
@@ -147,7 +147,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries, so a rename into it survives a
+    crash) to the disk. The runtime's checkpoints use it too."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -303,9 +303,9 @@ class Trainer:
                     return Outcome("failed", p.step, p.tokens, error=self.stop_error, checkpoint=self.last_good_checkpoint(),
                                    best_val_loss=p.best_val_loss)
             if p.step % log_every == 0 or p.step == plan.total_steps:
-                elapsed = time.perf_counter() - interval_start - paused
                 if logged_steps:
-                    self.log_train(loss_sum / logged_steps, grad_norm, stage, logged_steps, elapsed, flops[stage.index])
+                    self.log_train(loss_sum / logged_steps, grad_norm, stage, logged_steps, interval_start + paused,
+                                   flops[stage.index])
                 loss_sum = torch.zeros((), device=engine.device)
                 logged_steps, interval_start, paused = 0, time.perf_counter(), 0.0
             flags = 0
@@ -333,8 +333,12 @@ class Trainer:
         path = self.checkpoint()
         return Outcome(reason, p.step, p.tokens, checkpoint=path, signal=signal_name, best_val_loss=p.best_val_loss)
 
-    def log_train(self, mean_loss, grad_norm, stage, steps, elapsed, flops_per_tok) -> None:
+    def log_train(self, mean_loss, grad_norm, stage, steps, started, flops_per_tok) -> None:
+        """The train event of an interval of `steps` steps that began at `started` (perf_counter, with the
+        time paused for evaluations and checkpoints added on)."""
         loss = float(self.engine.reduce_mean(mean_loss))  # the one host read of the interval
+        # timed after the read, which waits for the device work still queued (a GPU's last optimizer update)
+        elapsed = time.perf_counter() - started
         tokens_per_s = steps * self.plan.batch_tokens / max(elapsed, 1e-9)
         achieved = tokens_per_s * flops_per_tok / self.engine.world_size
         if self.peak and achieved > self.peak and self.engine.device.type == "cpu":

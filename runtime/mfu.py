@@ -1,7 +1,7 @@
 """Peak FLOP/s of the device, for model FLOPs utilisation (MFU = achieved model FLOP/s / peak).
 
 GPUs: dense tensor-core peaks from the vendors' data sheets (no sparsity). CPUs have no such table:
-the peak is an fp32 matrix multiply measured at start-up (about 0.2 s), the best this process can get.
+the peak is one thread's fp32 matrix-multiply rate, measured at start-up (about 0.2 s), times the threads.
 """
 
 from __future__ import annotations
@@ -43,7 +43,21 @@ def gpu_peak(name: str, precision: str) -> float | None:
 
 
 def measure_cpu_peak(seconds: float = 0.2, size: int = 512) -> float:
-    """FLOP/s of an fp32 `size` x `size` matrix multiply on this process's threads (best of a few)."""
+    """Peak fp32 FLOP/s of this process's threads: one thread's best `size` x `size` matrix-multiply rate
+    over `seconds`, times the thread count. Measured on one thread because threads measured together on a
+    shared machine wait for each other at every barrier: on 2 busy cores, 2 threads read 34 GFLOP/s where
+    one thread alone reached 170, and the MFU over such a peak came out inflated (or, above 100%, absent).
+    A busy machine takes whole time slices from one thread, and the best of many millisecond bursts finds a
+    free one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _matmul_rate(seconds, size) * threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _matmul_rate(seconds: float, size: int) -> float:
     a = torch.randn(size, size)
     b = torch.randn(size, size)
     torch.mm(a, b)  # warm up the kernels and the allocator

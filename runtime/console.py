@@ -10,9 +10,10 @@ import time
 from typing import TextIO
 
 
-def human_count(n: float) -> str:
-    """1536 -> 1.5k, 3145728 -> 3.0M (powers of 1024, as the spec's quantities)."""
-    for unit, scale in (("B", 2**30), ("M", 2**20), ("k", 2**10)):
+def human_count(n: float, base: int = 1024) -> str:
+    """1536 -> 1.5k, 3145728 -> 3.0M: powers of 1024 for token counts, as the spec's quantities;
+    base=1000 for parameter counts, as `tabula plan` and papers write them."""
+    for unit, scale in (("B", base**3), ("M", base**2), ("k", base)):
         if abs(n) >= scale:
             value = n / scale
             return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
@@ -56,7 +57,7 @@ class Console:
         stages = ", ".join(f"seq_len {s['seq_len']} until {human_count(s['until_tokens'])}" for s in e["stages"])
         resumed = f", resumed from {e['resumed_from']} at step {e['step']}" if e.get("resumed_from") else ""
         self._print(
-            f"{e['run_name']}: {human_count(e['parameters'])} parameters, {e['precision']} on {e['device']}"
+            f"{e['run_name']}: {human_count(e['parameters'], base=1000)} parameters, {e['precision']} on {e['device']}"
             f" (x{e['world_size']}), {e['total_steps']} steps of {human_count(e['total_tokens'] / max(1, e['total_steps']))} tokens"
             f" = {human_count(e['total_tokens'])} tokens; {stages}{resumed}"
         )

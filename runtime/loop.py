@@ -193,7 +193,8 @@ class Trainer:
         if sample.max_new_tokens == 0:
             return
         tokenizer = self.prepared.tokenizer
-        prompt_ids = tokenizer.encode(sample.prompt).ids if sample.prompt else [self.prepared.eos_id]
+        # The prompt starts a document: after the end-of-document token, as the model saw documents begin.
+        prompt_ids = [self.prepared.eos_id] + tokenizer.encode(sample.prompt).ids
         new_ids = self.engine.generate(prompt_ids, sample.max_new_tokens)
         self.emit("sample", prompt=sample.prompt, text=tokenizer.decode(new_ids))
 

@@ -95,7 +95,7 @@ class Budget(SpecModel):
 
 
 class Sample(SpecModel):
-    prompt: str = Field(default="", description="Text the greedy sample after each evaluation starts from; empty starts from the end-of-document token.")
+    prompt: str = Field(default="", description="The start of a document the greedy sample after each evaluation continues; empty lets the model start one.")
     max_new_tokens: int = Field(default=48, ge=0, description="Tokens generated per sample; 0 disables sampling.")
 
 

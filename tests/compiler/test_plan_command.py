@@ -31,19 +31,21 @@ def test_json_has_the_promised_shape(capsys):
     from tabula.schemas.canonical import spec_hash
 
     assert data["spec_hash"] == spec_hash(spec)
-    assert data["parameters"]["total"] == count_parameters(spec.model, 8192).total
-    assert data["parameters"]["embedding"] == 8192 * 256
+    vocab = spec.data.tokenizer.vocab_size  # vocab_size: auto takes the tokenizer's
+    assert data["parameters"]["total"] == count_parameters(spec.model, vocab).total
+    assert data["parameters"]["embedding"] == vocab * spec.model.d_model
     assert data["flops_per_token"] > 6 * data["parameters"]["total"]
     assert set(data["memory_per_rank"]) == {"weights", "gradients", "master_weights", "master_gradients", "optimizer_state", "weight_copies",
                                            "gathered_weights", "activations", "total"}
     assert all(isinstance(v, int) for v in data["memory_per_rank"].values())
-    assert data["steps"]["total"] == make_plan(spec).total_steps == 192
+    assert data["steps"]["total"] == make_plan(spec).total_steps == spec.train.budget.tokens // spec.train.batch_tokens
     assert [s["seq_len"] for s in data["stages"]] == [128, 256]
     assert data["precision"] == "fp32"
 
 
 def test_overrides_and_world_size_change_the_plan(capsys):
-    code, out, _ = plan(capsys, QUICKSTART, "train.batch_tokens=32k", "parallel.backend=deepspeed", "--world-size", "2", "--json")
+    code, out, _ = plan(capsys, QUICKSTART, "train.batch_tokens=32k", "train.budget.tokens=3M", "parallel.backend=deepspeed",
+                        "--world-size", "2", "--json")
     assert code == 0
     data = json.loads(out)
     assert data["world_size"] == 2
@@ -54,7 +56,7 @@ def test_overrides_and_world_size_change_the_plan(capsys):
 def test_report_shows_each_part(capsys):
     code, out, _ = plan(capsys, QUICKSTART, "--device", "cpu", "--peak-tflops", "0.05", "--mfu", "0.5")
     assert code == 0
-    for text in ("parameters", "4,868,352", "FLOPs per token", "optimizer state", "activations", "stages", "warmup", "steps", "time"):
+    for text in ("parameters", "3,819,776", "FLOPs per token", "optimizer state", "activations", "stages", "warmup", "steps", "time"):
         assert text in out
     assert "0.05 TFLOP/s peak x 0.5 MFU" in out
 
@@ -124,7 +126,8 @@ def test_a_tokenizer_file_gives_the_vocabulary(capsys, tmp_path):
         "model": {"type": "BPE", "vocab": vocab, "merges": []},
         "added_tokens": [{"id": 40, "content": "<|endoftext|>", "special": True}],
     }))
-    text = (SPECS / "quickstart.yaml").read_text().replace("{kind: bpe, vocab_size: 8192, max_chars: 4M}", "{kind: file, path: tok.json}")
+    text = (SPECS / "quickstart.yaml").read_text().replace("{kind: bpe, vocab_size: 4096, max_chars: 4M}", "{kind: file, path: tok.json}")
+    assert "tok.json" in text
     (tmp_path / "spec.yaml").write_text(text)
     code, out, _ = plan(capsys, str(tmp_path / "spec.yaml"), "--json")
     assert code == 0

@@ -96,6 +96,12 @@ def prepare_local_checkpoint(checkpoint) -> bool:
 
     if checkpoint is None or not (Path(checkpoint) / DS_DIR).is_dir():
         return True
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed, imported to read its files, warns it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         move = prepare_local_resume(Path(checkpoint))
     except (ReshardError, OSError) as error:

@@ -47,6 +47,12 @@ class Series:
     def __len__(self) -> int:
         return len(self.xs)
 
+    def copy(self) -> Series:
+        """The points as they are now (a chart draws them later, while this one keeps growing)."""
+        copy = Series(self.capacity)
+        copy.xs, copy.ys, copy._stride, copy._seen = list(self.xs), list(self.ys), self._stride, self._seen
+        return copy
+
 
 @dataclass
 class LogLine:

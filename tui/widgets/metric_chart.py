@@ -27,10 +27,7 @@ class MetricChart(PlotextPlot):
         self._drawn: tuple = ()
         self._version = 0
         self._cache: tuple[tuple, object] | None = None
-
-    def on_mount(self) -> None:
-        super().on_mount()
-        self._draw([])
+        self._lines: list[tuple[str, Series, str]] = []
 
     def show(self, lines: list[tuple[str, Series, str]]) -> None:
         """Redraw with `lines` if any of them gained points since the last draw."""
@@ -38,15 +35,17 @@ class MetricChart(PlotextPlot):
         if signature == self._drawn:
             return
         self._drawn = signature
-        self._draw(lines)
+        self._lines = [(label, Series.copy(series), color) for label, series, color in lines]
         self._version += 1
         self.refresh()
 
     def render(self):
         # plotext rebuilds the whole canvas on every render, and Textual re-renders on any layout
-        # change of the screen: build only when the data, the size or the theme changed
+        # change of the screen: build only when the data, the size or the theme changed, and
+        # plot here, where the width the points are thinned to is known
         key = (self._version, self.size, self.app.theme)
         if self._cache is None or self._cache[0] != key:
+            self._draw(self._lines)
             self._cache = (key, super().render())
         return self._cache[1]
 
@@ -59,7 +58,8 @@ class MetricChart(PlotextPlot):
         for label, series, color in lines:
             if len(series) == 0:
                 continue
-            plt.plot(series.xs, series.ys, label=label if len(lines) > 1 else None, color=color, marker="braille")
+            xs, ys = envelope(series.xs, series.ys, max(8, self.size.width))
+            plt.plot(xs, ys, label=label if len(lines) > 1 else None, color=color, marker="braille")
             xs_all.extend((series.xs[0], series.xs[-1]))
         if self.log_y:
             plt.yscale("log")
@@ -68,3 +68,21 @@ class MetricChart(PlotextPlot):
             if high > low:
                 ticks = [low + (high - low) * i / (X_TICKS - 1) for i in range(X_TICKS)]
                 plt.xticks(ticks, [format_tokens(int(t)) for t in ticks])
+
+
+def envelope(xs: list[float], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:
+    """At most 2 * `buckets` points that draw like all of them: each run of consecutive points
+    becomes its lowest and its highest, in x order, so spikes stay. plotext draws every segment
+    (a braille cell holds 2 x-pixels), so more points than the chart's columns only cost time."""
+    if len(xs) <= 2 * buckets:
+        return xs, ys
+    size = -(-len(xs) // buckets)  # ceil: points per bucket
+    out_x, out_y = [], []
+    for start in range(0, len(xs), size):
+        chunk = range(start, min(start + size, len(xs)))
+        low = min(chunk, key=ys.__getitem__)
+        high = max(chunk, key=ys.__getitem__)
+        for i in sorted({low, high}):
+            out_x.append(xs[i])
+            out_y.append(ys[i])
+    return out_x, out_y

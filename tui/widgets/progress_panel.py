@@ -26,7 +26,7 @@ class ProgressPanel(Widget):
         self._stage = Text("")
 
     def show(self, state: RunState, now: float) -> None:
-        self._fraction = state.fraction_done()
+        fraction = state.fraction_done()
         counts = Text(no_wrap=True, overflow="ellipsis")
         counts.append("tokens ", style="dim")
         counts.append(f"{format_tokens(state.tokens)} / {format_tokens(state.total_tokens)}")
@@ -36,7 +36,6 @@ class ProgressPanel(Widget):
         counts.append(format_duration(state.elapsed(now)))
         counts.append("   ETA ", style="dim")
         counts.append(format_duration(state.eta(now)))
-        self._counts = counts
         stage = Text(no_wrap=True, overflow="ellipsis")
         stage.append("stage ", style="dim")
         stage.append(state.stage_label)
@@ -45,7 +44,9 @@ class ProgressPanel(Widget):
         if state.mix:
             stage.append("   mix ", style="dim")
             stage.append(", ".join(f"{name} {weight:.2f}" for name, weight in state.mix.items()))
-        self._stage = stage
+        if (fraction, counts.plain, stage.plain) == (self._fraction, self._counts.plain, self._stage.plain):
+            return  # the same seconds and counts: nothing to repaint
+        self._fraction, self._counts, self._stage = fraction, counts, stage
         self.refresh()
 
     def render(self) -> Text:

@@ -32,6 +32,8 @@ class RunHeader(Static):
     }
     """
 
+    _shown: tuple[str, str] | None = None
+
     def show(self, state: RunState, now: float) -> None:
         status, detail = state.status(now)
         line = Text(no_wrap=True, overflow="ellipsis")
@@ -55,4 +57,10 @@ class RunHeader(Static):
         text = line
         if status == "failed" and detail:
             text = Text.assemble(line, "\n", Text(f"error: {detail}", style="bold red"))
-        self.update(text)
+        shown = (text.plain, status)
+        if shown == self._shown:  # called every second for the clock: most seconds change nothing here
+            return
+        # a new layout (the whole screen) only when the header gains or loses its error line
+        lines_changed = self._shown is None or self._shown[0].count("\n") != text.plain.count("\n")
+        self._shown = shown
+        self.update(text, layout=lines_changed)

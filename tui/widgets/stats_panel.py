@@ -27,6 +27,8 @@ class StatsPanel(Static):
     def on_mount(self) -> None:
         self.border_title = "stats"
 
+    _rows: list[tuple[str, str]] | None = None
+
     def show(self, state: RunState) -> None:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="dim", no_wrap=True)
@@ -50,6 +52,9 @@ class StatsPanel(Static):
             ("checkpoint", _short(state.last_checkpoint)),
             ("best ckpt", _short(state.best_checkpoint)),
         ]
+        if rows == self._rows:
+            return
+        self._rows = rows
         for label, value in rows:
             table.add_row(label, Text(value))
         self.update(table, layout=False)  # a fixed number of rows

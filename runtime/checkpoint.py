@@ -109,7 +109,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- files
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
+    """Flush every file below `folder`, then the folder itself, to the disk (before renaming it into place)."""
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             fsync_path(path)
@@ -174,7 +175,7 @@ class Checkpointer:
             engine.barrier()
             if engine.is_main:
                 _write_json(tmp / STATE_FILE, state)
-                _fsync_tree(tmp)
+                fsync_tree(tmp)
                 if final.exists():  # the same step again (after a rollback): replace it
                     trash = self.folder / f".trash-{final.name}"
                     final.rename(trash)

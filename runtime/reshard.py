@@ -162,7 +162,12 @@ def _ensure_universal(checkpoint_dir: Path, layout: dict, move: Move) -> None:
     else:
         _run_ds_to_universal(source, tmp)
     _normalise(tmp)
+    from .checkpoint import fsync_tree
+    from .data.cache import fsync_path
+
+    fsync_tree(tmp)
     tmp.rename(target)
+    fsync_path(target.parent)
 
 
 def _run_ds_to_universal(source: Path, output: Path) -> None:
@@ -285,6 +290,7 @@ def prepare_local_resume(checkpoint_dir: Path) -> Move:
         raise ReshardError("a DeepSpeed fp16 checkpoint keeps a loss scale the local engine does not read; "
                            "resume it under DeepSpeed")
     from .checkpoint import read_weights
+    from .data.cache import fsync_path
     from .engine import WEIGHTS_FILE
 
     _ensure_universal(checkpoint_dir, layout, move)  # every parameter's state, whole (even from 1 rank)
@@ -309,7 +315,9 @@ def prepare_local_resume(checkpoint_dir: Path) -> Move:
             index += 1
     tmp = target.with_name(f".tmp-{OPTIMIZER_FILE}")
     torch.save({"optimizer": {"state": state, "param_groups": groups}}, tmp)
+    fsync_path(tmp)
     tmp.rename(target)
+    fsync_path(checkpoint_dir)
     return move
 
 

@@ -1,4 +1,5 @@
-"""The dashboard's questions: confirm a stop, and what to do with a run it started when quitting."""
+"""The questions the apps ask: the dashboard's (confirm a stop; what to do with a run it started when
+quitting) and the wizard's (replace a file that has content)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label
 
-STOP, LEAVE, CANCEL = "stop", "leave", "cancel"
+STOP, LEAVE, CANCEL, REPLACE = "stop", "leave", "cancel", "replace"
 
 
 class _Question(ModalScreen[str]):
@@ -69,3 +70,14 @@ class QuitRun(_Question):
     QUESTION = "The run is still training. Stop it with a checkpoint, or leave it running in the background?"
     ANSWERS = [(STOP, "Stop (s)", "error"), (LEAVE, "Leave running (l)", "primary"), (CANCEL, "Cancel (n)", "default")]
     BINDINGS = [Binding("s", "answer('stop')", "Stop", show=False), Binding("l", "answer('leave')", "Leave", show=False)]
+
+
+class ConfirmReplace(_Question):
+    """Saving over a file that has content (not saved by this wizard): answers `replace` or `cancel`."""
+
+    ANSWERS = [(REPLACE, "Replace (y)", "error"), (CANCEL, "Cancel (n)", "default")]
+    BINDINGS = [Binding("y", "answer('replace')", "Replace", show=False)]
+
+    def __init__(self, path) -> None:
+        super().__init__()
+        self.QUESTION = f"{path} already exists and is not empty. Replace it with this spec?"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -15,17 +17,32 @@ from .schema_form import DICT, LIST, MODEL, UNION, FormField, form_fields
 COMMENT_CHARS = 60
 
 
-def dump_spec(data: dict[str, Any], model: type[BaseModel], *, header: str | None = None) -> str:
+def dump_spec(data: dict[str, Any], model: type[BaseModel], *, header: str | None = None,
+              schema: str | None = None) -> str:
     """`data` (the form's nested dicts) as YAML in the schema's key order, with comments from the
-    field descriptions. Empty optional sections are left out (their defaults apply)."""
+    field descriptions. Empty optional sections are left out (their defaults apply). `schema`, a
+    path or URL of the JSON schema, becomes the first line for editors (yaml-language-server)."""
     yaml = YAML()
     yaml.indent(mapping=2, sequence=4, offset=2)
     yaml.width = 120
     stream = io.StringIO()
+    if schema:
+        stream.write(f"# yaml-language-server: $schema={schema}\n")
     if header:
         stream.write("".join(f"# {line}\n" for line in header.splitlines()))
     yaml.dump(_model_map(data, form_fields(model), 0), stream)
     return stream.getvalue()
+
+
+def schema_reference(schema_file: Path, spec_file: Path) -> str:
+    """How `spec_file` names `schema_file` in its yaml-language-server line: relative when both are
+    in the same repository (the folder above the schema's, as specs/quickstart.yaml does:
+    ../schemas/tabula-spec.schema.json), so that it survives a move of the checkout; else absolute."""
+    schema_file, spec_dir = Path(schema_file).resolve(), Path(spec_file).resolve().parent
+    root = schema_file.parent.parent
+    if spec_dir == root or root in spec_dir.parents:
+        return Path(os.path.relpath(schema_file, spec_dir)).as_posix()
+    return schema_file.as_posix()
 
 
 def short_comment(description: str) -> str:

@@ -21,7 +21,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from .form_data import FormData
-from .spec_yaml import dump_spec
+from .dialogs import REPLACE, ConfirmReplace
+from .spec_yaml import dump_spec, schema_reference
 from .widgets.collection_section import CollectionSection
 from .widgets.error_list import ErrorList
 from .widgets.field_row import FieldRow
@@ -71,7 +72,10 @@ class WizardScreen(Screen[Path | None]):
     BINDINGS = [Binding("ctrl+s", "save", "save"), Binding("ctrl+q", "app.quit", "quit")]
 
     def __init__(self, model: type[BaseModel], data: dict[str, Any], *, output: Path | None = None,
-                 planner: Planner | None = None, source: str | None = None, header: str | None = None) -> None:
+                 planner: Planner | None = None, source: str | None = None, header: str | None = None,
+                 schema_file: Path | None = None, force: bool = False) -> None:
+        """`schema_file`: the JSON schema the saved YAML names on its first line (for editors).
+        `force`: replace a file that has content without asking."""
         super().__init__()
         self.model = model
         self.form = FormData(data)
@@ -79,6 +83,8 @@ class WizardScreen(Screen[Path | None]):
         self.planner = planner
         self.source = source
         self.header = header
+        self.schema_file = schema_file
+        self.force = force
         self.errors: list[FormError] = []
         self.saved: Path | None = None
         self._timer = None
@@ -184,7 +190,19 @@ class WizardScreen(Screen[Path | None]):
                         severity="error", title="invalid spec")
             return
         path = self.target_path()
-        text = dump_spec(self.form.data, self.model, header=self.header)
+        if not self.force and path != self.saved and _has_content(path):  # never replace someone's file unasked
+
+            def answered(answer: str | None) -> None:
+                if answer == REPLACE:
+                    self._write(path)
+
+            self.app.push_screen(ConfirmReplace(path), answered)
+            return
+        self._write(path)
+
+    def _write(self, path: Path) -> None:
+        schema = schema_reference(self.schema_file, path) if self.schema_file is not None else None
+        text = dump_spec(self.form.data, self.model, header=self.header, schema=schema)
         temporary = path.with_name(f".{path.name}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,3 +218,11 @@ class WizardScreen(Screen[Path | None]):
 
     def action_leave(self) -> None:
         self.dismiss(self.saved)
+
+
+def _has_content(path: Path) -> bool:
+    """Whether `path` is a file with something in it (an empty file is a place to write)."""
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False

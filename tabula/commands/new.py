@@ -5,6 +5,9 @@ refused while the spec is invalid.
 
 Starts from --from (a spec file or a preset: quickstart, llama-tiny, mistral-tiny, mla-tiny,
 tabulaprima-278m ...), or from FILE when it exists, or from the quickstart spec.
+Saving over a file that is not empty asks first (the YAML is written anew: comments of your own
+in it are not kept); --force replaces it without asking. The saved spec's first line names the
+JSON schema for editors (yaml-language-server): relative inside the tabula repository, else absolute.
 Keys: ctrl+s save, ctrl+q quit, tab to move between fields.
 """
 
@@ -14,11 +17,13 @@ import sys
 from pathlib import Path
 
 HELP = "write a spec in a form generated from the schema (the wizard)"
+SCHEMA_FILE = "tabula-spec.schema.json"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", type=Path, help="where to save (default: <name>.yaml here)")
     parser.add_argument("--from", dest="start", metavar="SPEC_OR_PRESET", help="start from this spec file or preset")
+    parser.add_argument("--force", action="store_true", help="replace an existing FILE on save without asking")
 
 
 def run(args) -> int:
@@ -38,12 +43,15 @@ def run(args) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         sys.stderr.write("tabula new: error: the wizard needs a terminal (write the YAML by hand, or run it in one)\n")
         return 2
+    import tabula.schemas
     from tabula.schemas import Spec
     from tabula.tui.app import WizardApp
     from tabula.tui.plan_rows import plan_rows
     from tabula.tui.wizard import WizardScreen
 
+    schema_file = Path(tabula.schemas.__file__).with_name(SCHEMA_FILE)  # committed, and shipped as package data
     saved = WizardApp(lambda: WizardScreen(Spec, data, output=args.output, planner=plan_rows, source=start,
-                                           header=f"written by `tabula new` from {start}")).run()
+                                           header=f"written by `tabula new` from {start}", force=args.force,
+                                           schema_file=schema_file if schema_file.is_file() else None)).run()
     print(f"saved {saved}; check it with: tabula validate {saved}" if saved else "nothing saved")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Union
 
 import pytest
@@ -10,8 +11,10 @@ from ruamel.yaml import YAML
 from synthetic import screen_text
 from typing_extensions import Annotated
 
+import tabula.schemas
 from tabula.schemas import Spec
 from tabula.tui.app import WizardApp
+from tabula.tui.dialogs import ConfirmReplace
 from tabula.tui.schema_form import CHOICE, DICT, LIST, MODEL, SCALAR, SWITCH, UNION, YAML as YAML_WIDGET, form_fields
 from tabula.tui.spec_source import load_start, merge
 from tabula.tui.widgets.error_list import ErrorList
@@ -21,6 +24,7 @@ from tabula.tui.widgets.model_section import ModelSection
 from tabula.tui.wizard import WizardScreen
 
 pytestmark = pytest.mark.anyio
+SCHEMA_FILE = Path(tabula.schemas.__file__).with_name("tabula-spec.schema.json")
 
 
 def _path(dotted: str) -> tuple:
@@ -85,7 +89,8 @@ async def test_preset_edited_through_the_pilot_saves_the_expected_spec_and_repla
 
     out = tmp_path / "mine.yaml"
     start = load_start("quickstart")
-    app = WizardApp(lambda: WizardScreen(Spec, load_start("quickstart"), output=out, source="quickstart", planner=plan_rows))
+    app = WizardApp(lambda: WizardScreen(Spec, load_start("quickstart"), output=out, source="quickstart", planner=plan_rows,
+                                         schema_file=SCHEMA_FILE))
     async with app.run_test(size=(160, 48)) as pilot:
         await until(pilot, lambda: "non-embedding" in plan_text(app))  # planned in a worker thread
         rows = dict(plan_rows(Spec.model_validate(start))[0])  # the compiler's numbers (3.82M, 384 x 4k tokens today)
@@ -113,6 +118,19 @@ async def test_preset_edited_through_the_pilot_saves_the_expected_spec_and_repla
     assert Spec.model_validate(saved) == Spec.model_validate(expected)
     assert saved["train"]["budget"]["tokens"] == "4M"  # written as typed
     assert "# Width of the residual stream" in out.read_text()  # comments from the descriptions
+    # for editors, as specs/quickstart.yaml has it; outside the repository the path is absolute
+    assert out.read_text().splitlines()[0] == f"# yaml-language-server: $schema={SCHEMA_FILE.resolve().as_posix()}"
+
+
+def test_the_schema_line_is_relative_inside_the_repository(tmp_path):
+    from tabula.tui.spec_yaml import schema_reference
+
+    root = SCHEMA_FILE.resolve().parents[1]
+    assert schema_reference(SCHEMA_FILE, root / "specs" / "mine.yaml") == "../schemas/tabula-spec.schema.json"
+    assert schema_reference(SCHEMA_FILE, root / "mine.yaml") == "schemas/tabula-spec.schema.json"
+    assert (root / "specs" / "quickstart.yaml").read_text().startswith(
+        "# yaml-language-server: $schema=../schemas/tabula-spec.schema.json\n")  # the form it copies
+    assert schema_reference(SCHEMA_FILE, tmp_path / "mine.yaml") == SCHEMA_FILE.resolve().as_posix()
 
 
 @pytest.mark.slow
@@ -218,8 +236,9 @@ async def test_rows_are_added_and_removed(tmp_path):
             await until(pilot, lambda: len(collection.query(".row")) == rows)
         shapes = next(w for w in app.screen.query("CollectionSection") if w.path == ("shapes",))
         shapes.query(".remove").first().press()
-        await until(pilot, lambda: "shapes.0.radius: missing required key 'radius'" in errors_text(app))
-        assert app.screen.form.get(("shapes",)) == [{"kind": "circle"}]
+        await until(pilot, lambda: app.screen.form.get(("shapes",)) == [{"kind": "circle"}])
+        await until(pilot, lambda: "shapes.0.radius: missing required key 'radius'" in errors_text(app)
+                    and "shapes.1" not in errors_text(app))  # validated again after the removal
         await type_into(pilot, "shapes.0.radius", "2")
         await type_into(pilot, "named.source1.radius", "3")
         await pilot.press("ctrl+s")
@@ -240,6 +259,29 @@ async def test_a_place_that_cannot_be_written_is_a_message_not_a_crash(tmp_path)
         assert any(f"Not saved: cannot write {folder}" in message for message in messages), messages
         assert app.screen.saved is None and app.is_running
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and not any(folder.iterdir())
+
+
+@pytest.mark.parametrize("force", [False, True])
+async def test_saving_over_a_file_with_content_asks_first_unless_forced(tmp_path, force):
+    out = tmp_path / "mine.yaml"
+    out.write_text("# my notes\ntitle: mine\n")
+    app = WizardApp(lambda: WizardScreen(Toy, {"title": "t", "shape": {"kind": "circle", "radius": 1.0}}, output=out,
+                                         force=force))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        if not force:
+            assert isinstance(app.screen, ConfirmReplace) and "mine.yaml already exists" in screen_text(app)
+            await pilot.press("n")
+            await pilot.pause()
+            assert out.read_text() == "# my notes\ntitle: mine\n" and app.screen.saved is None
+            await pilot.press("ctrl+s", "y")
+            await pilot.pause()
+        assert read_yaml(out)["title"] == "t"
+        out.write_text(out.read_text() + "# after\n")
+        await pilot.press("ctrl+s")  # saved here once: saving again asks no more
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmReplace) and "# after" not in out.read_text()
 
 
 def test_new_refuses_a_folder_as_its_output(tmp_path, capsys):

@@ -131,6 +131,7 @@ class RunState:
         type reads as absent, never as a crash of the dashboard."""
         self.events += 1
         time = _number(event.get("time"))
+        time = time if time is not None and math.isfinite(time) else None  # Infinity/NaN parse as JSON, mean nothing
         if time is not None:
             self.first_time = time if self.first_time is None else self.first_time
             self.last_time = time if self.last_time is None else max(self.last_time, time)
@@ -265,10 +266,11 @@ class RunState:
         return "running", ""
 
     def fraction_done(self) -> float | None:
-        if self.total_tokens:
-            return min(1.0, self.tokens / self.total_tokens)
-        if self.total_steps:
-            return min(1.0, self.step / self.total_steps)
+        """Between 0 and 1, or None without a budget (a budget of 0 or less is none)."""
+        if self.total_tokens is not None and self.total_tokens > 0:
+            return min(1.0, max(0.0, self.tokens / self.total_tokens))
+        if self.total_steps is not None and self.total_steps > 0:
+            return min(1.0, max(0.0, self.step / self.total_steps))
         return None
 
     def elapsed(self, now: float) -> float | None:

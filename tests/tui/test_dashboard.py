@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
@@ -199,3 +201,23 @@ async def test_malformed_events_never_crash_the_dashboard_and_are_reported(tmp_p
         assert (state.run_name, state.world_size, state.stage_index, state.seq_len) == ("7", None, None, None)
         assert state.mix == {"b": 1.0} and state.stages == [{"index": 0}] and state.memory is None
         assert (state.step, state.tokens, state.sample_text) == (5, 100, "12")
+
+
+
+async def test_impossible_numbers_read_as_unknown_not_inft_or_negative_memory(tmp_path):
+    # Infinity and NaN are valid JSON to Python's reader; negative amounts come from a broken writer
+    events = run_events(10)
+    events[-1] = dict(events[-1], tokens_per_s=float("inf"), memory=-1024, step_time=-0.5, lr=float("nan"),
+                      mfu=float("inf"), loss=float("inf"))
+    events.append({"kind": "log", "time": float("inf"), "level": "warning", "message": "odd clock"})
+    events.append({"kind": "log", "time": 1e300, "level": "warning", "message": "far future"})
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 6)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+    shown = {label: re.search(rf"│ {label} +(\S+)", text).group(1) for label in ("tokens/s", "MFU", "memory", "lr", "step time", "loss")}
+    assert shown == {"tokens/s": "-", "MFU": "-", "memory": "-", "lr": "-", "step time": "-", "loss": "inf"}  # a loss that blew up is news
+    assert "infT" not in text and "-1.0 KiB" not in text and "-1024 B" not in text
+    assert "odd clock" in text and "far future" in text  # odd time stamps: still a line each
+    assert "elapsed -" in text  # a time stamp of 1e300 (inf is skipped): a clock gone wrong, not 3e292 days

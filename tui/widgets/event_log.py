@@ -37,6 +37,9 @@ class EventLog(RichLog):
         if new <= 0:
             return
         for line in list(state.log)[-min(new, len(state.log)):]:
-            stamp = time.strftime("%H:%M:%S", time.localtime(line.time))
+            try:
+                stamp = time.strftime("%H:%M:%S", time.localtime(line.time))
+            except (OverflowError, OSError, ValueError):  # a time stamp from another millennium
+                stamp = "--:--:--"
             self.write(Text.assemble((stamp + " ", "dim"), (line.text, LEVEL_STYLES.get(line.level, ""))))
         self._written = state.log_total

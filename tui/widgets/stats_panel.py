@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from ..format import format_bytes, format_count, format_float, format_percent
+from ..format import format_bytes, format_count, format_float, format_percent, format_rate, format_seconds
 from ..state import RunState
 
 
@@ -43,9 +43,9 @@ class StatsPanel(Static):
             ("loss", loss),
             ("perplexity", format_float(state.perplexity)),
             ("val loss", val),
-            ("lr", "-" if state.lr is None else f"{state.lr:.3e}"),
+            ("lr", format_rate(state.lr)),
             ("grad norm", format_float(state.grad_norm, 3)),
-            ("step time", "-" if state.step_time is None else f"{state.step_time:.3f} s"),
+            ("step time", format_seconds(state.step_time)),
             ("tokens/s", format_count(state.tokens_per_s)),
             ("MFU", format_percent(state.mfu)),
             ("memory", format_bytes(state.memory)),

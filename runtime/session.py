@@ -77,7 +77,7 @@ def resume_changes(spec, run) -> tuple[bool, list[dict[str, Any]]]:
         return True, []
     print(f"The spec differs from the one {run.name} was trained with:")
     for change in changes:
-        print(f"  {change.path}: {_show(change.old)} -> {_show(change.new)}")
+        print(f"  {change.line()}")
     compatible, reasons = resume_compatibility(old, spec)
     if not compatible:
         _error("cannot resume with these changes:\n" + "\n".join(f"  {reason}" for reason in reasons)
@@ -109,10 +109,6 @@ def prepare_local_checkpoint(checkpoint) -> bool:
         return False
     print(f"resuming {move.text}: weights and optimizer state kept", flush=True)
     return True
-
-
-def _show(value: Any) -> str:
-    return "(absent)" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
 # ---------------------------------------------------------------- the run folder

@@ -12,10 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .canonical import canonical_dict
+from .canonical import canonical_dict, format_scalar
 from .spec import Spec
 
 SECTIONS = ("name", "seed", "model", "data", "parallel", "train", "track")
+_MAX_VALUE = 100  # characters of one value on a line
 
 
 @dataclass
@@ -34,6 +35,15 @@ class Change:
     def section(self) -> str:
         """The top-level section the change is in: model, data, train, ..."""
         return self.path.split(".", 1)[0]
+
+    def line(self) -> str:
+        """One line as `tabula diff` prints it: `~ train.budget.tokens: 1.5M -> 3M`, `+ path: value`."""
+        key = self.path.rsplit(".", 1)[-1]
+        if self.kind == "added":
+            return f"+ {self.path}: {inline(self.new, key)}"
+        if self.kind == "removed":
+            return f"- {self.path}: {inline(self.old, key)}"
+        return f"~ {self.path}: {inline(self.old, key)} -> {inline(self.new, key)}"
 
     def as_dict(self) -> dict[str, Any]:
         """`{path, kind, old, new}` (and `impact` where filled in), JSON-able."""
@@ -99,3 +109,31 @@ def _same(a: Any, b: Any) -> bool:
 
 def _dotted(path: tuple) -> str:
     return ".".join(str(part) for part in path)
+
+
+def inline(value: Any, key: str | None = None) -> str:
+    """A value on one line as YAML flow style writes it: null, true, 0.001, {kind: gqa, ...}, [1, 2].
+    Under a token-count key (`until_tokens`, `batch_tokens`...) a count is written as specs write
+    it: 1048576 -> 1M."""
+    if isinstance(value, dict):
+        text = "{" + ", ".join(f"{name}: {inline(item, str(name))}" for name, item in value.items()) + "}"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(inline(item) for item in value) + "]"
+    elif key is not None and _counts_tokens(key) and isinstance(value, int) and not isinstance(value, bool):
+        text = token_count(value)
+    else:
+        text = format_scalar(value)
+    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
+
+
+def _counts_tokens(key: str) -> bool:
+    return key.endswith("tokens") or key == "max_chars"
+
+
+def token_count(value: int) -> str:
+    """A token count with the spec's binary suffix where it is exact to two decimals (1048576 ->
+    1M, 2684354560 -> 2.5B, 65536 -> 64k); other counts as digits (209715)."""
+    for suffix, unit in (("T", 2**40), ("B", 2**30), ("M", 2**20), ("k", 2**10)):
+        if value >= unit and (value * 100) % unit == 0:
+            return f"{value / unit:g}{suffix}"
+    return str(value)

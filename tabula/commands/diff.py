@@ -23,9 +23,7 @@ from typing import Any
 
 HELP = "show what changed between two specs or run directories"
 
-_MARK = {"added": "+", "removed": "-", "changed": "~"}
 _COLOR = {"added": "\033[32m", "removed": "\033[31m", "changed": "\033[33m"}
-_MAX_VALUE = 100
 
 
 def add_arguments(parser) -> None:
@@ -119,42 +117,5 @@ def _safe_lines(impact: Any) -> list[str]:
 
 
 def _line(change, color: bool) -> str:
-    mark = _MARK[change.kind]
-    key = change.path.rsplit(".", 1)[-1]
-    if change.kind == "added":
-        text = f"{mark} {change.path}: {inline(change.new, key)}"
-    elif change.kind == "removed":
-        text = f"{mark} {change.path}: {inline(change.old, key)}"
-    else:
-        text = f"{mark} {change.path}: {inline(change.old, key)} -> {inline(change.new, key)}"
+    text = change.line()
     return f"{_COLOR[change.kind]}{text}\033[0m" if color else text
-
-
-def inline(value: Any, key: str | None = None) -> str:
-    """A value on one line as YAML flow style writes it: null, true, 0.001, {kind: gqa, ...}, [1, 2].
-    Under a token-count key (`until_tokens`, `batch_tokens`...) a count is written as specs write
-    it: 1048576 -> 1M."""
-    from tabula.schemas.canonical import format_scalar
-
-    if isinstance(value, dict):
-        text = "{" + ", ".join(f"{name}: {inline(item, str(name))}" for name, item in value.items()) + "}"
-    elif isinstance(value, list):
-        text = "[" + ", ".join(inline(item) for item in value) + "]"
-    elif key is not None and _counts_tokens(key) and isinstance(value, int) and not isinstance(value, bool):
-        text = token_count(value)
-    else:
-        text = format_scalar(value)
-    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
-
-
-def _counts_tokens(key: str) -> bool:
-    return key.endswith("tokens") or key == "max_chars"
-
-
-def token_count(value: int) -> str:
-    """A token count with the spec's binary suffix where it is exact to two decimals (1048576 ->
-    1M, 2684354560 -> 2.5B, 65536 -> 64k); other counts as digits (209715)."""
-    for suffix, unit in (("T", 2**40), ("B", 2**30), ("M", 2**20), ("k", 2**10)):
-        if value >= unit and (value * 100) % unit == 0:
-            return f"{value / unit:g}{suffix}"
-    return str(value)

@@ -65,9 +65,8 @@ class MetricChart(PlotextPlot):
             plt.yscale("log")
         if xs_all:
             low, high = min(xs_all), max(xs_all)
-            if high > low:
-                ticks = [low + (high - low) * i / (X_TICKS - 1) for i in range(X_TICKS)]
-                plt.xticks(ticks, [format_tokens(int(t)) for t in ticks])
+            ticks = [low + (high - low) * i / (X_TICKS - 1) for i in range(X_TICKS)] if high > low else [low]
+            plt.xticks(ticks, [format_tokens(int(t)) for t in ticks])  # one point: its one tick, not plotext's raw numbers
 
 
 def envelope(xs: list[float], ys: list[float], buckets: int) -> tuple[list[float], list[float]]:

@@ -7,7 +7,8 @@ Starts from --from (a spec file or a preset: quickstart, llama-tiny, mistral-tin
 tabulaprima-278m ...), or from FILE when it exists, or from the quickstart spec.
 Saving over a file that is not empty asks first (the YAML is written anew: comments of your own
 in it are not kept); --force replaces it without asking. The saved spec's first line names the
-JSON schema for editors (yaml-language-server): relative inside the tabula repository, else absolute.
+JSON schema for editors (yaml-language-server): relative inside the tabula repository, else
+absolute.
 Keys: ctrl+s save, ctrl+q quit, tab to move between fields.
 """
 

@@ -329,6 +329,8 @@ class Trainer:
                 signal_name = signals.name
                 self.log("info", f"{signal_name or 'stop requested'}: stopping at step {p.step} with a checkpoint")
                 break
+        if reason == "stopped" and logged_steps:  # a stop mid-interval: its steps still get their train event
+            self.log_train(loss_sum / logged_steps, grad_norm, stage, logged_steps, interval_start + paused, flops[stage.index])
         if reason == "finished" and spec.train.eval and p.val_step != p.step:
             self.evaluate()
         path = self.checkpoint()

@@ -65,6 +65,15 @@ def test_resume_is_bit_identical(prepared, tmp_path):
     assert evals == [e["val_loss"] for e in whole_events if e["kind"] == "eval"]
 
 
+def test_a_stop_mid_interval_still_logs_its_steps(prepared, tmp_path):
+    every_step = _losses(_run(tiny_spec(), prepared, tmp_path / "each", max_steps=7)[1])
+    outcome, events = _run(tiny_spec(log={"every_steps": 5}), prepared, tmp_path / "fives", max_steps=7)
+    assert outcome.reason == "stopped"
+    logged = _losses(events)
+    assert sorted(logged) == [5, 7]  # the last event covers steps 6 and 7, which a stop cut short
+    assert logged[7] == pytest.approx((every_step[6] + every_step[7]) / 2, rel=1e-5)
+
+
 def test_events_follow_the_contract(prepared, tmp_path):
     _, events = _run(tiny_spec(), prepared, tmp_path / "run")
     kinds = [e["kind"] for e in events]

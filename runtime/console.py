@@ -13,10 +13,15 @@ from typing import TextIO
 def human_count(n: float, base: int = 1024) -> str:
     """1536 -> 1.5k, 3145728 -> 3.0M: powers of 1024 for token counts, as the spec's quantities;
     base=1000 for parameter counts, as `tabula plan` and papers write them."""
-    for unit, scale in (("B", base**3), ("M", base**2), ("k", base)):
-        if abs(n) >= scale:
+    units = (("B", base**3), ("M", base**2), ("k", base), ("", 1))
+    for i, (unit, scale) in enumerate(units):
+        if abs(n) >= scale or unit == "":
             value = n / scale
-            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+            text = f"{value:.1f}" if unit and abs(value) < 100 else f"{value:.0f}"
+            if abs(float(text)) >= base and i > 0:  # 1023.8k rounds to 1024k: write it as 1.0M
+                value = n / units[i - 1][1]
+                return f"{value:.1f}{units[i - 1][0]}"
+            return f"{text}{unit}"
     return f"{n:.0f}"
 
 

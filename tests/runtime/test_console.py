@@ -1,0 +1,55 @@
+"""The headless console's number formats: what a user reads in every progress line."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from runtime.console import Console, human_count, human_duration
+
+
+@pytest.mark.parametrize(
+    ("n", "base", "text"),
+    [
+        (999, 1024, "999"),
+        (1536, 1024, "1.5k"),
+        (3 * 2**20, 1024, "3.0M"),
+        (150 * 2**10, 1024, "150k"),
+        (1023.6, 1024, "1.0k"),  # rounds to 1024 units: the next unit, not "1024"
+        (999_600, 1000, "1.0M"),  # not "1000k"
+        (278_326_656, 1000, "278M"),
+        (1_300_000_000, 1000, "1.3B"),
+        (-2048, 1024, "-2.0k"),
+        (0, 1024, "0"),
+    ],
+)
+def test_human_count(n: float, base: int, text: str) -> None:
+    assert human_count(n, base=base) == text
+
+
+def test_human_duration() -> None:
+    assert [human_duration(s) for s in (0, 59.9, 61, 3600 + 120)] == ["0s", "59s", "1m01s", "1h02m"]
+
+
+def test_train_line_reads_step_tokens_loss_and_eta() -> None:
+    out = io.StringIO()
+    console = Console(out)
+    console(
+        {
+            "kind": "start", "time": 0.0, "step": 0, "tokens": 0, "run_name": "quick", "total_steps": 100,
+            "total_tokens": 400 * 1024, "parameters": 3_800_000, "precision": "fp32", "device": "cpu", "world_size": 1,
+            "stages": [{"seq_len": 128, "until_tokens": 400 * 1024}],
+        }
+    )
+    console(
+        {
+            "kind": "train", "time": 10.0, "step": 50, "tokens": 200 * 1024, "loss": 5.3125, "lr": 1e-3,
+            "tokens_per_s": 6100.0, "mfu": 0.5, "grad_norm": 1.0, "step_time": 0.2,
+        }
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("quick: 3.8M parameters, fp32 on cpu")
+    train = lines[-1]
+    assert "50/100" in train and "200k/400k tok" in train and "loss 5.3125" in train
+    assert "ETA" in train

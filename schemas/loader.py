@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from .errors import SpecError, SpecErrors
 from .overrides import apply_override
-from .pydantic_errors import spec_errors_from
+from .pydantic_errors import lookup, spec_errors_from
 from .spec import Spec
 from .yaml_source import Document, Position, parse_yaml, read_yaml
 
@@ -41,7 +41,7 @@ class SourceMap:
         for depth in range(1, len(path) + 1):
             prefix, kept = path[:depth], []
             for layer in candidates:
-                found, value = _lookup(layer.data, prefix)
+                found, value = lookup(layer.data, prefix)
                 if not found:
                     continue
                 kept.append(layer)
@@ -189,17 +189,6 @@ def _merge(base: Any, over: Any) -> Any:
             merged[key] = _merge(base[key], value) if key in base else value
         return merged
     return over
-
-
-def _lookup(data: Any, path: tuple) -> tuple[bool, Any]:
-    for part in path:
-        if isinstance(data, dict) and part in data:
-            data = data[part]
-        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
-            data = data[part]
-        else:
-            return False, None
-    return True, data
 
 
 def _shown(path: Path) -> str:

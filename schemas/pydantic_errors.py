@@ -105,15 +105,20 @@ def _walk(loc: tuple, data: Any, keep_last: bool) -> tuple[tuple, Any, bool, boo
     return tuple(path), node, skipped_last, is_key
 
 
-def _get(data: Any, path: tuple) -> Any:
+def lookup(data: Any, path: tuple) -> tuple[bool, Any]:
+    """(found, value) at spec `path` in the plain data parsed from YAML (mappings and lists)."""
     for part in path:
         if isinstance(data, dict) and part in data:
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
             data = data[part]
         else:
-            return None
-    return data
+            return False, None
+    return True, data
+
+
+def _get(data: Any, path: tuple) -> Any:
+    return lookup(data, path)[1]
 
 
 def _nearest(path: tuple, locate: Locate, want_key: bool):

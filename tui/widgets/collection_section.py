@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Collapsible, Input, Label, Static
 
-from ..form_data import MISSING, FormData
-from ..schema_form import DICT, UNION, FormField
+from ..form_data import MISSING
+from ..schema_form import DICT, UNION
+from .form_section import FormSection
 from .model_section import ModelSection
 
 
-class CollectionSection(Collapsible):
+class CollectionSection(FormSection):
     """Rows of `form_field.item` at `path` (a list, or a dict keyed by name)."""
 
     DEFAULT_CSS = """
@@ -63,12 +63,6 @@ class CollectionSection(Collapsible):
     class Rebuilt(Message):
         """Rows were added, removed or renamed."""
 
-    def __init__(self, form_field: FormField, path: tuple[Any, ...], form: FormData, *, collapsed: bool = True) -> None:
-        self.form_field = form_field
-        self.path = path
-        self.form = form
-        super().__init__(title=form_field.name, collapsed=collapsed)
-
     @property
     def is_dict(self) -> bool:
         return self.form_field.widget == DICT
@@ -83,18 +77,6 @@ class CollectionSection(Collapsible):
         if isinstance(value, list) and not self.is_dict:
             return list(range(len(value)))
         return []
-
-    def compose(self) -> ComposeResult:
-        self._built = not self.collapsed  # built when first opened, as ModelSection
-        yield self._title
-        with self.Contents():
-            if self._built:
-                yield from self._children()
-
-    def on_collapsible_expanded(self, event: Collapsible.Expanded) -> None:
-        if event.collapsible is self and not self._built:
-            self._built = True
-            self.rebuild()
 
     def _children(self) -> list:
         widgets: list = []
@@ -116,12 +98,6 @@ class CollectionSection(Collapsible):
         row = Vertical(Horizontal(*head, classes="row-head"), section, classes="row")
         row.row_key = key  # type: ignore[attr-defined]
         return row
-
-    def rebuild(self) -> None:
-        contents = self.query_one(Collapsible.Contents)
-        contents.remove_children()
-        contents.mount(*self._children())
-        self.post_message(self.Rebuilt())
 
     def _materialise(self) -> Any:
         """Store the default in the data before the first structural edit, so edits apply to it."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Collapsible, Label, Select, Static, Switch
 
-from ..form_data import MISSING, FormData
-from ..schema_form import UNION, FormField, form_fields
+from ..form_data import MISSING
+from ..schema_form import UNION, form_fields
+from .form_section import FormSection
 
 
-class ModelSection(Collapsible):
+class ModelSection(FormSection):
     """The fields of the model (or union member) at `path`, built from the schema and rebuilt
     when the kind changes or the section is switched on or off."""
 
@@ -61,26 +61,6 @@ class ModelSection(Collapsible):
 
     class Rebuilt(Message):
         """The section's structure changed (kind swapped, switched on or off)."""
-
-    def __init__(self, form_field: FormField, path: tuple[Any, ...], form: FormData, *,
-                 title: str | None = None, collapsed: bool = True) -> None:
-        self.form_field = form_field
-        self.path = path
-        self.form = form
-        super().__init__(title=title or form_field.name, collapsed=collapsed)
-
-    def compose(self) -> ComposeResult:
-        # a folded section is built when first opened: a spec's whole schema is hundreds of widgets
-        self._built = not self.collapsed
-        yield self._title
-        with self.Contents():
-            if self._built:
-                yield from self._children()
-
-    def on_collapsible_expanded(self, event: Collapsible.Expanded) -> None:
-        if event.collapsible is self and not self._built:
-            self._built = True
-            self.rebuild()
 
     # ------------------------------------------------------------ what the section holds now
 
@@ -138,13 +118,6 @@ class ModelSection(Collapsible):
             widgets.append(Horizontal(*head, classes="head"))
         widgets.append(Vertical(*self._fields(), classes="fields"))
         return widgets
-
-    def rebuild(self) -> None:
-        """Rebuild the head and fields from the data (after a kind swap or the switch)."""
-        contents = self.query_one(Collapsible.Contents)
-        contents.remove_children()
-        contents.mount(*self._children())
-        self.post_message(self.Rebuilt())
 
     # ------------------------------------------------------------ edits
 

@@ -45,6 +45,17 @@ class ControlFolder:
                     pass
 
 
+    def clear(self) -> list[str]:
+        """Delete the requests present now and return their names: at the start of a session they were
+        left by an earlier one (a request sent as that run ended, or crashed), and acting on them would
+        stop a resumed run at its first step."""
+        if self.path is None:
+            return []
+        names = [name for name, flag in REQUESTS.items() if self.poll() & flag]
+        self.done(sum(REQUESTS[name] for name in names))
+        return names
+
+
 def request(run_dir: Path, name: str) -> None:
     """Drop a request (what the dashboard does): `stop`, `checkpoint` or `eval`."""
     if name not in REQUESTS:

@@ -418,7 +418,10 @@ def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int |
                 trainer.restore(Path(resume_from))
             else:
                 seed_everything(spec.seed)
+            stale = trainer.control.clear()  # before the start event: the dashboard sends nothing earlier
             trainer.start_event(resume_from, parameters)
+            if stale:
+                trainer.log("warning", f"ignored the {' and '.join(stale)} request left in control/ by an earlier session")
             if spec.train.on_nonfinite == "rollback" and trainer.last_good_checkpoint() is None:
                 trainer.checkpoint()  # something to roll back to before the first interval's checkpoint
             outcome = trainer.loop(signals)

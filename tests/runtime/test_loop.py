@@ -143,6 +143,20 @@ def test_control_requests(prepared, tmp_path):
     assert not list((folder / "control").iterdir())  # requests are deleted once acted upon
 
 
+def test_a_request_left_by_an_earlier_session_is_ignored(prepared, tmp_path):
+    """A stop sent as a run ended (or crashed) would stop its resumed run at the first step."""
+    from tabula.runtime.control import request
+
+    folder = tmp_path / "run"
+    first, _ = _run(tiny_spec(), prepared, folder, max_steps=3)
+    request(folder, "stop")
+    outcome, events = _run(tiny_spec(), prepared, folder, max_steps=2, resume_from=first.checkpoint)
+    assert (outcome.reason, outcome.step) == ("stopped", 5)  # by --max-steps, not by the old request
+    warnings = [e["message"] for e in events if e["kind"] == "log" and e["level"] == "warning"]
+    assert any("ignored the stop request" in w for w in warnings), warnings
+    assert not list((folder / "control").iterdir())
+
+
 def test_checkpoint_state(prepared, tmp_path):
     outcome, _ = _run(tiny_spec(), prepared, tmp_path / "run")
     state = read_state(outcome.checkpoint)

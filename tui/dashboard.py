@@ -29,6 +29,7 @@ from .widgets.sample_view import SampleView
 from .widgets.stats_panel import StatsPanel
 
 POLL_HZ = 4
+RUN_ACTIONS = ("stop", "checkpoint", "evaluate")  # keys that send the run a request
 CHART_INTERVAL_S = 5.0  # plotting is the dearest part of a frame (tens of ms a chart); losses move slowly
 CATCH_UP_S = 0.1  # reading spent a poll at most, so keys stay responsive while a long run is read
 OUTPUT_LOG = "output.log"
@@ -107,6 +108,7 @@ class DashboardScreen(Screen[str | None]):
         self._last_chart = float("-inf")
         self._exit_reported = False
         self._numbers_stale = self._charts_stale = False
+        self._ended_shown = False
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -158,6 +160,9 @@ class DashboardScreen(Screen[str | None]):
         if events or exited or self.reader.bad_lines > bad_before:
             self._numbers_stale = self._charts_stale = True
         ended = self.state.end_reason is not None
+        if ended != self._ended_shown:  # the footer dims the run's keys
+            self._ended_shown = ended
+            self.refresh_bindings()
         numbers = self._numbers_stale and (second != self._last_second or ended or exited)
         if numbers:  # on the clock's tick, so that one frame a second carries numbers and clock
             self._numbers_stale = False
@@ -201,6 +206,12 @@ class DashboardScreen(Screen[str | None]):
     @property
     def run_active(self) -> bool:
         return self.state.end_reason is None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The run's keys are shown dimmed, and do nothing, once the run has ended."""
+        if action in RUN_ACTIONS and not self.run_active:
+            return None
+        return True
 
     def _send(self, name: str, what: str) -> None:
         if self.state.last_time is None:  # no run folder to write into yet (the runtime creates it)

@@ -87,9 +87,25 @@ async def test_failed_run_shows_its_error_and_refuses_requests(tmp_path):
         text = screen_text(app)
         assert "● failed" in text
         assert "error: RuntimeError: CUDA out of memory" in text
-        await pilot.press("c")
+        await pilot.press("c", "s")
         await pilot.pause()
         assert not (tmp_path / "control").exists()
+        assert not isinstance(app.screen, ConfirmStop)  # no question about a run that has ended
+
+
+async def test_the_run_keys_dim_when_the_run_ends(tmp_path):
+    events = run_events(20)
+    write_events(tmp_path, events)
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 11)
+    async with app.run_test(size=(160, 48)) as pilot:
+        dashboard = app.screen
+        assert [dashboard.check_action(a, ()) for a in ("stop", "checkpoint", "evaluate", "quit_dashboard")] == [True] * 4
+        write_events(tmp_path, [{"kind": "end", "time": T0 + 12, "step": 20, "tokens": events[-1]["tokens"],
+                                 "reason": "finished", "error": None}], mode="a")
+        dashboard.poll()
+        await pilot.pause()
+        assert [dashboard.check_action(a, ()) for a in ("stop", "checkpoint", "evaluate")] == [None] * 3  # shown dimmed
+        assert dashboard.check_action("quit_dashboard", ()) is True
 
 
 async def test_crashed_training_process_shows_failed_with_its_output(tmp_path):

@@ -18,7 +18,7 @@ def human_count(n: float, base: int = 1024) -> str:
         if abs(n) >= scale or unit == "":
             value = n / scale
             text = f"{value:.1f}" if unit and abs(value) < 100 else f"{value:.0f}"
-            if abs(float(text)) >= base and i > 0:  # 1023.8k rounds to 1024k: write it as 1.0M
+            if abs(float(text)) >= 1000 and i > 0:  # 1000k or more: 1.0M reads better
                 value = n / units[i - 1][1]
                 return f"{value:.1f}{units[i - 1][0]}"
             return f"{text}{unit}"

@@ -19,6 +19,26 @@ def _amount(value: float | None) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
+DECIMAL = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
+BINARY = ((2**40, "T"), (2**30, "B"), (2**20, "M"), (2**10, "k"))  # the spec's token suffixes
+
+
+def _suffixed(value: float, units: tuple[tuple[float, str], ...]) -> str:
+    """`value` (at least the smallest unit) in the largest unit it reaches, 3 significant digits. A value
+    that rounds up to 1000 of a unit is written in the next one: 1_024_000 tokens -> '0.977M', not
+    '1e+03k' (what '{:.3g}' makes of 1000)."""
+    for i, (scale, suffix) in enumerate(units):
+        if value >= scale:
+            text = f"{value / scale:.3g}"
+            if float(text) < 1000:
+                return text + suffix
+            if i == 0:
+                return f"{value / scale:.0f}{suffix}"
+            bigger, bigger_suffix = units[i - 1]
+            return f"{value / bigger:.3g}{bigger_suffix}"
+    raise ValueError(f"{value} is below the smallest unit")
+
+
 def format_duration(seconds: float | None) -> str:
     """3725 -> '1h02m', 65 -> '1m05s', 7.2 -> '7s', None -> '-'."""
     seconds = _amount(seconds)
@@ -39,9 +59,8 @@ def format_count(value: float | None) -> str:
     value = _amount(value)
     if value is None:
         return UNKNOWN
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}"
+    if value >= 999.5:  # 999.6 would read '1e+03'
+        return _suffixed(max(value, 1e3), DECIMAL)
     return f"{value:.3g}" if isinstance(value, float) and not value.is_integer() else f"{int(value)}"
 
 
@@ -86,7 +105,4 @@ def format_tokens(value: int | None) -> str:
     value = _amount(value)
     if value is None:
         return UNKNOWN
-    for scale, suffix in ((2**40, "T"), (2**30, "B"), (2**20, "M"), (2**10, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return str(int(value))
+    return _suffixed(value, BINARY) if value >= 2**10 else str(int(value))

@@ -18,6 +18,8 @@ from runtime.console import Console, human_count, human_duration
         (150 * 2**10, 1024, "150k"),
         (1023.6, 1024, "1.0k"),  # rounds to 1024 units: the next unit, not "1024"
         (999_600, 1000, "1.0M"),  # not "1000k"
+        (1_024_000, 1024, "1.0M"),  # 1000k, the quickstart's step 250
+        (1_022_976, 1024, "999k"),
         (278_326_656, 1000, "278M"),
         (1_300_000_000, 1000, "1.3B"),
         (-2048, 1024, "-2.0k"),

@@ -51,9 +51,9 @@ class ControlFolder:
         stop a resumed run at its first step."""
         if self.path is None:
             return []
-        names = [name for name, flag in REQUESTS.items() if self.poll() & flag]
-        self.done(sum(REQUESTS[name] for name in names))
-        return names
+        flags = self.poll()
+        self.done(flags)
+        return [name for name, flag in REQUESTS.items() if flags & flag]
 
 
 def request(run_dir: Path, name: str) -> None:

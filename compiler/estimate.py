@@ -4,11 +4,13 @@ Everything here is arithmetic over the spec (no module is materialised), so `tab
 in milliseconds for a 1.3B model on a laptop:
 
 - parameters: the exact count of `build_model(spec)` (tests hold the two equal), from the same
-  parameter list the model registers (`parameter_shapes`); a tied output head is counted once.
+  parameter list the model registers (`parameter_shapes`, each kind listing its own, from its
+  spec class in schemas/blocks/); a tied output head is counted once.
 - FLOPs per token (training, forward + backward): 6 N + 6 L T nh (qk + v), the PaLM appendix's
-  6N + 12 L H Q T with Q split into the query/key and value head widths (MLA has two). N counts the
-  parameters that take part in matrix multiplies: all but the token and position embeddings,
-  plus the output projection (vocab x d_model) once, tied or not. T is the stage's seq_len.
+  6N + 12 L H Q T with Q split into the query/key and value head widths (MLA has two), each kind
+  reporting its part. N counts the parameters that take part in matrix multiplies: all but the
+  token and position embeddings, plus the output projection (vocab x d_model) once, tied or not.
+  T is the stage's seq_len.
 - memory per rank: weights, gradients, the optimizer's fp32 master weights and gradients, its
   state, autocast's weight copies and ZeRO-3's gathered tensor, for the precision, ZeRO stage and
   offload of the spec (`model_state_bytes`); activations in `activations.py`.
@@ -21,7 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from tabula.schemas.model import MLA
+from tabula.schemas.blocks.costs import FLOPS_PER_PARAMETER, Shapes
 from tabula.schemas.model import Model as ModelSpec
 from tabula.schemas.spec import Spec
 
@@ -49,74 +51,22 @@ def default_peak_flops(device_type: str, precision: str) -> float:
 # ---------------------------------------------------------------- parameters
 
 
-def parameter_shapes(model: ModelSpec, vocab_size: int) -> list[tuple[str, tuple[int, ...]]]:
+def parameter_shapes(model: ModelSpec, vocab_size: int) -> Shapes:
     """(name, shape) of every parameter `build_model` registers, in its order and with its names
-    (compiler/model.py's docstring lists them). A tied output head is not listed twice."""
-    d = model.d_model
-    shapes: list[tuple[str, tuple[int, ...]]] = [("embed.weight", (vocab_size, d))]
-    if model.position.kind == "learned":
-        shapes.append(("pos_embed.weight", (model.max_seq_len, d)))
+    (compiler/model.py's docstring lists them), as each kind reports its own. A tied output head
+    is not listed twice."""
+    d, block = model.d_model, model.block
+    shapes: Shapes = [("embed.weight", (vocab_size, d))]
+    shapes += model.position.parameter_shapes("pos_embed.", d, model.max_seq_len)
     for i in range(model.n_layers):
         prefix = f"blocks.{i}."
-        shapes += _norm(prefix + "attn_norm", model, d)
-        shapes += _attention(prefix + "attn.", model)
-        shapes += _norm(prefix + "mlp_norm", model, d)
-        shapes += _mlp(prefix + "mlp.", model)
-    shapes += _norm("norm", model, d)
+        shapes += block.norm.parameter_shapes(prefix + "attn_norm.", d)
+        shapes += block.attention.parameter_shapes(prefix + "attn.", d)
+        shapes += block.norm.parameter_shapes(prefix + "mlp_norm.", d)
+        shapes += block.mlp.parameter_shapes(prefix + "mlp.", d)
+    shapes += block.norm.parameter_shapes("norm.", d)
     if not model.tie_embeddings:
         shapes.append(("lm_head.weight", (vocab_size, d)))
-    return shapes
-
-
-def _norm(name: str, model: ModelSpec, dim: int) -> list[tuple[str, tuple[int, ...]]]:
-    norm = model.block.norm
-    shapes = [(f"{name}.weight", (dim,))]
-    if norm.kind == "layernorm" and norm.bias:
-        shapes.append((f"{name}.bias", (dim,)))
-    return shapes
-
-
-def _linear(name: str, n_in: int, n_out: int, bias: bool) -> list[tuple[str, tuple[int, ...]]]:
-    return [(f"{name}.weight", (n_out, n_in))] + ([(f"{name}.bias", (n_out,))] if bias else [])
-
-
-def _attention(prefix: str, model: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
-    attn, d, hd = model.block.attention, model.d_model, model.head_dim
-    nh, bias = attn.n_heads, attn.bias
-    if isinstance(attn, MLA):
-        nope, hv = hd - attn.rope_head_dim, attn.v_head_dim or hd
-        shapes = []
-        if attn.q_latent is None:
-            shapes += _linear(prefix + "q_proj", d, nh * hd, bias)
-        else:
-            shapes += _linear(prefix + "q_down", d, attn.q_latent, bias)
-            if attn.latent_norm:
-                shapes.append((prefix + "q_latent_norm.weight", (attn.q_latent,)))
-            shapes += _linear(prefix + "q_up", attn.q_latent, nh * hd, False)
-        shapes += _linear(prefix + "kv_down", d, attn.kv_latent, bias)
-        if attn.latent_norm:
-            shapes.append((prefix + "kv_latent_norm.weight", (attn.kv_latent,)))
-        shapes += _linear(prefix + "kv_up", attn.kv_latent, nh * (nope + hv), False)
-        shapes += _linear(prefix + "k_rope", d, attn.rope_head_dim, bias)
-        shapes += _linear(prefix + "o_proj", nh * hv, d, bias)
-    else:
-        kv = model.n_kv_heads
-        shapes = _linear(prefix + "q_proj", d, nh * hd, bias)
-        shapes += _linear(prefix + "k_proj", d, kv * hd, bias)
-        shapes += _linear(prefix + "v_proj", d, kv * hd, bias)
-        shapes += _linear(prefix + "o_proj", nh * hd, d, bias)
-    if attn.qk_norm:
-        shapes += [(prefix + "q_norm.weight", (hd,)), (prefix + "k_norm.weight", (hd,))]
-    return shapes
-
-
-def _mlp(prefix: str, model: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
-    mlp, d = model.block.mlp, model.d_model
-    shapes = []
-    if mlp.kind == "swiglu":
-        shapes += _linear(prefix + "gate", d, mlp.hidden, mlp.bias)
-    shapes += _linear(prefix + "up", d, mlp.hidden, mlp.bias)
-    shapes += _linear(prefix + "down", mlp.hidden, d, mlp.bias)
     return shapes
 
 
@@ -146,18 +96,14 @@ def count_parameters(model: ModelSpec, vocab_size: int) -> Parameters:
 # ---------------------------------------------------------------- FLOPs
 
 
-def attention_flops_per_token(model: ModelSpec, seq_len: int) -> int:
-    """The attention term: 6 L T nh (qk + v) (the PaLM appendix's 12 L H Q T where qk = v = Q).
-    Kernels compute the whole causal square, so T is the full seq_len, window or not."""
-    attn = model.block.attention
-    qk = model.head_dim
-    v = (attn.v_head_dim or qk) if isinstance(attn, MLA) else qk
-    return 6 * model.n_layers * seq_len * attn.n_heads * (qk + v)
-
-
 def flops_per_token(model: ModelSpec, vocab_size: int, seq_len: int) -> int:
-    """Training FLOPs per token (forward and backward) at sequence length `seq_len`."""
-    return 6 * count_parameters(model, vocab_size).matmul + attention_flops_per_token(model, seq_len)
+    """Training FLOPs per token (forward and backward) at sequence length `seq_len`: what each
+    kind reports (6 per parameter, and attention's scores), and the output projection's 6 x
+    vocab x d_model, tied or not (the token and position embeddings are lookups)."""
+    d, block = model.d_model, model.block
+    layer = 2 * block.norm.flops_per_token(d) + block.attention.flops_per_token(d, seq_len) + block.mlp.flops_per_token(d)
+    outside = model.position.flops_per_token(d) + block.norm.flops_per_token(d) + FLOPS_PER_PARAMETER * vocab_size * d
+    return model.n_layers * layer + outside
 
 
 # ---------------------------------------------------------------- memory of model states

@@ -1,68 +1,70 @@
 """Mapping tabula models to Hugging Face transformers' formats (config.json + state dict).
 
-    Llama    mha / gqa / mqa, rope, rmsnorm, swiglu, attention and mlp biases both or either
+    Llama    mha / gqa / mqa, rope, rmsnorm, swiglu, attention biases on all four projections or none
     Mistral  the same with a sliding window and no biases
     DeepSeek-V3  mla with latent_norm (MoE off: every layer dense), rope, rmsnorm, swiglu
 
-What has no equivalent there (GELU MLPs, LayerNorm, learned or no positions, NTK scaling,
-QK-norm, MLA without latent norms...) is reported by `hf_problems`, one line per field.
-This module never imports transformers: it builds plain dicts and tensors (write_hf saves them
-with safetensors).
+Each kind says how it maps in its own module (its class's `hf`: an HFMapping, or NoHF; see
+hf_mapping.py); this module asks the model's kinds and assembles their answers: the attention
+kind picks the architecture, every kind names what in its spec does not map (`hf_problems`, one
+line per field), adds its config.json keys and names its tensors there. It never imports
+transformers: it builds plain dicts and tensors (write_hf saves them with safetensors).
 """
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 import torch
 
-from tabula.schemas.model import MLA
 from tabula.schemas.model import Model as ModelSpec
 
+from .blocks import ATTENTION, MLP, NORM, POSITION
+from .blocks.registry import BlockClass
+from .hf_mapping import ExportError, HFMapping, NoHF
 
-class ExportError(ValueError):
-    """The model cannot be written in the asked format; `problems` lists what does not map."""
+__all__ = ["ExportError", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "special_token_ids", "write_hf"]
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+
+def _kinds(spec: ModelSpec) -> list[tuple[str, Any, BlockClass]]:
+    """(spec path, kind spec, registered class) of each kind the model is made of."""
+    block = spec.block
+    return [
+        ("model.block.attention", block.attention, ATTENTION[block.attention.kind]),
+        ("model.block.mlp", block.mlp, MLP[block.mlp.kind]),
+        ("model.block.norm", block.norm, NORM[block.norm.kind]),
+        ("model.position", spec.position, POSITION[spec.position.kind]),
+    ]
+
+
+def _mapping(path: str, kind: Any, registered: BlockClass) -> HFMapping:
+    if isinstance(registered.hf, NoHF):
+        raise ExportError([f"{path}.kind: {registered.hf.reason}"])
+    return registered.hf
 
 
 def hf_architecture(spec: ModelSpec) -> str:
-    """LlamaForCausalLM, MistralForCausalLM or DeepseekV3ForCausalLM, by the attention's shape."""
-    if isinstance(spec.block.attention, MLA):
-        return "DeepseekV3ForCausalLM"
-    if spec.block.attention.window is not None:
-        return "MistralForCausalLM"
-    return "LlamaForCausalLM"
+    """The architecture the attention kind implies (LlamaForCausalLM, MistralForCausalLM,
+    DeepseekV3ForCausalLM). Raises ExportError when the attention kind has no equivalent."""
+    path, attention, registered = _kinds(spec)[0]
+    architecture = _mapping(path, attention, registered).architecture(attention, spec)
+    if architecture is None:
+        raise ExportError([f"{path}.kind: {attention.kind} implies no Hugging Face architecture"])
+    return architecture
 
 
 def hf_problems(spec: ModelSpec) -> list[str]:
     """What in the model graph has no Hugging Face equivalent, as 'model.<path>: why' lines."""
-    attn, block = spec.block.attention, spec.block
-    arch = hf_architecture(spec)
+    try:
+        architecture = hf_architecture(spec)
+    except ExportError as error:
+        return error.problems
     problems = []
-    if block.norm.kind != "rmsnorm":
-        problems.append(f"model.block.norm.kind: {block.norm.kind} has no Hugging Face equivalent here (rmsnorm maps)")
-    if block.mlp.kind != "swiglu":
-        problems.append(f"model.block.mlp.kind: {block.mlp.kind} has no Hugging Face equivalent here (swiglu maps)")
-    if spec.position.kind != "rope":
-        problems.append(f"model.position.kind: {spec.position.kind} positions have no Hugging Face equivalent here (rope maps)")
-    elif spec.position.scaling is not None and spec.position.scaling.kind != "linear":
-        problems.append(f"model.position.scaling.kind: {spec.position.scaling.kind} scaling does not map (linear does)")
-    if attn.qk_norm:
-        problems.append("model.block.attention.qk_norm: QK-norm does not map to Llama, Mistral or DeepSeek-V3")
-    if arch == "MistralForCausalLM" and (attn.bias or block.mlp.bias):
-        problems.append("model.block.attention.window: Mistral (sliding window) has no biases; set bias: false")
-    if arch == "DeepseekV3ForCausalLM":
-        if not attn.latent_norm:
-            problems.append("model.block.attention.latent_norm: MLA maps to DeepSeek-V3 only with latent_norm: true")
-        if attn.window is not None:
-            problems.append("model.block.attention.window: DeepSeek-V3 has no sliding window")
-        if attn.bias and attn.q_latent is None:
-            problems.append("model.block.attention.bias: DeepSeek-V3's direct query projection has no bias")
-        if block.mlp.bias:
-            problems.append("model.block.mlp.bias: DeepSeek-V3's MLP has no biases")
+    for path, kind, registered in _kinds(spec):
+        if isinstance(registered.hf, NoHF):
+            problems.append(f"{path}.kind: {registered.hf.reason}")
+        else:
+            problems += registered.hf.problems(kind, spec, architecture, path)
     return problems
 
 
@@ -71,25 +73,15 @@ def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = No
     problems = hf_problems(spec)
     if problems:
         raise ExportError(problems)
-    attn, block = spec.block.attention, spec.block
-    rope = {"rope_type": "default", "rope_theta": spec.position.theta}
-    if spec.position.scaling is not None:
-        rope = {"rope_type": "linear", "rope_theta": spec.position.theta, "factor": spec.position.scaling.factor}
-    arch = hf_architecture(spec)
-    config = {
-        "architectures": [arch],
+    architecture = hf_architecture(spec)
+    config: dict[str, Any] = {
+        "architectures": [architecture],
         "vocab_size": vocab_size,
         "hidden_size": spec.d_model,
-        "intermediate_size": block.mlp.hidden,
         "num_hidden_layers": spec.n_layers,
-        "num_attention_heads": attn.n_heads,
-        "num_key_value_heads": spec.n_kv_heads,
-        "hidden_act": "silu",
         "max_position_embeddings": spec.max_seq_len,
         "initializer_range": spec.init.std,
-        "rms_norm_eps": block.norm.eps,
         "tie_word_embeddings": spec.tie_embeddings,
-        "rope_parameters": rope,
         "attention_dropout": 0.0,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
@@ -97,73 +89,35 @@ def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = No
         "torch_dtype": "float32",
         "use_cache": True,
     }
-    if arch == "LlamaForCausalLM":
-        config |= {"model_type": "llama", "head_dim": spec.head_dim, "attention_bias": attn.bias, "mlp_bias": block.mlp.bias}
-    elif arch == "MistralForCausalLM":
-        config |= {"model_type": "mistral", "head_dim": spec.head_dim, "sliding_window": attn.window}
-    else:
-        config |= {
-            "model_type": "deepseek_v3",
-            "q_lora_rank": attn.q_latent,
-            "kv_lora_rank": attn.kv_latent,
-            "qk_rope_head_dim": attn.rope_head_dim,
-            "qk_nope_head_dim": spec.head_dim - attn.rope_head_dim,
-            "v_head_dim": attn.v_head_dim if attn.v_head_dim is not None else spec.head_dim,
-            "attention_bias": attn.bias,
-            "rope_interleave": False,  # tabula rotates halves, as Llama does
-            "first_k_dense_replace": spec.n_layers,  # every layer a dense MLP: no mixture of experts
-            "moe_intermediate_size": block.mlp.hidden,
-            "n_routed_experts": 1,
-            "n_shared_experts": 1,
-            "num_experts_per_tok": 1,
-            "n_group": 1,
-            "topk_group": 1,
-            "num_nextn_predict_layers": 0,
-        }
+    for path, kind, registered in _kinds(spec):
+        config |= _mapping(path, kind, registered).config(kind, spec, architecture)
     return config
-
-
-# tabula name -> Hugging Face name, for every parameter that maps one to one.
-_RENAMES = [
-    (r"^embed\.weight$", "model.embed_tokens.weight"),
-    (r"^norm\.weight$", "model.norm.weight"),
-    (r"^lm_head\.weight$", "lm_head.weight"),
-    (r"^blocks\.(\d+)\.attn_norm\.weight$", r"model.layers.\1.input_layernorm.weight"),
-    (r"^blocks\.(\d+)\.mlp_norm\.weight$", r"model.layers.\1.post_attention_layernorm.weight"),
-    (r"^blocks\.(\d+)\.attn\.([qkvo])_proj\.(weight|bias)$", r"model.layers.\1.self_attn.\2_proj.\3"),
-    (r"^blocks\.(\d+)\.mlp\.(gate|up|down)\.(weight|bias)$", r"model.layers.\1.mlp.\2_proj.\3"),
-    (r"^blocks\.(\d+)\.attn\.q_down\.(weight|bias)$", r"model.layers.\1.self_attn.q_a_proj.\2"),
-    (r"^blocks\.(\d+)\.attn\.q_latent_norm\.weight$", r"model.layers.\1.self_attn.q_a_layernorm.weight"),
-    (r"^blocks\.(\d+)\.attn\.q_up\.weight$", r"model.layers.\1.self_attn.q_b_proj.weight"),
-    (r"^blocks\.(\d+)\.attn\.kv_latent_norm\.weight$", r"model.layers.\1.self_attn.kv_a_layernorm.weight"),
-    (r"^blocks\.(\d+)\.attn\.kv_up\.weight$", r"model.layers.\1.self_attn.kv_b_proj.weight"),
-]
-# DeepSeek-V3 projects the kv latent and the shared rotary key with one matrix: rows [latent | rope].
-_KV_DOWN = re.compile(r"^blocks\.(\d+)\.attn\.kv_down\.(weight|bias)$")
 
 
 def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """tabula's state dict (names as in compiler/model.py) renamed and reshaped for hf_config's
-    architecture. Tensors are made contiguous and never shared (safetensors refuses aliases)."""
-    out = {}
-    for name, tensor in state.items():
-        if name == "lm_head.weight" and spec.tie_embeddings:
-            continue  # transformers ties it to the embedding itself
-        kv = _KV_DOWN.match(name)
-        if kv:
-            layer, kind = kv.groups()
-            rope = state[f"blocks.{layer}.attn.k_rope.{kind}"]
-            out[f"model.layers.{layer}.self_attn.kv_a_proj_with_mqa.{kind}"] = torch.cat([tensor, rope], dim=0)
-            continue
-        if re.match(r"^blocks\.\d+\.attn\.k_rope\.", name):
-            continue  # folded into kv_a_proj_with_mqa above
-        for pattern, replacement in _RENAMES:
-            if re.match(pattern, name):
-                out[re.sub(pattern, replacement, name)] = tensor.detach().clone().contiguous()
-                break
-        else:
-            raise ExportError([f"parameter {name} has no Hugging Face name"])
-    return out
+    architecture, each kind naming its module's tensors. Tensors are made contiguous and never
+    shared (safetensors refuses aliases)."""
+    attention, mlp, norm, position = _kinds(spec)
+    # (tabula module prefix, Hugging Face module prefix, the kind the module is)
+    modules = [("pos_embed.", "model.pos_embed.", position), ("norm.", "model.norm.", norm)]
+    for i in range(spec.n_layers):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        modules += [(ours + "attn_norm.", theirs + "input_layernorm.", norm), (ours + "attn.", theirs + "self_attn.", attention),
+                    (ours + "mlp_norm.", theirs + "post_attention_layernorm.", norm), (ours + "mlp.", theirs + "mlp.", mlp)]
+    out = {"model.embed_tokens.weight": state["embed.weight"]}
+    if not spec.tie_embeddings:  # tied, transformers ties it to the embedding itself
+        out["lm_head.weight"] = state["lm_head.weight"]
+    claimed = {"embed.weight", "lm_head.weight"}
+    for ours, theirs, (path, kind, registered) in modules:
+        tensors = {name[len(ours):]: tensor for name, tensor in state.items() if name.startswith(ours)}
+        if tensors:
+            claimed |= {ours + name for name in tensors}
+            out |= {theirs + name: tensor for name, tensor in _mapping(path, kind, registered).tensors(kind, tensors).items()}
+    unnamed = sorted(set(state) - claimed)
+    if unnamed:
+        raise ExportError([f"parameter {name} has no Hugging Face name" for name in unnamed])
+    return {name: tensor.detach().clone().contiguous() for name, tensor in out.items()}
 
 
 def special_token_ids(tokenizer_json: dict, names: dict[str, str]) -> dict[str, int | None]:

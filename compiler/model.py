@@ -22,9 +22,6 @@ Biases exist only where the spec asks for them. Build with `tabula.compiler.buil
 
 from __future__ import annotations
 
-import math
-import zlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,11 +32,7 @@ from tabula.schemas.model import Model as ModelSpec
 
 from .blocks import build_attention, build_mlp, build_norm, build_position
 from .blocks.attention import attention_mask
-from .blocks.norm import LayerNorm, RMSNorm
-from .blocks.position import Rope
-
-# Projections that write into the residual stream: their init std is scaled down with depth.
-RESIDUAL_PROJECTIONS = ("attn.o_proj.weight", "mlp.down.weight")
+from .blocks.init import WeightInit
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -64,6 +57,10 @@ class Block(nn.Module):
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x  # (B, T, C)
 
+    def init_weights(self, init: WeightInit) -> None:
+        for name in ("attn_norm", "attn", "mlp_norm", "mlp"):
+            getattr(self, name).init_weights(init.at(name))
+
 
 class Transformer(nn.Module):
     """A decoder-only transformer built from the `model:` section of a spec.
@@ -79,13 +76,10 @@ class Transformer(nn.Module):
         self.vocab_size = vocab_size
         self.max_seq_len = spec.max_seq_len
         self.n_layers = spec.n_layers
-        self.init_std = spec.init.std
-        self.scale_residual = spec.init.scale_residual
+        self.init_scheme = spec.init
         self.window = spec.block.attention.window
         self.embed = nn.Embedding(vocab_size, spec.d_model)
-        attn = spec.block.attention
-        rotary_dim = attn.rope_head_dim if attn.kind == "mla" else spec.head_dim
-        self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=rotary_dim, max_seq_len=spec.max_seq_len)
+        self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=spec.rotary_dim, max_seq_len=spec.max_seq_len)
         self.blocks = nn.ModuleList(Block(spec.block, spec.d_model, spec.dropout) for _ in range(spec.n_layers))
         self.norm = build_norm(spec.block.norm, spec.d_model)
         self.tie_embeddings = spec.tie_embeddings
@@ -138,29 +132,18 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
-        """Normal(0, init.std) weights, zero biases, unit norm scales; projections into the residual
-        stream get std / sqrt(2 n_layers) with init.scale_residual (GPT-2). Each parameter draws
-        from its own CPU generator seeded by (seed, name): the same seed gives the same weights on
-        any device, and adding a module leaves the others' values unchanged."""
-        residual_std = self.init_std / math.sqrt(2 * self.n_layers) if self.scale_residual else self.init_std
-        done: set[int] = set()  # a tied head is the embedding: drawn once, under its first name
-        for module_name, module in self.named_modules():
-            if isinstance(module, (RMSNorm, LayerNorm)):
-                module.reset_parameters()
-                continue
-            for param_name, param in module.named_parameters(recurse=False):
-                name = f"{module_name}.{param_name}" if module_name else param_name
-                if id(param) in done:
-                    continue
-                done.add(id(param))
-                if param_name == "bias":
-                    param.zero_()
-                    continue
-                std = residual_std if name.endswith(RESIDUAL_PROJECTIONS) else self.init_std
-                generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-                param.copy_(torch.empty(param.shape).normal_(0.0, std, generator=generator))
-        if isinstance(self.pos_embed, Rope):
-            self.pos_embed.reset_buffers()  # the cos/sin tables to_empty left uninitialised
+        """Every module initialises its own parameters by the spec's scheme (model.init; norms one,
+        biases zero): each parameter draws from its own CPU generator seeded by (seed, name), so
+        the same seed gives the same weights on any device, and adding a module leaves the
+        others' values unchanged. A tied head is the embedding: drawn once, as embed.weight."""
+        init = WeightInit(self.init_scheme, seed, self.n_layers)
+        init.weight_(self.embed.weight, "embed.weight", "embedding")
+        self.pos_embed.init_weights(init.at("pos_embed"))
+        for i, block in enumerate(self.blocks):
+            block.init_weights(init.at(f"blocks.{i}"))
+        self.norm.init_weights(init.at("norm"))
+        if not self.tie_embeddings:
+            init.linear_(self.lm_head, "lm_head", "output")
 
     # ------------------------------------------------------------ sampling
 

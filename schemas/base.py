@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -63,3 +63,16 @@ def _takes_number_not_bool(annotation: Any) -> bool:
 
     collect(annotation)
     return bool(set(members) & {int, float}) and bool not in members
+
+
+def kind_with_default(default: str) -> Discriminator:
+    """The discriminator of a union whose members are told apart by `kind`, where a mapping
+    without a `kind` means `default` (for a union that replaced a single model: what was written
+    before still loads). Members are annotated with `Tag(kind)`."""
+
+    def kind(value: Any) -> Any:  # pydantic names the function in errors: "kind()"
+        if isinstance(value, dict):
+            return value.get("kind", default)
+        return getattr(value, "kind", None)
+
+    return Discriminator(kind)

@@ -50,7 +50,11 @@ def spec_errors_from(error: ValidationError, data: Any, root: type[BaseModel], l
             union_members.setdefault(converted.path, []).append(converted)
         else:
             found.append(converted)
-    found.extend(_merge_union(members) for members in union_members.values())
+    for path, members in union_members.items():
+        # A mapping given to `bool | Model` fails the bool member too; the errors inside the
+        # mapping (deeper paths) say what is wrong with it.
+        if not any(error.path[: len(path)] == path and len(error.path) > len(path) for error in found):
+            found.append(_merge_union(members))
     return list(dict.fromkeys(found))  # one error once, even where pydantic reports it twice
 
 
@@ -63,7 +67,8 @@ def _convert(raw: dict, data: Any, root: type[BaseModel], locate: Locate) -> tup
     message, expected, suggestion = _describe(kind, raw, ctx, path, data, root)
     want_key = kind == "extra_forbidden" or is_key or bool(ctx.get("key"))
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        discriminator = str(ctx.get("discriminator", "kind")).strip("'")
+        # a field's name ('kind'), or a function's ("kind()": base.kind_with_default)
+        discriminator = str(ctx.get("discriminator", "kind")).strip("'").removesuffix("()")
         if kind == "union_tag_invalid":
             path = path + (discriminator,)
     item_missing = kind == "missing" and bool(raw["loc"]) and bool(path) and raw["loc"][-1] != path[-1]

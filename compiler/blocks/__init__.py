@@ -1,37 +1,69 @@
-"""The building blocks of a transformer, one concept a module, chosen by the spec's `kind`:
+"""The building blocks of a transformer, one kind a class, chosen by the spec's `kind`:
 
     attention.py  mha, gqa, mqa (CausalSelfAttention)     mla.py   mla (LatentAttention)
     position.py   rope, learned, none (Rope, ...)         norm.py  rmsnorm, layernorm
-    mlp.py        gelu, swiglu                            registry.py  kind -> builder
+    mlp.py        gelu, swiglu                            registry.py  kind -> class
+    init.py       WeightInit, what init_weights draws with
 
-Each builder takes its narrow sub-spec and the widths it needs, never the root spec.
+Each registered class builds from its narrow sub-spec and the widths it needs, never the root
+spec (`build`), initialises its own parameters (`init_weights`) and says how it maps to Hugging
+Face transformers, or that it does not (`hf`). Its spec class in schemas/blocks/ answers the
+torch-free questions: derived widths, parameter shapes, FLOPs and activation bytes. The model,
+the plan, the activation estimate and the export loop over what the kinds report and never
+name one.
+
+Adding a kind (say an attention kind `foo`):
+
+1. schemas/blocks/foo.py: `class Foo(AttentionSpec)` with `kind: Literal["foo"]`, its fields
+   (each with a description: the JSON Schema and the wizard read them), `dims`,
+   `projection_biases`, `parameter_shapes`, `kernel_bytes_per_token` (FLOPs and the shared
+   activation terms come from AttentionSpec; override where the kind differs) and `check` if its
+   widths need more than the shared checks; add `Foo` to the `Attention` union in
+   schemas/model.py and regenerate schemas/tabula-spec.schema.json (`tabula schema --out ...`).
+2. compiler/blocks/foo.py: `@ATTENTION.register("foo") class FooAttention(nn.Module)` with
+   `build`, `forward(x, rope, mask)`, `init_weights(init)` and `hf` (an HFMapping subclass, or
+   `NoHF("foo has no Hugging Face equivalent here")`). Every module in this package is imported
+   here, so nothing else registers it.
+3. tests: an example spec of the kind in tests/compiler/kind_examples.py; the registry walk
+   (test_kinds.py) then checks every part, and the property tests (test_kind_properties.py)
+   hold the plan's shapes, FLOPs and activations to the built module's.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from typing import Any
+
 from torch import nn
 
-from . import attention, mla, mlp, norm, position  # noqa: F401  (each registers its kinds)
 from .registry import ATTENTION, MLP, NORM, POSITION
 
-
-def build_attention(spec, *, d_model: int, norm_eps: float, dropout: float) -> nn.Module:
-    """The attention module `spec` (mha | gqa | mqa | mla) describes over a d_model-wide stream;
-    `norm_eps` is used by QK-norm, `dropout` on the attention weights while training."""
-    return ATTENTION[spec.kind](spec, d_model=d_model, norm_eps=norm_eps, dropout=dropout)
+# Every module of the package registers its kinds when imported.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build_mlp(spec, d_model: int) -> nn.Module:
-    """The feed-forward module `spec` (gelu | swiglu) describes, d_model -> d_model."""
-    return MLP[spec.kind](spec, d_model)
+def build_attention(spec: Any, *, d_model: int, norm_eps: float, dropout: float) -> nn.Module:
+    """The attention module `spec` describes over a d_model-wide stream; `norm_eps` is used by
+    QK-norm, `dropout` on the attention weights while training."""
+    return ATTENTION[spec.kind].build(spec, d_model=d_model, norm_eps=norm_eps, dropout=dropout)
 
 
-def build_norm(spec, dim: int) -> nn.Module:
-    """The norm `spec` (rmsnorm | layernorm) describes over a last dimension of width `dim`."""
-    return NORM[spec.kind](spec, dim)
+def build_mlp(spec: Any, d_model: int) -> nn.Module:
+    """The feed-forward module `spec` describes, d_model -> d_model."""
+    return MLP[spec.kind].build(spec, d_model)
 
 
-def build_position(spec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> nn.Module:
-    """The position module `spec` (rope | learned | none) describes: forward(x) -> (x, rope tables
-    or None). `rotary_dim` is the width RoPE rotates (the head width, or MLA's rope_head_dim)."""
-    return POSITION[spec.kind](spec, d_model=d_model, rotary_dim=rotary_dim, max_seq_len=max_seq_len)
+def build_norm(spec: Any, dim: int) -> nn.Module:
+    """The norm `spec` describes over a last dimension of width `dim`."""
+    return NORM[spec.kind].build(spec, dim)
+
+
+def build_position(spec: Any, *, d_model: int, rotary_dim: int, max_seq_len: int) -> nn.Module:
+    """The position module `spec` describes: forward(x) -> (x, rope tables or None). `rotary_dim`
+    is the width RoPE rotates (the model spec's `rotary_dim`)."""
+    return POSITION[spec.kind].build(spec, d_model=d_model, rotary_dim=rotary_dim, max_seq_len=max_seq_len)
+
+
+__all__ = ["ATTENTION", "MLP", "NORM", "POSITION", "build_attention", "build_mlp", "build_norm", "build_position"]

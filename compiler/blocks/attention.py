@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tabula.schemas.model import GQA, MHA, MQA
+from tabula.schemas.model import Model as ModelSpec
 
+from ..hf_mapping import HFMapping
+from .init import WeightInit
 from .norm import RMSNorm
 from .position import apply_rope
 from .registry import ATTENTION
@@ -52,22 +55,75 @@ def attention_mask(seq_len: int, window: int | None, document_ids: torch.Tensor 
     return mask
 
 
+class AttentionToHF(HFMapping):
+    """What every attention kind's mapping shares: QK-norm maps nowhere."""
+
+    def problems(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str, path: str) -> list[str]:
+        if spec.qk_norm:
+            return [f"{path}.qk_norm: QK-norm does not map to Llama, Mistral or DeepSeek-V3"]
+        return []
+
+
+class HeadsToHF(AttentionToHF):
+    """Llama's attention (Mistral's with a sliding window): the same four projections."""
+
+    renames = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
+
+    def architecture(self, spec: MHA | GQA | MQA, model: ModelSpec) -> str:
+        return "MistralForCausalLM" if spec.window is not None else "LlamaForCausalLM"
+
+    def problems(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str, path: str) -> list[str]:
+        problems = super().problems(spec, model, architecture, path)
+        biases = set(spec.projection_biases().values())
+        if architecture == "MistralForCausalLM" and True in biases:
+            problems.append(f"{path}.bias: Mistral (sliding window) has no biases; set bias: false")
+        elif len(biases) > 1:
+            problems.append(f"{path}.bias: Llama biases all four projections or none (attention_bias)")
+        return problems
+
+    def config(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str) -> dict:
+        dims = spec.dims(model.d_model)
+        config = {"num_attention_heads": dims.n_heads, "num_key_value_heads": dims.n_kv_heads, "head_dim": dims.head_dim}
+        if architecture == "MistralForCausalLM":
+            return config | {"model_type": "mistral", "sliding_window": spec.window}
+        return config | {"model_type": "llama", "attention_bias": spec.projection_biases()["q"]}
+
+
+@ATTENTION.register("mha")
+@ATTENTION.register("gqa")
+@ATTENTION.register("mqa")
 class CausalSelfAttention(nn.Module):
-    """Parameters `q_proj`, `k_proj`, `v_proj`, `o_proj` (and `q_norm`, `k_norm` with QK-norm).
+    """Parameters `q_proj`, `k_proj`, `v_proj`, `o_proj` (and `q_norm`, `k_norm` with QK-norm);
+    one class for mha, gqa and mqa, which differ only in their number of key/value heads.
 
     forward(x (B, T, C), rope (cos, sin) or None, mask) -> (B, T, C)."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *, bias: bool, qk_norm: bool, norm_eps: float, dropout: float) -> None:
+    hf = HeadsToHF()
+
+    def __init__(self, spec: MHA | GQA | MQA, *, d_model: int, norm_eps: float, dropout: float) -> None:
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        dims, bias = spec.dims(d_model), spec.projection_biases()
+        self.n_heads, self.n_kv_heads, self.head_dim = dims.n_heads, dims.n_kv_heads, dims.head_dim
+        self.q_proj = nn.Linear(d_model, self.n_heads * self.head_dim, bias=bias["q"])
+        self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias["k"])
+        self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias["v"])
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=bias["o"])
         # QK-norm normalises each head's query and key before RoPE (OLMo 2, Qwen 3).
-        self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if spec.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if spec.qk_norm else nn.Identity()
         self.dropout = dropout
+
+    @classmethod
+    def build(cls, spec: MHA | GQA | MQA, *, d_model: int, norm_eps: float, dropout: float) -> CausalSelfAttention:
+        return cls(spec, d_model=d_model, norm_eps=norm_eps, dropout=dropout)
+
+    def init_weights(self, init: WeightInit) -> None:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            init.linear_(getattr(self, name), name, "attention", head_dim=self.head_dim)
+        init.linear_(self.o_proj, "o_proj", "attention", residual=True, head_dim=self.head_dim)
+        for norm in (self.q_norm, self.k_norm):
+            if isinstance(norm, RMSNorm):
+                norm.init_weights()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -79,25 +135,3 @@ class CausalSelfAttention(nn.Module):
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, nh * hs)
         return self.o_proj(y)
-
-
-def _build(spec: MHA | GQA | MQA, n_kv_heads: int, d_model: int, norm_eps: float, dropout: float) -> CausalSelfAttention:
-    head_dim = spec.head_dim if spec.head_dim is not None else d_model // spec.n_heads
-    return CausalSelfAttention(
-        d_model, spec.n_heads, n_kv_heads, head_dim, bias=spec.bias, qk_norm=spec.qk_norm, norm_eps=norm_eps, dropout=dropout
-    )
-
-
-@ATTENTION.register("mha")
-def build_mha(spec: MHA, *, d_model: int, norm_eps: float, dropout: float) -> CausalSelfAttention:
-    return _build(spec, spec.n_heads, d_model, norm_eps, dropout)
-
-
-@ATTENTION.register("gqa")
-def build_gqa(spec: GQA, *, d_model: int, norm_eps: float, dropout: float) -> CausalSelfAttention:
-    return _build(spec, spec.n_kv_heads, d_model, norm_eps, dropout)
-
-
-@ATTENTION.register("mqa")
-def build_mqa(spec: MQA, *, d_model: int, norm_eps: float, dropout: float) -> CausalSelfAttention:
-    return _build(spec, 1, d_model, norm_eps, dropout)

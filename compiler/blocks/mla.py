@@ -19,8 +19,11 @@ import torch
 from torch import nn
 
 from tabula.schemas.model import MLA
+from tabula.schemas.model import Model as ModelSpec
 
-from .attention import attend
+from ..hf_mapping import ExportError
+from .attention import AttentionToHF, attend
+from .init import WeightInit
 from .norm import RMSNorm
 from .position import apply_rope
 from .registry import ATTENTION
@@ -28,43 +31,98 @@ from .registry import ATTENTION
 LATENT_NORM_EPS = 1e-6  # DeepSeek-V3's latent norms use a fixed eps
 
 
+class LatentToHF(AttentionToHF):
+    """DeepSeek-V3's attention (MoE off). It projects the kv latent and the shared rotary key with
+    one matrix, kv_a_proj_with_mqa, rows [latent | rope]; one attention_bias biases q_a_proj,
+    kv_a_proj_with_mqa and o_proj, never q_b_proj, kv_b_proj or a direct q_proj."""
+
+    renames = {"q_proj": "q_proj", "q_down": "q_a_proj", "q_latent_norm": "q_a_layernorm", "q_up": "q_b_proj",
+               "kv_latent_norm": "kv_a_layernorm", "kv_up": "kv_b_proj", "o_proj": "o_proj"}
+
+    def architecture(self, spec: MLA, model: ModelSpec) -> str:
+        return "DeepseekV3ForCausalLM"
+
+    def problems(self, spec: MLA, model: ModelSpec, architecture: str, path: str) -> list[str]:
+        problems = super().problems(spec, model, architecture, path)
+        if not spec.latent_norm:
+            problems.append(f"{path}.latent_norm: MLA maps to DeepSeek-V3 only with latent_norm: true")
+        if spec.window is not None:
+            problems.append(f"{path}.window: DeepSeek-V3 has no sliding window")
+        bias = spec.projection_biases()
+        for name in ("q", "q_up", "kv_up"):
+            if bias[name]:
+                problems.append(f"{path}.bias: DeepSeek-V3's {name} projection has no bias")
+        shared = {bias[name] for name in ("kv_down", "k_rope", "o")} | ({bias["q_down"]} if spec.q_latent is not None else set())
+        if len(shared) > 1:
+            problems.append(f"{path}.bias: DeepSeek-V3 biases q_down, kv_down, k_rope and o all or none (attention_bias)")
+        return problems
+
+    def config(self, spec: MLA, model: ModelSpec, architecture: str) -> dict:
+        dims = spec.dims(model.d_model)
+        return {
+            "model_type": "deepseek_v3",
+            "num_attention_heads": dims.n_heads,
+            "num_key_value_heads": dims.n_kv_heads,
+            "q_lora_rank": spec.q_latent,
+            "kv_lora_rank": spec.kv_latent,
+            "qk_rope_head_dim": spec.rope_head_dim,
+            "qk_nope_head_dim": dims.head_dim - spec.rope_head_dim,
+            "v_head_dim": dims.v_head_dim,
+            "attention_bias": spec.projection_biases()["o"],
+            "rope_interleave": False,  # tabula rotates halves, as Llama does
+            "num_nextn_predict_layers": 0,
+        }
+
+    def tensors(self, spec: MLA, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rest = {name: tensor for name, tensor in state.items() if not name.startswith(("kv_down.", "k_rope."))}
+        out = super().tensors(spec, rest)
+        for kind in ("weight", "bias"):
+            if f"kv_down.{kind}" in state:
+                if f"k_rope.{kind}" not in state:
+                    raise ExportError([f"kv_down.{kind} has no k_rope.{kind} to share kv_a_proj_with_mqa.{kind} with"])
+                out[f"kv_a_proj_with_mqa.{kind}"] = torch.cat([state[f"kv_down.{kind}"], state[f"k_rope.{kind}"]], dim=0)
+        return out
+
+
+@ATTENTION.register("mla")
 class LatentAttention(nn.Module):
     """forward(x (B, T, C), rope (cos, sin) of width rope_head_dim, mask) -> (B, T, C)."""
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        head_dim: int,
-        *,
-        q_latent: int | None,
-        kv_latent: int,
-        rope_head_dim: int,
-        v_head_dim: int,
-        latent_norm: bool,
-        bias: bool,
-        qk_norm: bool,
-        norm_eps: float,
-        dropout: float,
-    ) -> None:
+    hf = LatentToHF()
+
+    def __init__(self, spec: MLA, *, d_model: int, norm_eps: float, dropout: float) -> None:
         super().__init__()
-        self.n_heads, self.q_latent = n_heads, q_latent
-        self.nope_dim, self.rope_dim, self.v_head_dim = head_dim - rope_head_dim, rope_head_dim, v_head_dim
-        qk_dim = head_dim  # nope + rope
-        if q_latent is None:
-            self.q_proj = nn.Linear(d_model, n_heads * qk_dim, bias=bias)
+        dims, bias = spec.dims(d_model), spec.projection_biases()
+        self.n_heads, self.q_latent, self.head_dim = dims.n_heads, spec.q_latent, dims.head_dim
+        self.nope_dim, self.rope_dim, self.v_head_dim = dims.head_dim - spec.rope_head_dim, spec.rope_head_dim, dims.v_head_dim
+        H, qk_dim = dims.n_heads, dims.head_dim  # qk: nope + rope
+        if spec.q_latent is None:
+            self.q_proj = nn.Linear(d_model, H * qk_dim, bias=bias["q"])
         else:
-            self.q_down = nn.Linear(d_model, q_latent, bias=bias)
-            self.q_latent_norm = RMSNorm(q_latent, LATENT_NORM_EPS) if latent_norm else nn.Identity()
-            self.q_up = nn.Linear(q_latent, n_heads * qk_dim, bias=False)
-        self.kv_down = nn.Linear(d_model, kv_latent, bias=bias)
-        self.kv_latent_norm = RMSNorm(kv_latent, LATENT_NORM_EPS) if latent_norm else nn.Identity()
-        self.kv_up = nn.Linear(kv_latent, n_heads * (self.nope_dim + v_head_dim), bias=False)
-        self.k_rope = nn.Linear(d_model, rope_head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * v_head_dim, d_model, bias=bias)
-        self.q_norm = RMSNorm(qk_dim, norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(qk_dim, norm_eps) if qk_norm else nn.Identity()
+            self.q_down = nn.Linear(d_model, spec.q_latent, bias=bias["q_down"])
+            self.q_latent_norm = RMSNorm(spec.q_latent, LATENT_NORM_EPS) if spec.latent_norm else nn.Identity()
+            self.q_up = nn.Linear(spec.q_latent, H * qk_dim, bias=bias["q_up"])
+        self.kv_down = nn.Linear(d_model, spec.kv_latent, bias=bias["kv_down"])
+        self.kv_latent_norm = RMSNorm(spec.kv_latent, LATENT_NORM_EPS) if spec.latent_norm else nn.Identity()
+        self.kv_up = nn.Linear(spec.kv_latent, H * (self.nope_dim + self.v_head_dim), bias=bias["kv_up"])
+        self.k_rope = nn.Linear(d_model, spec.rope_head_dim, bias=bias["k_rope"])
+        self.o_proj = nn.Linear(H * self.v_head_dim, d_model, bias=bias["o"])
+        self.q_norm = RMSNorm(qk_dim, norm_eps) if spec.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(qk_dim, norm_eps) if spec.qk_norm else nn.Identity()
         self.dropout = dropout
+
+    @classmethod
+    def build(cls, spec: MLA, *, d_model: int, norm_eps: float, dropout: float) -> LatentAttention:
+        return cls(spec, d_model=d_model, norm_eps=norm_eps, dropout=dropout)
+
+    def init_weights(self, init: WeightInit) -> None:
+        projections = ["q_proj"] if self.q_latent is None else ["q_down", "q_up"]
+        for name in [*projections, "kv_down", "kv_up", "k_rope"]:
+            init.linear_(getattr(self, name), name, "attention", head_dim=self.head_dim)
+        init.linear_(self.o_proj, "o_proj", "attention", residual=True, head_dim=self.head_dim)
+        for norm in (getattr(self, "q_latent_norm", None), self.kv_latent_norm, self.q_norm, self.k_norm):
+            if isinstance(norm, RMSNorm):
+                norm.init_weights()
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         if self.q_latent is None:
@@ -86,22 +144,3 @@ class LatentAttention(nn.Module):
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, H * self.v_head_dim)  # (B, T, nh * hv)
         return self.o_proj(y)
-
-
-@ATTENTION.register("mla")
-def build_mla(spec: MLA, *, d_model: int, norm_eps: float, dropout: float) -> LatentAttention:
-    head_dim = spec.head_dim if spec.head_dim is not None else d_model // spec.n_heads
-    return LatentAttention(
-        d_model,
-        spec.n_heads,
-        head_dim,
-        q_latent=spec.q_latent,
-        kv_latent=spec.kv_latent,
-        rope_head_dim=spec.rope_head_dim,
-        v_head_dim=spec.v_head_dim if spec.v_head_dim is not None else head_dim,
-        latent_norm=spec.latent_norm,
-        bias=spec.bias,
-        qk_norm=spec.qk_norm,
-        norm_eps=norm_eps,
-        dropout=dropout,
-    )

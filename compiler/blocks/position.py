@@ -12,19 +12,39 @@ import torch
 from torch import nn
 
 from tabula.schemas.model import LearnedPositions as LearnedSpec
+from tabula.schemas.model import Model as ModelSpec
 from tabula.schemas.model import NoPositions as NoSpec
 from tabula.schemas.model import Rope as RopeSpec
 
+from ..hf_mapping import HFMapping, NoHF
+from .init import WeightInit
 from .registry import POSITION
 
 Tables = tuple[torch.Tensor, torch.Tensor]
 
 
+class RopeToHF(HFMapping):
+    """RoPE as Llama, Mistral and DeepSeek-V3 rotate (halves, not interleaved); linear scaling maps."""
+
+    def problems(self, spec: RopeSpec, model: ModelSpec, architecture: str, path: str) -> list[str]:
+        if spec.scaling is not None and spec.scaling.kind != "linear":
+            return [f"{path}.scaling.kind: {spec.scaling.kind} scaling does not map (linear does)"]
+        return []
+
+    def config(self, spec: RopeSpec, model: ModelSpec, architecture: str) -> dict:
+        if spec.scaling is None:
+            return {"rope_parameters": {"rope_type": "default", "rope_theta": spec.theta}}
+        return {"rope_parameters": {"rope_type": "linear", "rope_theta": spec.theta, "factor": spec.scaling.factor}}
+
+
+@POSITION.register("rope")
 class Rope(nn.Module):
     """Holds the cos/sin tables for positions 0..max_seq_len-1 of a `dim`-wide rotary part.
 
     The tables are non-persistent buffers (not in the state dict): `reset_buffers()` recomputes
     them after the model is materialised from the meta device."""
+
+    hf = RopeToHF()
 
     def __init__(self, spec: RopeSpec, dim: int, max_seq_len: int) -> None:
         super().__init__()
@@ -39,6 +59,14 @@ class Rope(nn.Module):
             self.theta = spec.theta * spec.scaling.factor ** (dim / (dim - 2))
         self.register_buffer("cos", torch.empty(max_seq_len, dim), persistent=False)
         self.register_buffer("sin", torch.empty(max_seq_len, dim), persistent=False)
+        self.reset_buffers()
+
+    @classmethod
+    def build(cls, spec: RopeSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> Rope:
+        return cls(spec, rotary_dim, max_seq_len)
+
+    def init_weights(self, init: WeightInit | None = None) -> None:
+        """No parameters: the cos/sin tables, which to_empty left uninitialised."""
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
@@ -74,34 +102,39 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+@POSITION.register("learned")
 class LearnedPositions(nn.Module):
     """A learned embedding per position, added to the token embedding (GPT-2); parameter `weight`."""
+
+    hf = NoHF("learned positions have no Hugging Face equivalent here (rope maps)")
 
     def __init__(self, max_seq_len: int, d_model: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(max_seq_len, d_model))
 
+    @classmethod
+    def build(cls, spec: LearnedSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> LearnedPositions:
+        return cls(max_seq_len, d_model)
+
+    def init_weights(self, init: WeightInit) -> None:
+        init.weight_(self.weight, "weight", "embedding")
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return x + self.weight[: x.size(1)], None  # (B, T, C) + (T, C)
 
 
+@POSITION.register("none")
 class NoPositions(nn.Module):
     """NoPE: nothing added, nothing rotated."""
 
+    hf = NoHF("none positions have no Hugging Face equivalent here (rope maps)")
+
+    @classmethod
+    def build(cls, spec: NoSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> NoPositions:
+        return cls()
+
+    def init_weights(self, init: WeightInit | None = None) -> None:
+        """Nothing to initialise."""
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return x, None
-
-
-@POSITION.register("rope")
-def build_rope(spec: RopeSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> Rope:
-    return Rope(spec, rotary_dim, max_seq_len)
-
-
-@POSITION.register("learned")
-def build_learned(spec: LearnedSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> LearnedPositions:
-    return LearnedPositions(max_seq_len, d_model)
-
-
-@POSITION.register("none")
-def build_none(spec: NoSpec, *, d_model: int, rotary_dim: int, max_seq_len: int) -> NoPositions:
-    return NoPositions()

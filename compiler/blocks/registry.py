@@ -1,41 +1,37 @@
-"""A registry maps a spec `kind` to the function that builds its module.
+"""The four block registries: a spec `kind` -> the module class that implements it.
 
-Adding a variant is one builder function and one `@REGISTRY.register("kind")` line next to it.
+A registered class provides:
+
+    build(spec, **widths) -> module   classmethod; the narrow sub-spec and the widths it needs
+    init_weights(init)                initialises the module's own parameters (blocks/init.py)
+    hf                                its HFMapping, or NoHF(reason) where it has none (hf_mapping.py)
+
+and its spec class (schemas/blocks/) the torch-free facts. The Registry type is the torch-free
+one every family of kinds shares (tabula.schemas.registry).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from typing import Any, Protocol
 
-Builder = TypeVar("Builder", bound=Callable)
+from torch import nn
 
+from tabula.schemas.registry import Registry
 
-class Registry(Generic[Builder]):
-    """Builders by kind for one family of blocks (attention, mlp, norm); refuses duplicates."""
-
-    def __init__(self, family: str) -> None:
-        self.family = family
-        self._builders: dict[str, Builder] = {}
-
-    def register(self, kind: str) -> Callable[[Builder], Builder]:
-        def add(builder: Builder) -> Builder:
-            if kind in self._builders:
-                raise ValueError(f"{self.family} kind {kind!r} is registered twice")
-            self._builders[kind] = builder
-            return builder
-
-        return add
-
-    def __getitem__(self, kind: str) -> Builder:
-        if kind not in self._builders:
-            raise KeyError(f"no {self.family} builder for kind {kind!r}; known: {sorted(self._builders)}")
-        return self._builders[kind]
-
-    def kinds(self) -> list[str]:
-        return sorted(self._builders)
+from ..hf_mapping import HFMapping, NoHF
 
 
-ATTENTION: Registry = Registry("attention")
-MLP: Registry = Registry("mlp")
-NORM: Registry = Registry("norm")
-POSITION: Registry = Registry("position")
+class BlockClass(Protocol):
+    """A registered block class, as the registries hold it (the class itself)."""
+
+    hf: HFMapping | NoHF
+
+    def build(self, spec: Any, *args: Any, **kwargs: Any) -> nn.Module: ...
+
+
+ATTENTION: Registry[BlockClass] = Registry("attention")
+MLP: Registry[BlockClass] = Registry("mlp")
+NORM: Registry[BlockClass] = Registry("norm")
+POSITION: Registry[BlockClass] = Registry("position")
+
+__all__ = ["ATTENTION", "MLP", "NORM", "POSITION", "BlockClass", "Registry"]

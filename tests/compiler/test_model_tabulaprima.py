@@ -1,6 +1,6 @@
 """MLA as the original TabulaPrima model computes it (github.com/JordanRL/TabulaPrima, model_arch.py:
 MultiHeadLatentAttention), re-written here from its equations, against tabula's LatentAttention with
-the weights mapped: the same outputs where the spec can say the same graph (no output bias)."""
+the weights mapped: the same outputs, its output projection's bias included (`bias: {o: true}`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from tabula.compiler.blocks.mla import LatentAttention
 from tabula.compiler.blocks.position import Rope, apply_rope
+from tabula.schemas.model import MLA
 from tabula.schemas.model import Rope as RopeSpec
 
 D, H, LATENT, ROPE, T = 64, 4, 16, 4, 12  # head width 16: 12 content + 4 rotary
@@ -32,7 +33,7 @@ class TabulaPrimaMLA(nn.Module):
         self.q_c_proj = nn.Linear(LATENT, content * H, bias=False)
         self.k_r_proj = nn.Linear(D, ROPE, bias=False)
         self.q_r_proj = nn.Linear(LATENT, ROPE * H, bias=False)
-        self.out_proj = nn.Linear(D, D, bias=False)  # TabulaPrima's has a bias; tabula's spec cannot say it alone
+        self.out_proj = nn.Linear(D, D)  # the one projection with a bias
 
     def forward(self, x, cos, sin):
         B = x.size(0)
@@ -59,8 +60,9 @@ def test_latent_attention_computes_tabulaprimas_mla():
     theirs = TabulaPrimaMLA()
     for p in theirs.parameters():
         nn.init.normal_(p, std=0.3)
-    ours = LatentAttention(D, H, HEAD, q_latent=LATENT, kv_latent=LATENT, rope_head_dim=ROPE, v_head_dim=HEAD,
-                           latent_norm=False, bias=False, qk_norm=False, norm_eps=1e-5, dropout=0.0)
+    spec = MLA(kind="mla", n_heads=H, q_latent=LATENT, kv_latent=LATENT, rope_head_dim=ROPE, bias={"o": True})
+    ours = LatentAttention(spec, d_model=D, norm_eps=1e-5, dropout=0.0)
+    assert [name for name, p in ours.named_parameters() if name.endswith("bias")] == ["o_proj.bias"]
     with torch.no_grad():
         ours.q_down.weight.copy_(theirs.q_down_proj.weight)
         ours.q_up.weight.copy_(per_head_rows(theirs.q_c_proj.weight, theirs.q_r_proj.weight, HEAD - ROPE, ROPE))
@@ -68,6 +70,7 @@ def test_latent_attention_computes_tabulaprimas_mla():
         ours.kv_up.weight.copy_(per_head_rows(theirs.k_c_proj.weight, theirs.v_proj.weight, HEAD - ROPE, HEAD))
         ours.k_rope.weight.copy_(theirs.k_r_proj.weight)
         ours.o_proj.weight.copy_(theirs.out_proj.weight)
+        ours.o_proj.bias.copy_(theirs.out_proj.bias)
     cos, sin = Rope(RopeSpec(kind="rope"), ROPE, T).tables(T)
     x = torch.randn(2, T, D)
     torch.testing.assert_close(ours(x, (cos, sin), None), theirs(x, cos, sin), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,69 @@
+"""The `model.init:` schemes: how a model's weights are drawn before training.
+
+Every scheme draws each weight from a normal distribution whose standard deviation depends on
+the weight's role; a scheme is therefore the function `weight_std`, torch-free. Biases start at
+zero and norm scales at one under every scheme. Each module of compiler/blocks applies it to its
+own parameters (`init_weights`), each parameter drawing from a generator seeded by (seed, name).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, Tag
+
+from .base import SpecModel, kind_with_default
+
+# What a weight is for: the token embedding (and learned positions), an attention projection,
+# an MLP projection, the output head (when not tied to the embedding).
+Role = Literal["embedding", "attention", "mlp", "output"]
+
+
+class GPT2Init(SpecModel):
+    """GPT-2's scheme, the default."""
+
+    kind: Literal["gpt2"] = Field(
+        default="gpt2",
+        description="GPT-2's: every weight normal(0, std); with scale_residual, the projections into the residual stream (attention output, MLP down) normal(0, std / sqrt(2 x n_layers)). Biases zero, norm scales one.",
+    )
+    std: float = Field(default=0.02, gt=0, description="Standard deviation of the normal initialisation of weights.")
+    scale_residual: bool = Field(
+        default=True,
+        description="Scale the std of projections into the residual stream by 1/sqrt(2 x n_layers) (GPT-2).",
+    )
+
+    def weight_std(self, role: Role, *, residual: bool, fan_in: int, head_dim: int, n_layers: int) -> float:
+        """The std of a weight of `role` (`residual`: it writes into the residual stream)."""
+        if residual and self.scale_residual:
+            return self.std / math.sqrt(2 * n_layers)
+        return self.std
+
+
+class TabulaPrimaInit(SpecModel):
+    """The original TabulaPrima model's scheme (its model_arch.py `_init_weights`)."""
+
+    kind: Literal["tabulaprima"] = Field(
+        description="The original TabulaPrima's: attention weights normal(0, std / sqrt(head width)); MLP weights (and an untied output head) Kaiming-normal, fan-in, leaky-ReLU gain with slope kaiming_a, i.e. normal(0, sqrt(2 / (1 + a^2)) / sqrt(fan_in)); the embedding (and learned positions) normal(0, std). Biases zero, norm scales one; no residual scaling.",
+    )
+    std: float = Field(default=0.02, gt=0, description="Standard deviation of the embedding; attention weights take std / sqrt(head width).")
+    kaiming_a: float = Field(
+        default=0.01, ge=0, description="Negative slope of the leaky ReLU whose gain the Kaiming-normal MLP weights use (torch's `a`)."
+    )
+
+    def weight_std(self, role: Role, *, residual: bool, fan_in: int, head_dim: int, n_layers: int) -> float:
+        """The std of a weight of `role`; `fan_in` is its input width, `head_dim` the attention head width."""
+        if role == "attention":
+            return self.std / math.sqrt(head_dim)
+        if role in ("mlp", "output"):
+            gain = math.sqrt(2.0 / (1 + self.kaiming_a**2))  # torch.nn.init.calculate_gain("leaky_relu", a)
+            return gain / math.sqrt(fan_in)
+        return self.std
+
+
+# Told apart by `kind`, which may be left out for GPT-2's (specs and resolved specs written before
+# there were schemes say `init: {std: 0.02, scale_residual: true}`).
+Init = Annotated[
+    Union[Annotated[GPT2Init, Tag("gpt2")], Annotated[TabulaPrimaInit, Tag("tabulaprima")]],
+    kind_with_default("gpt2"),
+]

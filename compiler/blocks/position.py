@@ -54,8 +54,9 @@ class Rope(nn.Module):
         self.linear_factor = 1.0
         if spec.scaling is not None and spec.scaling.kind == "linear":
             self.linear_factor = spec.scaling.factor  # positions interpolated: p / factor
-        if spec.scaling is not None and spec.scaling.kind == "ntk":
+        if spec.scaling is not None and spec.scaling.kind == "ntk" and dim > 2:
             # NTK-aware: a larger base stretches the low frequencies and keeps the high ones.
+            # (A 2-wide rotary part has one frequency, the highest, which no base changes.)
             self.theta = spec.theta * spec.scaling.factor ** (dim / (dim - 2))
         self.register_buffer("cos", torch.empty(max_seq_len, dim), persistent=False)
         self.register_buffer("sin", torch.empty(max_seq_len, dim), persistent=False)

@@ -103,3 +103,5 @@ def test_rope_linear_scaling_interpolates_positions():
     ntk = Rope(RopeSpec(kind="rope", scaling={"kind": "ntk", "factor": 4.0}), dim=8, max_seq_len=16)
     assert ntk.theta > plain.theta
     torch.testing.assert_close(ntk.cos[:, 0], plain.cos[:, 0])  # the highest frequency is kept
+    narrow = Rope(RopeSpec(kind="rope", scaling={"kind": "ntk", "factor": 4.0}), dim=2, max_seq_len=16)  # one frequency
+    torch.testing.assert_close(narrow.cos, Rope(RopeSpec(kind="rope"), dim=2, max_seq_len=16).cos)

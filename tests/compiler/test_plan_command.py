@@ -146,3 +146,12 @@ def test_planning_builds_no_model(capsys, monkeypatch):
     code, out, _ = plan(capsys, str(SPECS / "tabulaprima-1.3b.yaml"), "--json", "--device", "cuda")
     assert code == 0
     assert json.loads(out)["parameters"]["total"] > 1_300_000_000
+
+
+@pytest.mark.parametrize("name, total", [("tabulaprima-278m.yaml", 278_340_480), ("tabulaprima-1.3b.yaml", 1_318_574_080)])
+def test_tabulaprima_specs_count_the_original_models_parameters(capsys, name, total):
+    """The original TabulaPrima models' counts, the tied head counted once: their attention
+    output projection alone carries a bias (`bias: {o: true}`)."""
+    code, out, _ = plan(capsys, str(SPECS / name), "--json", "--device", "cpu")
+    assert code == 0
+    assert json.loads(out)["parameters"]["total"] == total

@@ -9,7 +9,7 @@ a model change that changes the weights' shapes or names (the parameter list of
 resolved vocabulary size, and a change of the optimizer's kind (its saved state has another
 layout). Model changes that keep every shape (RoPE theta or scaling, a sliding window, norm eps,
 a norm or attention kind with the same parameters) resume with a warning: the weights load but
-compute differently. Dropout, compile, init and max_seq_len (without learned positions) resume
+compute differently. Dropout (the model's and the MLP's), compile, init and max_seq_len (without learned positions) resume
 silently, as do schedule, budget, mixture, curriculum, batch, interval, evaluation, checkpoint,
 parallelism and tracking changes: they act on what happens next.
 """
@@ -23,7 +23,7 @@ from tabula.schemas.errors import SpecErrors
 from tabula.schemas.spec import Spec
 
 # model.* paths (prefixes) that act only at the start, or only on how the model is run
-SILENT_MODEL_PATHS = ("model.dropout", "model.compile", "model.init")
+SILENT_MODEL_PATHS = ("model.dropout", "model.block.mlp.dropout", "model.compile", "model.init")
 # model.* leaves that never change a weight's shape
 COMPUTE_ONLY = ("model.position.theta", "model.position.scaling", "model.block.attention.window", "model.block.norm.eps")
 

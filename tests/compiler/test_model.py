@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,3 +136,76 @@ def test_generate_is_greedy_and_crops_to_the_context():
     with torch.no_grad():
         expected = model.eval()(out[:, 2:10])[:, -1].argmax(-1)
     assert torch.equal(out[:, 10], expected)
+
+
+def old_rule_weights(model: torch.nn.Module, seed: int, std: float, n_layers: int) -> dict[str, torch.Tensor]:
+    """The initialisation before each module initialised itself, written out: every parameter by
+    name, biases zero, norm scales one, other weights normal(0, std) (std / sqrt(2 n_layers) for
+    names ending in attn.o_proj.weight or mlp.down.weight), each from the CPU generator seeded by
+    crc32(f"{seed}:{name}")."""
+    import zlib
+
+    expected = {}
+    for name, param in model.named_parameters():
+        if name.endswith("bias"):
+            expected[name] = torch.zeros(param.shape)
+        elif "norm" in name.rsplit(".", 2)[-2]:
+            expected[name] = torch.ones(param.shape)
+        else:
+            residual = name.endswith(("attn.o_proj.weight", "mlp.down.weight"))
+            generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+            expected[name] = torch.empty(param.shape).normal_(0.0, std / math.sqrt(2 * n_layers) if residual else std, generator=generator)
+    return expected
+
+
+@pytest.mark.parametrize("change", [{}, {"block": {"attention": {**MLA, "latent_norm": True, "qk_norm": True, "bias": True}},
+                                         "tie_embeddings": False},
+                                    {"position": {"kind": "learned"}, "block": {"norm": {"kind": "layernorm"}, "mlp": {"kind": "gelu", "hidden": 64}}}],
+                         ids=["gqa", "mla-untied", "gpt2-like"])
+def test_init_draws_the_same_weights_as_before_modules_initialised_themselves(change):
+    model = build_model(tiny_spec(**change)).materialize("cpu", seed=5)
+    for name, expected in old_rule_weights(model, 5, 0.02, 2).items():
+        assert torch.equal(dict(model.named_parameters())[name], expected), name
+
+
+def test_init_of_the_quickstart_spec_is_the_old_rule():
+    from tabula.schemas.loader import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "specs" / "quickstart.yaml")
+    model = build_model(spec, vocab_size=spec.vocab_size).materialize("cpu", spec.seed)
+    for name, expected in old_rule_weights(model, spec.seed, 0.02, spec.model.n_layers).items():
+        assert torch.equal(dict(model.named_parameters())[name], expected), name
+
+
+def test_tabulaprima_init_is_the_original_models():
+    """The original's _init_weights: attention weights normal(0, 0.02 / sqrt(head width)), MLP
+    weights torch's kaiming_normal_(a=0.01, fan_in, leaky_relu), the embedding normal(0, 0.02),
+    biases zero, norms one; each drawn here by torch's own functions from the same generator."""
+    import zlib
+
+    spec = tiny_spec(init={"kind": "tabulaprima"}, position={"kind": "rope"},
+                     block={"norm": {"kind": "layernorm"}, "mlp": {"kind": "gelu", "hidden": 128},
+                            "attention": {**MLA, "bias": {"o": True}}})
+    model = build_model(spec).materialize("cpu", seed=9)
+    params = dict(model.named_parameters())
+
+    def generator(name):
+        return torch.Generator().manual_seed(zlib.crc32(f"9:{name}".encode()))
+
+    head = spec.model.head_dim
+    for name, param in params.items():
+        if name.endswith("bias"):
+            assert torch.equal(param, torch.zeros(param.shape)), name
+        elif "norm" in name:
+            assert torch.equal(param, torch.ones(param.shape)), name
+        elif ".attn." in name:
+            expected = torch.nn.init.normal_(torch.empty(param.shape), 0.0, 0.02 / math.sqrt(head), generator=generator(name))
+            assert torch.equal(param, expected), name
+        elif ".mlp." in name:
+            expected = torch.nn.init.kaiming_normal_(torch.empty(param.shape), a=0.01, mode="fan_in", nonlinearity="leaky_relu",
+                                                     generator=generator(name))
+            assert torch.equal(param, expected), name
+        else:
+            assert name == "embed.weight"
+            assert torch.equal(param, torch.empty(param.shape).normal_(0.0, 0.02, generator=generator(name)))
+    assert params["blocks.0.attn.o_proj.bias"].shape == (64,)

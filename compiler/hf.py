@@ -37,7 +37,8 @@ def _kinds(spec: ModelSpec) -> list[tuple[str, Any, BlockClass]]:
     ]
 
 
-def _mapping(path: str, kind: Any, registered: BlockClass) -> HFMapping:
+def _mapping(path: str, registered: BlockClass) -> HFMapping:
+    """The kind's mapping; ExportError (naming the kind's path) where it has none."""
     if isinstance(registered.hf, NoHF):
         raise ExportError([f"{path}.kind: {registered.hf.reason}"])
     return registered.hf
@@ -47,7 +48,7 @@ def hf_architecture(spec: ModelSpec) -> str:
     """The architecture the attention kind implies (LlamaForCausalLM, MistralForCausalLM,
     DeepseekV3ForCausalLM). Raises ExportError when the attention kind has no equivalent."""
     path, attention, registered = _kinds(spec)[0]
-    architecture = _mapping(path, attention, registered).architecture(attention, spec)
+    architecture = _mapping(path, registered).architecture(attention, spec)
     if architecture is None:
         raise ExportError([f"{path}.kind: {attention.kind} implies no Hugging Face architecture"])
     return architecture
@@ -90,7 +91,7 @@ def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = No
         "use_cache": True,
     }
     for path, kind, registered in _kinds(spec):
-        config |= _mapping(path, kind, registered).config(kind, spec, architecture)
+        config |= _mapping(path, registered).config(kind, spec, architecture)
     return config
 
 
@@ -113,7 +114,7 @@ def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, 
         tensors = {name[len(ours):]: tensor for name, tensor in state.items() if name.startswith(ours)}
         if tensors:
             claimed |= {ours + name for name in tensors}
-            out |= {theirs + name: tensor for name, tensor in _mapping(path, kind, registered).tensors(kind, tensors).items()}
+            out |= {theirs + name: tensor for name, tensor in _mapping(path, registered).tensors(kind, tensors).items()}
     unnamed = sorted(set(state) - claimed)
     if unnamed:
         raise ExportError([f"parameter {name} has no Hugging Face name" for name in unnamed])

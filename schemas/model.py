@@ -69,7 +69,7 @@ class Model(SpecModel):
     tie_embeddings: bool = Field(default=True, description="Share the input embedding with the output projection (saves vocab x d_model parameters).")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on attention weights and residual branches; 0 for pretraining.")
     init: Init = Field(
-        default_factory=GPT2Init,
+        default_factory=lambda: GPT2Init(kind="gpt2"),
         description="Weight initialisation scheme: gpt2 (the default; `kind` may be left out) or tabulaprima (the original TabulaPrima model's).",
     )
     compile: Compile = Field(default_factory=Compile, description="torch.compile policy.")

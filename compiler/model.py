@@ -58,8 +58,10 @@ class Block(nn.Module):
         return x  # (B, T, C)
 
     def init_weights(self, init: WeightInit) -> None:
-        for name in ("attn_norm", "attn", "mlp_norm", "mlp"):
-            getattr(self, name).init_weights(init.at(name))
+        self.attn_norm.init_weights(init.at("attn_norm"))
+        self.attn.init_weights(init.at("attn"))
+        self.mlp_norm.init_weights(init.at("mlp_norm"))
+        self.mlp.init_weights(init.at("mlp"))
 
 
 class Transformer(nn.Module):

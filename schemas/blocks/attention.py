@@ -88,14 +88,17 @@ class AttentionSpec(SpecModel):
     def check(self, d_model: int, *, rotary: bool) -> None:
         """Raises a field error where the kind's widths do not fit a `d_model`-wide model whose
         positions rotate queries and keys (`rotary`) or not."""
+        self._check_heads_divide(d_model)
+        width = self.dims(d_model).rotary_dim
+        if rotary and width % 2:
+            raise field_error(("block", "attention", "n_heads"), f"RoPE needs an even head width, found {width}")
+
+    def _check_heads_divide(self, d_model: int) -> None:
         if self.head_dim is None and d_model % self.n_heads:
             raise field_error(
                 ("block", "attention", "n_heads"),
                 f"d_model ({d_model}) must be divisible by n_heads ({self.n_heads}), or set head_dim",
             )
-        width = self.dims(d_model).rotary_dim
-        if rotary and width % 2:
-            raise field_error(("block", "attention", "n_heads"), f"RoPE needs an even head width, found {width}")
 
     def _qk_norm_shapes(self, prefix: str, head_dim: int) -> Shapes:
         return [(prefix + "q_norm.weight", (head_dim,)), (prefix + "k_norm.weight", (head_dim,))] if self.qk_norm else []

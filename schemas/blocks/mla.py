@@ -101,8 +101,7 @@ class MLA(AttentionSpec):
         return elements * storage.matmul + latent_norm
 
     def check(self, d_model: int, *, rotary: bool) -> None:
-        if self.head_dim is None and d_model % self.n_heads:
-            super().check(d_model, rotary=False)  # the divisibility message
+        self._check_heads_divide(d_model)
         head = self.dims(d_model).head_dim
         if self.rope_head_dim >= head:
             raise field_error(

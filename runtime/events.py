@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-EVENTS_FILE = "events.jsonl"
+from tabula.schemas.rundir_protocol import EVENTS_FILE  # noqa: F401 - where the runtime's writers look it up
 
 
 def _clean(value: Any) -> Any:

@@ -39,12 +39,13 @@ def run(args) -> int:
     from tabula.schemas.diff import diff_specs, group_by_section
     from tabula.schemas.errors import SpecError, SpecErrors
     from tabula.schemas.loader import load_spec
+    from tabula.schemas.rundir_protocol import RESOLVED_FILE
 
     specs = []
     for given in (args.a, args.b):
         path = Path(given)
         if path.is_dir():
-            path = path / "resolved.yaml"
+            path = path / RESOLVED_FILE
             if not path.is_file():
                 print_errors([SpecError(f"{given} is a directory without resolved.yaml: neither a spec file nor a run directory",
                                         file=given)])

@@ -124,7 +124,7 @@ def test_nonfinite_rollback(prepared, tmp_path, monkeypatch):
 
 
 def test_control_requests(prepared, tmp_path):
-    from tabula.runtime.control import request
+    from tabula.schemas.rundir_protocol import request
 
     folder = tmp_path / "run"
 
@@ -145,7 +145,7 @@ def test_control_requests(prepared, tmp_path):
 
 def test_a_request_left_by_an_earlier_session_is_ignored(prepared, tmp_path):
     """A stop sent as a run ended (or crashed) would stop its resumed run at the first step."""
-    from tabula.runtime.control import request
+    from tabula.schemas.rundir_protocol import request
 
     folder = tmp_path / "run"
     first, _ = _run(tiny_spec(), prepared, folder, max_steps=3)

@@ -1,6 +1,6 @@
 """events.jsonl: the run's record, one JSON object a line, appended and flushed, never rewritten.
 
-The contract (kinds and fields) is in docs/interfaces.md. Every event has `kind`, `time` (unix
+The contract (file name, kinds and fields) is `tabula.schemas.rundir_protocol`, in words docs/interfaces.md. Every event has `kind`, `time` (unix
 seconds), `step` and `tokens`. Non-finite floats are written as null so that every line is strict JSON.
 """
 
@@ -12,8 +12,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
-
-from tabula.schemas.rundir_protocol import EVENTS_FILE  # noqa: F401 - where the runtime's writers look it up
 
 
 def _clean(value: Any) -> Any:

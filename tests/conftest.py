@@ -31,8 +31,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _no_hub_downloads(monkeypatch):
-    """Nothing may download at test time: the hubs are switched offline for every test."""
+def _no_hub_downloads(monkeypatch, tmp_path_factory):
+    """Nothing may download at test time: the hubs are switched offline for every test, and
+    tiktoken's cache is a folder of the test session's (tabula never lets tiktoken download)."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tiktoken-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

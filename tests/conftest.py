@@ -19,7 +19,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+MULTIPROC_TIMEOUT_S = 1800  # a cold DeepSpeed op build adds ~3 min a launch; a module's first test pays its launches
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("multiproc") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(MULTIPROC_TIMEOUT_S))
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     if _cuda_available():

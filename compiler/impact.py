@@ -21,6 +21,7 @@ from typing import Any
 
 from tabula.schemas.errors import SpecErrors
 from tabula.schemas.spec import Spec
+from tabula.schemas.units import format_bytes, format_count
 
 # model.* paths (prefixes) that act only at the start, or only on how the model is run
 SILENT_MODEL_PATHS = ("model.dropout", "model.block.mlp.dropout", "model.compile", "model.init")
@@ -221,13 +222,5 @@ def _format(value: float | None, unit: str) -> str:
     if value is None:
         return "?"
     if unit == "bytes":
-        return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
-    if value >= 1e9:
-        text = f"{value / 1e9:.2f}B"
-    elif value >= 1e6:
-        text = f"{value / 1e6:.2f}M"
-    elif value >= 1e4:
-        text = f"{value / 1e3:.1f}k"
-    else:
-        text = f"{value:g}"
-    return f"{text} {unit}".strip()
+        return format_bytes(value, decimals=2)
+    return f"{format_count(value, digits=4)} {unit}".strip()

@@ -26,12 +26,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .data.cache import fsync_path
-from .engine import WEIGHTS_FILE
+from tabula.schemas.rundir_protocol import CHECKPOINT_PREFIX as PREFIX
+from tabula.schemas.rundir_protocol import CHECKPOINTS_DIR, RESOLVED_FILE, WEIGHTS_FILE
 
-CHECKPOINTS_DIR = "checkpoints"
+from .data.cache import fsync_path
+
 STATE_FILE = "state.json"
-PREFIX = "step-"
 
 
 class CheckpointError(Exception):
@@ -251,7 +251,7 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.dev
 
     checkpoint = find_checkpoint(Path(run_dir_or_checkpoint))
     run_dir = checkpoint.parent.parent
-    spec = load_spec(run_dir / "resolved.yaml")
+    spec = load_spec(run_dir / RESOLVED_FILE)
     state = read_state(checkpoint)
     model = build_model(spec, vocab_size=state.get("vocab_size"))
     model.materialize(device, spec.seed)

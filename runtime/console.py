@@ -9,31 +9,18 @@ import sys
 import time
 from typing import TextIO
 
-
-def human_count(n: float, base: int = 1024) -> str:
-    """1536 -> 1.5k, 3145728 -> 3.0M: powers of 1024 for token counts, as the spec's quantities;
-    base=1000 for parameter counts, as `tabula plan` and papers write them."""
-    units = (("B", base**3), ("M", base**2), ("k", base), ("", 1))
-    for i, (unit, scale) in enumerate(units):
-        if abs(n) >= scale or unit == "":
-            value = n / scale
-            text = f"{value:.1f}" if unit and abs(value) < 100 else f"{value:.0f}"
-            if abs(float(text)) >= 1000 and i > 0:  # 1000k or more: 1.0M reads better
-                value = n / units[i - 1][1]
-                return f"{value:.1f}{units[i - 1][0]}"
-            return f"{text}{unit}"
-    return f"{n:.0f}"
+from tabula.schemas.units import format_count, format_duration
 
 
-def human_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
+def count(n: float) -> str:
+    """Token counts and rates as the console writes them: one decimal, the spec's binary suffixes
+    (1536 -> 1.5k, 3145728 -> 3.0M)."""
+    return format_count(n, binary=True, decimals=1)
+
+
+def parameters(n: float) -> str:
+    """Parameter counts as `tabula plan` and papers write them: k = 1000 (278M, 1.3B)."""
+    return format_count(n, decimals=1)
 
 
 class Console:
@@ -59,27 +46,27 @@ class Console:
     def _start(self, e: dict) -> None:
         self.total_steps, self.total_tokens, self.run_name = e["total_steps"], e["total_tokens"], e["run_name"]
         self.started = e["time"]
-        stages = ", ".join(f"seq_len {s['seq_len']} until {human_count(s['until_tokens'])}" for s in e["stages"])
+        stages = ", ".join(f"seq_len {s['seq_len']} until {count(s['until_tokens'])}" for s in e["stages"])
         resumed = f", resumed from {e['resumed_from']} at step {e['step']}" if e.get("resumed_from") else ""
         self._print(
-            f"{e['run_name']}: {human_count(e['parameters'], base=1000)} parameters, {e['precision']} on {e['device']}"
-            f" (x{e['world_size']}), {e['total_steps']} steps of {human_count(e['total_tokens'] / max(1, e['total_steps']))} tokens"
-            f" = {human_count(e['total_tokens'])} tokens; {stages}{resumed}"
+            f"{e['run_name']}: {parameters(e['parameters'])} parameters, {e['precision']} on {e['device']}"
+            f" (x{e['world_size']}), {e['total_steps']} steps of {count(e['total_tokens'] / max(1, e['total_steps']))} tokens"
+            f" = {count(e['total_tokens'])} tokens; {stages}{resumed}"
         )
 
     def _train(self, e: dict) -> None:
         width = len(str(self.total_steps))
         parts = [
             f"step {e['step']:>{width}}/{self.total_steps}",
-            f"{human_count(e['tokens'])}/{human_count(self.total_tokens)} tok",
+            f"{count(e['tokens'])}/{count(self.total_tokens)} tok",
             f"loss {e['loss']:.4f}" if e.get("loss") is not None else "loss nan",
             f"lr {e['lr']:.1e}",
-            f"{human_count(e['tokens_per_s'])} tok/s",
+            f"{count(e['tokens_per_s'])} tok/s",
         ]
         if e.get("mfu") is not None:
             parts.append(f"mfu {100 * e['mfu']:.0f}%")
         if e.get("tokens_per_s"):
-            parts.append(f"ETA {human_duration((self.total_tokens - e['tokens']) / e['tokens_per_s'])}")
+            parts.append(f"ETA {format_duration((self.total_tokens - e['tokens']) / e['tokens_per_s'])}")
         self._print(" | ".join(parts))
 
     def _eval(self, e: dict) -> None:
@@ -100,8 +87,8 @@ class Console:
         self._print(e["message"] if e["level"] == "info" else f"{e['level']}: {e['message']}")
 
     def _end(self, e: dict) -> None:
-        took = human_duration(e["time"] - self.started)
-        line = f"{e['reason']} at step {e['step']} ({human_count(e['tokens'])} tokens) after {took}"
+        took = format_duration(e["time"] - self.started)
+        line = f"{e['reason']} at step {e['step']} ({count(e['tokens'])} tokens) after {took}"
         if e.get("error"):
             line += f": {e['error']}"
         self._print(line)

@@ -17,7 +17,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-WEIGHTS_FILE = "model.safetensors"  # consolidated weights in every checkpoint (tabula.load_model reads it)
+from tabula.schemas.rundir_protocol import WEIGHTS_FILE
+
 OPTIMIZER_FILE = "optimizer.pt"
 
 

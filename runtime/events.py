@@ -1,7 +1,8 @@
 """events.jsonl: the run's record, one JSON object a line, appended and flushed, never rewritten.
 
-The contract (kinds and fields) is in docs/interfaces.md. Every event has `kind`, `time` (unix
-seconds), `step` and `tokens`. Non-finite floats are written as null so that every line is strict JSON.
+The contract (file name, kinds and fields) is `tabula.schemas.rundir_protocol`; in words,
+docs/interfaces.md. Every event has `kind`, `time` (unix seconds), `step` and `tokens`. Non-finite
+floats are written as null so that every line is strict JSON.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
-
-EVENTS_FILE = "events.jsonl"
 
 
 def _clean(value: Any) -> Any:

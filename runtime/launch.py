@@ -27,7 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import TextIO
 
-from .rank import RANKS_DIR
+from tabula.schemas.rundir_protocol import RANKS_DIR
 
 # DeepSpeed's launcher and ranks log every spawn, kill and accelerator choice; the user sees tabula's lines
 NOISE = re.compile(
@@ -202,7 +202,7 @@ def start_ranks(spec_path: str | os.PathLike, run_dir: str | os.PathLike, world_
 def _supervise(command: list[str], env: dict, run_dir: Path, out: TextIO) -> tuple[list[int], deque, list[int]]:
     """Run the launcher in its own session (a terminal's Ctrl-C reaches only this process), passing its
     output through. The first SIGINT/SIGTERM asks the ranks to stop; a second ends them."""
-    from .control import request
+    from tabula.schemas.rundir_protocol import request
 
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, start_new_session=True)
@@ -244,11 +244,12 @@ def _supervise(command: list[str], env: dict, run_dir: Path, out: TextIO) -> tup
 
 def _finish(run_dir: Path, exit_codes: list[int], tail: deque, out: TextIO) -> int:
     """The run's exit status from events.jsonl; writes the `end` event rank 0 could not write."""
-    from .events import EVENTS_FILE, EventWriter, read_events
+    from tabula.schemas.rundir_protocol import EVENTS_FILE, end_event
+
+    from .events import EventWriter, read_events
 
     path = run_dir / EVENTS_FILE
-    events = read_events(path) if path.exists() else []
-    end = next((e for e in reversed(events) if e["kind"] == "end"), None)
+    end = end_event(run_dir)
     if end is not None and not exit_codes:
         return 0 if end["reason"] in ("finished", "stopped") else 3
     errors = sorted((run_dir / RANKS_DIR).glob("rank-*.error"))
@@ -266,6 +267,7 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: deque, out: TextIO) -> i
             out.write(f"  ({message})\n")
         return 3
     if end is None:
+        events = read_events(path) if path.exists() else []
         last = events[-1] if events else {"step": 0, "tokens": 0}
         writer = EventWriter(path)
         writer.emit("end", last.get("step", 0), last.get("tokens", 0), reason="failed", error=message)

@@ -23,7 +23,7 @@ import torch
 
 from tabula.compiler.estimate import flops_per_token
 
-from . import control as ctl
+from tabula.schemas import rundir_protocol as ctl
 from .checkpoint import Checkpointer, CheckpointError, list_checkpoints, restore_checkpoint
 from .data.errors import DataError
 from .events import EventWriter

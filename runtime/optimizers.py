@@ -11,19 +11,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from tabula.schemas.registry import Registry
 from tabula.schemas.train import SGD, Adafactor, AdamW, Lion
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {}
-
-
-def register(kind: str):
-    def add(fn):
-        if kind in OPTIMIZERS:
-            raise ValueError(f"optimizer {kind!r} is already registered")
-        OPTIMIZERS[kind] = fn
-        return fn
-
-    return add
+# kind -> (optimizer spec, parameter groups, device) -> optimizer
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -45,24 +37,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-@register("adamw")
+@OPTIMIZERS.register("adamw")
 def _adamw(spec: AdamW, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
     # fused kernels on CUDA; foreach (multi-tensor) elsewhere
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, **fast)
 
 
-@register("lion")
+@OPTIMIZERS.register("lion")
 def _lion(spec: Lion, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
     return LionOptimizer(groups, lr=spec.lr, betas=tuple(spec.betas))
 
 
-@register("adafactor")
+@OPTIMIZERS.register("adafactor")
 def _adafactor(spec: Adafactor, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.Adafactor(groups, lr=spec.lr, beta2_decay=spec.beta2_decay, eps=(spec.eps, 1e-3), foreach=True)
 
 
-@register("sgd")
+@OPTIMIZERS.register("sgd")
 def _sgd(spec: SGD, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0, foreach=True)
 

@@ -17,7 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
-RANKS_DIR = "ranks"
+from tabula.schemas.rundir_protocol import RANKS_DIR
 
 
 def error_file(run_dir: Path, rank: int) -> Path:

@@ -3,6 +3,8 @@
     runs/<name>-<yyyymmdd-hhmmss>/
       spec.yaml  resolved.yaml  manifest.json  events.jsonl  tokenizer.json  checkpoints/  control/
 
+Its names and protocol (event kinds, control requests) are `tabula.schemas.rundir_protocol`.
+
 manifest.json records what is needed to reproduce the run: spec hash, tabula version, the git commit
 of the repository holding the spec, package versions, hardware, data fingerprint, tokenizer hash,
 command line; and each resume (with the spec changes it applied).
@@ -21,14 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINTS_DIR, list_checkpoints
-from .control import CONTROL_DIR
-from .events import EVENTS_FILE
+from tabula.schemas.rundir_protocol import (
+    CHECKPOINTS_DIR, CONTROL_DIR, EVENTS_FILE, MANIFEST_FILE, RESOLVED_FILE, SPEC_FILE, TOKENIZER_FILE,
+)
 
-MANIFEST_FILE = "manifest.json"
-RESOLVED_FILE = "resolved.yaml"
-SPEC_FILE = "spec.yaml"
-TOKENIZER_FILE = "tokenizer.json"
+from .checkpoint import list_checkpoints
 PACKAGES = ["torch", "numpy", "pydantic", "ruamel.yaml", "safetensors", "tokenizers", "datasets", "aim", "deepspeed", "textual"]
 
 

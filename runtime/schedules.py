@@ -9,39 +9,29 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from tabula.schemas.registry import Registry
 from tabula.schemas.train import WSD, Constant, Cosine, Linear
 
 # kind -> (schedule spec, progress after warmup in [0, 1], tokens, total_tokens) -> multiplier of the peak lr
-_Decay = Callable[..., float]
-SCHEDULES: dict[str, _Decay] = {}
+SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
 
 
-def register(kind: str):
-    def add(fn: _Decay) -> _Decay:
-        if kind in SCHEDULES:
-            raise ValueError(f"schedule {kind!r} is already registered")
-        SCHEDULES[kind] = fn
-        return fn
-
-    return add
-
-
-@register("cosine")
+@SCHEDULES.register("cosine")
 def _cosine(spec: Cosine, progress: float, tokens: int, total_tokens: int) -> float:
     return spec.min_lr_ratio + (1.0 - spec.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-@register("linear")
+@SCHEDULES.register("linear")
 def _linear(spec: Linear, progress: float, tokens: int, total_tokens: int) -> float:
     return 1.0 - (1.0 - spec.min_lr_ratio) * progress
 
 
-@register("constant")
+@SCHEDULES.register("constant")
 def _constant(spec: Constant, progress: float, tokens: int, total_tokens: int) -> float:
     return 1.0
 
 
-@register("wsd")
+@SCHEDULES.register("wsd")
 def _wsd(spec: WSD, progress: float, tokens: int, total_tokens: int) -> float:
     decay_start = total_tokens * (1.0 - spec.decay)
     if tokens <= decay_start or spec.decay == 0:

@@ -52,8 +52,18 @@ class HubTokenizer(_SpecialTokens):
 
 
 class TiktokenTokenizer(_SpecialTokens):
-    kind: Literal["tiktoken"] = Field(description="An OpenAI tiktoken encoding, where its file is available locally.")
+    kind: Literal["tiktoken"] = Field(
+        description="An OpenAI tiktoken encoding, converted to a byte-level BPE with the same ids. tabula downloads no "
+                    "encoding file: give a local copy in `path`, or have it in tiktoken's cache ($TIKTOKEN_CACHE_DIR)."
+    )
     encoding: str = Field(min_length=1, description="Encoding name, e.g. cl100k_base (100277 tokens) or o200k_base.")
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A local copy of the encoding's file (e.g. cl100k_base.tiktoken from "
+                    "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken), relative to the spec file; "
+                    "checked against tiktoken's published SHA-256. Null: tiktoken's cache must hold it.",
+    )
 
 
 Tokenizer = Annotated[

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from .canonical import canonical_dict, format_scalar
 from .spec import Spec
+from .units import format_count
 
 SECTIONS = ("name", "seed", "model", "data", "parallel", "train", "track")
 _MAX_VALUE = 100  # characters of one value on a line
@@ -58,13 +59,6 @@ def diff_specs(a: Spec, b: Spec) -> list[Change]:
     specs are equal (then their hashes are equal too)."""
     changes: list[Change] = []
     _diff(canonical_dict(a), canonical_dict(b), (), changes)
-    return changes
-
-
-def diff_data(a: Any, b: Any) -> list[Change]:
-    """As diff_specs, for two canonical dicts (e.g. read back from resolved.yaml files)."""
-    changes: list[Change] = []
-    _diff(a, b, (), changes)
     return changes
 
 
@@ -120,7 +114,7 @@ def inline(value: Any, key: str | None = None) -> str:
     elif isinstance(value, list):
         text = "[" + ", ".join(inline(item) for item in value) + "]"
     elif key is not None and _counts_tokens(key) and isinstance(value, int) and not isinstance(value, bool):
-        text = token_count(value)
+        text = format_count(value, binary=True, exact=True)
     else:
         text = format_scalar(value)
     return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
@@ -128,12 +122,3 @@ def inline(value: Any, key: str | None = None) -> str:
 
 def _counts_tokens(key: str) -> bool:
     return key.endswith("tokens") or key == "max_chars"
-
-
-def token_count(value: int) -> str:
-    """A token count with the spec's binary suffix where it is exact to two decimals (1048576 ->
-    1M, 2684354560 -> 2.5B, 65536 -> 64k); other counts as digits (209715)."""
-    for suffix, unit in (("T", 2**40), ("B", 2**30), ("M", 2**20), ("k", 2**10)):
-        if value >= unit and (value * 100) % unit == 0:
-            return f"{value / unit:g}{suffix}"
-    return str(value)

@@ -19,7 +19,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+MULTIPROC_TIMEOUT_S = 1800  # a cold DeepSpeed op build adds ~3 min a launch; a module's first test pays its launches
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("multiproc") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(MULTIPROC_TIMEOUT_S))
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     if _cuda_available():
@@ -31,8 +37,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _no_hub_downloads(monkeypatch):
-    """Nothing may download at test time: the hubs are switched offline for every test."""
+def _no_hub_downloads(monkeypatch, tmp_path_factory):
+    """Nothing may download at test time: the hubs are switched offline for every test, and
+    tiktoken's cache is a folder of the test session's (tabula never lets tiktoken download)."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tiktoken-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

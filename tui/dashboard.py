@@ -17,7 +17,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from . import control
+from tabula.schemas.rundir_protocol import OUTPUT_LOG, request
+
 from .dialogs import LEAVE, STOP, ConfirmStop, QuitRun
 from .events import EventsReader
 from .state import RunState, stop_signal
@@ -32,7 +33,6 @@ POLL_HZ = 4
 RUN_ACTIONS = ("stop", "checkpoint", "evaluate")  # keys that send the run a request
 CHART_INTERVAL_S = 5.0  # plotting is the dearest part of a frame (tens of ms a chart); losses move slowly
 CATCH_UP_S = 0.1  # reading spent a poll at most, so keys stay responsive while a long run is read
-OUTPUT_LOG = "output.log"
 
 
 def output_log_path(run_dir: Path) -> Path:
@@ -220,7 +220,7 @@ class DashboardScreen(Screen[str | None]):
         if not self.run_active:
             self.notify(f"The run has {self.state.end_reason}; nothing to {what}.", severity="warning")
             return
-        control.request(self.run_dir, name)
+        request(self.run_dir, name)
         self.state.note(self.clock(), "info", f"{what} requested (at the run's next step)")
         self.query_one(EventLog).show(self.state)
 

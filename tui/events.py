@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-EVENTS_FILE = "events.jsonl"
+from tabula.schemas.rundir_protocol import EVENTS_FILE
+
 MAX_READ_BYTES = 2**20  # per read: about 5k events, a few tens of milliseconds to parse
 
 

@@ -10,7 +10,6 @@ exist yet (the runtime creates new runs only in absent or empty folders).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Sequence, TextIO
+
+from tabula.schemas.rundir_protocol import end_event, request
 
 from .dashboard import output_log_path
 from .dialogs import LEAVE
@@ -89,7 +90,6 @@ def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[s
 def follow_plainly(process: subprocess.Popen, run_dir: Path, out: TextIO, interval: float = 1.0) -> int | None:
     """Print one line per new train/eval/log/end event until the process exits; return its code.
     Ctrl+C asks the run to stop with a checkpoint; a second Ctrl+C leaves it running (returns None)."""
-    from . import control
 
     reader = EventsReader(run_dir)
     stopping = False
@@ -109,7 +109,7 @@ def follow_plainly(process: subprocess.Popen, run_dir: Path, out: TextIO, interv
                 out.write(f"tabula: left running in the background (pid {process.pid})\n")
                 return None
             stopping = True
-            control.request(run_dir, "stop")
+            request(run_dir, "stop")
             out.write("tabula: stop requested; the run writes a checkpoint and stops (Ctrl+C again leaves it running)\n")
 
 
@@ -133,7 +133,7 @@ def _finish(code: int | None, log_path: Path, out: TextIO, run_dir: Path | None 
     if code is None:
         return EXIT_OK
     if run_dir is not None:
-        end = _last_end_event(run_dir)
+        end = end_event(run_dir)
         if end is not None:
             error = f": {end['error']}" if end.get("error") else ""
             out.write(f"tabula: run {end.get('reason')} at step {end.get('step')}{error}  ({run_dir}; tabula watch {run_dir})\n")
@@ -144,23 +144,3 @@ def _finish(code: int | None, log_path: Path, out: TextIO, run_dir: Path | None 
         return EXIT_OK
     out.write(f"tabula: the training process exited with code {code}; its output is in {log_path}\n")
     return EXIT_BAD_INPUT if code == EXIT_BAD_INPUT else EXIT_RUN_FAILED
-
-
-def _last_end_event(run_dir: Path) -> dict | None:
-    """The `end` event among the last lines of the run's events (reads at most 16 KiB)."""
-    try:
-        with open(run_dir / "events.jsonl", "rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - 16384))
-            lines = file.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if '"end"' in line:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("kind") == "end":
-                return event
-    return None

@@ -14,17 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tabula.schemas.data import DedupFilter, LengthFilter, QualityFilter, RegexFilter
+from tabula.schemas.registry import Registry
 
 from .minhash import MinHashIndex
 
 Keep = Callable[[str], bool]
+FILTERS: Registry[Callable[[Any], Keep]] = Registry("filter")  # kind -> (filter spec) -> predicate
 
 
+@FILTERS.register("length")
 def length(spec: LengthFilter) -> Keep:
     low, high = spec.min_chars, spec.max_chars
     return lambda text: len(text) >= low and (high is None or len(text) <= high)
 
 
+@FILTERS.register("dedup")
 def dedup(spec: DedupFilter) -> Keep:
     if spec.method == "minhash":
         index = MinHashIndex(spec.threshold, spec.num_perm)
@@ -41,12 +45,14 @@ def dedup(spec: DedupFilter) -> Keep:
     return keep
 
 
+@FILTERS.register("regex")
 def regex(spec: RegexFilter) -> Keep:
     pattern = re.compile(spec.pattern)
     wanted = spec.action == "keep"
     return lambda text: (pattern.search(text) is not None) == wanted
 
 
+@FILTERS.register("quality")
 def quality(spec: QualityFilter) -> Keep:
     def keep(text: str) -> bool:
         visible = [c for c in text if not c.isspace()]
@@ -62,9 +68,6 @@ def quality(spec: QualityFilter) -> Keep:
         return spec.min_mean_word_length <= mean <= spec.max_mean_word_length
 
     return keep
-
-
-FILTERS: dict[str, Callable[[Any], Keep]] = {"length": length, "dedup": dedup, "regex": regex, "quality": quality}
 
 
 @dataclass

@@ -30,7 +30,7 @@ from .filters import FilterChain
 from .progress import Progress
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
 from .sources import open_source
-from .tokenizer import LOADERS, TRAINERS, TRAINED_KINDS, file_path, special_ids, tokenizer_hash
+from .tokenizer import LOADERS, TRAINERS, file_path, special_ids, tokenizer_hash
 
 SPLITS = ("train", "val")
 CHUNK_BYTES = 1 << 20  # text per worker task: big enough to amortise, small enough to keep memory flat
@@ -176,10 +176,12 @@ def spec_base_dir(spec: Any) -> Path:
 def _fingerprint_parts(spec: Any, readers: dict, digests: FileDigests, base_dir: Path) -> dict[str, Any]:
     data = spec.data
     tokenizer: dict[str, Any] = data.tokenizer.model_dump(mode="json")
-    if data.tokenizer.kind in TRAINED_KINDS:
+    if data.tokenizer.kind in TRAINERS:
         tokenizer["seed"] = spec.seed  # seeds the training sample
     if data.tokenizer.kind == "file":
         tokenizer["path"] = digests(file_path(data.tokenizer, base_dir))
+    if data.tokenizer.kind == "tiktoken":  # where its file is does not matter: tiktoken checks it is the encoding's
+        tokenizer.pop("path")
     return {
         "sources": {name: reader.key(digests) for name, reader in readers.items()},
         "filters": [f.model_dump(mode="json") for f in data.filters],
@@ -194,7 +196,7 @@ def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress) -
         warnings: list[str] = []
         clock = time.perf_counter()
         tokenizer = None
-        if spec.data.tokenizer.kind not in TRAINED_KINDS:  # a tokenizer that cannot load fails before the long read
+        if spec.data.tokenizer.kind in LOADERS:  # a tokenizer that cannot load fails before the long read
             tokenizer = _make_tokenizer(spec, {}, progress)
         spools, report = _spool_sources(spec, readers, pending.folder, progress, warnings)
         timings = {"read_and_filter": time.perf_counter() - clock}
@@ -301,7 +303,7 @@ def _why_empty(reader: Any, skipped: list[str]) -> str:
 
 def _make_tokenizer(spec: Any, spools: dict, progress: Progress) -> Tokenizer:
     tokenizer_spec = spec.data.tokenizer
-    if tokenizer_spec.kind not in TRAINED_KINDS:
+    if tokenizer_spec.kind in LOADERS:
         progress("loading tokenizer", 0, 1)
         tokenizer = LOADERS[tokenizer_spec.kind](tokenizer_spec, spec_base_dir(spec))
         progress("loading tokenizer", 1, 1)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tabula.schemas.data import FilesSource, HubSource, PythonStdlibSource
+from tabula.schemas.registry import Registry
 
 from .errors import DataError
 from .tokenize_worker import die_with_parent
@@ -27,8 +28,10 @@ Warn = Callable[[str], None]
 Digest = Callable[[Path], str]  # a file's content hash
 
 GLOB_CHARS = set("*?[")
+SOURCES: Registry[type] = Registry("source")  # kind -> reader class: (name, source spec, base_dir) -> reader
 
 
+@SOURCES.register("files")
 class FilesReader:
     """`kind: files`: local files by glob, relative to the spec's folder."""
 
@@ -56,6 +59,7 @@ class FilesReader:
             yield from read(self.name, self.spec, path, warn)
 
 
+@SOURCES.register("hub")
 class HubReader:
     """`kind: hub`: a Hugging Face dataset, streamed record by record (needs the network)."""
 
@@ -94,6 +98,7 @@ class HubReader:
             ) from None
 
 
+@SOURCES.register("python_stdlib")
 class StdlibReader:
     """`kind: python_stdlib`: the .py files of the running Python's standard library, sorted by
     path; each file is a document (`source`) and so are each module's docstrings (`docstrings`)."""
@@ -135,9 +140,6 @@ def stdlib_documents(path: Path, include: tuple[str, ...]) -> list[str]:
         if docstrings:
             documents.append(docstrings)
     return documents
-
-
-SOURCES: dict[str, type] = {"files": FilesReader, "hub": HubReader, "python_stdlib": StdlibReader}
 
 
 def open_source(name: str, spec: Any, base_dir: Path):

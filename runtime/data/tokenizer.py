@@ -1,6 +1,7 @@
 """The tokenizer: trained (bpe, unigram) on a sample of the corpus, or loaded (file, hub, tiktoken).
 
-A registry maps each `data.tokenizer.kind` to its builder. Every tokenizer carries the spec's
+Two registries map each `data.tokenizer.kind` to its builder: TRAINERS (bpe, unigram) and LOADERS
+(file, hub, tiktoken). Every tokenizer carries the spec's
 end-of-document and padding tokens as special tokens; its hash is the SHA-256 of its JSON with
 keys sorted, so the same corpus, sample and seed give the same hash on every machine.
 """
@@ -10,20 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from tabula.schemas.data import BPETokenizer, FileTokenizer, HubTokenizer, TiktokenTokenizer, UnigramTokenizer
+from tabula.schemas.registry import Registry
 
 from .errors import DataError
 
-TRAINED_KINDS = ("bpe", "unigram")
 WHERE = ("data", "tokenizer")
+# kind -> (tokenizer spec, sample of texts, characters in the sample) -> trained tokenizer
+TRAINERS: Registry[Callable[[Any, Iterable[str], int], Tokenizer]] = Registry("tokenizer trainer")
+# kind -> (tokenizer spec, the spec's folder) -> loaded tokenizer
+LOADERS: Registry[Callable[[Any, Path], Tokenizer]] = Registry("tokenizer loader")
 
 
+@TRAINERS.register("bpe")
 def train_bpe(spec: BPETokenizer, sample: Iterable[str], sample_chars: int) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -36,6 +41,7 @@ def train_bpe(spec: BPETokenizer, sample: Iterable[str], sample_chars: int) -> T
     return _check_size(spec, tokenizer, sample_chars)
 
 
+@TRAINERS.register("unigram")
 def train_unigram(spec: UnigramTokenizer, sample: Iterable[str], sample_chars: int) -> Tokenizer:
     # Byte-level pre-tokenization: every input maps to the 256 byte symbols, so nothing is unknown.
     tokenizer = Tokenizer(models.Unigram())
@@ -60,6 +66,7 @@ def train_unigram(spec: UnigramTokenizer, sample: Iterable[str], sample_chars: i
     return _check_size(spec, tokenizer, sample_chars)
 
 
+@LOADERS.register("file")
 def load_file(spec: FileTokenizer, base_dir: Path) -> Tokenizer:
     path = file_path(spec, base_dir)
     try:
@@ -68,7 +75,8 @@ def load_file(spec: FileTokenizer, base_dir: Path) -> Tokenizer:
         raise DataError(f"{path} is not a tokenizer.json file: {_first_line(error)}", path=(*WHERE, "path")) from None
 
 
-def load_hub(spec: HubTokenizer) -> Tokenizer:
+@LOADERS.register("hub")
+def load_hub(spec: HubTokenizer, base_dir: Path) -> Tokenizer:
     try:
         return _with_specials(spec, Tokenizer.from_pretrained(spec.name, revision=spec.revision or "main"))
     except Exception as error:
@@ -78,31 +86,14 @@ def load_hub(spec: HubTokenizer) -> Tokenizer:
         ) from None
 
 
-def load_tiktoken(spec: TiktokenTokenizer) -> Tokenizer:
-    """A tiktoken encoding converted to the tokenizers format; needs `tiktoken` and its encoding
-    file already in tiktoken's local cache (TIKTOKEN_CACHE_DIR)."""
-    try:
-        import tiktoken
-    except ImportError:
-        raise DataError("kind: tiktoken needs the tiktoken package (pip install tiktoken) and its encoding file", path=(*WHERE, "kind")) from None
-    try:
-        encoding = tiktoken.get_encoding(spec.encoding)
-    except Exception as error:
-        raise DataError(
-            f"tiktoken encoding {spec.encoding!r} is not available locally (set TIKTOKEN_CACHE_DIR to a folder holding its file): {_first_line(error)}",
-            path=(*WHERE, "encoding"),
-        ) from None
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-    import base64
+@LOADERS.register("tiktoken")
+def load_tiktoken(spec: TiktokenTokenizer, base_dir: Path) -> Tokenizer:
+    """A tiktoken encoding converted to the tokenizers format (tiktoken_encoding.py): its file from
+    `spec.path` or tiktoken's cache, never downloaded."""
+    from .tiktoken_encoding import load_encoding, to_tokenizer
 
-    with tempfile.TemporaryDirectory() as folder:
-        ranks = Path(folder, f"{spec.encoding}.tiktoken")
-        with ranks.open("w") as handle:
-            for token, rank in sorted(encoding._mergeable_ranks.items(), key=lambda item: item[1]):
-                handle.write(f"{base64.b64encode(token).decode()} {rank}\n")
-        converted = TikTokenConverter(vocab_file=str(ranks), pattern=encoding._pat_str,
-                                      extra_special_tokens=[spec.eos_token, spec.pad_token]).converted()
-    return _with_specials(spec, converted)
+    path = None if spec.path is None else Path(spec.path) if os.path.isabs(spec.path) else base_dir / spec.path
+    return _with_specials(spec, to_tokenizer(load_encoding(spec.encoding, path)))
 
 
 def file_path(spec: FileTokenizer, base_dir: Path) -> Path:
@@ -110,14 +101,6 @@ def file_path(spec: FileTokenizer, base_dir: Path) -> Path:
     if not path.is_file():
         raise DataError(f"tokenizer file not found: {path}", path=(*WHERE, "path"))
     return path
-
-
-TRAINERS: dict[str, Callable[[Any, Iterable[str], int], Tokenizer]] = {"bpe": train_bpe, "unigram": train_unigram}
-LOADERS: dict[str, Callable[[Any, Path], Tokenizer]] = {
-    "file": load_file,
-    "hub": lambda spec, base_dir: load_hub(spec),
-    "tiktoken": lambda spec, base_dir: load_tiktoken(spec),
-}
 
 
 def tokenizer_hash(tokenizer: Tokenizer) -> str:

@@ -6,7 +6,11 @@ comments, quoting and number spelling never show. Each added (+), removed (-) or
 dotted path is listed under its section with old -> new; where the compiler can tell, the
 impact follows (parameters, memory, steps, whether a run of A can resume under B).
 
+Overrides after A and B (`a.b=v`, as on every command) apply to both sides: compare two specs as
+they would run with the same change, e.g. at the same budget.
+
   tabula diff specs/quickstart.yaml specs/zero2.yaml
+  tabula diff specs/quickstart.yaml specs/zero2.yaml train.budget.tokens=1M
   tabula diff runs/quickstart-20261128-101500 runs/quickstart-20261128-113000 --json
 
 --json prints a list of {path, kind, old, new}.
@@ -29,6 +33,8 @@ _COLOR = {"added": "\033[32m", "removed": "\033[31m", "changed": "\033[33m"}
 def add_arguments(parser) -> None:
     parser.add_argument("a", metavar="A", help="a spec file or a run directory (its resolved.yaml)")
     parser.add_argument("b", metavar="B", help="a spec file or a run directory (its resolved.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="a.b=v",
+                        help="overrides applied to both A and B, e.g. train.budget.tokens=1M (values are YAML)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {path, kind, old, new}")
     parser.add_argument("--no-impact", action="store_true",
                         help="only the changed paths: skip the compiler's estimate of each change's impact (faster)")
@@ -39,18 +45,19 @@ def run(args) -> int:
     from tabula.schemas.diff import diff_specs, group_by_section
     from tabula.schemas.errors import SpecError, SpecErrors
     from tabula.schemas.loader import load_spec
+    from tabula.schemas.rundir_protocol import RESOLVED_FILE
 
     specs = []
     for given in (args.a, args.b):
         path = Path(given)
         if path.is_dir():
-            path = path / "resolved.yaml"
+            path = path / RESOLVED_FILE
             if not path.is_file():
                 print_errors([SpecError(f"{given} is a directory without resolved.yaml: neither a spec file nor a run directory",
                                         file=given)])
                 return 2
         try:
-            specs.append(load_spec(path))
+            specs.append(load_spec(path, args.overrides))
         except SpecErrors as raised:
             print_errors(raised.errors)
             return 2

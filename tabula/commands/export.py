@@ -20,9 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "export a spec's or a run's model in Hugging Face format"
+from tabula.schemas.rundir_protocol import CHECKPOINT_PREFIX, CHECKPOINTS_DIR, RESOLVED_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
-CHECKPOINT_PREFIX = "step-"
+HELP = "export a spec's or a run's model in Hugging Face format"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def find_weights(run_dir: Path) -> Path | None:
     """The newest checkpoint's weights in a run directory: checkpoints/step-NNNNNN/model.safetensors
     with the highest step; None where the run has no checkpoint yet."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS_DIR
     if not folder.is_dir():
         return None
     steps = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    steps = [p for p in steps if (p / "model.safetensors").is_file()]
+    steps = [p for p in steps if (p / WEIGHTS_FILE).is_file()]
     if not steps:
         return None
-    return max(steps, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):])) / "model.safetensors"
+    return max(steps, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):])) / WEIGHTS_FILE
 
 
 class _BadInput(Exception):
@@ -68,15 +68,15 @@ def _read_source(source: Path, overrides: list[str]):
     if not source.exists():
         raise _BadInput(f"{source}: no such spec file or run directory")
     if source.is_dir():
-        if not (source / "resolved.yaml").is_file():
+        if not (source / RESOLVED_FILE).is_file():
             raise _BadInput(f"{source}: not a run directory (no resolved.yaml)")
         weights = find_weights(source)
         if weights is None:
             raise _BadInput(f"{source}: the run has no checkpoint yet (checkpoints/step-*/model.safetensors)")
         if overrides:
             raise _BadInput(f"{source}: overrides apply to a spec, not to a run's checkpoint ({' '.join(overrides)})")
-        tokenizer = source / "tokenizer.json"
-        return _load_spec(source / "resolved.yaml", []), weights, tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
+        tokenizer = source / TOKENIZER_FILE
+        return _load_spec(source / RESOLVED_FILE, []), weights, tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
     spec = _load_spec(source, overrides)
     tokenizer_json = None
     if spec.data.tokenizer.kind == "file":

@@ -20,6 +20,8 @@ import math
 import sys
 from pathlib import Path
 
+from tabula.schemas.units import format_bytes, format_count, format_duration
+
 HELP = "show parameters, FLOPs, memory per rank, steps and time a spec implies (nothing is built)"
 
 
@@ -174,7 +176,7 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         lines.append(f"  checkpoint every   {plan.checkpoint_every_tokens:>16,} tokens")
     lines += [
         f"  compute            {est.total_flops:>16.3g} FLOPs",
-        f"  time               {_duration(est.seconds):>16}  at {est.peak_flops / 1e12:g} TFLOP/s peak x {est.mfu:g} MFU"
+        f"  time               {format_duration(est.seconds):>16}  at {est.peak_flops / 1e12:g} TFLOP/s peak x {est.mfu:g} MFU"
         f" x {plan.world_size} rank{'s' if plan.world_size > 1 else ''}",
     ]
     notes = [*plan.notes, *est.notes]
@@ -194,37 +196,16 @@ def _zero(spec) -> str:
 
 
 def _si(n: float) -> str:
-    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{suffix}"
-    return f"{n:g}"
+    return format_count(n)
 
 
 def _tokens(n: int) -> str:
     """A token count as specs write them (k = 2**10, M = 2**20, B = 2**30): 512k, 2.59B."""
-    for size, suffix in ((2**30, "B"), (2**20, "M"), (2**10, "k")):
-        if n >= size:
-            return f"{n / size:.3g}{suffix}"
-    return str(n)
+    return format_count(n, binary=True)
 
 
 def _bytes(n: float) -> str:
-    if n == 0:
-        return "-"
-    for size, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if n >= size:
-            return f"{n / size:.2f} {suffix}"
-    return f"{n:.0f} B"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    return format_bytes(n, decimals=2) if n else "-"
 
 
 def _print_deepspeed_config(spec, plan) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tabula.schemas.rundir_protocol import EVENTS_FILE, MANIFEST_FILE
+
 HELP = "watch a run directory in the live dashboard"
 
 
@@ -23,9 +25,9 @@ def run(args) -> int:
         sys.stderr.write(f"tabula watch: error: {run_dir} is not a directory\n")
         return 2
     if not sys.stdout.isatty():
-        sys.stderr.write(f"tabula watch: error: the dashboard needs a terminal; the run's record is {run_dir / 'events.jsonl'}\n")
+        sys.stderr.write(f"tabula watch: error: the dashboard needs a terminal; the run's record is {run_dir / EVENTS_FILE}\n")
         return 2
-    if not (run_dir / "events.jsonl").exists() and not (run_dir / "manifest.json").exists():
+    if not (run_dir / EVENTS_FILE).exists() and not (run_dir / MANIFEST_FILE).exists():
         sys.stderr.write(f"tabula watch: note: {run_dir} has no events.jsonl yet; waiting for the run to write it\n")
     from tabula.tui.app import DashboardApp
     from tabula.tui.launch import lower_priority

@@ -53,6 +53,14 @@ def test_overrides_and_world_size_change_the_plan(capsys):
     assert data["stages"][1]["micro_batch"] * data["stages"][1]["grad_accum"] == 32 * 1024 // 256 // 2
 
 
+def test_a_count_just_under_a_unit_reads_in_the_next_unit(capsys):
+    # 1,023,999 tokens are 999.999k: '{:.3g}' made that '1e+03k'
+    code, out, _ = plan(capsys, QUICKSTART, "train.budget.tokens=1023999", "--device", "cpu")
+    assert code == 0
+    assert "768k - 0.977M" in out
+    assert "e+" not in out.split("  compute")[0]  # FLOPs are written in scientific notation, nothing else is
+
+
 def test_report_shows_each_part(capsys):
     code, out, _ = plan(capsys, QUICKSTART, "--device", "cpu", "--peak-tflops", "0.05", "--mfu", "0.5")
     assert code == 0

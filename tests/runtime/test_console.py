@@ -6,7 +6,8 @@ import io
 
 import pytest
 
-from runtime.console import Console, human_count, human_duration
+from tabula.runtime.console import Console, count, parameters
+from tabula.schemas.units import format_duration
 
 
 @pytest.mark.parametrize(
@@ -26,12 +27,12 @@ from runtime.console import Console, human_count, human_duration
         (0, 1024, "0"),
     ],
 )
-def test_human_count(n: float, base: int, text: str) -> None:
-    assert human_count(n, base=base) == text
+def test_counts_read_with_one_decimal(n: float, base: int, text: str) -> None:
+    assert (count if base == 1024 else parameters)(n) == text
 
 
-def test_human_duration() -> None:
-    assert [human_duration(s) for s in (0, 59.9, 61, 3600 + 120)] == ["0s", "59s", "1m01s", "1h02m"]
+def test_durations() -> None:
+    assert [format_duration(s) for s in (0, 59.9, 61, 3600 + 120)] == ["0s", "59s", "1m01s", "1h02m"]
 
 
 def test_train_line_reads_step_tokens_loss_and_eta() -> None:

@@ -14,6 +14,7 @@ from tabula.runtime.events import read_events
 from tabula.runtime.loop import train
 from tabula.runtime.rundir import RunDir
 from tabula.runtime.session import build_local_engine
+from tabula.schemas.rundir_protocol import COMMON_FIELDS, EVENT_FIELDS
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +81,8 @@ def test_events_follow_the_contract(prepared, tmp_path):
     assert kinds[0] == "start" and kinds[-1] == "end" and events[-1]["reason"] == "finished"
     for kind in ("train", "eval", "sample", "stage", "checkpoint"):
         assert kind in kinds
-    for event in events:
-        assert {"kind", "time", "step", "tokens"} <= set(event)
+    for event in events:  # each kind with the fields the run-directory protocol promises readers
+        assert set(COMMON_FIELDS) | set(EVENT_FIELDS[event["kind"]]) <= set(event), event
     train_event = next(e for e in events if e["kind"] == "train")
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage"} <= set(train_event)
     stage = next(e for e in events if e["kind"] == "stage")
@@ -124,7 +125,7 @@ def test_nonfinite_rollback(prepared, tmp_path, monkeypatch):
 
 
 def test_control_requests(prepared, tmp_path):
-    from tabula.runtime.control import request
+    from tabula.schemas.rundir_protocol import request
 
     folder = tmp_path / "run"
 
@@ -145,7 +146,7 @@ def test_control_requests(prepared, tmp_path):
 
 def test_a_request_left_by_an_earlier_session_is_ignored(prepared, tmp_path):
     """A stop sent as a run ended (or crashed) would stop its resumed run at the first step."""
-    from tabula.runtime.control import request
+    from tabula.schemas.rundir_protocol import request
 
     folder = tmp_path / "run"
     first, _ = _run(tiny_spec(), prepared, folder, max_steps=3)

@@ -128,6 +128,22 @@ def test_diff_reads_run_directories(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == [{"path": "seed", "kind": "changed", "old": 1337, "new": 7}]
 
 
+def test_diff_applies_overrides_to_both_sides(tmp_path, capsys):
+    a = _write(tmp_path, "a.yaml", MINIMAL)
+    b = _write(tmp_path, "b.yaml", MINIMAL.replace("n_layers: 2", "n_layers: 4"))
+    assert main(["diff", str(a), str(b), "seed=7", "model.n_layers=3", "--json", "--no-impact"]) == 0  # both 3 layers now
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["diff", str(a), str(b), "seed=7", "--no-impact"]) == 1
+    out = capsys.readouterr().out
+    assert "~ model.n_layers: 2 -> 4" in out and "seed" not in out.split("+++")[1]  # the same seed on both sides
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resolved.yaml").write_text(canonical_yaml(load_spec(a)))
+    assert main(["diff", str(run), str(a), "model.n_layers=5", "--json", "--no-impact"]) == 0  # a run's resolved spec too
+    assert main(["diff", str(a), str(b), "model.n_layerz=3"]) == 2
+    assert "<override 1: model.n_layerz=3>" in capsys.readouterr().err
+
+
 def test_diff_bad_input_exit_2(tmp_path, capsys):
     good = _write(tmp_path, "a.yaml", MINIMAL)
     assert main(["diff", str(good), str(tmp_path)]) == 2

@@ -1,5 +1,5 @@
 """The launcher: training in its own session with its output in a file; the dashboard's failure
-never ends the run; the control writer's files."""
+never ends the run. (Control requests: tests/schemas/test_rundir_protocol.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 from synthetic import run_events
 
-from tabula.tui import control, launch
+from tabula.tui import launch
 from tabula.tui.dashboard import output_log_path
 
 CHILD = """
@@ -79,20 +79,6 @@ def test_the_end_of_a_run_is_summed_up(tmp_path, monkeypatch):
     events = json.dumps(run_events(10, end="stopped"))
     assert launch.run_with_dashboard([sys.executable, "-c", CHILD, str(run_dir), events, "0"], run_dir, out=out) == 0
     assert f"tabula: run stopped at step 10  ({run_dir}; tabula watch {run_dir})" in out.getvalue()
-
-
-def test_control_requests_appear_whole_and_only_known_names(tmp_path):
-    path = control.request(tmp_path, "stop")
-    assert path == tmp_path / "control" / "stop" and path.read_bytes() == b""
-    control.request(tmp_path, "stop")
-    assert sorted(os.listdir(tmp_path / "control")) == ["stop"]  # no temporary files left behind
-    assert control.pending(tmp_path) == ["stop"]
-    try:
-        control.request(tmp_path, "halt")
-    except ValueError as error:
-        assert "stop, checkpoint, eval" in str(error)
-    else:
-        raise AssertionError("an unknown request was accepted")
 
 
 def _run_command(argv, monkeypatch, *, tty: bool):

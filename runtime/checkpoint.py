@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ PREFIX = "step-"
 # what a refused write raises: the OS's error, torch.save's ("unexpected pos 201728 vs 201616", "file write
 # failed"), safetensors' own
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+TORCH_PREFIX = re.compile(r"^\[enforce fail at [^]]*\][ .]*")  # "[enforce fail at inline_container.cc:672] . "
 FULL_BELOW = 64 * 2**20  # free bytes under which a failed write is taken for a full disk whatever its text said
 
 log = logging.getLogger(__name__)
@@ -282,7 +284,10 @@ def describe_write_error(error: BaseException | None, folder: Path) -> tuple[str
     if full:
         return "the disk is full" + (f": {free / 2**20:.0f} MiB free" if free is not None else ""), True
     first = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {first[0][:300] if first else ''}".rstrip(": "), False
+    first = first[0][:300] if first else ""
+    if "unexpected pos" in first or "write failed" in first:  # torch's short write, whatever stopped it
+        return f"the file system refused a write (torch: {TORCH_PREFIX.sub('', first)})", False
+    return f"{type(error).__name__}: {first}".rstrip(": "), False
 
 
 class Checkpointer:

@@ -347,7 +347,7 @@ class Trainer:
             self.evaluate()
         path = self.checkpoint()
         if path is None:  # the disk refused the last checkpoint: what this session trained is not saved
-            return Outcome("failed", p.step, p.tokens, error=f"{self.write_error}; the steps since it are not saved",
+            return Outcome("failed", p.step, p.tokens, error=f"{self.write_error}; the steps since the last checkpoint written are not saved",
                            checkpoint=self.last_good_checkpoint(), signal=signal_name, best_val_loss=p.best_val_loss)
         return Outcome(reason, p.step, p.tokens, checkpoint=path, signal=signal_name, best_val_loss=p.best_val_loss)
 

@@ -95,7 +95,7 @@ def test_a_refused_final_checkpoint_fails_the_run(prepared, tmp_path, monkeypatc
     outcome, events = _run(tiny_spec(), prepared, tmp_path / "run")
     assert outcome.reason == "failed" and outcome.step == 24
     assert "checkpoint at step 24 was not written (the disk is full" in outcome.error
-    assert outcome.error.endswith("the steps since it are not saved")
+    assert outcome.error.endswith("the steps since the last checkpoint written are not saved")
     assert outcome.checkpoint == tmp_path / "run" / "checkpoints" / "step-000016"
     assert events[-1]["reason"] == "failed" and _leftovers(tmp_path / "run") == []
 

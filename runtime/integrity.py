@@ -73,7 +73,14 @@ def check_checkpoint(folder: str | Path, files: Iterable[str] | None = None) -> 
     """None when the checkpoint `folder` is intact, else the first reason it is not (one line, naming the
     file). `files`: check only these (relative names; e.g. the weights and state.json, what
     `tabula.load_model` reads); default every file the checkpoint was written with."""
-    folder = Path(folder)
+    try:
+        return _check(Path(folder), files)
+    except OSError as error:  # a file that cannot be read back (I/O error, permissions) is no intact file
+        name = Path(error.filename).name if getattr(error, "filename", None) else "a file"
+        return f"{name} cannot be read ({error.strerror or error})"
+
+
+def _check(folder: Path, files: Iterable[str] | None) -> str | None:
     state, problem = _read_json(folder / STATE_FILE)
     if problem:
         return problem

@@ -244,3 +244,15 @@ def test_load_model_refuses_a_damaged_checkpoint_folder_by_name(run):
     _flip(_newest(run) / "model.safetensors", 40)
     with pytest.raises(CheckpointError, match="step-000002 is damaged: model.safetensors does not match"):
         find_checkpoint(_newest(run))
+
+
+def test_a_file_that_cannot_be_read_back_is_damage(run, monkeypatch):
+    import tabula.runtime.integrity as integrity
+
+    def unreadable(path):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(integrity, "digest", unreadable)
+    selection = select_checkpoint(run)
+    assert selection.checkpoint is None
+    assert selection.skipped[0].reason.endswith("cannot be read (Input/output error)")

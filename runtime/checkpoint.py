@@ -274,15 +274,16 @@ def describe_write_error(error: BaseException | None, folder: Path) -> tuple[str
     """(reason in words, whether the disk is full) for a failed checkpoint write. Full: ENOSPC or EDQUOT
     anywhere in the exception's chain or text, or almost no free space left on the disk now (torch.save's
     "unexpected pos" names no cause)."""
-    if error is None:
-        return "another rank could not write its part", False
-    text = " ".join(str(e) for e in _chain(error))
-    full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in _chain(error))
+    chain = list(_chain(error)) if error is not None else []
+    text = " ".join(str(e) for e in chain)
+    full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain)
     full = full or any(mark in text for mark in ("No space left", "os error 28", "Disk quota exceeded", "os error 122"))
     free = free_bytes(folder)
     full = full or (free is not None and free < FULL_BELOW)
     if full:
         return "the disk is full" + (f": {free / 2**20:.0f} MiB free" if free is not None else ""), True
+    if error is None:
+        return "another rank could not write its part", False
     first = str(error).strip().splitlines()
     first = first[0][:300] if first else ""
     if "unexpected pos" in first or "write failed" in first:  # torch's short write, whatever stopped it

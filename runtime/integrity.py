@@ -56,12 +56,18 @@ def write_checksums(folder: Path) -> None:
 def _read_json(path: Path) -> tuple[Any, str | None]:
     """(value, None) or (None, why it cannot be read)."""
     if not path.is_file():
-        return None, f"{path.name} is missing"
+        return None, _absent(path)
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle), None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         return None, f"{path.name} is damaged ({_short(error)})"
+
+
+def _absent(path: Path, name: str | None = None) -> str:
+    """Why `path` (shown as `name`) is no file to read."""
+    name = name or path.name
+    return f"{name} is not a file" if path.exists() or path.is_symlink() else f"{name} is missing"
 
 
 def _short(error: BaseException) -> str:
@@ -104,9 +110,11 @@ def _check_sums(folder: Path, wanted: set[str] | None) -> str | None:
     for name, entry in listed.items():
         if wanted is not None and name not in wanted:
             continue
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"{CHECKSUMS_FILE} is damaged (it names {name!r}, outside the checkpoint)"
         path = folder / name
         if not path.is_file():
-            return f"{name} is missing"
+            return _absent(path, name)
         if not isinstance(entry, dict):
             return f"{CHECKSUMS_FILE} is damaged (its entry for {name})"
         size = path.stat().st_size
@@ -127,7 +135,7 @@ def _check_structure(folder: Path, wanted: set[str] | None) -> str | None:
     for name in dict.fromkeys(names):
         path = folder / name
         if not path.is_file():
-            return f"{name} is missing"
+            return _absent(path, name)
         if path.suffix == ".safetensors":
             problem = _check_safetensors(path)
         elif path.suffix == ".json":

@@ -256,3 +256,17 @@ def test_a_file_that_cannot_be_read_back_is_damage(run, monkeypatch):
     selection = select_checkpoint(run)
     assert selection.checkpoint is None
     assert selection.skipped[0].reason.endswith("cannot be read (Input/output error)")
+
+
+def test_a_checksums_file_naming_a_path_outside_the_checkpoint_is_damage(run):
+    path = _newest(run) / CHECKSUMS_FILE
+    recorded = json.loads(path.read_text())
+    recorded["files"]["../../outside"] = {"size": 1, "sha256": "0"}
+    path.write_text(json.dumps(recorded))
+    _selected(run, "checksums.json is damaged (it names '../../outside', outside the checkpoint)")
+
+
+def test_a_folder_where_the_weights_should_be_is_damage(run):
+    (_newest(run) / "model.safetensors").unlink()
+    (_newest(run) / "model.safetensors").mkdir()
+    _selected(run, "model.safetensors is not a file")

@@ -24,7 +24,7 @@ import torch
 from tabula.compiler.estimate import flops_per_token
 
 from tabula.schemas import rundir_protocol as ctl
-from .checkpoint import Checkpointer, CheckpointError, list_checkpoints, restore_checkpoint
+from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
 from .data.errors import DataError
 from .events import EventWriter
 from .faults import StopSignals, is_oom, oom_message, plant_nan, planted_nan_step
@@ -106,6 +106,7 @@ class Trainer:
         self.nan_at = planted_nan_step()
         self.rollbacks, self.failed_step = 0, 0
         self.stop_error: str | None = None
+        self.write_error: str | None = None  # the latest checkpoint the disk refused
         self.lr = 0.0
         self.peak: float | None = None
 
@@ -147,14 +148,19 @@ class Trainer:
         self.last_checkpoint, self.last_checkpoint_step = checkpoint, p.step
 
     def checkpoint(self) -> Path | None:
-        """Write a checkpoint now (once per step); a disk refusal is reported and training goes on."""
+        """Write a checkpoint now (once per step). A disk refusal is reported and returns None; training goes
+        on or stops (`stop_error` set) as train.checkpoint.on_write_error says."""
         if self.last_checkpoint_step == self.progress.step and self.last_checkpoint is not None and self.last_checkpoint.exists():
             return self.last_checkpoint
         try:
             path = self.checkpointer.save(self.progress.step, self.state())
-        except CheckpointError as error:
+        except CheckpointWriteError as error:
             self.log("error", str(error))
+            self.write_error = str(error)
+            if not error.recoverable or self.spec.train.checkpoint.on_write_error == "stop":
+                self.stop_error = f"{error} (train.checkpoint.on_write_error: {self.spec.train.checkpoint.on_write_error})"
             return None
+        self.write_error = None
         self.last_checkpoint, self.last_checkpoint_step = path, self.progress.step
         if self.engine.is_main:
             best = self.checkpointer.best() == path if self.checkpointer.keep_best else False
@@ -245,8 +251,12 @@ class Trainer:
         return "go"
 
     def last_good_checkpoint(self) -> Path | None:
-        found = list_checkpoints(self.run.path)
-        return found[-1] if found else None
+        """The newest intact checkpoint at or before this step (damaged ones skipped with a warning)."""
+        # step 0: a resume that failed while loading; its checkpoint's step is not known yet
+        selection = select_checkpoint(self.run.path, up_to=self.progress.step or None)
+        for skipped in selection.skipped:
+            self.log("warning", skipped.message)
+        return selection.checkpoint
 
     # ------------------------------------------------------------------ the loop
 
@@ -321,6 +331,9 @@ class Trainer:
                     self.log("warning", "evaluation requested, but train.eval is null: the spec has no evaluation")
             if crossed(tokens_before, p.tokens, every_ckpt) or flags & ctl.CHECKPOINT:
                 self.checkpoint()
+                if self.stop_error is not None:  # the disk refused it and on_write_error says stop
+                    return Outcome("failed", p.step, p.tokens, error=self.stop_error, checkpoint=self.last_good_checkpoint(),
+                                   best_val_loss=p.best_val_loss)
             self.control.done(flags)
             paused += time.perf_counter() - pause_start
             if flags & ctl.STOP:
@@ -333,6 +346,9 @@ class Trainer:
         if reason == "finished" and spec.train.eval and p.val_step != p.step:
             self.evaluate()
         path = self.checkpoint()
+        if path is None:  # the disk refused the last checkpoint: what this session trained is not saved
+            return Outcome("failed", p.step, p.tokens, error=f"{self.write_error}; the steps since the last checkpoint written are not saved",
+                           checkpoint=self.last_good_checkpoint(), signal=signal_name, best_val_loss=p.best_val_loss)
         return Outcome(reason, p.step, p.tokens, checkpoint=path, signal=signal_name, best_val_loss=p.best_val_loss)
 
     def log_train(self, mean_loss, grad_norm, stage, steps, started, flops_per_tok) -> None:
@@ -435,7 +451,7 @@ def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int |
                 stage = plan.stage_at(p.tokens)
                 message = oom_message(error, micro_batch=stage.micro_batch, seq_len=stage.seq_len,
                                       spec_path=getattr(spec, "source_path", None))
-            elif isinstance(error, DataError):  # bad input met mid-run: its message says it all
+            elif isinstance(error, (DataError, CheckpointError)):  # bad input or a refused disk: its message says it all
                 message = str(error)
             else:
                 message = f"{type(error).__name__}: {error}"

@@ -27,7 +27,9 @@ from tabula.schemas.rundir_protocol import (
     CHECKPOINTS_DIR, CONTROL_DIR, EVENTS_FILE, MANIFEST_FILE, RESOLVED_FILE, SPEC_FILE, TOKENIZER_FILE,
 )
 
-from .checkpoint import list_checkpoints
+from .checkpoint import CheckpointError, Selection, list_checkpoints, select_checkpoint, step_of
+from .integrity import check_checkpoint
+
 PACKAGES = ["torch", "numpy", "pydantic", "ruamel.yaml", "safetensors", "tokenizers", "datasets", "aim", "deepspeed", "textual"]
 
 
@@ -201,33 +203,43 @@ def run_has_checkpoint(path: Path) -> bool:
     return bool(list_checkpoints(path))
 
 
-def find_resume(resume: str, spec) -> tuple[RunDir, Path]:
-    """(run folder, checkpoint folder) for `--resume DIR|auto`.
+def find_resume(resume: str, spec) -> tuple[RunDir, Selection]:
+    """(run folder, the checkpoint to resume and the damaged ones skipped) for `--resume DIR|auto`.
 
-    DIR is a run folder (its newest complete checkpoint) or one checkpoint folder; `auto` is the newest
-    complete checkpoint of the newest run of this spec's name under track.runs_dir.
-    Raises FileNotFoundError with a message for the user."""
+    DIR is a run folder (its newest intact checkpoint, runtime/checkpoint.select_checkpoint) or one
+    checkpoint folder (which must be intact); `auto` is the newest intact checkpoint of the newest run of
+    this spec's name under track.runs_dir. Raises FileNotFoundError or CheckpointError with a message for
+    the user."""
     if resume == "auto":
         runs_dir = Path(spec.track.runs_dir)
         candidates = []
         for path in runs_dir.iterdir() if runs_dir.is_dir() else []:
             manifest = _manifest_of(path)
-            if manifest is not None and manifest.get("spec_name") == spec.name and run_has_checkpoint(path):
-                candidates.append((manifest.get("created", 0.0), path.name, path))
+            if isinstance(manifest, dict) and manifest.get("spec_name") == spec.name and run_has_checkpoint(path):
+                created = manifest.get("created", 0.0)
+                candidates.append((created if isinstance(created, (int, float)) else 0.0, path.name, path))
         if not candidates:
             raise FileNotFoundError(f"--resume auto: no run of {spec.name!r} with a complete checkpoint under {runs_dir}/")
         newest = max(candidates)[2]
-        return RunDir(newest), list_checkpoints(newest)[-1]
+        selection = select_checkpoint(newest)
+        selection.required(newest / CHECKPOINTS_DIR)
+        return RunDir(newest), selection
     path = Path(resume)
     if not path.exists():
         raise FileNotFoundError(f"--resume {resume}: no such folder")
     if path.parent.name == CHECKPOINTS_DIR and path.name.startswith("step-"):
         if path not in list_checkpoints(path.parent):
             raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint")
-        return RunDir(path.parent.parent), path
+        reason = check_checkpoint(path)
+        if reason is not None:
+            intact = select_checkpoint(path.parent, up_to=step_of(path)).checkpoint
+            instead = f"; the newest intact checkpoint before it is {intact}" if intact else ""
+            raise CheckpointError(f"--resume {resume}: the checkpoint is damaged: {reason}{instead}")
+        return RunDir(path.parent.parent), Selection(path)
     if not (path / MANIFEST_FILE).exists():
         raise FileNotFoundError(f"--resume {resume}: not a run folder (no {MANIFEST_FILE})")
-    checkpoints = list_checkpoints(path)
-    if not checkpoints:
+    if not list_checkpoints(path):
         raise FileNotFoundError(f"--resume {resume}: the run has no complete checkpoint to resume from")
-    return RunDir(path), checkpoints[-1]
+    selection = select_checkpoint(path)
+    selection.required(path / CHECKPOINTS_DIR)
+    return RunDir(path), selection

@@ -32,7 +32,8 @@ def load_run_spec(path: str, overrides: list[str]):
 
 
 def resume_target(args, spec):
-    """(RunDir, checkpoint) for --resume, or None after printing why not. None, None without --resume."""
+    """(RunDir, checkpoint Selection) for --resume, or None after printing why not. None, None without --resume."""
+    from .checkpoint import CheckpointError
     from .rundir import find_resume
 
     if not args.resume:
@@ -42,7 +43,7 @@ def resume_target(args, spec):
         return None
     try:
         return find_resume(args.resume, spec)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, CheckpointError) as error:
         _error(str(error))
         return None
 
@@ -53,13 +54,34 @@ def resolve_resume(args, spec):
     target = resume_target(args, spec)
     if target is None:
         return None
-    resume_run, checkpoint = target
+    resume_run, selection = target
     changes: list[dict[str, Any]] = []
     if resume_run is not None:
         allowed, changes = resume_changes(spec, resume_run)
         if not allowed:
             return None
-    return resume_run, checkpoint, changes
+        from .checkpoint import remove_leftovers
+
+        remove_leftovers(resume_run.path)  # before anything is written: a full disk's space comes back first
+        report_skipped(resume_run, selection)
+    return resume_run, selection.checkpoint if selection else None, changes
+
+
+def report_skipped(run, selection) -> None:
+    """Say which damaged checkpoints the resume passed over: a warning line each, and a warning event in the
+    run's events.jsonl (the dashboard shows it)."""
+    if not selection.skipped:
+        return
+    from .checkpoint import read_state
+    from .events import EventWriter
+
+    state = read_state(selection.checkpoint)
+    writer = EventWriter(run.events)
+    for skipped in selection.skipped:
+        message = f"{skipped.message}; resuming from {selection.checkpoint.name}"
+        _error(f"warning: {message}")
+        writer.log("warning", message, state.get("step", 0), state.get("tokens", 0))
+    writer.close()
 
 
 def resume_changes(spec, run) -> tuple[bool, list[dict[str, Any]]]:

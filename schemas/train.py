@@ -109,6 +109,15 @@ class Checkpoint(SpecModel):
     every_tokens: PositiveTokenCount | None = Field(default=None, description="Checkpoint every this many training tokens; null only at the end.")
     keep_last: int = Field(default=3, ge=1, description="Keep this many most recent checkpoints.")
     keep_best_by: Literal["val_loss"] | None = Field(default="val_loss", description="Also keep the checkpoint with the best value of this metric.")
+    on_write_error: Literal["continue", "stop"] = Field(
+        default="continue",
+        description=(
+            "A checkpoint the disk refuses (full, over quota, an I/O error): its partial folder is removed and the previous "
+            "checkpoint kept either way. continue: train on and try again at the next checkpoint, so freeing space saves the "
+            "run, but a crash before a checkpoint succeeds loses every step since the last one written. stop: end the run "
+            "now as failed (exit 3) with the last checkpoint written. A failed final checkpoint fails the run either way."
+        ),
+    )
 
 
 class Log(SpecModel):

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     target = "overrides" if hasattr(args, "overrides") else "items" if hasattr(args, "items") else None
     if unknown or (overrides and target is None):
         args._parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
-    if overrides:
+    if overrides and target:  # (target is known here: overrides without one were refused above)
         setattr(args, target, [*getattr(args, target), *overrides])
     if args.command is None:
         parser.print_help()

@@ -50,7 +50,7 @@ NOISE = re.compile(
     r"|^DeepSpeed .* built successfully"
     r"|FutureWarning|UserWarning|^\s+return func\(|^\s+warnings\.warn"
 )
-EXIT_LINE = re.compile(r"exits with return code = (-?\d+)")
+RETURN_CODE_LINE = re.compile(r"exits with return code = (-?\d+)")
 
 
 def free_port() -> int:
@@ -212,7 +212,7 @@ def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: Text
     assert process.stdout is not None
     try:
         for line in process.stdout:
-            found = EXIT_LINE.search(line)
+            found = RETURN_CODE_LINE.search(line)
             if found:
                 exit_codes.append(int(found.group(1)))
                 continue

@@ -110,7 +110,7 @@ def one_round(spec, prepared, plan, device) -> dict:
     from tabula.runtime.events import read_events
     from tabula.runtime.loop import train
     from tabula.runtime.rundir import RunDir
-    from tabula.runtime.session import build_local_engine
+    from tabula.runtime.build import build_local_engine
 
     plain = PlainLoop(spec, prepared, plan, device, WARMUP + STEPS)
     times = {"tabula": [], "plain": []}

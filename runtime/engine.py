@@ -11,13 +11,17 @@ Collectives (`evaluate`, `generate`, `save`, `load`, `consolidated_state_dict`, 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from tabula.schemas.rundir_protocol import WEIGHTS_FILE
+
+if TYPE_CHECKING:
+    from tabula.compiler.model import Transformer
 
 OPTIMIZER_FILE = "optimizer.pt"
 
@@ -26,7 +30,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 class Engine(Protocol):
     """What the train loop drives. Every tensor returned stays on the device (no host sync)."""
 
-    model: nn.Module  # the plain module (unwrapped): hooks, generate, parameter counts
+    model: Transformer  # the plain module (unwrapped): hooks, generate, parameter counts
     device: torch.device
     rank: int
     world_size: int
@@ -92,9 +96,11 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def to_device(device: torch.device, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """The batch tensors on `device` (copied without waiting), None left as None."""
-    return tuple(None if t is None else t.to(device, non_blocking=True) for t in tensors)
+def to_device(device: torch.device, input_ids: torch.Tensor, targets: torch.Tensor,
+              document_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A batch's tensors on `device` (copied without waiting); no document ids stay None."""
+    return (input_ids.to(device, non_blocking=True), targets.to(device, non_blocking=True),
+            None if document_ids is None else document_ids.to(device, non_blocking=True))
 
 
 def set_lr(param_groups: list[dict], lr: float) -> None:
@@ -104,7 +110,7 @@ def set_lr(param_groups: list[dict], lr: float) -> None:
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """`model` in eval mode inside the block, then back in the mode it was in."""
     was_training = model.training
     model.eval()
@@ -114,20 +120,19 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def greedy_continuation(model: nn.Module, prompt_ids: list[int], max_new_tokens: int, device: torch.device,
-                        autocast: contextlib.AbstractContextManager | None = None) -> list[int]:
+def greedy_continuation(model: Transformer, prompt_ids: list[int], max_new_tokens: int, device: torch.device,
+                        autocast: contextlib.AbstractContextManager[Any] | None = None) -> list[int]:
     """`model.generate` from `prompt_ids` in eval mode, without gradients: the new token ids only."""
     with torch.no_grad(), eval_mode(model), autocast or contextlib.nullcontext():
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         out = model.generate(prompt, max_new_tokens)
-    return out[0, len(prompt_ids):].tolist()
+    new_ids: list[int] = out[0, len(prompt_ids):].tolist()
+    return new_ids
 
 
 class LocalEngine:
-    """One process, one device. `model` must already be materialized on `device` (compiled or not).
-
-    `forward_model` is what forward passes call (the compiled module, or the model itself); `model` stays
-    the plain module whose state dict is saved."""
+    """One process, one device. `model` must already be materialized on `device` (compiled in place or
+    not: runtime/build.py builds it); its state dict is what checkpoints save."""
 
     rank = 0
     world_size = 1
@@ -135,16 +140,14 @@ class LocalEngine:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Transformer,
         optimizer: torch.optim.Optimizer,
         *,
         device: torch.device,
         precision: str,
         grad_clip: float | None,
-        forward_model: nn.Module | None = None,
     ) -> None:
         self.model = model
-        self.forward_model = forward_model or model
         self.optimizer = optimizer
         self.device = device
         self.precision = precision
@@ -154,17 +157,18 @@ class LocalEngine:
 
     # ------------------------------------------------------------------ training
 
-    def forward_backward(self, input_ids, targets, document_ids, accum_steps):
+    def forward_backward(self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None,
+                         accum_steps: int) -> torch.Tensor:
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with autocast_for(self.device, self.precision):
-            _, loss = self.forward_model(input_ids, targets, document_ids=document_ids)
+            _, loss = self.model(input_ids, targets, document_ids=document_ids)
         scaled = loss / accum_steps
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
         scaled.backward()
         return loss.detach()
 
-    def step(self, lr):
+    def step(self, lr: float) -> torch.Tensor:
         set_lr(self.optimizer.param_groups, lr)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -182,19 +186,19 @@ class LocalEngine:
         return grad_norm.detach()
 
     @torch.no_grad()
-    def evaluate(self, input_ids, targets, document_ids):
+    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None) -> torch.Tensor:
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with eval_mode(self.model), autocast_for(self.device, self.precision):
-            _, loss = self.forward_model(input_ids, targets, document_ids=document_ids)
+            _, loss = self.model(input_ids, targets, document_ids=document_ids)
         return loss.detach().float()
 
-    def generate(self, prompt_ids, max_new_tokens):
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         return greedy_continuation(self.model, prompt_ids, max_new_tokens, self.device,
                                    autocast_for(self.device, self.precision))
 
     # ------------------------------------------------------------------ state
 
-    def save(self, checkpoint_dir):
+    def save(self, checkpoint_dir: Path) -> None:
         from .checkpoint import save_weights
 
         save_weights(self.consolidated_state_dict(), Path(checkpoint_dir) / WEIGHTS_FILE)
@@ -203,7 +207,7 @@ class LocalEngine:
             state["scaler"] = self.scaler.state_dict()
         torch.save(state, Path(checkpoint_dir) / OPTIMIZER_FILE)
 
-    def load(self, checkpoint_dir):
+    def load(self, checkpoint_dir: Path) -> None:
         from .checkpoint import load_weights
 
         load_weights(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)
@@ -212,16 +216,16 @@ class LocalEngine:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
-    def consolidated_state_dict(self):
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().to("cpu") for name, tensor in self.model.state_dict().items()}
 
     # ------------------------------------------------------------------ collectives (one rank: trivial)
 
-    def barrier(self):
+    def barrier(self) -> None:
         pass
 
-    def reduce_mean(self, value):
+    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
-    def sync_flags(self, flags):
+    def sync_flags(self, flags: int) -> int:
         return flags

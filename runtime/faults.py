@@ -5,19 +5,19 @@
 - Non-finite loss or gradients: the engine never applies such an update; the loop then follows
   `train.on_nonfinite` (skip the batch, stop at the last good checkpoint, or roll back to it).
 - CUDA out of memory: a message naming the micro-batch and pointing at `tabula plan`.
-- A test-only hook plants a NaN: TABULA_TEST_NAN_AT_STEP=N poisons the loss of step N once (read here
-  and only here; the hot path never sees it unless set).
+
+Tests plant non-finite losses from the outside (tests/planted_nan.py wraps the engine's methods): the
+loop carries no test hook.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
+from types import FrameType
+from typing import Any
 
 import torch
-
-NAN_ENV = "TABULA_TEST_NAN_AT_STEP"
 
 
 class StopSignals:
@@ -26,9 +26,9 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
@@ -39,32 +39,13 @@ class StopSignals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
     @property
     def name(self) -> str | None:
         return signal.Signals(self.received).name if self.received is not None else None
-
-
-def planted_nan_step() -> int | None:
-    """The step (1-based) whose loss the test hook poisons, or None (the normal case)."""
-    value = os.environ.get(NAN_ENV)
-    return int(value) if value else None
-
-
-def plant_nan(model: torch.nn.Module) -> None:
-    """Make the model's next forward return a NaN loss (once)."""
-
-    def hook(module, args, output):
-        handle.remove()
-        if isinstance(output, tuple):
-            logits, loss = output
-            return logits, loss * float("nan")
-        return output * float("nan")
-
-    handle = model.register_forward_hook(hook)
 
 
 def oom_message(error: BaseException, *, micro_batch: int, seq_len: int, spec_path: str | None) -> str:

@@ -15,8 +15,10 @@ import os
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -27,18 +29,33 @@ from tabula.schemas import rundir_protocol as ctl
 from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
 from .data.errors import DataError
 from .events import EventWriter
-from .faults import StopSignals, is_oom, oom_message, plant_nan, planted_nan_step
+from .faults import StopSignals, is_oom, oom_message
 from .mfu import measure_cpu_peak, peak_flops
 from .schedules import lr_at
 
+if TYPE_CHECKING:
+    from tabula.compiler.plan import Plan, StagePlan
+    from tabula.schemas.spec import Spec
+
+    from .data.pipeline import PreparedData
+    from .data.sampler import Batch
+    from .engine import Engine
+    from .rundir import RunDir
+    from .tracking import AimTracker
+
 MAX_ROLLBACKS = 3  # in a row without getting past the failing step
 
+EndReason = Literal["finished", "stopped", "failed"]
+Listener = Callable[[dict[str, Any]], None]  # receives every event rank 0 writes (the console, Aim)
 
-@dataclass
+
+@dataclass(frozen=True)
 class Outcome:
-    """How a run ended. `reason`: finished | stopped | failed."""
+    """How a run ended: `reason` finished | stopped | failed, after `step` optimizer steps and `tokens`
+    training tokens; `error` says why it failed; `checkpoint` is the last good one (None when none was
+    written); `signal` is the SIGINT/SIGTERM that stopped it, by name."""
 
-    reason: str
+    reason: EndReason
     step: int
     tokens: int
     error: str | None = None
@@ -78,20 +95,24 @@ def memory_in_use(device: torch.device) -> int:
 
 
 def crossed(before: int, after: int, every: int | None) -> bool:
-    return bool(every) and before // every != after // every
+    """Whether a multiple of `every` lies in (before, after]; never for None or 0."""
+    if not every:
+        return False
+    return before // every != after // every
 
 
 class Trainer:
     """One run of the loop. Built by `train`; split into methods so each reads on its own."""
 
-    def __init__(self, spec, plan, engine, run, prepared, *, spec_hash, max_steps, console):
+    def __init__(self, spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: PreparedData, *, spec_hash: str,
+                 max_steps: int | None, console: Listener | None) -> None:
         self.spec, self.plan, self.engine, self.run, self.prepared = spec, plan, engine, run, prepared
         self.max_steps = max_steps
         self.events = EventWriter(run.events if engine.is_main else None)
         if console is not None and engine.is_main:
             self.events.listeners.append(console)
         self.spec_hash = spec_hash
-        self.tracker = None  # the Aim tracker, rank 0 (set by `train`)
+        self.tracker: AimTracker | None = None  # the Aim tracker, rank 0 (set by `train`)
         self.control = ctl.ControlFolder(run.path if engine.is_main else None)
         self.control_every = 1 if engine.world_size == 1 else spec.train.log.every_steps
         train = spec.train
@@ -102,8 +123,7 @@ class Trainer:
         self.progress = Progress()
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step: int | None = None
-        self.val_batches: dict[int, list] = {}
-        self.nan_at = planted_nan_step()
+        self.val_batches: dict[int, list[Batch]] = {}
         self.rollbacks, self.failed_step = 0, 0
         self.stop_error: str | None = None
         self.write_error: str | None = None  # the latest checkpoint the disk refused
@@ -112,7 +132,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ events
 
-    def emit(self, kind: str, **fields) -> None:
+    def emit(self, kind: str, **fields: Any) -> None:
         self.events.emit(kind, self.progress.step, self.progress.tokens, **fields)
 
     def log(self, level: str, message: str) -> None:
@@ -120,7 +140,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         p = self.progress
         return {
             "step": p.step,
@@ -171,6 +191,7 @@ class Trainer:
 
     def evaluate(self) -> None:
         spec_eval = self.spec.train.eval
+        assert spec_eval is not None  # the loop evaluates only when train.eval is set
         stage = self.plan.stage_at(max(0, self.progress.tokens - 1))
         if stage.seq_len not in self.val_batches:
             from .data import validation_batches
@@ -195,6 +216,7 @@ class Trainer:
         self.sample()
 
     def sample(self) -> None:
+        assert self.spec.train.eval is not None  # samples follow evaluations
         sample = self.spec.train.eval.sample
         if sample.max_new_tokens == 0:
             return
@@ -206,16 +228,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
-    def train_step(self, stage) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, stage: StagePlan) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on this rank's slice of the global batch. Returns (mean loss, grad norm)."""
         engine = self.engine
         batch = self.sampler.next_batch(stage.sequences_per_step, stage.seq_len)
         per_rank = stage.sequences_per_step // engine.world_size
         start = engine.rank * per_rank
-        if self.nan_at is not None and self.progress.step + 1 == self.nan_at:
-            self.nan_at = None  # once per process: a rollback replaying this step finds clean data
-            plant_nan(engine.model)
-        step_loss = None
+        step_loss: torch.Tensor | None = None
         for micro in range(stage.grad_accum):
             lo = start + micro * stage.micro_batch
             hi = lo + stage.micro_batch
@@ -226,6 +245,7 @@ class Trainer:
                    self.plan.budget_tokens, self.plan.warmup_tokens)
         self.lr = lr
         grad_norm = engine.step(lr)
+        assert step_loss is not None  # every stage has grad_accum >= 1
         return step_loss / stage.grad_accum, grad_norm
 
     def on_nonfinite(self, loss: torch.Tensor) -> str:
@@ -285,9 +305,11 @@ class Trainer:
         flops = {s.index: flops_per_token(spec.model, plan.vocab_size, s.seq_len) for s in plan.stages}
         stage = plan.stage_at(p.tokens)
         loss_sum = torch.zeros((), device=engine.device)
-        logged_steps, interval_start, paused, grad_norm = 0, time.perf_counter(), 0.0, None
+        logged_steps, interval_start, paused = 0, time.perf_counter(), 0.0
+        grad_norm: torch.Tensor | None = None
         steps_here = 0
-        reason, signal_name = "finished", None
+        reason: EndReason = "finished"
+        signal_name: str | None = None
         while p.step < plan.total_steps:
             if self.max_steps is not None and steps_here >= self.max_steps:
                 reason = "stopped"
@@ -351,7 +373,8 @@ class Trainer:
                            checkpoint=self.last_good_checkpoint(), signal=signal_name, best_val_loss=p.best_val_loss)
         return Outcome(reason, p.step, p.tokens, checkpoint=path, signal=signal_name, best_val_loss=p.best_val_loss)
 
-    def log_train(self, mean_loss, grad_norm, stage, steps, started, flops_per_tok) -> None:
+    def log_train(self, mean_loss: torch.Tensor, grad_norm: torch.Tensor | None, stage: StagePlan, steps: int,
+                  started: float, flops_per_tok: float) -> None:
         """The train event of an interval of `steps` steps that began at `started` (perf_counter, with the
         time paused for evaluations and checkpoints added on)."""
         loss = float(self.engine.reduce_mean(mean_loss))  # the one host read of the interval
@@ -367,7 +390,7 @@ class Trainer:
             "train",
             loss=loss,
             lr=self.lr,
-            grad_norm=float(grad_norm),
+            grad_norm=float(grad_norm) if grad_norm is not None else None,
             tokens_per_s=tokens_per_s,
             step_time=elapsed / steps,
             mfu=mfu,
@@ -376,7 +399,7 @@ class Trainer:
         )
 
 
-def make_tracker(spec, run, spec_hash: str, warn):
+def make_tracker(spec: Spec, run: RunDir, spec_hash: str, warn: Callable[[str], None]) -> AimTracker | None:
     """The Aim tracker for rank 0, or None when track.aim.enabled is false."""
     aim = spec.track.aim
     if not aim.enabled:
@@ -408,8 +431,9 @@ def make_tracker(spec, run, spec_hash: str, warn):
     )
 
 
-def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int | None = None,
-          resume_from: Path | None = None, console=None, parameters: int | None = None) -> Outcome:
+def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: PreparedData, *, spec_hash: str,
+          max_steps: int | None = None, resume_from: Path | None = None, console: Listener | None = None,
+          parameters: int | None = None) -> Outcome:
     """Train `engine.model` as `spec` and `plan` say, recording into the run folder `run` (a RunDir).
 
     Every rank calls this. `resume_from`: a checkpoint folder to continue from exactly. `max_steps`:
@@ -450,7 +474,7 @@ def train(spec, plan, engine, run, prepared, *, spec_hash: str, max_steps: int |
             if is_oom(error):
                 stage = plan.stage_at(p.tokens)
                 message = oom_message(error, micro_batch=stage.micro_batch, seq_len=stage.seq_len,
-                                      spec_path=getattr(spec, "source_path", None))
+                                      spec_path=str(spec.source_path) if spec.source_path else None)
             elif isinstance(error, (DataError, CheckpointError)):  # bad input or a refused disk: its message says it all
                 message = str(error)
             else:

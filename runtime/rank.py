@@ -3,21 +3,79 @@
     python -m tabula.runtime.rank --spec SPEC --run-dir DIR [--override a.b=v ...] [--resume CKPT] [--max-steps N]
 
 Every rank loads the same spec, plan, prepared data (from the token cache the launching process
-filled) and model, wraps it in the DeepSpeed engine and runs the train loop; rank 0 alone writes
-events, Aim and progress lines. A rank that fails leaves its error in `ranks/rank-N.error` in the
-run folder before it exits, so the others (and the launching process) can say which rank failed
-and why.
+filled) and model (runtime/build.py, as the local engine's), wraps it in the DeepSpeed engine and
+runs the train loop; rank 0 alone writes events, Aim and progress lines. A rank that fails leaves its
+error in `ranks/rank-N.error` in the run folder before it exits, so the others (and the launching
+process) can say which rank failed and why. The process exits with 0 when the run finished or
+stopped, 1 when it failed: the launcher reads the run's outcome from the run folder, not from it.
+
+The arguments are a small protocol between launch.py (`rank_argv`) and this module
+(`parse_rank_argv`), not a command for people.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from .loop import Outcome
 
 from tabula.schemas.rundir_protocol import RANKS_DIR
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """What every rank of a run is told: the spec and its overrides, the run folder (created by the
+    launching process), the checkpoint to resume from and the steps to run."""
+
+    spec_path: str
+    run_dir: Path
+    overrides: tuple[str, ...] = ()
+    resume_from: Path | None = None
+    max_steps: int | None = None
+
+
+def rank_argv(options: RankOptions) -> list[str]:
+    """The arguments after `python -m tabula.runtime.rank` (read back by parse_rank_argv)."""
+    argv = ["--spec", options.spec_path, "--run-dir", str(options.run_dir)]
+    for override in options.overrides:
+        argv += ["--override", override]
+    if options.resume_from is not None:
+        argv += ["--resume", str(options.resume_from)]
+    if options.max_steps is not None:
+        argv += ["--max-steps", str(options.max_steps)]
+    return argv
+
+
+def parse_rank_argv(argv: Sequence[str]) -> RankOptions:
+    """The RankOptions `rank_argv` wrote (`--flag value` or `--flag=value`; an older launcher's
+    `--local_rank` is ignored). Raises ValueError for anything else."""
+    values: dict[str, list[str]] = {}
+    items = list(argv)
+    while items:
+        item = items.pop(0)
+        flag, equals, value = item.partition("=")
+        if flag not in ("--spec", "--run-dir", "--override", "--resume", "--max-steps", "--local_rank"):
+            raise ValueError(f"unexpected rank argument {item!r}")
+        if not equals:
+            if not items:
+                raise ValueError(f"rank argument {flag} has no value")
+            value = items.pop(0)
+        values.setdefault(flag, []).append(value)
+    for required in ("--spec", "--run-dir"):
+        if required not in values:
+            raise ValueError(f"rank argument {required} is missing")
+    resume = values.get("--resume", [None])[-1]
+    max_steps = values.get("--max-steps", [None])[-1]
+    return RankOptions(spec_path=values["--spec"][-1], run_dir=Path(values["--run-dir"][-1]),
+                       overrides=tuple(values.get("--override", [])), resume_from=Path(resume) if resume else None,
+                       max_steps=int(max_steps) if max_steps is not None else None)
 
 
 def error_file(run_dir: Path, rank: int) -> Path:
@@ -32,51 +90,24 @@ def write_error(run_dir: Path, rank: int, text: str) -> None:
     os.replace(tmp, path)  # whole or absent: a reader never sees half a message
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tabula.runtime.rank", description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="the spec file")
-    parser.add_argument("--run-dir", required=True, help="the run folder (created by the launching process)")
-    parser.add_argument("--override", action="append", default=[], help="a.b.c=value, as on the tabula command line")
-    parser.add_argument("--resume", default=None, help="a checkpoint folder to continue from")
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # older launchers pass it
-    return parser.parse_args(argv)
-
-
-def build_engine(spec, plan):
-    """The model on this rank's device, tabula's optimizer and the DeepSpeed engine over them."""
-    from tabula.compiler import apply_activation_checkpointing, build_model
-    from tabula.compiler.deepspeed_config import deepspeed_config
-
-    from .deepspeed_engine import DeepSpeedEngine, rank_device
-    from .optimizers import build_optimizer
-
-    device = rank_device()
-    model = build_model(spec, vocab_size=plan.vocab_size)
-    model.materialize(device, spec.seed)  # the same seed on every rank: identical initial weights
-    apply_activation_checkpointing(model, spec.parallel.activation_checkpointing, spec.parallel.checkpoint_every_n)
-    optimizer = build_optimizer(spec.train.optimizer, model, device)
-    config = deepspeed_config(spec, plan)
-    parameters = sum(p.numel() for p in model.parameters())
-    engine = DeepSpeedEngine(model, optimizer, config, device=device, precision=plan.precision)
-    return engine, parameters
-
-
-def run_rank(args: argparse.Namespace) -> int:
-    """Train on this rank; returns the exit status (0 finished or stopped, 3 failed)."""
+def run_rank(options: RankOptions) -> Outcome:
+    """Train on this rank (the process group is joined here). Whatever ends the rank with an error is left
+    in its error file: an exception (then returned as a `failed` Outcome at step 0) or, on ranks other
+    than 0, a failed outcome (rank 0 wrote its error into the end event)."""
     import torch
 
     from tabula.compiler import make_plan
     from tabula.schemas.canonical import spec_hash
     from tabula.schemas.loader import load_spec
 
+    from .build import build_deepspeed_engine
     from .console import Console
     from .data import prepare
     from .deepspeed_engine import init_distributed
-    from .loop import train
+    from .loop import Outcome, train
     from .rundir import RunDir
 
-    run_dir = Path(args.run_dir)
+    run_dir = options.run_dir
     init_distributed()
     import deepspeed.comm as dist
 
@@ -84,32 +115,28 @@ def run_rank(args: argparse.Namespace) -> int:
     try:
         if not torch.cuda.is_available():
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        spec = load_spec(args.spec, overrides=args.override)
+        spec = load_spec(options.spec_path, overrides=list(options.overrides))
         prepared = prepare(spec)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type)
-        engine, parameters = build_engine(spec, plan)
-        engine.errors_dir = run_dir / RANKS_DIR
+        engine, parameters = build_deepspeed_engine(spec, plan, errors_dir=run_dir / RANKS_DIR)
         outcome = train(spec, plan, engine, RunDir(run_dir), prepared, spec_hash=spec_hash(spec),
-                        max_steps=args.max_steps, resume_from=Path(args.resume) if args.resume else None,
+                        max_steps=options.max_steps, resume_from=options.resume_from,
                         console=Console() if rank == 0 else None, parameters=parameters)
     except BaseException as error:  # noqa: BLE001 - whatever ends this rank must be reported, then end it
         write_error(run_dir, rank, f"rank {rank}: {type(error).__name__}: {error}\n{traceback.format_exc()}")
-        return 3
-    if outcome.reason == "failed":
-        if rank != 0:  # rank 0 wrote its error into the end event; the others leave it for the launcher
-            write_error(run_dir, rank, f"rank {rank}: {outcome.error}")
-        return 3
-    return 0
+        return Outcome("failed", 0, 0, error=f"rank {rank}: {type(error).__name__}: {error}")
+    if outcome.reason == "failed" and rank != 0:
+        write_error(run_dir, rank, f"rank {rank}: {outcome.error}")
+    return outcome
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    status = run_rank(args)
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    outcome = run_rank(parse_rank_argv(sys.argv[1:] if argv is None else argv))
     sys.stdout.flush()
     sys.stderr.flush()
     # skip interpreter teardown: DeepSpeed's and gloo's atexit hooks can block when a peer is gone
-    os._exit(status)
+    os._exit(1 if outcome.reason == "failed" else 0)
 
 
 if __name__ == "__main__":

@@ -1,92 +1,128 @@
-"""One local `tabula run`, from the spec to the exit code: resume checks, data, plan, model, engine,
-run folder, then the loop. The DeepSpeed launcher reuses the pieces (`open_run`, `resume_target`).
+"""A run from a loaded spec: prepared once, then trained here or on DeepSpeed ranks.
 
-Errors in the user's input (spec, flags, paths, data) are printed as one clear message and give exit
-code 2; a run that fails gives 3; SIGINT/SIGTERM give 130/143 after the checkpoint.
+    options = RunOptions(spec_path="specs/quickstart.yaml", max_steps=20)
+    ready = prepare_run(spec, options, progress=terminal_progress())
+    outcome = run_prepared(ready, console=Console())      # Outcome(reason, step, tokens, error, ...)
+
+`prepare_run` is the one prologue of every run, local or DeepSpeed, in this order: where the ranks
+run (DeepSpeed: --nproc, the hostfile), the resume target and the spec's changes since that run, the
+data (the token cache, filled once before any rank reads it), the plan for the world size, the checks
+a run needs before it starts (a budget of one batch at least, the resumed run's tokenizer, DeepSpeed's
+view of its config), a checkpoint saved by another engine or layout made loadable (runtime/reshard.py),
+and the run folder (new, or the resumed one with this resume recorded in its manifest).
+
+Everything here raises typed errors (runtime/errors.py, `SpecErrors` for the plan, `DataError`) and
+returns values; the `tabula run` command turns them into text and exit codes.
 """
 
 from __future__ import annotations
 
-import shlex
-import signal
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED = 0, 2, 3
+from .errors import ResumeRefused, RunInputError
+from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from tabula.compiler.plan import Plan
+    from tabula.schemas.diff import Change
+    from tabula.schemas.spec import Spec
+
+    from .console import Console
+    from .data.pipeline import PreparedData
+    from .data.progress import Progress
+    from .loop import Outcome
+    from .checkpoint import Selection, Skipped
+    from .reshard import Move
 
 
-def _error(message: str) -> None:
-    sys.stderr.write(f"tabula run: {message}\n")
-    sys.stderr.flush()
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a spec: what `tabula run` takes besides the spec itself."""
+
+    spec_path: str  # as the user wrote it: DeepSpeed ranks load it again; resume hints name it
+    overrides: tuple[str, ...] = ()  # `a.b.c=value`, already applied to the spec; ranks apply them again
+    max_steps: int | None = None  # stop (with a checkpoint) after this many steps of this call
+    run_dir: Path | None = None  # a new run's folder (absent or empty); default track.runs_dir/<name>-<time>
+    resume: str | None = None  # a run folder, one checkpoint folder, or "auto" (the newest run of this spec)
+    nproc: int | None = None  # DeepSpeed ranks on this machine; default parallel.world_size
+    cache_dir: Path | None = None  # the token cache; default $TABULA_CACHE_DIR or the user's cache
+    command: tuple[str, ...] | None = None  # the command line recorded in manifest.json; default sys.argv
 
 
-def load_run_spec(path: str, overrides: list[str]):
-    """The spec, or None after printing its errors."""
-    from tabula.report import load_spec_or_report
+@dataclass(frozen=True)
+class Ranks:
+    """Where a DeepSpeed run's ranks run: `world_size` ranks, over the nodes of `hostfile` or on this machine."""
 
-    return load_spec_or_report(path, overrides)
+    world_size: int
+    hostfile: Path | None = None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A resumed run: its folder, the checkpoint it continues from, the compatible spec changes applied
+    (empty when the spec is the same) and the move of a checkpoint saved by another engine or layout
+    (None when it loads as saved)."""
+
+    run: RunDir
+    checkpoint: Path
+    changes: tuple[Change, ...] = ()
+    move: Move | None = None
+    skipped: tuple[Skipped, ...] = ()  # newer checkpoints passed over as damaged, each with its reason
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """Everything a run needs before its first step; its folder exists."""
+
+    spec: Spec
+    options: RunOptions
+    plan: Plan
+    data: PreparedData
+    spec_hash: str
+    run: RunDir
+    device_type: str  # "cuda" | "cpu"
+    ranks: Ranks | None = None  # None: one local process
+    resume: Resume | None = None
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint the run continues from, or None for a fresh run."""
+        return self.resume.checkpoint if self.resume is not None else None
+
+
+def wants_ranks(spec: Spec, nproc: int | None) -> bool:
+    """Whether a run trains on DeepSpeed ranks (more than one, or backend deepspeed) rather than in this process."""
+    return (nproc or spec.parallel.world_size) > 1 or spec.parallel.backend == "deepspeed"
 
 
 # ---------------------------------------------------------------- resume
 
 
-def resume_target(args, spec):
-    """(RunDir, checkpoint Selection) for --resume, or None after printing why not. None, None without --resume."""
+def find_resume_target(spec: Spec, options: RunOptions) -> tuple[RunDir, Selection] | None:
+    """(run folder, the checkpoint to resume and the damaged ones skipped) that `options.resume` names, or
+    None without --resume. Raises RunInputError when there is none to resume from (or the one named is
+    damaged)."""
     from .checkpoint import CheckpointError
     from .rundir import find_resume
 
-    if not args.resume:
-        return None, None
-    if args.run_dir:
-        _error("--run-dir and --resume exclude each other: a resumed run continues in its own folder")
+    if not options.resume:
         return None
+    if options.run_dir:
+        raise RunInputError("--run-dir and --resume exclude each other: a resumed run continues in its own folder")
     try:
-        return find_resume(args.resume, spec)
+        return find_resume(options.resume, spec)
     except (FileNotFoundError, CheckpointError) as error:
-        _error(str(error))
-        return None
+        raise RunInputError(str(error)) from None
 
 
-def resolve_resume(args, spec):
-    """--resume -> (run or None, checkpoint or None, applied spec changes), or None after
-    printing why the resume is refused (bad target, incompatible spec change)."""
-    target = resume_target(args, spec)
-    if target is None:
-        return None
-    resume_run, selection = target
-    changes: list[dict[str, Any]] = []
-    if resume_run is not None:
-        allowed, changes = resume_changes(spec, resume_run)
-        if not allowed:
-            return None
-        from .checkpoint import remove_leftovers
-
-        remove_leftovers(resume_run.path)  # before anything is written: a full disk's space comes back first
-        report_skipped(resume_run, selection)
-    return resume_run, selection.checkpoint if selection else None, changes
-
-
-def report_skipped(run, selection) -> None:
-    """Say which damaged checkpoints the resume passed over: a warning line each, and a warning event in the
-    run's events.jsonl (the dashboard shows it)."""
-    if not selection.skipped:
-        return
-    from .checkpoint import read_state
-    from .events import EventWriter
-
-    state = read_state(selection.checkpoint)
-    writer = EventWriter(run.events)
-    for skipped in selection.skipped:
-        message = f"{skipped.message}; resuming from {selection.checkpoint.name}"
-        _error(f"warning: {message}")
-        writer.log("warning", message, state.get("step", 0), state.get("tokens", 0))
-    writer.close()
-
-
-def resume_changes(spec, run) -> tuple[bool, list[dict[str, Any]]]:
-    """Compare `spec` with the run's resolved spec. Prints the changes; returns (allowed, changes as
-    JSON-able dicts). Incompatible changes are printed with the reason and refused."""
+def resume_changes(spec: Spec, run: RunDir) -> list[Change]:
+    """The changes from the spec `run` was trained with to `spec` (as `tabula diff` lists them), when the
+    checkpoint can follow them all. Raises ResumeRefused (with every change and the reasons) otherwise."""
     from tabula.compiler.impact import resume_compatibility
     from tabula.schemas.diff import diff_specs
     from tabula.schemas.loader import load_spec
@@ -96,182 +132,162 @@ def resume_changes(spec, run) -> tuple[bool, list[dict[str, Any]]]:
     old = load_spec(run.path / RESOLVED_FILE)
     changes = diff_specs(old, spec)
     if not changes:
-        return True, []
-    print(f"The spec differs from the one {run.name} was trained with:")
-    for change in changes:
-        print(f"  {change.line()}")
+        return []
     compatible, reasons = resume_compatibility(old, spec)
     if not compatible:
-        _error("cannot resume with these changes:\n" + "\n".join(f"  {reason}" for reason in reasons)
-               + "\nStart a new run instead (without --resume).")
-        return False, []
-    print("These changes are compatible with the checkpoint: applying them.")
-    return True, [{"path": c.path, "kind": c.kind, "old": c.old, "new": c.new} for c in changes]
+        raise ResumeRefused(run.name, changes, reasons)
+    return changes
 
 
-def prepare_local_checkpoint(checkpoint) -> bool:
-    """Before a local run resumes `checkpoint`: a DeepSpeed one (any ZeRO stage, any world size) gets the
-    optimizer.pt the local engine reads, written from its universal form (runtime/reshard.py); the move is
-    shown. Returns False after printing why the state cannot be kept; True otherwise (nothing to do for a
-    local checkpoint)."""
-    from .reshard import DS_DIR, ReshardError, prepare_local_resume
+def _reshard(spec: Spec, checkpoint: Path, ranks: Ranks | None) -> Move | None:
+    """Make `checkpoint` loadable by this run's engine and layout; the move made, or None when it loads as
+    saved. Raises RunInputError when the optimizer state cannot be kept."""
+    from .reshard import DS_DIR, ReshardError, prepare_local_resume, prepare_resume
 
-    if checkpoint is None or not (Path(checkpoint) / DS_DIR).is_dir():
-        return True
-    import os
-
-    import torch
-
-    if not torch.cuda.is_available():  # DeepSpeed, imported to read its files, warns it found no GPU
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
-        move = prepare_local_resume(Path(checkpoint))
+        if ranks is not None:
+            move = prepare_resume(checkpoint, spec.parallel.zero.stage, ranks.world_size, spec=spec)
+            return move if move.changes else None
+        if not (checkpoint / DS_DIR).is_dir():
+            return None  # a local checkpoint: the local engine reads it as it is
+        import os
+
+        import torch
+
+        if not torch.cuda.is_available():  # DeepSpeed, imported to read its files, warns it found no GPU
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        return prepare_local_resume(checkpoint)
     except (ReshardError, OSError) as error:
-        _error(f"cannot resume from {checkpoint}: {error}")
-        return False
-    print(f"resuming {move.text}: weights and optimizer state kept", flush=True)
-    return True
+        raise RunInputError(f"cannot resume from {checkpoint}: {error}") from None
 
 
 # ---------------------------------------------------------------- the run folder
 
 
-def open_run(args, spec, *, prepared, spec_hash: str, resume_run, changes: list[dict]):
-    """Create the run folder (fresh run) or record this resume in it. Returns the RunDir."""
-    import time
-
+def open_run(spec: Spec, options: RunOptions, *, data: PreparedData, spec_hash: str, resume: Resume | None) -> RunDir:
+    """Create the run folder (fresh run) or record this resume in the resumed run's manifest. Raises
+    RunInputError when a new run's folder is not empty."""
     from tabula.schemas.canonical import canonical_yaml
 
     from .rundir import RESOLVED_FILE, build_manifest, create_run_dir, new_run_path
 
-    command = ["tabula", "run", *sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "run" else list(sys.argv)
-    if resume_run is not None:
-        manifest = resume_run.read_manifest()
+    command = list(options.command if options.command is not None else sys.argv)
+    if resume is not None:
+        run = resume.run
+        manifest = run.read_manifest()
+        changes = [{"path": c.path, "kind": c.kind, "old": c.old, "new": c.new} for c in resume.changes]
         manifest["resumes"].append({"time": time.time(), "command": command, "spec_hash": spec_hash, "changes": changes})
         if changes:
-            (resume_run.path / RESOLVED_FILE).write_text(canonical_yaml(spec), encoding="utf-8")
+            (run.path / RESOLVED_FILE).write_text(canonical_yaml(spec), encoding="utf-8")
             manifest["spec_hash"] = spec_hash
-        resume_run.write_manifest(manifest)
-        return resume_run
-    path = Path(args.run_dir) if args.run_dir else new_run_path(spec.track.runs_dir, spec.name)
-    source = getattr(spec, "source_path", None)
+        run.write_manifest(manifest)
+        _log_skipped(run, resume)
+        return run
+    path = Path(options.run_dir) if options.run_dir else new_run_path(spec.track.runs_dir, spec.name)
+    source = spec.source_path
     spec_text = Path(source).read_text(encoding="utf-8") if source else canonical_yaml(spec)
-    run_name = path.name
-    manifest = build_manifest(spec, spec_hash=spec_hash, prepared=prepared, command=command,
-                              overrides=list(args.overrides), run_name=run_name)
-    return create_run_dir(path, spec, spec_text=spec_text, resolved_yaml=canonical_yaml(spec), manifest=manifest,
-                          tokenizer_json=prepared.tokenizer_json)
-
-
-def child_command(args, spec) -> tuple[list[str] | None, Path | None]:
-    """The headless command the dashboard runs beside itself, and the run folder it will write."""
-    from .rundir import new_run_path
-
-    argv = [sys.executable, "-m", "tabula.cli", "run", args.spec, *args.overrides, "--headless"]
-    if args.max_steps:
-        argv += ["--max-steps", str(args.max_steps)]
-    if args.cache_dir:
-        argv += ["--cache-dir", args.cache_dir]
-    if args.nproc:  # the child launches the DeepSpeed ranks itself
-        argv += ["--nproc", str(args.nproc)]
-    if args.resume:
-        target = resume_target(args, spec)
-        if target is None:
-            return None, None
-        run, _ = target
-        return argv + ["--resume", str(run.path)], run.path
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_path(spec.track.runs_dir, spec.name)
-    return argv + ["--run-dir", str(run_dir)], run_dir
-
-
-# ---------------------------------------------------------------- the local run
-
-
-def build_local_engine(spec, plan, device):
-    """Model (materialized, checkpointing and compile policies applied), optimizer, LocalEngine."""
-    from tabula.compiler import apply_activation_checkpointing, apply_compile, build_model
-
-    from .engine import LocalEngine
-    from .optimizers import build_optimizer
-
-    model = build_model(spec, vocab_size=plan.vocab_size)
-    model.materialize(device, spec.seed)
-    parallel = spec.parallel
-    if parallel.activation_checkpointing != "none":
-        apply_activation_checkpointing(model, parallel.activation_checkpointing, parallel.checkpoint_every_n)
-    apply_compile(model, spec.model.compile, device.type)
-    optimizer = build_optimizer(spec.train.optimizer, model, device)
-    return LocalEngine(model, optimizer, device=device, precision=plan.precision, grad_clip=spec.train.grad_clip)
-
-
-def prepare_data(spec, cache_dir):
-    """PreparedData, or None after printing the data error."""
-    from .data import prepare
-    from .data.errors import DataError
-    from .data.progress import terminal_progress
-
+    manifest = build_manifest(spec, spec_hash=spec_hash, prepared=data, command=command,
+                              overrides=list(options.overrides), run_name=path.name)
     try:
-        return prepare(spec, cache_dir=cache_dir, progress=terminal_progress())
-    except DataError as error:
-        _error(str(error))
-        return None
+        return create_run_dir(path, spec, spec_text=spec_text, resolved_yaml=canonical_yaml(spec), manifest=manifest,
+                              tokenizer_json=data.tokenizer_json)
+    except FileExistsError as error:
+        raise RunInputError(str(error)) from None
 
 
-def run_local(args, spec) -> int:
-    """`tabula run` on one process. Returns the exit code."""
+def _log_skipped(run: RunDir, resume: Resume) -> None:
+    """A warning event for each damaged checkpoint the resume passed over (the dashboard shows them; the
+    CLI prints `resume.skipped` itself)."""
+    if not resume.skipped:
+        return
+    from .checkpoint import read_state
+    from .events import EventWriter
+
+    state = read_state(resume.checkpoint)
+    writer = EventWriter(run.events)
+    for skipped in resume.skipped:
+        writer.log("warning", f"{skipped.message}; resuming from {resume.checkpoint.name}",
+                   state.get("step", 0), state.get("tokens", 0))
+    writer.close()
+
+
+# ---------------------------------------------------------------- the prologue
+
+
+def prepare_run(spec: Spec, options: RunOptions, *, progress: Progress | None = None) -> PreparedRun:
+    """Everything before a run's first step, for the local engine and DeepSpeed ranks alike (see the
+    module docstring); `progress` shows the data preparation (data.progress.terminal_progress).
+
+    Raises RunInputError (ResumeRefused, LaunchError) for a run that cannot start as asked, DataError for
+    bad data, SpecErrors for a spec the plan refuses. Creates (or records the resume in) the run folder
+    last, so a refused run leaves nothing behind."""
     from tabula.compiler import make_plan
-    from tabula.report import print_errors
     from tabula.schemas.canonical import spec_hash as hash_of
-    from tabula.schemas.errors import SpecErrors
 
-    from .console import Console
+    from .data import prepare
+    from .engine import pick_device
+
+    ranks = None
+    if wants_ranks(spec, options.nproc):
+        from .launch import ranks_for
+
+        ranks = ranks_for(spec, options.nproc)
+    target = find_resume_target(spec, options)
+    changes: Sequence[Change] = resume_changes(spec, target[0]) if target is not None else ()
+    data = prepare(spec, cache_dir=options.cache_dir, progress=progress)
+    if target is not None:
+        run = target[0]
+        recorded = run.read_manifest().get("data", {}).get("tokenizer_hash")
+        if recorded and recorded != data.tokenizer_hash:
+            raise RunInputError(f"the tokenizer differs from the one {run.name} was trained with (hash {recorded[:12]}, now "
+                                f"{data.tokenizer_hash[:12]}): token ids would change meaning. Start a new run instead.")
+    device_type = pick_device().type
+    plan = make_plan(spec, world_size=ranks.world_size if ranks else None, vocab_size=data.vocab_size,
+                     device_type=device_type)
+    if plan.total_steps == 0:
+        raise RunInputError(f"the budget ({plan.budget_tokens} tokens) is smaller than one batch ({plan.batch_tokens} "
+                            f"tokens): nothing to train")
+    if ranks is not None:
+        from .launch import check_deepspeed_config
+
+        check_deepspeed_config(spec, plan)
+    resume = None
+    if target is not None:
+        from .checkpoint import remove_leftovers
+
+        run, selection = target
+        assert selection.checkpoint is not None  # find_resume refuses a run with no intact checkpoint
+        remove_leftovers(run.path)  # before anything is written: a full disk's space comes back first
+        resume = Resume(run, selection.checkpoint, tuple(changes), _reshard(spec, selection.checkpoint, ranks),
+                        skipped=selection.skipped)
+    spec_hash = hash_of(spec)
+    run_dir = open_run(spec, options, data=data, spec_hash=spec_hash, resume=resume)
+    return PreparedRun(spec=spec, options=options, plan=plan, data=data, spec_hash=spec_hash, run=run_dir,
+                       device_type=device_type, ranks=ranks, resume=resume)
+
+
+# ---------------------------------------------------------------- training
+
+
+def run_local(ready: PreparedRun, *, console: Console | None = None) -> Outcome:
+    """Train a prepared local run in this process; `console` receives rank 0's events (progress lines).
+    Returns how the run ended; a run that fails is an Outcome with reason `failed`, not an error."""
+    from .build import build_local_engine
     from .engine import pick_device
     from .loop import train
 
-    resume = resolve_resume(args, spec)
-    if resume is None:
-        return EXIT_BAD_INPUT
-    resume_run, checkpoint, changes = resume
-    if not prepare_local_checkpoint(checkpoint):
-        return EXIT_BAD_INPUT
-    prepared = prepare_data(spec, args.cache_dir)
-    if prepared is None:
-        return EXIT_BAD_INPUT
-    if resume_run is not None:
-        recorded = resume_run.read_manifest().get("data", {}).get("tokenizer_hash")
-        if recorded and recorded != prepared.tokenizer_hash:
-            _error(f"the tokenizer differs from the one {resume_run.name} was trained with (hash {recorded[:12]}, now "
-                   f"{prepared.tokenizer_hash[:12]}): token ids would change meaning. Start a new run instead.")
-            return EXIT_BAD_INPUT
-    device = pick_device()
-    try:
-        plan = make_plan(spec, vocab_size=prepared.vocab_size, device_type=device.type)
-    except SpecErrors as errors:
-        print_errors(errors.errors)
-        return EXIT_BAD_INPUT
-    if plan.total_steps == 0:
-        _error(f"the budget ({plan.budget_tokens} tokens) is smaller than one batch ({plan.batch_tokens} tokens): nothing to train")
-        return EXIT_BAD_INPUT
-    spec_hash = hash_of(spec)
-    try:
-        run = open_run(args, spec, prepared=prepared, spec_hash=spec_hash, resume_run=resume_run, changes=changes)
-    except FileExistsError as error:
-        _error(str(error))
-        return EXIT_BAD_INPUT
-    engine = build_local_engine(spec, plan, device)
-    for note in plan.notes:
-        print(f"note: {note}")
-    print(f"run folder: {run.path}", flush=True)
-    outcome = train(spec, plan, engine, run, prepared, spec_hash=spec_hash, max_steps=args.max_steps,
-                    resume_from=checkpoint, console=Console(), parameters=sum(p.numel() for p in engine.model.parameters()))
-    resume_hint = f"tabula run {shlex.quote(args.spec)} --resume {shlex.quote(str(run.path))}"
-    if outcome.reason == "failed":
-        if outcome.checkpoint is not None:
-            print(f"the last good checkpoint is {outcome.checkpoint}; after fixing the cause: {resume_hint}")
-        return EXIT_RUN_FAILED
-    if outcome.reason == "stopped":
-        if outcome.checkpoint is not None:
-            print(f"stopped with a checkpoint; continue with: {resume_hint}")
-        if outcome.signal:
-            return 128 + int(getattr(signal, outcome.signal))
-    return EXIT_OK
+    engine = build_local_engine(ready.spec, ready.plan, pick_device())
+    return train(ready.spec, ready.plan, engine, ready.run, ready.data, spec_hash=ready.spec_hash,
+                 max_steps=ready.options.max_steps, resume_from=ready.checkpoint, console=console,
+                 parameters=sum(p.numel() for p in engine.model.parameters()))
+
+
+def run_prepared(ready: PreparedRun, *, console: Console | None = None, out: TextIO | None = None) -> Outcome:
+    """Train a prepared run: in this process (`console` gets the events), or on its DeepSpeed ranks, whose
+    progress lines (rank 0's console) and the launcher's own lines go to `out` (default stdout)."""
+    if ready.ranks is None:
+        return run_local(ready, console=console)
+    from .launch import launch
+
+    return launch(ready, out=out or sys.stdout)
+

@@ -4,7 +4,8 @@ Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(
 and imports its heavy dependencies inside `run`, so `tabula --help` and `tabula validate`
 start without torch.
 
-Exit codes: 0 success, 1 "differs" (diff), 2 bad input (spec, flag, path), 3 a run that failed.
+Exit codes (tabula/exit_codes.py, the one table): 0 success, 1 "differs" (diff), 2 bad input (spec,
+flag, path), 3 a run that failed; 130/143 a run stopped by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import importlib
 import sys
 
 from tabula import __version__
+from tabula.exit_codes import INTERRUPTED, ExitCode
 
 COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export"]
-
-EXIT_OK, EXIT_DIFFERS, EXIT_BAD_INPUT, EXIT_RUN_FAILED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(EXIT_BAD_INPUT)
+        raise SystemExit(ExitCode.BAD_INPUT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,18 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     target = "overrides" if hasattr(args, "overrides") else "items" if hasattr(args, "items") else None
     if unknown or (overrides and target is None):
         args._parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
-    if overrides:
+    if overrides and target:  # (target is known here: overrides without one were refused above)
         setattr(args, target, [*getattr(args, target), *overrides])
     if args.command is None:
         parser.print_help()
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return ExitCode.OK
 
 
 if __name__ == "__main__":

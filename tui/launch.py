@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from tabula.exit_codes import ExitCode
 from tabula.schemas.rundir_protocol import end_event, request
 
 from .dashboard import output_log_path
@@ -26,7 +27,6 @@ from .events import EventsReader
 from .format import format_count
 from .state import stop_signal
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED = 0, 2, 3
 DASHBOARD_NICE = 10  # the display yields the CPU to the training it shows
 
 
@@ -75,7 +75,7 @@ def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[s
     if answer == LEAVE and process.poll() is None:
         out.write(f"tabula: the run goes on in the background (pid {process.pid}); its output is in "
                   f"{log_path}\n  watch it:  tabula watch {run_dir}\n")
-        return EXIT_OK
+        return ExitCode.OK
     if process.poll() is None:
         out.write("tabula: waiting for the run to write its checkpoint and stop (Ctrl+C leaves it running) ...\n")
         out.flush()
@@ -83,7 +83,7 @@ def run_with_dashboard(command_argv: Sequence[str], run_dir: str | os.PathLike[s
             process.wait()
         except KeyboardInterrupt:
             out.write(f"tabula: left running in the background (pid {process.pid}); tabula watch {run_dir}\n")
-            return EXIT_OK
+            return ExitCode.OK
     return _finish(process.returncode, log_path, out, run_dir)
 
 
@@ -131,16 +131,16 @@ def plain_line(event: dict) -> str | None:
 
 def _finish(code: int | None, log_path: Path, out: TextIO, run_dir: Path | None = None) -> int:
     if code is None:
-        return EXIT_OK
+        return ExitCode.OK
     if run_dir is not None:
         end = end_event(run_dir)
         if end is not None:
             error = f": {end['error']}" if end.get("error") else ""
             out.write(f"tabula: run {end.get('reason')} at step {end.get('step')}{error}  ({run_dir}; tabula watch {run_dir})\n")
     if code == 0:
-        return EXIT_OK
+        return ExitCode.OK
     if stop_signal(code):  # stopped (s, q then stop, or someone's kill): as a stop request, not a failure
         out.write(f"tabula: the training process ended by {stop_signal(code)}; its output is in {log_path}\n")
-        return EXIT_OK
+        return ExitCode.OK
     out.write(f"tabula: the training process exited with code {code}; its output is in {log_path}\n")
-    return EXIT_BAD_INPUT if code == EXIT_BAD_INPUT else EXIT_RUN_FAILED
+    return ExitCode.BAD_INPUT if code == ExitCode.BAD_INPUT else ExitCode.RUN_FAILED

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import TabulaError
 
-class DataError(Exception):
+
+class DataError(TabulaError):
     """Bad data input: `message`, the `source` it concerns (or None) and the spec `path`
     (a tuple such as ("data", "sources", "corpus")) that points at the cause."""
 

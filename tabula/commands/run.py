@@ -16,7 +16,18 @@ Exit codes: 0 finished or stopped, 2 bad input, 3 the run failed (130/143 after 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tabula.exit_codes import ExitCode, stopped_by
+
+if TYPE_CHECKING:
+    from tabula.runtime.loop import Outcome
+    from tabula.runtime.session import PreparedRun, RunOptions
+    from tabula.schemas.diff import Change
+    from tabula.schemas.spec import Spec
 
 HELP = "train a spec (dashboard in a terminal, progress lines with --headless)"
 
@@ -44,40 +55,139 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tabula.runtime.session import EXIT_BAD_INPUT, load_run_spec
+    from tabula.report import load_spec_or_report
+    from tabula.runtime.errors import TabulaError
+    from tabula.schemas.errors import SpecErrors
 
-    spec = load_run_spec(args.spec, args.overrides)
+    spec = load_spec_or_report(args.spec, args.overrides)
     if spec is None:
-        return EXIT_BAD_INPUT
-    world_size = args.nproc or spec.parallel.world_size
-    distributed = world_size > 1 or spec.parallel.backend == "deepspeed"
-    refused = world_size > 1 and spec.parallel.backend != "deepspeed"  # launch() says why, before any dashboard
-    if not args.headless and not refused and sys.stdout.isatty():
-        return _with_dashboard(args, spec, distributed)
-    return _train_here(args, spec, distributed)
+        return ExitCode.BAD_INPUT
+    options = run_options(args)
+    refused = (options.nproc or spec.parallel.world_size) > 1 and spec.parallel.backend != "deepspeed"
+    try:
+        # ranks without DeepSpeed: the runtime says why here, before any dashboard opens on a child that would fail
+        if not args.headless and not refused and sys.stdout.isatty():
+            return _with_dashboard(options, spec)
+        return _train_here(options, spec)
+    except (TabulaError, SpecErrors) as error:
+        return report_error(error)
 
 
-def _train_here(args: argparse.Namespace, spec, distributed: bool) -> int:
-    """Train in this process (local), or launch and watch the DeepSpeed ranks from it."""
-    if distributed:
-        from tabula.runtime.launch import launch
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The runtime's options from the command's arguments; the command line is recorded as `tabula run ...`."""
+    from tabula.runtime.session import RunOptions
 
-        return launch(args, spec)
-    from tabula.runtime.session import run_local
+    argv = sys.argv
+    command = ("tabula", "run", *argv[2:]) if len(argv) > 1 and argv[1] == "run" else tuple(argv)
+    return RunOptions(spec_path=args.spec, overrides=tuple(args.overrides), max_steps=args.max_steps,
+                      run_dir=Path(args.run_dir) if args.run_dir else None, resume=args.resume, nproc=args.nproc,
+                      cache_dir=Path(args.cache_dir) if args.cache_dir else None, command=command)
 
-    return run_local(args, spec)
+
+def report_error(error: Exception) -> int:
+    """Print why a run could not start (spec errors as `tabula validate` shows them; a refused resume
+    lists the spec's changes on stdout first) and return the exit code: bad input, nothing ran."""
+    from tabula.report import print_errors
+    from tabula.runtime.errors import ResumeRefused
+    from tabula.schemas.errors import SpecErrors
+
+    if isinstance(error, SpecErrors):
+        print_errors(error.errors)
+        return ExitCode.BAD_INPUT
+    if isinstance(error, ResumeRefused):
+        print("\n".join(change_lines(error.run_name, error.changes)), flush=True)
+    sys.stderr.write(f"tabula run: {error}\n")
+    sys.stderr.flush()
+    return ExitCode.BAD_INPUT
 
 
-def _with_dashboard(args: argparse.Namespace, spec, distributed: bool) -> int:
+def change_lines(run_name: str, changes: tuple[Change, ...]) -> list[str]:
+    """The spec's changes since the run it resumes, as `tabula diff` lists them."""
+    return [f"The spec differs from the one {run_name} was trained with:", *(f"  {change.line()}" for change in changes)]
+
+
+def _train_here(options: RunOptions, spec: Spec) -> int:
+    """Train in this process (local), or launch and watch the DeepSpeed ranks from it (prepare_run decides:
+    session.wants_ranks)."""
+    from tabula.runtime.console import Console
+    from tabula.runtime.data import terminal_progress
+    from tabula.runtime.session import prepare_run, run_prepared
+
+    ready = prepare_run(spec, options, progress=terminal_progress(sys.stderr))
+    if ready.resume is not None:
+        for skipped in ready.resume.skipped:
+            sys.stderr.write(f"warning: {skipped.message}; resuming from {ready.resume.checkpoint.name}\n")
+    for line in prepared_lines(ready):
+        print(line)
+    sys.stdout.flush()
+    outcome = run_prepared(ready, console=Console(), out=sys.stdout)
+    return exit_code(ready, outcome)
+
+
+def prepared_lines(ready: PreparedRun) -> list[str]:
+    """What a prepared run shows before its first step: the spec changes a resume applies, a checkpoint
+    moved across engines or layouts, the plan's notes, the run folder (and the ranks)."""
+    lines: list[str] = []
+    resume = ready.resume
+    if resume is not None and resume.changes:
+        lines += change_lines(resume.run.name, resume.changes)
+        lines.append("These changes are compatible with the checkpoint: applying them.")
+    if resume is not None and resume.move is not None:
+        through = " through a universal checkpoint" if ready.ranks is not None else ""
+        lines.append(f"resuming {resume.move.text}{through}: weights and optimizer state kept")
+    lines += [f"note: {note}" for note in ready.plan.notes]
+    lines.append(f"run folder: {ready.run.path}")
+    if ready.ranks is not None:
+        ranks = ready.ranks
+        where = (f"{ranks.world_size} ranks from {ranks.hostfile}" if ranks.hostfile
+                 else f"{ranks.world_size} rank{'s' * (ranks.world_size > 1)} on this machine")
+        lines.append(f"DeepSpeed ZeRO-{ready.spec.parallel.zero.stage}, {where} ({ready.device_type}, {ready.plan.precision})")
+    return lines
+
+
+def exit_code(ready: PreparedRun, outcome: Outcome) -> int:
+    """The exit code of a run that started (printing, for a local run, how to continue it): 3 failed,
+    128 + N stopped by signal N, else 0."""
+    resume_hint = f"tabula run {shlex.quote(ready.options.spec_path)} --resume {shlex.quote(str(ready.run.path))}"
+    local = ready.ranks is None  # DeepSpeed ranks print their own end line; the hint would need --nproc
+    if outcome.reason == "failed":
+        if local and outcome.checkpoint is not None:
+            print(f"the last good checkpoint is {outcome.checkpoint}; after fixing the cause: {resume_hint}")
+        return ExitCode.RUN_FAILED
+    if outcome.reason == "stopped" and local and outcome.checkpoint is not None:
+        print(f"stopped with a checkpoint; continue with: {resume_hint}")
+    if outcome.signal:
+        return stopped_by(outcome.signal)
+    return ExitCode.OK
+
+
+def _with_dashboard(options: RunOptions, spec: Spec) -> int:
     """The training in its own process (headless, at a known run folder), the dashboard beside it.
     For DeepSpeed the child is `tabula run --headless --nproc N`, which launches the ranks itself."""
     try:
         from tabula.tui.launch import run_with_dashboard
     except ImportError:  # textual missing: progress lines here, as --headless would
-        return _train_here(args, spec, distributed)
-    from tabula.runtime.session import EXIT_BAD_INPUT, child_command
-
-    command, run_dir = child_command(args, spec)
-    if command is None:
-        return EXIT_BAD_INPUT
+        return _train_here(options, spec)
+    command, run_dir = child_command(options, spec)
     return run_with_dashboard(command, run_dir)
+
+
+def child_command(options: RunOptions, spec: Spec) -> tuple[list[str], Path]:
+    """The headless command the dashboard runs beside itself, and the run folder it will write. Raises
+    RunInputError when --resume names nothing to resume."""
+    from tabula.runtime.rundir import new_run_path
+    from tabula.runtime.session import find_resume_target
+
+    argv = [sys.executable, "-m", "tabula.cli", "run", options.spec_path, *options.overrides, "--headless"]
+    if options.max_steps:
+        argv += ["--max-steps", str(options.max_steps)]
+    if options.cache_dir:
+        argv += ["--cache-dir", str(options.cache_dir)]
+    if options.nproc:  # the child launches the DeepSpeed ranks itself
+        argv += ["--nproc", str(options.nproc)]
+    target = find_resume_target(spec, options)
+    if target is not None:
+        run, _ = target
+        return argv + ["--resume", str(run.path)], run.path
+    run_dir = options.run_dir or new_run_path(spec.track.runs_dir, spec.name)
+    return argv + ["--run-dir", str(run_dir)], run_dir

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from planted_nan import subprocess_env
 from tiny_specs import tiny_spec_yaml
 
 TABULA = Path(sys.executable).with_name("tabula")
@@ -38,9 +39,7 @@ def start(work: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def _env(work: Path, extra: dict | None) -> dict:
-    env = {**os.environ, "TABULA_CACHE_DIR": str(work / "cache"), "OMP_NUM_THREADS": "1", **(extra or {})}
-    env.pop("TABULA_TEST_NAN_AT_STEP", None) if not extra or "TABULA_TEST_NAN_AT_STEP" not in extra else None
-    return env
+    return {**os.environ, "TABULA_CACHE_DIR": str(work / "cache"), "OMP_NUM_THREADS": "1", **(extra or {})}
 
 
 def events(run_dir: Path) -> list[dict]:
@@ -163,10 +162,10 @@ def test_sigterm_stops_with_a_checkpoint(work):
 
 
 @pytest.mark.parametrize("policy", ["skip", "stop", "rollback"])
-def test_a_planted_nan_is_handled_by_each_policy(work, policy):
+def test_a_planted_nan_is_handled_by_each_policy(work, policy, tmp_path):
     folder = f"runs/nan-{policy}"
     result = tabula(work, "run", "tiny.yaml", f"train.on_nonfinite={policy}", "--headless", "--max-steps", "14",
-                    "--run-dir", folder, env={"TABULA_TEST_NAN_AT_STEP": "10"})
+                    "--run-dir", folder, env=subprocess_env(tmp_path / "site", 10))
     run_dir = work / folder
     end = events(run_dir)[-1]
     logged = [e["message"] for e in events(run_dir) if e["kind"] == "log" and e["level"] == "warning"]

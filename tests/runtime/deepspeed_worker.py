@@ -24,7 +24,7 @@ def main(work: Path, mode: str) -> None:
     from tabula.runtime.data import prepare
     from tabula.runtime.deepspeed_engine import init_distributed
     from tabula.runtime.loop import train
-    from tabula.runtime.rank import build_engine
+    from tabula.runtime.build import build_deepspeed_engine
     from tabula.runtime.reshard import prepare_resume
     from tabula.runtime.rundir import RunDir, create_run_dir
     from tabula.schemas.canonical import canonical_yaml, spec_hash
@@ -45,7 +45,7 @@ def main(work: Path, mode: str) -> None:
             if resume_from is not None:
                 prepare_resume(resume_from, stage, world, spec=spec)
         dist.barrier()
-        engine, parameters = build_engine(spec, plan)
+        engine, parameters = build_deepspeed_engine(spec, plan)
         outcome = train(spec, plan, engine, RunDir(path), prepared, spec_hash=spec_hash(spec), max_steps=steps,
                         resume_from=resume_from, parameters=parameters)
         assert outcome.reason == "stopped", outcome

@@ -8,13 +8,15 @@ import torch
 from safetensors import SafetensorError
 
 import tabula.runtime.checkpoint as checkpoint_module
+from planted_nan import plant_nan
 from runtime_helpers import tiny_spec
 from tabula.compiler import make_plan
 from tabula.runtime.checkpoint import list_checkpoints, select_checkpoint
 from tabula.runtime.events import read_events
 from tabula.runtime.loop import train
 from tabula.runtime.rundir import RunDir
-from tabula.runtime.session import build_local_engine
+from tabula.runtime.build import build_local_engine
+from tabula.runtime.engine import LocalEngine
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +116,7 @@ def test_rollback_passes_over_a_damaged_checkpoint(prepared, tmp_path, monkeypat
         return path
 
     monkeypatch.setattr(checkpoint_module.Checkpointer, "save", save_then_damage)
-    monkeypatch.setenv("TABULA_TEST_NAN_AT_STEP", "19")
+    plant_nan(monkeypatch, LocalEngine, 19)
     outcome, events = _run(tiny_spec(on_nonfinite="rollback"), prepared, tmp_path / "run")
     assert outcome.reason == "finished" and outcome.step == 24
     warnings = [e["message"] for e in events if e["kind"] == "log" and e["level"] == "warning"]

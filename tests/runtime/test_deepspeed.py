@@ -57,7 +57,7 @@ def local_losses(work) -> dict[int, float]:
     from tabula.runtime.engine import pick_device
     from tabula.runtime.loop import train
     from tabula.runtime.rundir import create_run_dir
-    from tabula.runtime.session import build_local_engine
+    from tabula.runtime.build import build_local_engine
     from tabula.schemas.canonical import canonical_yaml, spec_hash
     from tabula.schemas.loader import load_spec
 
@@ -140,7 +140,7 @@ def test_a_deepspeed_run_moves_back_to_the_local_engine(two_ranks, local_losses)
     from tabula.runtime.loop import train
     from tabula.runtime.reshard import prepare_local_resume
     from tabula.runtime.rundir import create_run_dir
-    from tabula.runtime.session import build_local_engine
+    from tabula.runtime.build import build_local_engine
     from tabula.schemas.canonical import canonical_yaml, spec_hash
     from tabula.schemas.loader import load_spec
 

@@ -105,9 +105,9 @@ def test_launcher_writes_the_failing_ranks_error_when_rank_0_could_not(tmp_path)
     (tmp_path / "events.jsonl").write_text(json.dumps({"kind": "train", "time": 1.0, "step": 7, "tokens": 3584}) + "\n")
     write_error(tmp_path, 1, "rank 1: ValueError: the data shard is truncated\nTraceback ...")
     out = []
-    status = _finish(tmp_path, [1], [], type("Out", (), {"write": lambda self, text: out.append(text)})())
+    outcome = _finish(tmp_path, [1], [], type("Out", (), {"write": lambda self, text: out.append(text)})())
     end = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])
-    assert status == 3
+    assert (outcome.reason, outcome.step, outcome.error) == ("failed", 7, "rank 1: ValueError: the data shard is truncated")
     assert end == {**end, "kind": "end", "step": 7, "tokens": 3584, "reason": "failed",
                    "error": "rank 1: ValueError: the data shard is truncated"}
     assert "rank 1: ValueError" in "".join(out)
@@ -117,9 +117,10 @@ def test_launcher_names_a_killed_rank(tmp_path):
     from tabula.runtime.launch import _finish
 
     (tmp_path / "events.jsonl").write_text("")
-    status = _finish(tmp_path, [-9], [], type("Out", (), {"write": lambda self, text: None})())
+    outcome = _finish(tmp_path, [-9], [], type("Out", (), {"write": lambda self, text: None})())
     end = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])
-    assert status == 3 and end["error"] == "a rank was killed by SIGKILL without reporting an error"
+    assert outcome.reason == "failed" and end["error"] == "a rank was killed by SIGKILL without reporting an error"
+    assert outcome.error == end["error"]
 
 
 def test_launcher_keeps_rank_0s_end_event(tmp_path):
@@ -127,7 +128,8 @@ def test_launcher_keeps_rank_0s_end_event(tmp_path):
 
     end = {"kind": "end", "time": 1.0, "step": 3, "tokens": 1536, "reason": "stopped", "error": None}
     (tmp_path / "events.jsonl").write_text(json.dumps(end) + "\n")
-    assert _finish(tmp_path, [], [], None) == 0
+    outcome = _finish(tmp_path, [], [], None)
+    assert (outcome.reason, outcome.step, outcome.tokens, outcome.error) == ("stopped", 3, 1536, None)
     assert (tmp_path / "events.jsonl").read_text().count("\n") == 1
 
 

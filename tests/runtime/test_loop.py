@@ -7,13 +7,15 @@ import json
 import pytest
 import torch
 
+from planted_nan import plant_nan
 from runtime_helpers import tiny_spec
 from tabula.compiler import make_plan
+from tabula.runtime.build import build_local_engine
 from tabula.runtime.checkpoint import list_checkpoints, read_state
+from tabula.runtime.engine import LocalEngine
 from tabula.runtime.events import read_events
 from tabula.runtime.loop import train
 from tabula.runtime.rundir import RunDir
-from tabula.runtime.session import build_local_engine
 from tabula.schemas.rundir_protocol import COMMON_FIELDS, EVENT_FIELDS
 
 pytestmark = pytest.mark.slow
@@ -93,7 +95,7 @@ def test_events_follow_the_contract(prepared, tmp_path):
 
 
 def test_nonfinite_skip(prepared, tmp_path, monkeypatch):
-    monkeypatch.setenv("TABULA_TEST_NAN_AT_STEP", "5")
+    plant_nan(monkeypatch, LocalEngine, 5)
     outcome, events = _run(tiny_spec(on_nonfinite="skip"), prepared, tmp_path / "run")
     assert outcome.reason == "finished"
     warnings = [e for e in events if e["kind"] == "log" and e["level"] == "warning"]
@@ -104,7 +106,7 @@ def test_nonfinite_skip(prepared, tmp_path, monkeypatch):
 
 
 def test_nonfinite_stop(prepared, tmp_path, monkeypatch):
-    monkeypatch.setenv("TABULA_TEST_NAN_AT_STEP", "11")
+    plant_nan(monkeypatch, LocalEngine, 11)
     outcome, events = _run(tiny_spec(on_nonfinite="stop"), prepared, tmp_path / "run")
     assert outcome.reason == "failed" and outcome.step == 11
     assert "non-finite loss at step 11" in outcome.error and "step-000008" in outcome.error
@@ -113,7 +115,7 @@ def test_nonfinite_stop(prepared, tmp_path, monkeypatch):
 
 
 def test_nonfinite_rollback(prepared, tmp_path, monkeypatch):
-    monkeypatch.setenv("TABULA_TEST_NAN_AT_STEP", "11")
+    plant_nan(monkeypatch, LocalEngine, 11)
     outcome, events = _run(tiny_spec(on_nonfinite="rollback"), prepared, tmp_path / "run")
     assert outcome.reason == "finished" and outcome.step == 24
     warning = next(e for e in events if e["kind"] == "log" and e["level"] == "warning")
@@ -168,8 +170,6 @@ def test_checkpoint_state(prepared, tmp_path):
 
 
 def test_out_of_memory_names_the_micro_batch(prepared, tmp_path, monkeypatch):
-    from tabula.runtime.engine import LocalEngine
-
     def oom(self, *args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 

@@ -86,12 +86,17 @@ def _run_command(argv, monkeypatch, *, tty: bool):
     import argparse
 
     from tabula.commands import run as run_command
+    from tabula.runtime.session import wants_ranks
 
     started = []
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
     monkeypatch.setattr(launch, "run_with_dashboard", lambda command, run_dir: started.append(("dashboard", command, run_dir)) or 0)
-    monkeypatch.setattr("tabula.runtime.launch.launch", lambda args, spec: started.append(("launch", args.nproc)) or 0)
-    monkeypatch.setattr("tabula.runtime.session.run_local", lambda args, spec: started.append(("local",)) or 0)
+
+    def train_here(options, spec):  # what prepare_run then does: DeepSpeed ranks, or this process
+        started.append(("launch", options.nproc) if wants_ranks(spec, options.nproc) else ("local",))
+        return 0
+
+    monkeypatch.setattr(run_command, "_train_here", train_here)
     parser = argparse.ArgumentParser()
     run_command.add_arguments(parser)
     assert run_command.run(parser.parse_args(argv)) == 0
@@ -108,6 +113,6 @@ def test_a_deepspeed_run_in_a_terminal_opens_the_dashboard_on_a_child_that_launc
 
 
 def test_ranks_without_deepspeed_are_refused_before_any_dashboard(specs_dir, monkeypatch):
-    # launch() prints why (--nproc 2 needs parallel.backend=deepspeed); no dashboard on a child that would fail
+    # prepare_run refuses it (--nproc 2 needs parallel.backend=deepspeed); no dashboard on a child that would fail
     assert _run_command([str(specs_dir / "quickstart.yaml"), "--nproc", "2"], monkeypatch, tty=True) == [("launch", 2)]
     assert _run_command([str(specs_dir / "quickstart.yaml")], monkeypatch, tty=False) == [("local",)]

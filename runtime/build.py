@@ -1,0 +1,68 @@
+"""The model a run trains and the engine around it, built in one place for every engine.
+
+    build_training_model(spec, plan, device) -> Transformer
+    build_local_engine(spec, plan, device) -> LocalEngine
+    build_deepspeed_engine(spec, plan, *, errors_dir=None) -> (DeepSpeedEngine, parameters)
+
+The training model is built on the meta device, materialised on `device` with the spec's seed (the
+same weights on every rank), then activation checkpointing and compilation are applied as the spec
+says, in that order (compiler/compile.py: checkpointing before compile). Both engines take the model from
+`build_training_model`, so a policy is never applied on one engine and skipped on the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from tabula.compiler.model import Transformer
+    from tabula.compiler.plan import Plan
+    from tabula.schemas.spec import Spec
+
+    from .deepspeed_engine import DeepSpeedEngine
+    from .engine import LocalEngine
+
+
+def build_training_model(spec: Spec, plan: Plan, device: torch.device) -> Transformer:
+    """The spec's model on `device`, initialised with `spec.seed`, with `parallel.activation_checkpointing`
+    and `model.compile` applied (compilation itself happens at the first forward)."""
+    from tabula.compiler import apply_activation_checkpointing, apply_compile, build_model
+
+    model = build_model(spec, vocab_size=plan.vocab_size)
+    model.materialize(device, spec.seed)
+    parallel = spec.parallel
+    apply_activation_checkpointing(model, parallel.activation_checkpointing, parallel.checkpoint_every_n)
+    apply_compile(model, spec.model.compile, device.type)
+    return model
+
+
+def build_local_engine(spec: Spec, plan: Plan, device: torch.device) -> LocalEngine:
+    """The training model and tabula's optimizer on one device, in a LocalEngine."""
+    from .engine import LocalEngine
+    from .optimizers import build_optimizer
+
+    model = build_training_model(spec, plan, device)
+    optimizer = build_optimizer(spec.train.optimizer, model, device)
+    return LocalEngine(model, optimizer, device=device, precision=plan.precision, grad_clip=spec.train.grad_clip)
+
+
+def build_deepspeed_engine(spec: Spec, plan: Plan, *, errors_dir: Path | None = None) -> tuple[DeepSpeedEngine, int]:
+    """This rank's engine: the training model on the rank's device, tabula's optimizer and the DeepSpeed
+    engine over them (the process group must be initialised: deepspeed_engine.init_distributed).
+    `errors_dir`: the run folder's ranks/, where a failing rank leaves its error. Returns the engine and
+    the model's parameter count (counted before ZeRO-3 partitions the parameters)."""
+    from tabula.compiler.deepspeed_config import deepspeed_config
+
+    from .deepspeed_engine import DeepSpeedEngine, rank_device
+    from .optimizers import build_optimizer
+
+    device = rank_device()
+    model = build_training_model(spec, plan, device)
+    parameters = sum(p.numel() for p in model.parameters())
+    optimizer = build_optimizer(spec.train.optimizer, model, device)
+    engine = DeepSpeedEngine(model, optimizer, deepspeed_config(spec, plan), device=device, precision=plan.precision)
+    engine.errors_dir = errors_dir
+    return engine, parameters

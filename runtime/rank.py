@@ -84,7 +84,8 @@ def run_rank(args: argparse.Namespace) -> int:
     try:
         if not torch.cuda.is_available():
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        spec = load_spec(args.spec, overrides=args.override)
+        # the launching process loaded this spec already, with the user's --allow-extends-outside
+        spec = load_spec(args.spec, overrides=args.override, allow_extends_outside=True)
         prepared = prepare(spec)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type)

@@ -21,11 +21,11 @@ def _error(message: str) -> None:
     sys.stderr.flush()
 
 
-def load_run_spec(path: str, overrides: list[str]):
+def load_run_spec(path: str, overrides: list[str], *, allow_extends_outside: bool = False):
     """The spec, or None after printing its errors."""
     from tabula.report import load_spec_or_report
 
-    return load_spec_or_report(path, overrides)
+    return load_spec_or_report(path, overrides, allow_extends_outside=allow_extends_outside)
 
 
 # ---------------------------------------------------------------- resume
@@ -152,6 +152,8 @@ def child_command(args, spec) -> tuple[list[str] | None, Path | None]:
         argv += ["--cache-dir", args.cache_dir]
     if args.nproc:  # the child launches the DeepSpeed ranks itself
         argv += ["--nproc", str(args.nproc)]
+    if getattr(args, "allow_extends_outside", False):
+        argv += ["--allow-extends-outside"]
     if args.resume:
         target = resume_target(args, spec)
         if target is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ from .errors import SpecError, SpecErrors
 _TAG = "tag:yaml.org,2002:"
 _MAX_NODES = 200_000  # aliases can multiply a small file (a "billion laughs"); a spec is never this big
 _MAX_DEPTH = 64  # a spec nests about 6 deep; far deeper is a mistake (and would exhaust Python's stack)
+# A spec is a few kB. A file of megabytes is a mistake (a data file, a log, /dev/zero): it is refused
+# after reading at most this much, before any parsing, so it costs milliseconds, not minutes or memory.
+MAX_SPEC_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -56,20 +61,56 @@ class Document:
 def read_yaml(path: str | Path, *, shown_as: str | None = None, require_mapping: bool = True) -> Document:
     """Parse the YAML file at `path`; raises SpecErrors (missing file, YAML problems, tags...)."""
     shown = shown_as or str(path)
+    return parse_yaml(read_text(path, shown_as=shown), shown, require_mapping=require_mapping)
+
+
+def read_text(path: str | Path, *, shown_as: str | None = None) -> str:
+    """The UTF-8 text of the regular file at `path` (newlines as `\\n`), read only as far as
+    MAX_SPEC_BYTES. Raises SpecErrors with one line for a missing file, a directory, a device, pipe
+    or socket (never read: /dev/zero has no end, a FIFO blocks), a file too large for a spec, text
+    that is not UTF-8, and any other OSError."""
+    shown = shown_as or str(path)
+
+    def fail(message: str, **details: Any) -> SpecErrors:
+        return SpecErrors([SpecError(message, file=shown, **details)])
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO waits for a writer otherwise; it changes nothing for a file
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         # `tabula validate spec.yaml model.n_layers` meant an override without its value
         looks_like_path = "." in shown and not any(c in shown for c in "/\\") and not shown.endswith((".yaml", ".yml"))
-        suggestion = f"{shown}=VALUE" if looks_like_path else None
-        raise SpecErrors([SpecError(f"no such file: {shown}", file=shown, suggestion=suggestion)]) from None
+        raise fail(f"no such file: {shown}", suggestion=f"{shown}=VALUE" if looks_like_path else None) from None
     except IsADirectoryError:
-        raise SpecErrors([SpecError(f"{shown} is a directory, not a spec file", file=shown)]) from None
-    except UnicodeDecodeError as error:
-        raise SpecErrors([SpecError(f"not UTF-8 text ({error.reason} at byte {error.start})", file=shown)]) from None
+        raise fail(f"{shown} is a directory, not a spec file") from None
     except OSError as error:
-        raise SpecErrors([SpecError(f"cannot read {shown}: {error.strerror}", file=shown)]) from None
-    return parse_yaml(text, shown, require_mapping=require_mapping)
+        raise fail(f"cannot read {shown}: {error.strerror}") from None
+    except ValueError:  # a NUL in the name
+        raise fail(f"cannot read {shown!r}: a file name has no NUL character") from None
+    try:
+        mode = os.fstat(handle).st_mode
+        if stat.S_ISDIR(mode):
+            raise fail(f"{shown} is a directory, not a spec file")
+        if not stat.S_ISREG(mode):
+            raise fail(f"{shown} is not a regular file (a device, a pipe or a socket): a spec is a YAML file")
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES:
+            chunk = os.read(handle, MAX_SPEC_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as error:
+        raise fail(f"cannot read {shown}: {error.strerror}") from None
+    finally:
+        os.close(handle)
+    if size > MAX_SPEC_BYTES:
+        raise fail(f"{shown} is larger than {MAX_SPEC_BYTES // 2**20} MiB: too large for a spec (a spec is a few kB of YAML)")
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise fail(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as open() reads text: universal newlines
 
 
 def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = True,
@@ -79,6 +120,9 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
     `require_mapping`: the document must be a mapping (a spec), not a list or a scalar.
     Offsets shift the recorded positions (a value cut out of a longer line, as an override is);
     `source_lines` are the lines shown in excerpts instead of `text`'s."""
+    if len(text) > MAX_SPEC_BYTES:  # text given in code or an override: the same bound as a file
+        raise SpecErrors([SpecError(f"{len(text):,} characters: too large for a spec (at most {MAX_SPEC_BYTES:,})",
+                                    file=file, line=1 + line_offset, column=1 + column_offset, quote=False)])
     doc = Document(file=file, lines=source_lines if source_lines is not None else text.splitlines())
     builder = _Builder(doc, line_offset, column_offset)
 
@@ -99,14 +143,16 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
             raise SpecErrors([SpecError(
                 "the file is empty; a spec is a mapping of keys (name, model, data, train, ...)",
                 file=file, line=1 + line_offset, column=1 + column_offset,
-                expected="a mapping", found="an empty document", source_line=doc.line_text(1))])
+                expected="a mapping", found="an empty document", quote=False)])
         doc.data = None
         return doc
     if require_mapping and not isinstance(root, MappingNode):
-        found = "a list" if isinstance(root, SequenceNode) else f"a single value ({root.value!r})"
-        raise SpecErrors([builder.error(
-            root, f"a spec is a mapping of keys (name, model, data, train, ...), found {found}",
-            (), expected="a mapping", found=found)])
+        # what the file holds is not shown: a text that is not a spec may be anything (/etc/passwd)
+        found = "a list" if isinstance(root, SequenceNode) else "a single value"
+        where = builder.position(root)
+        raise SpecErrors([SpecError(
+            f"a spec is a mapping of keys (name, model, data, train, ...), found {found}: not a tabula spec",
+            file=file, line=where.line, column=where.column, expected="a mapping", found=found, quote=False)])
     doc.data = builder.build(root, ())
     if builder.errors:
         raise SpecErrors(builder.errors)
@@ -249,6 +295,9 @@ class _Builder:
         tag, text = node.tag, node.value
         try:
             if tag == _TAG + "str" or tag in (_TAG + "timestamp", _TAG + "value") and node.style is None:
+                problem = _unwritable(text)
+                if problem:
+                    self.errors.append(self.error(node, problem, path))
                 return text
             if tag == _TAG + "null":
                 return None
@@ -259,11 +308,28 @@ class _Builder:
             if tag == _TAG + "float":
                 return _to_float(text)
         except ValueError:
-            shown = "!!" + tag[len(_TAG):]
-            self.errors.append(self.error(node, f"{text!r} is not a valid {shown}", path, found=repr(text)))
+            shown, value = "!!" + tag[len(_TAG):], _clipped(text)
+            self.errors.append(self.error(node, f"{value} is not a valid {shown}", path, found=value))
             return None
         self.errors.append(self.bad_tag(node, path))
         return None
+
+
+def _unwritable(text: str) -> str | None:
+    """What makes a string impossible to use as a file name or to write as UTF-8 (both escapes that
+    double-quoted YAML allows, "\\0" and "\\ud800"), or None. The run writes every value into
+    resolved.yaml and uses some as paths: such a string crashes it, so it is refused here."""
+    if "\0" in text:
+        return "a NUL character (\\0): no spec value holds one"
+    if any("\ud800" <= character <= "\udfff" for character in text):
+        return "a lone UTF-16 surrogate (\\ud800 to \\udfff) is not text: write the character itself, or \\U0001F600"
+    return None
+
+
+def _clipped(text: str, width: int = 60) -> str:
+    """repr(text), cut in the middle when long (a 5000-digit number is not repeated whole)."""
+    shown = repr(text)
+    return shown if len(shown) <= width else f"{shown[: width // 2]}...{shown[-width // 2:]} ({len(text):,} characters)"
 
 
 def _to_int(text: str) -> int:

@@ -22,9 +22,12 @@ SCHEMA_FILE = "tabula-spec.schema.json"
 
 
 def add_arguments(parser) -> None:
+    from tabula.report import add_extends_flag
+
     parser.add_argument("-o", "--output", metavar="FILE", type=Path, help="where to save (default: <name>.yaml here)")
     parser.add_argument("--from", dest="start", metavar="SPEC_OR_PRESET", help="start from this spec file or preset")
     parser.add_argument("--force", action="store_true", help="replace an existing FILE on save without asking")
+    add_extends_flag(parser)
 
 
 def run(args) -> int:
@@ -37,7 +40,7 @@ def run(args) -> int:
     given = args.output is not None and args.output.is_file() and args.output.stat().st_size > 0  # an empty file: a place to write
     start = args.start or (str(args.output) if given else DEFAULT_START)
     try:
-        data = load_start(start)
+        data = load_start(start, allow_extends_outside=args.allow_extends_outside)
     except SourceError as error:
         sys.stderr.write(f"tabula new: error: {error}\n")
         return 2

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tabula.runtime.session import EXIT_BAD_INPUT, load_run_spec
 
-    spec = load_run_spec(args.spec, args.overrides)
+    spec = load_run_spec(args.spec, args.overrides, allow_extends_outside=args.allow_extends_outside)
     if spec is None:
         return EXIT_BAD_INPUT
     world_size = args.nproc or spec.parallel.world_size

@@ -10,6 +10,8 @@ from typing import Any, Union
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
+from .limits import INT64_MAX
+
 
 class SpecModel(BaseModel):
     """Frozen, unknown keys rejected, values checked on assignment too."""
@@ -23,11 +25,16 @@ class SpecModel(BaseModel):
     def _no_booleans_as_numbers(cls, data: Any) -> Any:
         # pydantic's lax mode reads `n_layers: true` as 1; a spec means no such thing. (Quoted
         # numbers, "64", stay accepted: quoting does not change a spec.) Checks, never rewrites.
+        # A whole number beyond 64 bits is refused here for every field, whatever its own bounds:
+        # torch, numpy and DeepSpeed hold counts, sizes and seeds in int64 and overflow past it.
         if isinstance(data, dict):
             numeric = _numeric_fields(cls)
             for name, value in data.items():
                 if isinstance(value, bool) and name in numeric:
                     raise field_error(name, f"expected a number, found {str(value).lower()}")
+                if type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX and name in numeric:
+                    raise field_error(name, f"{_magnitude(value)} is beyond the 64-bit whole numbers the run computes "
+                                            f"with (at most 2**63 - 1 = {INT64_MAX})")
         return data
 
 
@@ -38,6 +45,13 @@ def field_error(field: str | tuple[Any, ...], message: str, **context: Any) -> P
     and line of the offending value rather than the enclosing section."""
     path = field if isinstance(field, tuple) else tuple(field.split("."))
     return PydanticCustomError("spec_check", message, {"field": list(path), **context})
+
+
+def _magnitude(value: int) -> str:
+    """A huge whole number, short: `about 1.18e21`, or `a number of about 5,000 digits`."""
+    if abs(value) >= 10**300:  # beyond float; str() refuses past 4300 digits
+        return f"a number of about {int(value.bit_length() * 0.30103):,} digits"
+    return "about " + f"{value:.3g}".replace("+", "")
 
 
 @functools.lru_cache(maxsize=None)

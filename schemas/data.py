@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal, Union
 
@@ -21,7 +22,7 @@ class _SpecialTokens(SpecModel):
 
 
 class _TrainedTokenizer(_SpecialTokens):
-    vocab_size: int = Field(gt=256, description="Vocabulary size to train, special tokens included.")
+    vocab_size: int = Field(gt=256, le=2**32, description="Vocabulary size to train, special tokens included (token ids are stored as 32-bit numbers: at most 2**32).")
     train_on: list[str] | None = Field(
         default=None, description="Names of the sources to train on; null means all sources."
     )
@@ -120,7 +121,7 @@ class DedupFilter(SpecModel):
         default="exact", description="exact: identical content hash; minhash: near-duplicates by estimated Jaccard similarity."
     )
     threshold: float = Field(default=0.8, gt=0.0, le=1.0, description="minhash: similarity above which documents are duplicates.")
-    num_perm: int = Field(default=128, ge=16, description="minhash: number of hash permutations (more is more exact, slower).")
+    num_perm: int = Field(default=128, ge=16, le=4096, description="minhash: number of hash permutations, 16 to 4096 (more is more exact, slower).")
 
 
 class RegexFilter(SpecModel):
@@ -144,6 +145,13 @@ class QualityFilter(SpecModel):
     max_repeated_line_fraction: float = Field(default=0.3, ge=0.0, le=1.0, description="Drop documents in which more than this fraction of lines are repeats.")
     min_mean_word_length: float = Field(default=3.0, ge=0.0, description="Drop documents whose mean word length is below this.")
     max_mean_word_length: float = Field(default=10.0, gt=0.0, description="Drop documents whose mean word length is above this.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> QualityFilter:
+        if self.max_mean_word_length < self.min_mean_word_length:
+            raise field_error("max_mean_word_length", f"max_mean_word_length ({self.max_mean_word_length:g}) is below "
+                                                      f"min_mean_word_length ({self.min_mean_word_length:g}): every document would be dropped")
+        return self
 
 
 Filter = Annotated[Union[LengthFilter, DedupFilter, RegexFilter, QualityFilter], Field(discriminator="kind")]
@@ -181,6 +189,8 @@ class Stage(SpecModel):
             for name, weight in mix.items():
                 if not weight > 0:
                     raise ValueError(f"mixture weights must be positive, {name!r} has {weight}")
+            if not math.isfinite(sum(mix.values())):  # normalising divides by the sum
+                raise ValueError(f"mixture weights add up to more than a number can hold ({max(mix.values()):g} is too large)")
         return mix
 
 
@@ -197,7 +207,7 @@ class Data(SpecModel):
         min_length=1,
         description="Stages by token boundary, each with its sequence length and mixture; the last lasts until the budget is spent.",
     )
-    workers: int | None = Field(default=None, ge=1, description="Tokenizer worker processes; null uses the CPU count.")
+    workers: int | None = Field(default=None, ge=1, le=1024, description="Tokenizer worker processes (at most 1024); null uses the CPU count.")
 
     @model_validator(mode="after")
     def _names_exist(self) -> Data:

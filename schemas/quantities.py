@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
+from .limits import MAX_TOKENS
+
 _SUFFIX = {"": 1, "k": 2**10, "m": 2**20, "b": 2**30, "g": 2**30, "t": 2**40}
 _TOKENS = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|[0-9]*\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([kKmMbBgGtT]?)\s*$")
 TOKEN_PATTERN = r"^\s*[0-9]*\.?[0-9]+([eE][+-]?[0-9]+)?\s*[kKmMbBgGtT]?\s*$"
@@ -54,14 +56,14 @@ def parse_fraction(value: Any) -> Any:
 TokenCount = Annotated[
     int,
     BeforeValidator(parse_token_count),
-    Field(ge=0),
+    Field(ge=0, le=MAX_TOKENS),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 0},
+                {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS},
                 {"type": "string", "pattern": TOKEN_PATTERN},
             ],
-            "description": "A token count: 65536, 64k, 10M, 2.5B (k = 1024).",
+            "description": "A token count: 65536, 64k, 10M, 2.5B (k = 1024), at most 2**53.",
         }
     ),
 ]

@@ -9,6 +9,9 @@ from pydantic import Field, model_validator
 from .base import SpecModel, field_error
 from .quantities import Fraction, PositiveTokenCount
 
+# A moment's decay rate: 1 would never forget (and torch refuses it), 2 diverges.
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
 # ---------------------------------------------------------------- optimizers
 
 
@@ -19,13 +22,13 @@ class _Optimizer(SpecModel):
 
 class AdamW(_Optimizer):
     kind: Literal["adamw"] = Field(description="AdamW (fused or foreach kernels where the device has them).")
-    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="Decay rates of the first and second moment estimates.")
+    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.95), description="Decay rates of the first and second moment estimates, each in [0, 1).")
     eps: float = Field(default=1e-8, gt=0, description="Added to the denominator for numerical stability.")
 
 
 class Lion(_Optimizer):
     kind: Literal["lion"] = Field(description="Lion (sign of an interpolated momentum); use a 3-10x smaller lr than AdamW.")
-    betas: tuple[float, float] = Field(default=(0.9, 0.99), description="Interpolation and momentum decay rates.")
+    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.99), description="Interpolation and momentum decay rates, each in [0, 1).")
 
 
 class Adafactor(_Optimizer):
@@ -84,7 +87,8 @@ Schedule = Annotated[Union[Cosine, WSD, Linear, Constant], Field(discriminator="
 class Budget(SpecModel):
     tokens: PositiveTokenCount | None = Field(default=None, description="Train on this many tokens (65536, 64k, 10M, 2.5B).")
     tokens_per_param: float | None = Field(
-        default=None, gt=0, description="Or: this many tokens per model parameter (Chinchilla-optimal is about 20)."
+        default=None, gt=0, le=1e6,
+        description="Or: this many tokens per model parameter (Chinchilla-optimal is about 20; the most over-trained small models see about 10^4).",
     )
 
     @model_validator(mode="after")
@@ -96,7 +100,7 @@ class Budget(SpecModel):
 
 class Sample(SpecModel):
     prompt: str = Field(default="", description="The start of a document the greedy sample after each evaluation continues; empty lets the model start one.")
-    max_new_tokens: int = Field(default=48, ge=0, description="Tokens generated per sample; 0 disables sampling.")
+    max_new_tokens: int = Field(default=48, ge=0, le=65536, description="Tokens generated per sample after each evaluation (at most 65536); 0 disables sampling.")
 
 
 class Eval(SpecModel):

@@ -18,6 +18,10 @@ INT64_MAX = 2**63 - 1
 # 2**53 is 8e15 tokens, hundreds of times the largest training runs.
 MAX_TOKENS = 2**53
 
+# Tokens a step: the largest batches trained with are about 2**26 tokens; a step of 2**40 is a
+# whole large-model run in one update. The plan searches the divisors of the sequences a step.
+MAX_BATCH_TOKENS = 2**40
+
 # A tensor's size in bytes is an int64 in torch (and in DeepSpeed's flat buffers): float32 elements,
 # 4 bytes each, overflow it past 2**61. `d_model: 1000000000000` asked for 10**24 elements.
 MAX_TENSOR_ELEMENTS = 2**61 - 1

@@ -274,15 +274,15 @@ def _compose(document: Document, base_dir: Path, chain: list[Path], roots: Seque
     if outside is not None:
         resolved = _resolved(outside)
         leads = f" (it leads to {resolved})" if resolved != Path(os.path.abspath(outside)) else ""
-        raise fail(f"{name!r} is outside this spec's folder and specs/{leads}: extending it needs {ALLOW_OUTSIDE_FLAG} "
+        raise fail(f"{_clip(name)} is outside this spec's folder and specs/{leads}: extending it needs {ALLOW_OUTSIDE_FLAG} "
                    f"(allow_extends_outside=True in load_spec)",
-                   expected="a spec under " + " or ".join(str(root) for root in roots), found=repr(name))
+                   expected="a spec under " + " or ".join(str(root) for root in roots), found=_clip(name))
     if target is None:
         presets = sorted(path.stem for path in PRESETS_DIR.glob("*.yaml")) if PRESETS_DIR.is_dir() else []
         close = difflib.get_close_matches(Path(name).stem, presets, n=1, cutoff=0.6)
-        raise fail(f"cannot find {name!r} (extends chain: {shown_chain}); looked in: "
-                   + ", ".join(_shown(path) for path in looked),
-                   expected="an existing spec file or a preset: " + ", ".join(presets), found=repr(name),
+        raise fail(f"cannot find {_clip(name)} (extends chain: {shown_chain}); looked in: "
+                   + ", ".join(_clip(_shown(path), quote=False) for path in looked),
+                   expected="an existing spec file or a preset: " + ", ".join(presets), found=_clip(name),
                    suggestion=close[0] if close else None)
     target = target.resolve()
     if target in chain:
@@ -307,9 +307,16 @@ def _merge(base: Any, over: Any) -> Any:
 def _shown(path: Path) -> str:
     """A path as the user knows it: relative to the working directory where it is below it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd()))
+        return str(_resolved(path).relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _clip(text: str, quote: bool = True, width: int = 100) -> str:
+    """repr(text) (or text), cut in the middle past `width` characters: a 5000-character name is not
+    repeated whole in every place an error names it."""
+    shown = repr(text) if quote else text
+    return shown if len(shown) <= width else f"{shown[: width // 2]}...{shown[-width // 2:]}"
 
 
 def _in_file_order(errors: list[SpecError], main_file: str) -> list[SpecError]:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SpecModel, field_error
+from .limits import MAX_BATCH_TOKENS
 from .quantities import Fraction, PositiveTokenCount
 
 # A moment's decay rate: 1 would never forget (and torch refuses it), 2 diverges.
@@ -122,7 +123,8 @@ class Log(SpecModel):
 
 
 class Train(SpecModel):
-    batch_tokens: PositiveTokenCount = Field(description="Tokens per optimizer step, over all ranks; micro-batch and accumulation are derived.")
+    batch_tokens: PositiveTokenCount = Field(
+        le=MAX_BATCH_TOKENS, description="Tokens per optimizer step, over all ranks (at most 2**40); micro-batch and accumulation are derived.")
     micro_batch: Literal["auto"] | Annotated[int, Field(gt=0)] = Field(
         default="auto", description="Sequences per rank per forward pass; auto derives it from batch_tokens, seq_len and memory."
     )

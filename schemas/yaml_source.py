@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,17 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.scanner import Scanner
 
 from .errors import SpecError, SpecErrors
 
 _TAG = "tag:yaml.org,2002:"
 _MAX_NODES = 200_000  # aliases can multiply a small file (a "billion laughs"); a spec is never this big
 _MAX_DEPTH = 64  # a spec nests about 6 deep; far deeper is a mistake (and would exhaust Python's stack)
-# A spec is a few kB. A file of megabytes is a mistake (a data file, a log, /dev/zero): it is refused
-# after reading at most this much, before any parsing, so it costs milliseconds, not minutes or memory.
-MAX_SPEC_BYTES = 1 << 20
+# A spec is a few kB. A file far larger is a mistake (a data file, a log, /dev/zero): it is refused
+# after reading at most this much, before any parsing. The pure-Python reader takes seconds per
+# 100,000 values, so this also bounds the time to any error at a few seconds.
+MAX_SPEC_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,14 +126,18 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
     if len(text) > MAX_SPEC_BYTES:  # text given in code or an override: the same bound as a file
         raise SpecErrors([SpecError(f"{len(text):,} characters: too large for a spec (at most {MAX_SPEC_BYTES:,})",
                                     file=file, line=1 + line_offset, column=1 + column_offset, quote=False)])
-    doc = Document(file=file, lines=source_lines if source_lines is not None else text.splitlines())
+    doc = Document(file=file, lines=source_lines if source_lines is not None else _lines(text))
     builder = _Builder(doc, line_offset, column_offset)
 
     tab_errors = builder.tabs_in_indentation(text)
     if tab_errors:
         raise SpecErrors(tab_errors)
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Scanner = _Scanner
     try:
-        root = YAML(typ="safe", pure=True).compose(io.StringIO(text))
+        root = yaml.compose(io.StringIO(text))
+    except _TooDeep as error:
+        raise SpecErrors([builder.error_at_mark(error.problem_mark, f"the YAML is nested too deeply (more than {_MAX_DEPTH} levels)")]) from None
     except MarkedYAMLError as error:
         raise SpecErrors([builder.syntax_error(error)]) from None
     except YAMLError as error:
@@ -159,6 +166,20 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
     return doc
 
 
+class _TooDeep(MarkedYAMLError):
+    pass
+
+
+class _Scanner(Scanner):
+    """ruamel's scanner, refusing `[` and `{` nested deeper than _MAX_DEPTH as it meets them: its
+    work for each bracket grows with the nesting, so 20,000 `[` would scan for hours."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any, to_push: Any) -> None:
+        if len(self.flow_context) >= _MAX_DEPTH:
+            raise _TooDeep(problem="nested too deeply", problem_mark=self.reader.get_mark())
+        super().fetch_flow_collection_start(TokenClass, to_push)
+
+
 class _Builder:
     """Turns composed nodes into plain values, recording positions and collecting errors."""
 
@@ -177,6 +198,11 @@ class _Builder:
         where = self.position(node)
         return SpecError(message, path=path, file=where.file, line=where.line, column=where.column,
                          source_line=self.doc.line_text(node.start_mark.line + 1), **details)
+
+    def error_at_mark(self, mark: Any, message: str) -> SpecError:
+        column = mark.column + 1 + (self.column_offset if mark.line == 0 else 0)
+        return SpecError(message, file=self.doc.file, line=mark.line + 1 + self.line_offset, column=column,
+                         source_line=self.doc.line_text(mark.line + 1))
 
     def syntax_error(self, error: MarkedYAMLError) -> SpecError:
         mark = error.problem_mark or error.context_mark
@@ -209,7 +235,7 @@ class _Builder:
 
     def tabs_in_indentation(self, text: str) -> list[SpecError]:
         errors = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(_lines(text), start=1):
             indent = line[: len(line) - len(line.lstrip(" \t"))]
             if "\t" in indent and line.strip():
                 errors.append(SpecError(
@@ -222,7 +248,7 @@ class _Builder:
         """The error for a text nested too deeply to compose, at the first bracket past the limit
         (quotes are not skipped: this only places the caret of an error already certain)."""
         depth = 0
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(_lines(text), start=1):
             for column, character in enumerate(line, start=1):
                 depth += (character in "[{") - (character in "]}")
                 if depth > _MAX_DEPTH:
@@ -313,6 +339,16 @@ class _Builder:
             return None
         self.errors.append(self.bad_tag(node, path))
         return None
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _lines(text: str) -> list[str]:
+    """The lines as YAML counts them (str.splitlines also breaks at U+2028, form feeds...: the
+    excerpt would then show another line than the one the error's line number names)."""
+    lines = _LINE_BREAK.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _unwritable(text: str) -> str | None:

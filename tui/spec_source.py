@@ -25,7 +25,7 @@ def find_spec(name: str) -> Path:
         return path
     stem = name[:-5] if name.endswith(".yaml") else name
     for candidate in (SPECS_DIR / "presets" / f"{stem}.yaml", SPECS_DIR / f"{stem}.yaml"):
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     known = sorted(p.stem for p in SPECS_DIR.glob("*.yaml")) + sorted(p.stem for p in SPECS_DIR.glob("presets/*.yaml"))
     raise SourceError(f"no spec file or preset named {name!r}; presets: {', '.join(known) or 'none found'}")

@@ -114,9 +114,13 @@ STALE_FILES = ("tokenizer.json", "tokenizer_config.json")
 def _check_out(out: Path, force: bool) -> None:
     """Refuse an --out that is a file, or a non-empty folder without --force (an earlier export's
     tokenizer would silently stay beside other weights)."""
-    if out.exists() and not out.is_dir():
+    try:
+        exists, is_dir = out.exists(), out.is_dir()
+    except (OSError, ValueError) as error:  # a name too long for a file name
+        raise _BadInput(f"--out {out}: {getattr(error, 'strerror', None) or error}") from None
+    if exists and not is_dir:
         raise _BadInput(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if is_dir and any(out.iterdir()) and not force:
         raise _BadInput(f"--out {out}: the folder is not empty; choose a new one, or add --force to replace the export in it")
 
 

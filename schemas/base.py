@@ -28,11 +28,11 @@ class SpecModel(BaseModel):
         # A whole number beyond 64 bits is refused here for every field, whatever its own bounds:
         # torch, numpy and DeepSpeed hold counts, sizes and seeds in int64 and overflow past it.
         if isinstance(data, dict):
-            numeric = _numeric_fields(cls)
+            numeric, whole = _numeric_fields(cls), _integer_fields(cls)
             for name, value in data.items():
                 if isinstance(value, bool) and name in numeric:
                     raise field_error(name, f"expected a number, found {str(value).lower()}")
-                if type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX and name in numeric:
+                if type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX and name in whole:
                     raise field_error(name, f"{_magnitude(value)} is beyond the 64-bit whole numbers the run computes "
                                             f"with (at most 2**63 - 1 = {INT64_MAX})")
         return data
@@ -60,7 +60,19 @@ def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(name for name, field in model.model_fields.items() if _takes_number_not_bool(field.annotation))
 
 
+@functools.lru_cache(maxsize=None)
+def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Names of the fields that take whole numbers (a float field reads 2**64 as the float it is)."""
+    return frozenset(name for name, field in model.model_fields.items() if int in _members(field.annotation))
+
+
 def _takes_number_not_bool(annotation: Any) -> bool:
+    members = _members(annotation)
+    return bool(set(members) & {int, float}) and bool not in members
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The plain types a field's annotation admits (Annotated, unions and literals unwrapped)."""
     members: list[Any] = []
 
     def collect(item: Any) -> None:
@@ -76,4 +88,4 @@ def _takes_number_not_bool(annotation: Any) -> bool:
             members.append(item)
 
     collect(annotation)
-    return bool(set(members) & {int, float}) and bool not in members
+    return members

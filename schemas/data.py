@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -180,6 +180,15 @@ class Stage(SpecModel):
         default=None, description="Sampling weights by source name (normalised); null carries over the previous stage's (the first defaults to equal weights)."
     )
 
+    @field_validator("mix", mode="before")
+    @classmethod
+    def _weights_not_booleans(cls, mix: Any) -> Any:
+        # the sections' own check sees fields, not the values of a mapping: `stdlib: true` read as 1.0
+        for name, weight in mix.items() if isinstance(mix, dict) else ():
+            if isinstance(weight, bool):
+                raise field_error((name,), f"expected a number, found {str(weight).lower()}")
+        return mix
+
     @field_validator("mix")
     @classmethod
     def _positive(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
@@ -188,9 +197,10 @@ class Stage(SpecModel):
                 raise ValueError("a mixture names at least one source")
             for name, weight in mix.items():
                 if not weight > 0:
-                    raise ValueError(f"mixture weights must be positive, {name!r} has {weight}")
+                    raise field_error((name,), f"mixture weights must be positive, {name!r} has {weight:g}")
             if not math.isfinite(sum(mix.values())):  # normalising divides by the sum
-                raise ValueError(f"mixture weights add up to more than a number can hold ({max(mix.values()):g} is too large)")
+                largest = max(mix, key=mix.__getitem__)
+                raise field_error((largest,), f"mixture weights add up to more than a number can hold ({mix[largest]:g} is too large)")
         return mix
 
 

@@ -7,6 +7,7 @@ The value is parsed as YAML with the same safe parser as spec files. Each overri
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from .errors import SpecError, SpecErrors
@@ -51,7 +52,11 @@ def apply_override(data: dict, index: int, text: str) -> Document:
         raise fail("extends cannot be overridden: it is merged before overrides apply; edit the spec, or override "
                    "the values themselves", expected="a path other than extends", found=repr(key_text.strip()))
 
-    value_doc = parse_yaml(value_text, label, require_mapping=False, column_offset=len(key_text) + 1, source_lines=[text])
+    try:
+        value_doc = parse_yaml(value_text, label, require_mapping=False, column_offset=len(key_text) + 1, source_lines=[text])
+    except SpecErrors as raised:  # a problem inside the value: at the path the override sets
+        prefix = tuple(int(part) if part.isdigit() else part for part in raw_parts)
+        raise SpecErrors([replace(error, path=prefix + tuple(error.path)) for error in raised.errors]) from None
 
     path: list[Any] = []
     node: Any = data

@@ -108,7 +108,7 @@ def read_text(path: str | Path, *, shown_as: str | None = None) -> str:
     finally:
         os.close(handle)
     if size > MAX_SPEC_BYTES:
-        raise fail(f"{shown} is larger than {MAX_SPEC_BYTES // 2**20} MiB: too large for a spec (a spec is a few kB of YAML)")
+        raise fail(f"{shown} is larger than {MAX_SPEC_BYTES // 1024} KiB: too large for a spec (a spec is a few kB of YAML)")
     try:
         text = b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as error:
@@ -148,7 +148,7 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
     if root is None:
         if require_mapping:
             raise SpecErrors([SpecError(
-                "the file is empty; a spec is a mapping of keys (name, model, data, train, ...)",
+                "the file is empty (or only comments): not a tabula spec, which is a mapping of keys (name, model, data, train, ...)",
                 file=file, line=1 + line_offset, column=1 + column_offset,
                 expected="a mapping", found="an empty document", quote=False)])
         doc.data = None

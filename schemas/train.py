@@ -139,3 +139,11 @@ class Train(SpecModel):
         default="skip",
         description="A non-finite loss or gradient: skip the batch, stop at the last good checkpoint, or roll back to it and skip the data window.",
     )
+
+    @model_validator(mode="after")
+    def _budget_holds_a_step(self) -> Train:
+        # the run refuses it ("nothing to train"); tokens_per_param needs the model's size: the plan checks it
+        if self.budget.tokens is not None and self.budget.tokens < self.batch_tokens:
+            raise field_error(("budget", "tokens"), f"the budget ({self.budget.tokens} tokens) is smaller than one batch "
+                                                    f"(batch_tokens {self.batch_tokens}): nothing to train")
+        return self

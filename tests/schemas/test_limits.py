@@ -117,3 +117,8 @@ def test_strings_that_cannot_be_a_path_or_utf8_are_refused(path, value):
     value = f"[{value}]" if path == "track.tags" else value
     (error,) = refused([f"{path}={value}"])
     assert error.dotted_path.startswith(path) and ("NUL" in error.message or "surrogate" in error.message)
+
+
+def test_a_budget_smaller_than_one_batch_is_refused_as_the_run_would():
+    (error,) = refused(["train.budget.tokens=1k"])
+    assert error.dotted_path == "train.budget.tokens" and "nothing to train" in error.message

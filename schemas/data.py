@@ -136,6 +136,8 @@ class RegexFilter(SpecModel):
             re.compile(pattern)
         except re.error as error:
             raise ValueError(f"not a valid regular expression: {error}") from None
+        except (RecursionError, OverflowError) as error:  # thousands of nested groups, a{99999999999}
+            raise ValueError(f"not a regular expression Python can compile: {error}") from None
         return pattern
 
 

@@ -6,6 +6,7 @@ so `64k` and `65536` are the same value and hash the same.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -33,7 +34,10 @@ def parse_token_count(value: Any) -> Any:
         if not match:
             raise ValueError(f"a token count such as 65536, 64k, 10M or 2.5B, found {value!r}")
         number, exponent, suffix = match.groups()
-        scaled = float(number) * (10 ** int(exponent or 0)) * _SUFFIX[suffix.lower()]
+        # one float parse: `10 ** exponent` as an int would take minutes for `1e999999999k`
+        scaled = float(f"{number}e{exponent or 0}") * _SUFFIX[suffix.lower()]
+        if not math.isfinite(scaled):
+            raise ValueError(f"a token count such as 65536, 64k, 10M or 2.5B, found {value!r} (far too large)")
         if not scaled.is_integer():
             raise ValueError(f"{value!r} is not a whole number of tokens ({scaled:g})")
         return int(scaled)

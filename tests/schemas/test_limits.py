@@ -52,7 +52,7 @@ def test_seeds_fit_64_bits():
 
 def test_token_counts_stop_where_floats_stop_being_exact():
     assert load_spec(QUICKSTART, ["train.budget.tokens=8T"]).train.budget.tokens == 8 * 2**40
-    for value in (str(MAX_TOKENS + 1), "1e30", "99999999999999999999999B"):
+    for value in (str(MAX_TOKENS + 1), "1e30", "99999999999999999999999B", "1e999999k", "1e999999999999k", "9" * 5000 + "k"):
         assert [error.dotted_path for error in refused([f"train.budget.tokens={value}"])] == ["train.budget.tokens"]
     assert [e.dotted_path for e in refused(["train.batch_tokens=2T"])] == ["train.batch_tokens"]
 
@@ -122,3 +122,9 @@ def test_strings_that_cannot_be_a_path_or_utf8_are_refused(path, value):
 def test_a_budget_smaller_than_one_batch_is_refused_as_the_run_would():
     (error,) = refused(["train.budget.tokens=1k"])
     assert error.dotted_path == "train.budget.tokens" and "nothing to train" in error.message
+
+
+@pytest.mark.parametrize("pattern", ["(" * 5000 + ")" * 5000, "a{99999999999}", "[", "(?P<1>x)"])
+def test_a_filter_pattern_python_cannot_compile_is_refused_not_raised(pattern):
+    (error,) = refused([f"data.filters.2.pattern='{pattern}'"])
+    assert error.dotted_path == "data.filters.2.pattern" and "regular expression" in error.message

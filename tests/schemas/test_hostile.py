@@ -133,7 +133,11 @@ path_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"], excl
 @FAST
 @given(st.sampled_from(["validate", "plan", "diff"]), path_text)
 def test_a_path_that_is_no_spec_exits_2(tmp_path, command, name):
-    if name.startswith("-") or Path(name).is_file():
+    try:
+        exists = os.path.exists(name)
+    except (OSError, ValueError):
+        exists = False
+    if name.startswith("-") or exists:
         return
     argv = [command, name] if command != "diff" else [command, QUICKSTART, name]
     assert_refused(cli(*argv), "error")

@@ -17,8 +17,10 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def override_label(index: int, text: str) -> str:
-    """How an override is named in errors: `<override 1: model.n_layers=x>` (1-based)."""
-    return f"<override {index}: {text}>"
+    """How an override is named in errors: `<override 1: model.n_layers=x>` (1-based); a long one
+    is cut in the middle (the excerpt under the error shows it)."""
+    shown = text if len(text) <= 80 else f"{text[:50]}...{text[-20:]}"
+    return f"<override {index}: {shown}>"
 
 
 def apply_override(data: dict, index: int, text: str) -> Document:

@@ -41,9 +41,9 @@ def format_error(error: SpecError, color: bool = False) -> str:
         return f"{code}{text}{_RESET}" if color else text
 
     where = ":".join(str(part) for part in (error.file, error.line, error.column) if part is not None)
-    head = paint(f"{where}: ", _BOLD) if where else ""
-    path = paint(f"{error.dotted_path}: ", _BOLD) if error.path else ""
-    lines = [f"{head}{paint('error:', _RED + _BOLD)} {path}{error.message}"]
+    head = paint(f"{_shorten(where)}: ", _BOLD) if where else ""
+    path = paint(f"{_shorten(error.dotted_path)}: ", _BOLD) if error.path else ""
+    lines = [f"{head}{paint('error:', _RED + _BOLD)} {path}{_shorten(error.message, 2000)}"]
 
     text = error.source_line if error.quote else None  # never a line of a file that is not a spec
     if text is None and error.quote and error.file and error.line:
@@ -61,12 +61,18 @@ def format_error(error: SpecError, color: bool = False) -> str:
         if error.column:
             lines.append(f" {' ' * max(4, len(number))} | {' ' * start}{paint('^' + '~' * (length - 1), _RED)}")
     if error.expected:
-        lines.append(f"  {paint('expected:', _CYAN)} {error.expected}")
+        lines.append(f"  {paint('expected:', _CYAN)} {_shorten(error.expected, 1000)}")
     if error.found:
-        lines.append(f"  {paint('found:', _CYAN)} {error.found}")
+        lines.append(f"  {paint('found:', _CYAN)} {_shorten(error.found)}")
     if error.suggestion:
-        lines.append(f"  {paint('hint:', _YELLOW)} did you mean `{error.suggestion}`?")
+        lines.append(f"  {paint('hint:', _YELLOW)} did you mean `{_shorten(error.suggestion)}`?")
     return "\n".join(lines)
+
+
+def _shorten(text: str, width: int = 200) -> str:
+    """`text`, cut in the middle past `width` characters: a 3000-character key from the command line
+    is not printed whole four times."""
+    return text if len(text) <= width else f"{text[: width // 2]}...{text[-(width // 4):]}"
 
 
 _EXCERPT_WIDTH = 100

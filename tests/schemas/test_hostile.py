@@ -331,3 +331,9 @@ def test_the_dashboards_training_process_gets_the_flag(tmp_path):
                                  run_dir=str(tmp_path / "run"), allow_extends_outside=True)
     command, _ = child_command(args, spec)
     assert "--allow-extends-outside" in command
+
+
+@pytest.mark.parametrize("item", ["model." + "k" * 5000 + "=1", "name=" + "a" * 50_000, "zz=" + "[" * 64 + "]" * 64 + "x" * 20_000])
+def test_a_huge_argument_is_named_cut_short_not_printed_again_and_again(item):
+    err = assert_refused(cli("validate", QUICKSTART, item), "<override 1: ")
+    assert len(err) < 6000, len(err)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "specs" / "quickstart.yaml")
 SECRET = "hunter2-SECRET-7f3a"  # the content of files that are not specs: must never be printed
 LOADS_SPECS = ["validate", "plan", "diff", "prepare", "run", "export", "new"]
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

@@ -115,7 +115,8 @@ def run_rank(options: RankOptions) -> Outcome:
     try:
         if not torch.cuda.is_available():
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        spec = load_spec(options.spec_path, overrides=list(options.overrides))
+        # the launching process loaded this spec already, with the user's --allow-extends-outside
+        spec = load_spec(options.spec_path, overrides=list(options.overrides), allow_extends_outside=True)
         prepared = prepare(spec)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type)

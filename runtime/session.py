@@ -52,6 +52,7 @@ class RunOptions:
     nproc: int | None = None  # DeepSpeed ranks on this machine; default parallel.world_size
     cache_dir: Path | None = None  # the token cache; default $TABULA_CACHE_DIR or the user's cache
     command: tuple[str, ...] | None = None  # the command line recorded in manifest.json; default sys.argv
+    allow_extends_outside: bool = False  # the spec was loaded with --allow-extends-outside (a child process reloads it)
 
 
 @dataclass(frozen=True)

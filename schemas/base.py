@@ -10,6 +10,8 @@ from typing import Any, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .limits import INT64_MAX
+
 
 class SpecModel(BaseModel):
     """Frozen, unknown keys rejected, values checked on assignment too."""
@@ -23,11 +25,16 @@ class SpecModel(BaseModel):
     def _no_booleans_as_numbers(cls, data: Any) -> Any:
         # pydantic's lax mode reads `n_layers: true` as 1; a spec means no such thing. (Quoted
         # numbers, "64", stay accepted: quoting does not change a spec.) Checks, never rewrites.
+        # A whole number beyond 64 bits is refused here for every field, whatever its own bounds:
+        # torch, numpy and DeepSpeed hold counts, sizes and seeds in int64 and overflow past it.
         if isinstance(data, dict):
-            numeric = _numeric_fields(cls)
+            numeric, whole = _numeric_fields(cls), _integer_fields(cls)
             for name, value in data.items():
                 if isinstance(value, bool) and name in numeric:
                     raise field_error(name, f"expected a number, found {str(value).lower()}")
+                if type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX and name in whole:
+                    raise field_error(name, f"{_magnitude(value)} is beyond the 64-bit whole numbers the run computes "
+                                            f"with (at most 2**63 - 1 = {INT64_MAX})")
         return data
 
 
@@ -40,13 +47,32 @@ def field_error(field: str | tuple[Any, ...], message: str, **context: Any) -> P
     return PydanticCustomError("spec_check", message, {"field": list(path), **context})
 
 
+def _magnitude(value: int) -> str:
+    """A huge whole number, short: `about 1.18e21`, or `a number of about 5,000 digits`."""
+    if abs(value) >= 10**300:  # beyond float; str() refuses past 4300 digits
+        return f"a number of about {int(value.bit_length() * 0.30103):,} digits"
+    return "about " + f"{value:.3g}".replace("+", "")
+
+
 @functools.lru_cache(maxsize=None)
 def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
     """Names of the fields that take numbers and not booleans."""
     return frozenset(name for name, field in model.model_fields.items() if _takes_number_not_bool(field.annotation))
 
 
+@functools.lru_cache(maxsize=None)
+def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Names of the fields that take whole numbers (a float field reads 2**64 as the float it is)."""
+    return frozenset(name for name, field in model.model_fields.items() if int in _members(field.annotation))
+
+
 def _takes_number_not_bool(annotation: Any) -> bool:
+    members = _members(annotation)
+    return bool(set(members) & {int, float}) and bool not in members
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The plain types a field's annotation admits (Annotated, unions and literals unwrapped)."""
     members: list[Any] = []
 
     def collect(item: Any) -> None:
@@ -62,7 +88,7 @@ def _takes_number_not_bool(annotation: Any) -> bool:
             members.append(item)
 
     collect(annotation)
-    return bool(set(members) & {int, float}) and bool not in members
+    return members
 
 
 def kind_with_default(default: str) -> Discriminator:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,7 +22,7 @@ class _SpecialTokens(SpecModel):
 
 
 class _TrainedTokenizer(_SpecialTokens):
-    vocab_size: int = Field(gt=256, description="Vocabulary size to train, special tokens included.")
+    vocab_size: int = Field(gt=256, le=2**32, description="Vocabulary size to train, special tokens included (token ids are stored as 32-bit numbers: at most 2**32).")
     train_on: list[str] | None = Field(
         default=None, description="Names of the sources to train on; null means all sources."
     )
@@ -130,7 +131,7 @@ class DedupFilter(SpecModel):
         default="exact", description="exact: identical content hash; minhash: near-duplicates by estimated Jaccard similarity."
     )
     threshold: float = Field(default=0.8, gt=0.0, le=1.0, description="minhash: similarity above which documents are duplicates.")
-    num_perm: int = Field(default=128, ge=16, description="minhash: number of hash permutations (more is more exact, slower).")
+    num_perm: int = Field(default=128, ge=16, le=4096, description="minhash: number of hash permutations, 16 to 4096 (more is more exact, slower).")
 
 
 class RegexFilter(SpecModel):
@@ -145,6 +146,8 @@ class RegexFilter(SpecModel):
             re.compile(pattern)
         except re.error as error:
             raise ValueError(f"not a valid regular expression: {error}") from None
+        except (RecursionError, OverflowError) as error:  # thousands of nested groups, a{99999999999}
+            raise ValueError(f"not a regular expression Python can compile: {error}") from None
         return pattern
 
 
@@ -154,6 +157,13 @@ class QualityFilter(SpecModel):
     max_repeated_line_fraction: float = Field(default=0.3, ge=0.0, le=1.0, description="Drop documents in which more than this fraction of lines are repeats.")
     min_mean_word_length: float = Field(default=3.0, ge=0.0, description="Drop documents whose mean word length is below this.")
     max_mean_word_length: float = Field(default=10.0, gt=0.0, description="Drop documents whose mean word length is above this.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> QualityFilter:
+        if self.max_mean_word_length < self.min_mean_word_length:
+            raise field_error("max_mean_word_length", f"max_mean_word_length ({self.max_mean_word_length:g}) is below "
+                                                      f"min_mean_word_length ({self.min_mean_word_length:g}): every document would be dropped")
+        return self
 
 
 Filter = Annotated[Union[LengthFilter, DedupFilter, RegexFilter, QualityFilter], Field(discriminator="kind")]
@@ -182,6 +192,15 @@ class Stage(SpecModel):
         default=None, description="Sampling weights by source name (normalised); null carries over the previous stage's (the first defaults to equal weights)."
     )
 
+    @field_validator("mix", mode="before")
+    @classmethod
+    def _weights_not_booleans(cls, mix: Any) -> Any:
+        # the sections' own check sees fields, not the values of a mapping: `stdlib: true` read as 1.0
+        for name, weight in mix.items() if isinstance(mix, dict) else ():
+            if isinstance(weight, bool):
+                raise field_error((name,), f"expected a number, found {str(weight).lower()}")
+        return mix
+
     @field_validator("mix")
     @classmethod
     def _positive(cls, mix: dict[str, float] | None) -> dict[str, float] | None:
@@ -190,7 +209,10 @@ class Stage(SpecModel):
                 raise ValueError("a mixture names at least one source")
             for name, weight in mix.items():
                 if not weight > 0:
-                    raise ValueError(f"mixture weights must be positive, {name!r} has {weight}")
+                    raise field_error((name,), f"mixture weights must be positive, {name!r} has {weight:g}")
+            if not math.isfinite(sum(mix.values())):  # normalising divides by the sum
+                largest = max(mix, key=mix.__getitem__)
+                raise field_error((largest,), f"mixture weights add up to more than a number can hold ({mix[largest]:g} is too large)")
         return mix
 
 
@@ -207,7 +229,7 @@ class Data(SpecModel):
         min_length=1,
         description="Stages by token boundary, each with its sequence length and mixture; the last lasts until the budget is spent.",
     )
-    workers: int | None = Field(default=None, ge=1, description="Tokenizer worker processes; null uses the CPU count.")
+    workers: int | None = Field(default=None, ge=1, le=1024, description="Tokenizer worker processes (at most 1024); null uses the CPU count.")
 
     @model_validator(mode="after")
     def _names_exist(self) -> Data:

@@ -19,7 +19,8 @@ class SpecError:
     where no position is known (a value the spec left to its default). `expected`, `found` and
     `suggestion` (the closest valid key or kind, for a typo) are short phrases or None.
     `source_line` is the text of that line, kept for files that are not on disk (overrides,
-    strings)."""
+    strings). `quote` is False for an error about a file that is not a spec: none of its lines is
+    ever shown (an `extends:` or a command pointed at /etc/passwd must not print the file)."""
 
     message: str
     path: tuple[Any, ...] = ()
@@ -30,6 +31,7 @@ class SpecError:
     found: str | None = None
     suggestion: str | None = None
     source_line: str | None = None
+    quote: bool = True
 
     @property
     def dotted_path(self) -> str:
@@ -41,6 +43,7 @@ class SpecError:
         data = asdict(self)
         data["path"] = self.dotted_path
         data.pop("source_line")
+        data.pop("quote")
         return data
 
     def __str__(self) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from pydantic import ValidationError
 
@@ -20,10 +21,12 @@ from .errors import SpecError, SpecErrors
 from .overrides import apply_override
 from .pydantic_errors import lookup, spec_errors_from
 from .spec import Spec
-from .yaml_source import Document, Position, parse_yaml, read_yaml
+from .yaml_source import Document, Position, parse_yaml, read_text
 
 SPECS_DIR = Path(os.environ.get("TABULA_SPECS_DIR") or Path(__file__).resolve().parent.parent / "specs")
 PRESETS_DIR = SPECS_DIR / "presets"
+SECTIONS = tuple(Spec.model_fields)  # name, extends, seed, model, data, parallel, train, track
+ALLOW_OUTSIDE_FLAG = "--allow-extends-outside"
 
 
 class SourceMap:
@@ -67,22 +70,81 @@ class SourceMap:
         return position.file, position.line, position.column, layer.line_text(position.line) if layer else None
 
 
-def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
+def load_spec(path: str | os.PathLike, overrides: Iterable[str] = (), *, allow_extends_outside: bool = False) -> Spec:
     """Read, compose and validate the spec file at `path`, then apply `overrides` (`a.b.c=value`,
     values parsed as YAML). Returns the frozen Spec (`spec.source_path`, `spec.base_dir` set);
-    raises SpecErrors holding every error found."""
+    raises SpecErrors holding every error found.
+
+    `extends:` may name files under the spec's own folder and under specs/ (the presets) only;
+    `allow_extends_outside=True` (the commands' --allow-extends-outside) lifts that."""
     path = Path(path)
-    document = read_yaml(path, shown_as=str(path))
-    return _finish(document, path.resolve().parent, overrides, source_path=path.resolve())
+    document = read_spec(path, shown_as=str(path))
+    return _finish(document, path.resolve().parent, overrides, source_path=path.resolve(),
+                   allow_extends_outside=allow_extends_outside)
 
 
 def load_spec_text(text: str, name: str = "<string>", overrides: Iterable[str] = (),
-                   base_dir: str | os.PathLike | None = None) -> Spec:
+                   base_dir: str | os.PathLike | None = None, *, allow_extends_outside: bool = False) -> Spec:
     """As `load_spec`, for YAML `text` shown in errors as `name`; `extends:` and relative paths
     are relative to `base_dir` (default: the working directory)."""
-    document = parse_yaml(text, name)
+    document = parse_spec(text, name)
     folder = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
-    return _finish(document, folder, overrides, source_path=None)
+    return _finish(document, folder, overrides, source_path=None, allow_extends_outside=allow_extends_outside)
+
+
+def read_spec(path: str | os.PathLike, *, shown_as: str | None = None) -> Document:
+    """The parsed YAML of the spec file at `path` (its own content only: no extends merged).
+    Raises SpecErrors; see read_text for what is refused before parsing and parse_spec for a file
+    that is not a spec."""
+    shown = shown_as or str(path)
+    return parse_spec(read_text(path, shown_as=shown), shown)
+
+
+def parse_spec(text: str, file: str = "<string>") -> Document:
+    """`text` parsed as a spec's YAML: a mapping of spec sections. A text that is not a spec (too few
+    of its top-level keys are spec sections, or not a mapping at all) is refused with errors that
+    never quote it: a command or an `extends:` pointed at /etc/passwd or a secrets file must not
+    print its lines. A spec with a mistake is quoted as always, where the mistake is."""
+    try:
+        document = parse_yaml(text, file)
+    except SpecErrors as raised:
+        if _spec_like(_top_level_keys(text)):
+            raise
+        first = next((error for error in raised.errors if error.line is not None), raised.errors[0])
+        raise SpecErrors([SpecError(
+            f"not a tabula spec: not valid YAML, and too few of its top-level keys are spec "
+            f"sections ({', '.join(SECTIONS)}); its lines are not shown",
+            file=file, line=first.line, column=first.column, quote=False)]) from None
+    keys = list(document.data)
+    if not _spec_like(keys):
+        known = sum(_section_like(key) for key in keys)
+        where = document.keys.get((keys[0],))
+        raise SpecErrors([SpecError(
+            f"not a tabula spec: {known} of its {len(keys)} top-level keys {'is a' if known == 1 else 'are'} spec "
+            f"section{'' if known == 1 else 's'} ({', '.join(SECTIONS)}); its lines are not shown",
+            file=file, line=where.line if where else None, column=where.column if where else None,
+            expected="a mapping of spec sections", quote=False)])
+    return document
+
+
+_TOP_LEVEL_KEY = re.compile(r"""^["']?([A-Za-z_][\w.-]*)["']?[ \t]*:(?:[ \t]|$)""", re.MULTILINE)
+
+
+def _top_level_keys(text: str) -> list[str]:
+    """The keys written at the start of a line of a text that may not parse (block style)."""
+    return _TOP_LEVEL_KEY.findall(text)
+
+
+def _section_like(key: Any) -> bool:
+    """A spec section's name, or a typo of one (`modle`, `Train`)."""
+    key = str(key).lower()
+    return key in SECTIONS or bool(difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.8))
+
+
+def _spec_like(keys: Sequence[Any]) -> bool:
+    """Whether top-level `keys` are those of a spec (with typos): at least half of them spec sections.
+    A Kubernetes secret (apiVersion, kind, metadata, type, data) is not; `{}` is nothing to quote."""
+    return 2 * sum(_section_like(key) for key in keys) >= len(keys)
 
 
 def position_of(spec: Spec, path: tuple | str, *, key: bool = False) -> Position | None:
@@ -115,16 +177,59 @@ def error_at(spec: Spec, path: tuple, message: str, **details: Any) -> SpecError
 
 def find_extends(name: str, base_dir: Path) -> tuple[Path | None, list[Path]]:
     """The file `extends: name` refers to, and every place looked: relative to the spec's folder,
-    then under specs/, then a preset name under specs/presets/ (`.yaml` optional)."""
+    then under specs/, then a preset name under specs/presets/ (`.yaml` optional). Wherever it is:
+    extends_target also says which places are outside the folders a spec may extend from."""
+    looked = _extends_candidates(name, base_dir)
+    return next((path for path in looked if _is_file(path)), None), looked
+
+
+def extends_roots(spec_folder: Path) -> tuple[Path, ...]:
+    """The folders (resolved) whose files a spec in `spec_folder` may extend without
+    --allow-extends-outside: its own folder tree and specs/ (the presets; $TABULA_SPECS_DIR)."""
+    return tuple(dict.fromkeys(_resolved(folder) for folder in (spec_folder, SPECS_DIR)))
+
+
+def extends_target(name: str, base_dir: Path, roots: Sequence[Path], *,
+                   allow_outside: bool = False) -> tuple[Path | None, list[Path], Path | None]:
+    """(the file `extends: name` refers to or None, the places looked, the place where the search
+    stopped because it lies outside `roots`, or None). The places are tried in find_extends's order
+    whether or not `allow_outside`, so the flag never changes which file a name means, only whether
+    it may be read; a place outside is never opened, nor even tested for existence. Symlinks are
+    resolved before the check."""
+    looked: list[Path] = []
+    for path in _extends_candidates(name, base_dir):
+        if not allow_outside and not any(_resolved(path).is_relative_to(root) for root in roots):
+            return None, looked, path
+        looked.append(path)
+        if _is_file(path):
+            return path, looked, None
+    return None, looked, None
+
+
+def _extends_candidates(name: str, base_dir: Path) -> list[Path]:
     names = [name] if Path(name).suffix in (".yaml", ".yml") else [name + ".yaml", name]
-    looked = [folder / candidate for folder in (base_dir, SPECS_DIR, PRESETS_DIR) for candidate in names]
-    looked = list(dict.fromkeys(looked))
-    return next((path for path in looked if path.is_file()), None), looked
+    return list(dict.fromkeys(folder / candidate for folder in (base_dir, SPECS_DIR, PRESETS_DIR) for candidate in names))
 
 
-def _finish(document: Document, base_dir: Path, overrides: Iterable[str], *, source_path: Path | None) -> Spec:
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a name too long, a symlink loop: compared as written
+        return Path(os.path.abspath(path))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL: no such file
+        return False
+
+
+def _finish(document: Document, base_dir: Path, overrides: Iterable[str], *, source_path: Path | None,
+            allow_extends_outside: bool = False) -> Spec:
     chain = [source_path] if source_path is not None else []
-    data, layers = _compose(document, base_dir, chain)
+    roots = extends_roots(base_dir)
+    data, layers = _compose(document, base_dir, chain, roots, allow_extends_outside)
     errors: list[SpecError] = []
     for index, text in enumerate(overrides, start=1):
         try:
@@ -145,9 +250,11 @@ def _finish(document: Document, base_dir: Path, overrides: Iterable[str], *, sou
     return spec
 
 
-def _compose(document: Document, base_dir: Path, chain: list[Path]) -> tuple[dict, list[Document]]:
+def _compose(document: Document, base_dir: Path, chain: list[Path], roots: Sequence[Path],
+             allow_outside: bool) -> tuple[dict, list[Document]]:
     """The document's data with its `extends:` chain merged in (deep merge, lists replaced), and
-    the layers it came from, the document first."""
+    the layers it came from, the document first. Every link must lie under `roots` unless
+    `allow_outside`."""
     data = document.data
     name = data.get("extends")
     if name is None:
@@ -162,21 +269,27 @@ def _compose(document: Document, base_dir: Path, chain: list[Path]) -> tuple[dic
 
     if not isinstance(name, str) or not name.strip():
         raise fail("extends names a spec file or a preset", expected="a path or preset name", found=repr(name))
-    target, looked = find_extends(name, base_dir)
+    target, looked, outside = extends_target(name, base_dir, roots, allow_outside=allow_outside)
     shown_chain = " -> ".join(_shown(path) for path in chain) or document.file
+    if outside is not None:
+        resolved = _resolved(outside)
+        leads = f" (it leads to {resolved})" if resolved != Path(os.path.abspath(outside)) else ""
+        raise fail(f"{_clip(name)} is outside this spec's folder and specs/{leads}: extending it needs {ALLOW_OUTSIDE_FLAG} "
+                   f"(allow_extends_outside=True in load_spec)",
+                   expected="a spec under " + " or ".join(str(root) for root in roots), found=_clip(name))
     if target is None:
         presets = sorted(path.stem for path in PRESETS_DIR.glob("*.yaml")) if PRESETS_DIR.is_dir() else []
         close = difflib.get_close_matches(Path(name).stem, presets, n=1, cutoff=0.6)
-        raise fail(f"cannot find {name!r} (extends chain: {shown_chain}); looked in: "
-                   + ", ".join(_shown(path) for path in looked),
-                   expected="an existing spec file or a preset: " + ", ".join(presets), found=repr(name),
+        raise fail(f"cannot find {_clip(name)} (extends chain: {shown_chain}); looked in: "
+                   + ", ".join(_clip(_shown(path), quote=False) for path in looked),
+                   expected="an existing spec file or a preset: " + ", ".join(presets), found=_clip(name),
                    suggestion=close[0] if close else None)
     target = target.resolve()
     if target in chain:
         cycle = " -> ".join(_shown(path) for path in [*chain, target])
         raise fail(f"extends cycle: {cycle}", found=repr(name))
-    base_document = read_yaml(target, shown_as=_shown(target))
-    base_data, base_layers = _compose(base_document, target.parent, [*chain, target])
+    base_document = read_spec(target, shown_as=_shown(target))
+    base_data, base_layers = _compose(base_document, target.parent, [*chain, target], roots, allow_outside)
     base_data.pop("extends", None)
     return _merge(base_data, copy.deepcopy(data)), [document, *base_layers]
 
@@ -194,9 +307,16 @@ def _merge(base: Any, over: Any) -> Any:
 def _shown(path: Path) -> str:
     """A path as the user knows it: relative to the working directory where it is below it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd()))
+        return str(_resolved(path).relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _clip(text: str, quote: bool = True, width: int = 100) -> str:
+    """repr(text) (or text), cut in the middle past `width` characters: a 5000-character name is not
+    repeated whole in every place an error names it."""
+    shown = repr(text) if quote else text
+    return shown if len(shown) <= width else f"{shown[: width // 2]}...{shown[-width // 2:]}"
 
 
 def _in_file_order(errors: list[SpecError], main_file: str) -> list[SpecError]:

@@ -7,6 +7,7 @@ The value is parsed as YAML with the same safe parser as spec files. Each overri
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from .errors import SpecError, SpecErrors
@@ -16,8 +17,10 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def override_label(index: int, text: str) -> str:
-    """How an override is named in errors: `<override 1: model.n_layers=x>` (1-based)."""
-    return f"<override {index}: {text}>"
+    """How an override is named in errors: `<override 1: model.n_layers=x>` (1-based); a long one
+    is cut in the middle (the excerpt under the error shows it)."""
+    shown = text if len(text) <= 80 else f"{text[:50]}...{text[-20:]}"
+    return f"<override {index}: {shown}>"
 
 
 def apply_override(data: dict, index: int, text: str) -> Document:
@@ -51,7 +54,11 @@ def apply_override(data: dict, index: int, text: str) -> Document:
         raise fail("extends cannot be overridden: it is merged before overrides apply; edit the spec, or override "
                    "the values themselves", expected="a path other than extends", found=repr(key_text.strip()))
 
-    value_doc = parse_yaml(value_text, label, require_mapping=False, column_offset=len(key_text) + 1, source_lines=[text])
+    try:
+        value_doc = parse_yaml(value_text, label, require_mapping=False, column_offset=len(key_text) + 1, source_lines=[text])
+    except SpecErrors as raised:  # a problem inside the value: at the path the override sets
+        prefix = tuple(int(part) if part.isdigit() else part for part in raw_parts)
+        raise SpecErrors([replace(error, path=prefix + tuple(error.path)) for error in raised.errors]) from None
 
     path: list[Any] = []
     node: Any = data

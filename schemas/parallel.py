@@ -30,7 +30,7 @@ class Parallel(SpecModel):
     backend: Literal["local", "deepspeed"] = Field(
         default="local", description="local: one process on one device; deepspeed: ranks launched by DeepSpeed."
     )
-    world_size: int = Field(default=1, ge=1, description="Number of ranks (processes); more than 1 needs the deepspeed backend.")
+    world_size: int = Field(default=1, ge=1, le=2**20, description="Number of ranks (processes, at most 2**20); more than 1 needs the deepspeed backend.")
     hostfile: str | None = Field(default=None, description="DeepSpeed hostfile for runs across nodes; null runs on this machine.")
     zero: Zero = Field(default_factory=Zero, description="ZeRO sharding and offload (deepspeed only).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

@@ -149,6 +149,9 @@ def _describe(kind: str, raw: dict, ctx: dict, path: tuple, data: Any, root: typ
         return f"missing required key {path[-1]!r} in {where}", f"a value for {path[-1]}", None
     if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERNS:
         return f"{_show(raw.get('input'))} is not a valid name", _PATTERNS[ctx["pattern"]], None
+    if kind == "string_too_long" and isinstance(raw.get("input"), str):
+        limit = ctx.get("max_length")
+        return f"{len(raw['input']):,} characters is too long: at most {limit}", f"at most {limit} characters", None
     if kind == "extra_forbidden":
         model = model_at(root, path[:-1], data)
         keys = sorted(model.model_fields, key=lambda name: name != "kind") if model else []
@@ -227,6 +230,8 @@ def _show(value: Any) -> str | None:
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
+    if isinstance(value, int) and abs(value) >= 10**60:  # str() refuses beyond 4300 digits
+        return f"a number of about {int(value.bit_length() * 0.30103):,} digits" if abs(value) >= 10**300 else f"{value:.3g}"
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

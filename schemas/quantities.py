@@ -6,10 +6,13 @@ so `64k` and `65536` are the same value and hash the same.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
+
+from .limits import MAX_TOKENS
 
 _SUFFIX = {"": 1, "k": 2**10, "m": 2**20, "b": 2**30, "g": 2**30, "t": 2**40}
 _TOKENS = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|[0-9]*\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([kKmMbBgGtT]?)\s*$")
@@ -31,7 +34,10 @@ def parse_token_count(value: Any) -> Any:
         if not match:
             raise ValueError(f"a token count such as 65536, 64k, 10M or 2.5B, found {value!r}")
         number, exponent, suffix = match.groups()
-        scaled = float(number) * (10 ** int(exponent or 0)) * _SUFFIX[suffix.lower()]
+        # one float parse: `10 ** exponent` as an int would take minutes for `1e999999999k`
+        scaled = float(f"{number}e{exponent or 0}") * _SUFFIX[suffix.lower()]
+        if not math.isfinite(scaled):
+            raise ValueError(f"a token count such as 65536, 64k, 10M or 2.5B, found {value!r} (far too large)")
         if not scaled.is_integer():
             raise ValueError(f"{value!r} is not a whole number of tokens ({scaled:g})")
         return int(scaled)
@@ -54,14 +60,14 @@ def parse_fraction(value: Any) -> Any:
 TokenCount = Annotated[
     int,
     BeforeValidator(parse_token_count),
-    Field(ge=0),
+    Field(ge=0, le=MAX_TOKENS),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 0},
+                {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS},
                 {"type": "string", "pattern": TOKEN_PATTERN},
             ],
-            "description": "A token count: 65536, 64k, 10M, 2.5B (k = 1024).",
+            "description": "A token count: 65536, 64k, 10M, 2.5B (k = 1024), at most 2**53.",
         }
     ),
 ]

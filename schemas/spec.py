@@ -9,23 +9,30 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from .base import SpecModel, field_error
 from .data import Data, _TrainedTokenizer
+from .limits import MAX_LAYERS, MAX_TENSOR_ELEMENTS, elements, weight_shapes
 from .model import Model
 from .parallel import Parallel
 from .track import Track
 from .train import Train
 
+# The run folder is <name>-<yyyymmdd-hhmmss> (16 more characters), and checkpoints and Aim add their own
+# names below it: 100 keeps every path component far under the 255 bytes filesystems allow.
+MAX_NAME_LENGTH = 100
 KNOWN_TOKENIZER_SIZES = {"cl100k_base": 100277, "o200k_base": 200019, "p50k_base": 50281, "r50k_base": 50257, "gpt2": 50257}
 
 
 class Spec(SpecModel):
     """A whole experiment: what to train, on what data, how, and where it is recorded."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Experiment name; names the run directory and the Aim experiment.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=MAX_NAME_LENGTH,
+        description=f"Experiment name; names the run directory <name>-<yyyymmdd-hhmmss> and the Aim experiment: letters, digits, . _ -, at most {MAX_NAME_LENGTH} characters.",
+    )
     extends: str | None = Field(
         default=None,
-        description="A spec this one builds on: a path relative to this file, or a preset name under specs/presets/. Deep-merged; lists replace.",
+        description="A spec this one builds on: a path relative to this file, or a preset name under specs/presets/. Deep-merged; lists replace. A file outside this spec's folder and specs/ needs --allow-extends-outside.",
     )
-    seed: int = Field(default=1337, ge=0, description="Seeds every random number generator: initialisation, data order, dropout.")
+    seed: int = Field(default=1337, ge=0, le=2**63 - 1, description="Seeds every random number generator: initialisation, data order, dropout (0 to 2**63 - 1).")
     model: Model = Field(description="The model graph.")
     data: Data = Field(description="The data curriculum.")
     parallel: Parallel = Field(default_factory=Parallel, description="The parallelism plan.")
@@ -76,6 +83,26 @@ class Spec(SpecModel):
                 ("parallel", "checkpoint_every_n"),
                 f"checkpoint_every_n ({self.parallel.checkpoint_every_n}) exceeds model.n_layers ({self.model.n_layers})",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> Spec:
+        # Sizes that each pass their own bounds can multiply past what a tensor can hold: the run
+        # (not validate, not plan) would crash allocating it. Whether it fits a device is the runtime's call.
+        if self.model.n_layers > MAX_LAYERS:
+            raise field_error(("model", "n_layers"), f"{self.model.n_layers:,} blocks is more than the {MAX_LAYERS} a model may have")
+        per_block = fixed = 0
+        for what, factors, in_block in weight_shapes(self):
+            count = elements(factors)
+            if count > MAX_TENSOR_ELEMENTS:
+                path = max(factors, key=lambda factor: factor[0])[2]
+                product = " x ".join(f"{name} {size:,}" for size, name, _ in factors)
+                raise field_error(path, f"{what} would hold {count:.3g} elements ({product}), more than any tensor can hold "
+                                        f"({MAX_TENSOR_ELEMENTS + 1:.3g} float32 elements are 2**63 bytes, past torch's 64-bit byte count)")
+            per_block, fixed = (per_block + count, fixed) if in_block else (per_block, fixed + count)
+        if per_block * self.model.n_layers + fixed > MAX_TENSOR_ELEMENTS:
+            raise field_error(("model", "n_layers"), f"{self.model.n_layers} blocks of about {per_block:.3g} weights each are more than "
+                                                     f"the {MAX_TENSOR_ELEMENTS + 1:.3g} float32 elements a run's flat buffers can hold (2**63 bytes)")
         return self
 
     @property

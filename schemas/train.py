@@ -7,7 +7,11 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SpecModel, field_error
+from .limits import MAX_BATCH_TOKENS
 from .quantities import Fraction, PositiveTokenCount
+
+# A moment's decay rate: 1 would never forget (and torch refuses it), 2 diverges.
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 # ---------------------------------------------------------------- optimizers
 
@@ -19,13 +23,13 @@ class _Optimizer(SpecModel):
 
 class AdamW(_Optimizer):
     kind: Literal["adamw"] = Field(description="AdamW (fused or foreach kernels where the device has them).")
-    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="Decay rates of the first and second moment estimates.")
+    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.95), description="Decay rates of the first and second moment estimates, each in [0, 1).")
     eps: float = Field(default=1e-8, gt=0, description="Added to the denominator for numerical stability.")
 
 
 class Lion(_Optimizer):
     kind: Literal["lion"] = Field(description="Lion (sign of an interpolated momentum); use a 3-10x smaller lr than AdamW.")
-    betas: tuple[float, float] = Field(default=(0.9, 0.99), description="Interpolation and momentum decay rates.")
+    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.99), description="Interpolation and momentum decay rates, each in [0, 1).")
 
 
 class Adafactor(_Optimizer):
@@ -84,7 +88,8 @@ Schedule = Annotated[Union[Cosine, WSD, Linear, Constant], Field(discriminator="
 class Budget(SpecModel):
     tokens: PositiveTokenCount | None = Field(default=None, description="Train on this many tokens (65536, 64k, 10M, 2.5B).")
     tokens_per_param: float | None = Field(
-        default=None, gt=0, description="Or: this many tokens per model parameter (Chinchilla-optimal is about 20)."
+        default=None, gt=0, le=1e6,
+        description="Or: this many tokens per model parameter (Chinchilla-optimal is about 20; the most over-trained small models see about 10^4).",
     )
 
     @model_validator(mode="after")
@@ -96,7 +101,7 @@ class Budget(SpecModel):
 
 class Sample(SpecModel):
     prompt: str = Field(default="", description="The start of a document the greedy sample after each evaluation continues; empty lets the model start one.")
-    max_new_tokens: int = Field(default=48, ge=0, description="Tokens generated per sample; 0 disables sampling.")
+    max_new_tokens: int = Field(default=48, ge=0, le=65536, description="Tokens generated per sample after each evaluation (at most 65536); 0 disables sampling.")
 
 
 class Eval(SpecModel):
@@ -127,7 +132,8 @@ class Log(SpecModel):
 
 
 class Train(SpecModel):
-    batch_tokens: PositiveTokenCount = Field(description="Tokens per optimizer step, over all ranks; micro-batch and accumulation are derived.")
+    batch_tokens: PositiveTokenCount = Field(
+        le=MAX_BATCH_TOKENS, description="Tokens per optimizer step, over all ranks (at most 2**40); micro-batch and accumulation are derived.")
     micro_batch: Literal["auto"] | Annotated[int, Field(gt=0)] = Field(
         default="auto", description="Sequences per rank per forward pass; auto derives it from batch_tokens, seq_len and memory."
     )
@@ -142,3 +148,11 @@ class Train(SpecModel):
         default="skip",
         description="A non-finite loss or gradient: skip the batch, stop at the last good checkpoint, or roll back to it and skip the data window.",
     )
+
+    @model_validator(mode="after")
+    def _budget_holds_a_step(self) -> Train:
+        # the run refuses it ("nothing to train"); tokens_per_param needs the model's size: the plan checks it
+        if self.budget.tokens is not None and self.budget.tokens < self.batch_tokens:
+            raise field_error(("budget", "tokens"), f"the budget ({self.budget.tokens} tokens) is smaller than one batch "
+                                                    f"(batch_tokens {self.batch_tokens}): nothing to train")
+        return self

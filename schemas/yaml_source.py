@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +20,17 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.scanner import Scanner
 
 from .errors import SpecError, SpecErrors
 
 _TAG = "tag:yaml.org,2002:"
 _MAX_NODES = 200_000  # aliases can multiply a small file (a "billion laughs"); a spec is never this big
 _MAX_DEPTH = 64  # a spec nests about 6 deep; far deeper is a mistake (and would exhaust Python's stack)
+# A spec is a few kB. A file far larger is a mistake (a data file, a log, /dev/zero): it is refused
+# after reading at most this much, before any parsing. The pure-Python reader takes seconds per
+# 100,000 values, so this also bounds the time to any error at a few seconds.
+MAX_SPEC_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,20 +64,56 @@ class Document:
 def read_yaml(path: str | Path, *, shown_as: str | None = None, require_mapping: bool = True) -> Document:
     """Parse the YAML file at `path`; raises SpecErrors (missing file, YAML problems, tags...)."""
     shown = shown_as or str(path)
+    return parse_yaml(read_text(path, shown_as=shown), shown, require_mapping=require_mapping)
+
+
+def read_text(path: str | Path, *, shown_as: str | None = None) -> str:
+    """The UTF-8 text of the regular file at `path` (newlines as `\\n`), read only as far as
+    MAX_SPEC_BYTES. Raises SpecErrors with one line for a missing file, a directory, a device, pipe
+    or socket (never read: /dev/zero has no end, a FIFO blocks), a file too large for a spec, text
+    that is not UTF-8, and any other OSError."""
+    shown = shown_as or str(path)
+
+    def fail(message: str, **details: Any) -> SpecErrors:
+        return SpecErrors([SpecError(message, file=shown, **details)])
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO waits for a writer otherwise; it changes nothing for a file
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         # `tabula validate spec.yaml model.n_layers` meant an override without its value
         looks_like_path = "." in shown and not any(c in shown for c in "/\\") and not shown.endswith((".yaml", ".yml"))
-        suggestion = f"{shown}=VALUE" if looks_like_path else None
-        raise SpecErrors([SpecError(f"no such file: {shown}", file=shown, suggestion=suggestion)]) from None
+        raise fail(f"no such file: {shown}", suggestion=f"{shown}=VALUE" if looks_like_path else None) from None
     except IsADirectoryError:
-        raise SpecErrors([SpecError(f"{shown} is a directory, not a spec file", file=shown)]) from None
-    except UnicodeDecodeError as error:
-        raise SpecErrors([SpecError(f"not UTF-8 text ({error.reason} at byte {error.start})", file=shown)]) from None
+        raise fail(f"{shown} is a directory, not a spec file") from None
     except OSError as error:
-        raise SpecErrors([SpecError(f"cannot read {shown}: {error.strerror}", file=shown)]) from None
-    return parse_yaml(text, shown, require_mapping=require_mapping)
+        raise fail(f"cannot read {shown}: {error.strerror}") from None
+    except ValueError:  # a NUL in the name
+        raise fail(f"cannot read {shown!r}: a file name has no NUL character") from None
+    try:
+        mode = os.fstat(handle).st_mode
+        if stat.S_ISDIR(mode):
+            raise fail(f"{shown} is a directory, not a spec file")
+        if not stat.S_ISREG(mode):
+            raise fail(f"{shown} is not a regular file (a device, a pipe or a socket): a spec is a YAML file")
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES:
+            chunk = os.read(handle, MAX_SPEC_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as error:
+        raise fail(f"cannot read {shown}: {error.strerror}") from None
+    finally:
+        os.close(handle)
+    if size > MAX_SPEC_BYTES:
+        raise fail(f"{shown} is larger than {MAX_SPEC_BYTES // 1024} KiB: too large for a spec (a spec is a few kB of YAML)")
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise fail(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as open() reads text: universal newlines
 
 
 def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = True,
@@ -79,14 +123,21 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
     `require_mapping`: the document must be a mapping (a spec), not a list or a scalar.
     Offsets shift the recorded positions (a value cut out of a longer line, as an override is);
     `source_lines` are the lines shown in excerpts instead of `text`'s."""
-    doc = Document(file=file, lines=source_lines if source_lines is not None else text.splitlines())
+    if len(text) > MAX_SPEC_BYTES:  # text given in code or an override: the same bound as a file
+        raise SpecErrors([SpecError(f"{len(text):,} characters: too large for a spec (at most {MAX_SPEC_BYTES:,})",
+                                    file=file, line=1 + line_offset, column=1 + column_offset, quote=False)])
+    doc = Document(file=file, lines=source_lines if source_lines is not None else _lines(text))
     builder = _Builder(doc, line_offset, column_offset)
 
     tab_errors = builder.tabs_in_indentation(text)
     if tab_errors:
         raise SpecErrors(tab_errors)
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Scanner = _Scanner
     try:
-        root = YAML(typ="safe", pure=True).compose(io.StringIO(text))
+        root = yaml.compose(io.StringIO(text))
+    except _TooDeep as error:
+        raise SpecErrors([builder.error_at_mark(error.problem_mark, f"the YAML is nested too deeply (more than {_MAX_DEPTH} levels)")]) from None
     except MarkedYAMLError as error:
         raise SpecErrors([builder.syntax_error(error)]) from None
     except YAMLError as error:
@@ -97,20 +148,36 @@ def parse_yaml(text: str, file: str = "<string>", *, require_mapping: bool = Tru
     if root is None:
         if require_mapping:
             raise SpecErrors([SpecError(
-                "the file is empty; a spec is a mapping of keys (name, model, data, train, ...)",
+                "the file is empty (or only comments): not a tabula spec, which is a mapping of keys (name, model, data, train, ...)",
                 file=file, line=1 + line_offset, column=1 + column_offset,
-                expected="a mapping", found="an empty document", source_line=doc.line_text(1))])
+                expected="a mapping", found="an empty document", quote=False)])
         doc.data = None
         return doc
     if require_mapping and not isinstance(root, MappingNode):
-        found = "a list" if isinstance(root, SequenceNode) else f"a single value ({root.value!r})"
-        raise SpecErrors([builder.error(
-            root, f"a spec is a mapping of keys (name, model, data, train, ...), found {found}",
-            (), expected="a mapping", found=found)])
+        # what the file holds is not shown: a text that is not a spec may be anything (/etc/passwd)
+        found = "a list" if isinstance(root, SequenceNode) else "a single value"
+        where = builder.position(root)
+        raise SpecErrors([SpecError(
+            f"a spec is a mapping of keys (name, model, data, train, ...), found {found}: not a tabula spec",
+            file=file, line=where.line, column=where.column, expected="a mapping", found=found, quote=False)])
     doc.data = builder.build(root, ())
     if builder.errors:
         raise SpecErrors(builder.errors)
     return doc
+
+
+class _TooDeep(MarkedYAMLError):
+    pass
+
+
+class _Scanner(Scanner):
+    """ruamel's scanner, refusing `[` and `{` nested deeper than _MAX_DEPTH as it meets them: its
+    work for each bracket grows with the nesting, so 20,000 `[` would scan for hours."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any, to_push: Any) -> None:
+        if len(self.flow_context) >= _MAX_DEPTH:
+            raise _TooDeep(problem="nested too deeply", problem_mark=self.reader.get_mark())
+        super().fetch_flow_collection_start(TokenClass, to_push)
 
 
 class _Builder:
@@ -131,6 +198,11 @@ class _Builder:
         where = self.position(node)
         return SpecError(message, path=path, file=where.file, line=where.line, column=where.column,
                          source_line=self.doc.line_text(node.start_mark.line + 1), **details)
+
+    def error_at_mark(self, mark: Any, message: str) -> SpecError:
+        column = mark.column + 1 + (self.column_offset if mark.line == 0 else 0)
+        return SpecError(message, file=self.doc.file, line=mark.line + 1 + self.line_offset, column=column,
+                         source_line=self.doc.line_text(mark.line + 1))
 
     def syntax_error(self, error: MarkedYAMLError) -> SpecError:
         mark = error.problem_mark or error.context_mark
@@ -163,7 +235,7 @@ class _Builder:
 
     def tabs_in_indentation(self, text: str) -> list[SpecError]:
         errors = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(_lines(text), start=1):
             indent = line[: len(line) - len(line.lstrip(" \t"))]
             if "\t" in indent and line.strip():
                 errors.append(SpecError(
@@ -176,7 +248,7 @@ class _Builder:
         """The error for a text nested too deeply to compose, at the first bracket past the limit
         (quotes are not skipped: this only places the caret of an error already certain)."""
         depth = 0
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(_lines(text), start=1):
             for column, character in enumerate(line, start=1):
                 depth += (character in "[{") - (character in "]}")
                 if depth > _MAX_DEPTH:
@@ -249,6 +321,9 @@ class _Builder:
         tag, text = node.tag, node.value
         try:
             if tag == _TAG + "str" or tag in (_TAG + "timestamp", _TAG + "value") and node.style is None:
+                problem = _unwritable(text)
+                if problem:
+                    self.errors.append(self.error(node, problem, path))
                 return text
             if tag == _TAG + "null":
                 return None
@@ -259,11 +334,38 @@ class _Builder:
             if tag == _TAG + "float":
                 return _to_float(text)
         except ValueError:
-            shown = "!!" + tag[len(_TAG):]
-            self.errors.append(self.error(node, f"{text!r} is not a valid {shown}", path, found=repr(text)))
+            shown, value = "!!" + tag[len(_TAG):], _clipped(text)
+            self.errors.append(self.error(node, f"{value} is not a valid {shown}", path, found=value))
             return None
         self.errors.append(self.bad_tag(node, path))
         return None
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _lines(text: str) -> list[str]:
+    """The lines as YAML counts them (str.splitlines also breaks at U+2028, form feeds...: the
+    excerpt would then show another line than the one the error's line number names)."""
+    lines = _LINE_BREAK.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def _unwritable(text: str) -> str | None:
+    """What makes a string impossible to use as a file name or to write as UTF-8 (both escapes that
+    double-quoted YAML allows, "\\0" and "\\ud800"), or None. The run writes every value into
+    resolved.yaml and uses some as paths: such a string crashes it, so it is refused here."""
+    if "\0" in text:
+        return "a NUL character (\\0): no spec value holds one"
+    if any("\ud800" <= character <= "\udfff" for character in text):
+        return "a lone UTF-16 surrogate (\\ud800 to \\udfff) is not text: write the character itself, or \\U0001F600"
+    return None
+
+
+def _clipped(text: str, width: int = 60) -> str:
+    """repr(text), cut in the middle when long (a 5000-digit number is not repeated whole)."""
+    shown = repr(text)
+    return shown if len(shown) <= width else f"{shown[: width // 2]}...{shown[-width // 2:]} ({len(text):,} characters)"
 
 
 def _to_int(text: str) -> int:

@@ -41,12 +41,12 @@ def format_error(error: SpecError, color: bool = False) -> str:
         return f"{code}{text}{_RESET}" if color else text
 
     where = ":".join(str(part) for part in (error.file, error.line, error.column) if part is not None)
-    head = paint(f"{where}: ", _BOLD) if where else ""
-    path = paint(f"{error.dotted_path}: ", _BOLD) if error.path else ""
-    lines = [f"{head}{paint('error:', _RED + _BOLD)} {path}{error.message}"]
+    head = paint(f"{_shorten(where)}: ", _BOLD) if where else ""
+    path = paint(f"{_shorten(error.dotted_path)}: ", _BOLD) if error.path else ""
+    lines = [f"{head}{paint('error:', _RED + _BOLD)} {path}{_shorten(error.message, 2000)}"]
 
-    text = error.source_line
-    if text is None and error.file and error.line:
+    text = error.source_line if error.quote else None  # never a line of a file that is not a spec
+    if text is None and error.quote and error.file and error.line:
         text = _read_line(error.file, error.line)
     if text is not None and error.line:
         number = str(error.line)
@@ -61,12 +61,18 @@ def format_error(error: SpecError, color: bool = False) -> str:
         if error.column:
             lines.append(f" {' ' * max(4, len(number))} | {' ' * start}{paint('^' + '~' * (length - 1), _RED)}")
     if error.expected:
-        lines.append(f"  {paint('expected:', _CYAN)} {error.expected}")
+        lines.append(f"  {paint('expected:', _CYAN)} {_shorten(error.expected, 1000)}")
     if error.found:
-        lines.append(f"  {paint('found:', _CYAN)} {error.found}")
+        lines.append(f"  {paint('found:', _CYAN)} {_shorten(error.found)}")
     if error.suggestion:
-        lines.append(f"  {paint('hint:', _YELLOW)} did you mean `{error.suggestion}`?")
+        lines.append(f"  {paint('hint:', _YELLOW)} did you mean `{_shorten(error.suggestion)}`?")
     return "\n".join(lines)
+
+
+def _shorten(text: str, width: int = 200) -> str:
+    """`text`, cut in the middle past `width` characters: a 3000-character key from the command line
+    is not printed whole four times."""
+    return text if len(text) <= width else f"{text[: width // 2]}...{text[-(width // 4):]}"
 
 
 _EXCERPT_WIDTH = 100
@@ -100,7 +106,8 @@ def print_errors(errors: Iterable[SpecError], stream: TextIO | None = None, colo
 def add_spec_arguments(parser, *, many: bool = False) -> None:
     """Add the positional `SPEC [a.b=v ...]` arguments: `args.spec` (a path; a list with many=True,
     where the specs and the overrides may come in any order: see split_spec_and_overrides) and
-    `args.overrides` (a list of `a.b.c=value`)."""
+    `args.overrides` (a list of `a.b.c=value`), and --allow-extends-outside (add_extends_flag)."""
+    add_extends_flag(parser)
     if many:
         parser.add_argument("items", nargs="+", metavar="SPEC|a.b=v",
                             help="spec files, then overrides a.b.c=value applied to each (values are YAML)")
@@ -110,26 +117,41 @@ def add_spec_arguments(parser, *, many: bool = False) -> None:
                             help="overrides applied after extends, e.g. model.n_layers=2 data.curriculum.1.seq_len=1024 (values are YAML)")
 
 
+def add_extends_flag(parser) -> None:
+    """Add --allow-extends-outside (`args.allow_extends_outside`), for every command that loads specs."""
+    parser.add_argument("--allow-extends-outside", action="store_true",
+                        help="let extends: read specs outside the spec's folder and specs/ (refused by default)")
+
+
 def split_spec_and_overrides(items: Iterable[str]) -> tuple[list[str], list[str]]:
     """Command-line items -> (spec paths, overrides). An item is an override when it has an `=`
     and is not an existing file; everything else is a spec path, in the order given."""
     specs, overrides = [], []
     for item in items:
-        if "=" in item and not Path(item).exists():
+        if "=" in item and not _exists(item):
             overrides.append(item)
         else:
             specs.append(item)
     return specs, overrides
 
 
-def load_spec_or_report(path: str | os.PathLike, overrides: Iterable[str] = (), stream: TextIO | None = None) -> Spec | None:
-    """load_spec(path, overrides), or None after printing every error (see print_errors): the
-    caller then exits with 2. Never raises for a bad spec, a missing file or a bad override."""
+def _exists(item: str) -> bool:
+    try:
+        return Path(item).exists()
+    except (OSError, ValueError):  # longer than a file name may be, a NUL: no file, so an override
+        return False
+
+
+def load_spec_or_report(path: str | os.PathLike, overrides: Iterable[str] = (), stream: TextIO | None = None, *,
+                        allow_extends_outside: bool = False) -> Spec | None:
+    """load_spec(path, overrides, allow_extends_outside=...), or None after printing every error (see
+    print_errors): the caller then exits with 2. Never raises for a bad spec, a missing file or a bad
+    override."""
     from tabula.schemas.errors import SpecErrors
     from tabula.schemas.loader import load_spec
 
     try:
-        return load_spec(path, list(overrides))
+        return load_spec(path, list(overrides), allow_extends_outside=allow_extends_outside)
     except SpecErrors as errors:
         print_errors(errors.errors, stream=stream)
         return None

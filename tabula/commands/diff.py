@@ -31,6 +31,8 @@ _COLOR = {"added": "\033[32m", "removed": "\033[31m", "changed": "\033[33m"}
 
 
 def add_arguments(parser) -> None:
+    from tabula.report import add_extends_flag
+
     parser.add_argument("a", metavar="A", help="a spec file or a run directory (its resolved.yaml)")
     parser.add_argument("b", metavar="B", help="a spec file or a run directory (its resolved.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="a.b=v",
@@ -38,6 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list of {path, kind, old, new}")
     parser.add_argument("--no-impact", action="store_true",
                         help="only the changed paths: skip the compiler's estimate of each change's impact (faster)")
+    add_extends_flag(parser)
 
 
 def run(args) -> int:
@@ -50,14 +53,14 @@ def run(args) -> int:
     specs = []
     for given in (args.a, args.b):
         path = Path(given)
-        if path.is_dir():
+        if _is_dir(path):
             path = path / RESOLVED_FILE
             if not path.is_file():
                 print_errors([SpecError(f"{given} is a directory without resolved.yaml: neither a spec file nor a run directory",
                                         file=given)])
                 return 2
         try:
-            specs.append(load_spec(path, args.overrides))
+            specs.append(load_spec(path, args.overrides, allow_extends_outside=args.allow_extends_outside))
         except SpecErrors as raised:
             print_errors(raised.errors)
             return 2
@@ -126,3 +129,10 @@ def _safe_lines(impact: Any) -> list[str]:
 def _line(change, color: bool) -> str:
     text = change.line()
     return f"{_COLOR[change.kind]}{text}\033[0m" if color else text
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for a file name: load_spec says so
+        return False

@@ -26,11 +26,14 @@ HELP = "export a spec's or a run's model in Hugging Face format"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tabula.report import add_extends_flag
+
     parser.add_argument("source", metavar="SPEC|RUN_DIR", help="a spec file (seed-initialised weights) or a run directory (its newest checkpoint)")
     parser.add_argument("overrides", nargs="*", metavar="a.b=v", help="overrides for a spec, e.g. model.n_layers=2 (values are YAML)")
     parser.add_argument("--format", choices=["hf"], default="hf", help="hf: Hugging Face transformers (the only format so far)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write: new or empty (created where absent)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out: the exported files are replaced, a tokenizer left by an earlier export is removed")
+    add_extends_flag(parser)
 
 
 def find_weights(run_dir: Path) -> Path | None:
@@ -54,20 +57,24 @@ class _Reported(Exception):
     """Errors already printed (a bad spec); exit code 2."""
 
 
-def _load_spec(path: Path, overrides: list[str]):
+def _load_spec(path: Path, overrides: list[str], allow_extends_outside: bool = False):
     from tabula.report import load_spec_or_report
 
-    spec = load_spec_or_report(path, overrides)
+    spec = load_spec_or_report(path, overrides, allow_extends_outside=allow_extends_outside)
     if spec is None:
         raise _Reported()
     return spec
 
 
-def _read_source(source: Path, overrides: list[str]):
+def _read_source(source: Path, overrides: list[str], allow_extends_outside: bool = False):
     """(spec, weights path or None, tokenizer.json text or None) for a spec file or a run directory."""
-    if not source.exists():
+    try:
+        exists, is_dir = source.exists(), source.is_dir()
+    except (OSError, ValueError) as error:  # a name too long for a file name
+        raise _BadInput(f"{source}: {getattr(error, 'strerror', None) or error}") from None
+    if not exists:
         raise _BadInput(f"{source}: no such spec file or run directory")
-    if source.is_dir():
+    if is_dir:
         if not (source / RESOLVED_FILE).is_file():
             raise _BadInput(f"{source}: not a run directory (no resolved.yaml)")
         weights = find_weights(source)
@@ -77,7 +84,7 @@ def _read_source(source: Path, overrides: list[str]):
             raise _BadInput(f"{source}: overrides apply to a spec, not to a run's checkpoint ({' '.join(overrides)})")
         tokenizer = source / TOKENIZER_FILE
         return _load_spec(source / RESOLVED_FILE, []), weights, tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
-    spec = _load_spec(source, overrides)
+    spec = _load_spec(source, overrides, allow_extends_outside)
     tokenizer_json = None
     if spec.data.tokenizer.kind == "file":
         path = Path(spec.base_dir) / spec.data.tokenizer.path  # an absolute path stays itself
@@ -107,9 +114,13 @@ STALE_FILES = ("tokenizer.json", "tokenizer_config.json")
 def _check_out(out: Path, force: bool) -> None:
     """Refuse an --out that is a file, or a non-empty folder without --force (an earlier export's
     tokenizer would silently stay beside other weights)."""
-    if out.exists() and not out.is_dir():
+    try:
+        exists, is_dir = out.exists(), out.is_dir()
+    except (OSError, ValueError) as error:  # a name too long for a file name
+        raise _BadInput(f"--out {out}: {getattr(error, 'strerror', None) or error}") from None
+    if exists and not is_dir:
         raise _BadInput(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if is_dir and any(out.iterdir()) and not force:
         raise _BadInput(f"--out {out}: the folder is not empty; choose a new one, or add --force to replace the export in it")
 
 
@@ -155,7 +166,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     try:
-        spec, weights, tokenizer_json = _read_source(Path(args.source), args.overrides)
+        spec, weights, tokenizer_json = _read_source(Path(args.source), args.overrides, args.allow_extends_outside)
         problems = hf_problems(spec.model)  # refused before any weights are read or made
         if problems:
             raise ExportError(problems)

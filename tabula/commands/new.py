@@ -22,22 +22,30 @@ SCHEMA_FILE = "tabula-spec.schema.json"
 
 
 def add_arguments(parser) -> None:
+    from tabula.report import add_extends_flag
+
     parser.add_argument("-o", "--output", metavar="FILE", type=Path, help="where to save (default: <name>.yaml here)")
     parser.add_argument("--from", dest="start", metavar="SPEC_OR_PRESET", help="start from this spec file or preset")
     parser.add_argument("--force", action="store_true", help="replace an existing FILE on save without asking")
+    add_extends_flag(parser)
 
 
 def run(args) -> int:
     from tabula.tui.spec_source import DEFAULT_START, SourceError, load_start
 
-    if args.output is not None and args.output.is_dir():
+    try:
+        output_is_dir = args.output is not None and args.output.is_dir()
+        given = args.output is not None and args.output.is_file() and args.output.stat().st_size > 0  # an empty file: a place to write
+    except (OSError, ValueError) as error:  # a name too long for a file name
+        sys.stderr.write(f"tabula new: error: -o {args.output}: {getattr(error, 'strerror', None) or error}\n")
+        return 2
+    if output_is_dir:
         sys.stderr.write(f"tabula new: error: {args.output} is a directory; -o takes a file name, e.g. "
                          f"{args.output / 'experiment.yaml'}\n")
         return 2
-    given = args.output is not None and args.output.is_file() and args.output.stat().st_size > 0  # an empty file: a place to write
     start = args.start or (str(args.output) if given else DEFAULT_START)
     try:
-        data = load_start(start)
+        data = load_start(start, allow_extends_outside=args.allow_extends_outside)
     except SourceError as error:
         sys.stderr.write(f"tabula new: error: {error}\n")
         return 2

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return _bad(f"--peak-tflops must be a positive number, found {args.peak_tflops}")
 
     path = args.spec
-    spec = load_spec_or_report(path, args.overrides)
+    spec = load_spec_or_report(path, args.overrides, allow_extends_outside=args.allow_extends_outside)
     if spec is None:
         return 2
     device = _device(args.device)

@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tabula.report import load_spec_or_report
 
-    spec = load_spec_or_report(args.spec, args.overrides)
+    spec = load_spec_or_report(args.spec, args.overrides, allow_extends_outside=args.allow_extends_outside)
     if spec is None:
         return 2
     from tabula.runtime.data import DataError, prepare, terminal_progress

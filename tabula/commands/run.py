@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from tabula.runtime.errors import TabulaError
     from tabula.schemas.errors import SpecErrors
 
-    spec = load_spec_or_report(args.spec, args.overrides)
+    spec = load_spec_or_report(args.spec, args.overrides, allow_extends_outside=args.allow_extends_outside)
     if spec is None:
         return ExitCode.BAD_INPUT
     options = run_options(args)
@@ -81,7 +81,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     command = ("tabula", "run", *argv[2:]) if len(argv) > 1 and argv[1] == "run" else tuple(argv)
     return RunOptions(spec_path=args.spec, overrides=tuple(args.overrides), max_steps=args.max_steps,
                       run_dir=Path(args.run_dir) if args.run_dir else None, resume=args.resume, nproc=args.nproc,
-                      cache_dir=Path(args.cache_dir) if args.cache_dir else None, command=command)
+                      cache_dir=Path(args.cache_dir) if args.cache_dir else None, command=command,
+                      allow_extends_outside=args.allow_extends_outside)
 
 
 def report_error(error: Exception) -> int:
@@ -185,6 +186,8 @@ def child_command(options: RunOptions, spec: Spec) -> tuple[list[str], Path]:
         argv += ["--cache-dir", str(options.cache_dir)]
     if options.nproc:  # the child launches the DeepSpeed ranks itself
         argv += ["--nproc", str(options.nproc)]
+    if options.allow_extends_outside:
+        argv += ["--allow-extends-outside"]
     target = find_resume_target(spec, options)
     if target is not None:
         run, _ = target

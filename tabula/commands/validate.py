@@ -41,7 +41,7 @@ def run(args) -> int:
     all_valid = True
     for path in specs:
         try:
-            spec = load_spec(path, overrides)
+            spec = load_spec(path, overrides, allow_extends_outside=args.allow_extends_outside)
         except SpecErrors as raised:
             all_valid = False
             if args.json:

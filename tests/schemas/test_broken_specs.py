@@ -8,6 +8,7 @@ which error the loader must report:
     # expect-column: 5           1-based (optional)
     # expect-message: text       a part of the message
     # expect-suggestion: word    the "did you mean" (optional; empty: must have none)
+    # expect-quote: no           the file is no spec: the error must not show any of its lines
 """
 
 from __future__ import annotations
@@ -67,9 +68,13 @@ def test_broken_spec_reports_its_error_at_the_right_place(path: Path):
         assert error.file == expected_file
     else:
         assert Path(error.file).name == expected_file
-    # Every error renders with an excerpt of the line it points at, and a caret under the column.
     text = format_error(error)
     assert text.splitlines()[0].startswith(f"{error.file}:{error.line}:")
+    if expect.get("quote") == "no":  # not a spec: nothing of it is shown, not even a comment
+        shown = text.splitlines()
+        assert "^" not in text and not any(line.strip() and line in shown for line in path.read_text().splitlines())
+        return
+    # Every error renders with an excerpt of the line it points at, and a caret under the column.
     assert "^" in text
 
 

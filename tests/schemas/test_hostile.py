@@ -323,14 +323,16 @@ def test_the_wizard_start_obeys_the_same_rule(outside):
 
 
 def test_the_dashboards_training_process_gets_the_flag(tmp_path):
-    from tabula.runtime.session import child_command
+    from tabula.commands.run import child_command
+    from tabula.runtime.session import RunOptions
     from tabula.schemas.loader import load_spec
 
     spec = load_spec(QUICKSTART)
-    args = types.SimpleNamespace(spec=QUICKSTART, overrides=[], max_steps=None, cache_dir=None, nproc=None, resume=None,
-                                 run_dir=str(tmp_path / "run"), allow_extends_outside=True)
-    command, _ = child_command(args, spec)
+    options = RunOptions(spec_path=QUICKSTART, run_dir=tmp_path / "run", allow_extends_outside=True)
+    command, _ = child_command(options, spec)
     assert "--allow-extends-outside" in command
+    command, _ = child_command(RunOptions(spec_path=QUICKSTART, run_dir=tmp_path / "run"), spec)
+    assert "--allow-extends-outside" not in command
 
 
 @pytest.mark.parametrize("item", ["model." + "k" * 5000 + "=1", "name=" + "a" * 50_000, "zz=" + "[" * 64 + "]" * 64 + "x" * 20_000])

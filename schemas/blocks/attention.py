@@ -79,7 +79,8 @@ class AttentionSpec(SpecModel):
         nh, qk = dims.n_heads, dims.head_dim
         total = self.kernel_bytes_per_token(dims, seq_len, storage)
         if self.qk_norm:
-            total += 2 * nh * qk * 4 + 2 * nh * qk * storage.matmul  # input and normalised of q and k
+            # input (fp32) and normalised output of q (n_heads) and k (n_kv_heads: shared heads are normed once)
+            total += (nh + dims.n_kv_heads) * qk * (4 + storage.matmul)
         total += nh * 4  # log-sum-exp
         if dropout > 0:
             total += nh * qk * storage.matmul + 3 * nh * seq_len * storage.matmul

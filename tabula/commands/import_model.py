@@ -101,7 +101,8 @@ def _tokenizer_file(folder: Path, out: Path | None) -> tuple[Path, str | None]:
         converted = tokenizer.backend_tokenizer
     except Exception as error:
         raise _BadInput(f"{folder} has only a sentencepiece {SENTENCEPIECE}, which transformers could not convert to a {TOKENIZER_JSON} "
-                        f"({_first_line(error)}); convert it (it needs the sentencepiece package) or add a {TOKENIZER_JSON}") from None
+                        f"(converting needs the sentencepiece and protobuf packages: pip install sentencepiece protobuf; "
+                        f"transformers said: {_first_line(error)})") from None
     path = out.parent / TOKENIZER_JSON
     if path.exists():
         raise _BadInput(f"{path} exists: the tokenizer converted from {SENTENCEPIECE} would replace it; write the spec in another folder")

@@ -148,6 +148,27 @@ def test_a_checkpoint_whose_tie_disagrees_with_its_weights_is_refused(tmp_path, 
     assert "tie: lm_head.weight differs from the embedding" in err and not (tmp_path / "spec.yaml").exists()
 
 
+def test_tensors_without_a_tabula_name_are_refused_and_those_transformers_ignores_are_skipped(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    hf = checkpoint(tmp_path / "hf", "deepseek_v3")
+    weights = tmp_path / "hf" / "model.safetensors"
+    tensors = load_file(weights)
+    extra = {"model.layers.2.eh_proj.weight": torch.zeros(4, 4),  # a multi-token-prediction layer after the last
+             "model.layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(4)}  # a buffer older checkpoints saved
+    save_file(tensors | extra, weights, metadata={"format": "pt"})
+    config_file = tmp_path / "hf" / "config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"num_nextn_predict_layers": 1}))
+    _, model = imported(tmp_path, tmp_path / "hf")
+    assert_same_logits(model, hf)
+    save_file(tensors | {"model.layers.1.self_attn.q_c_proj.weight": torch.zeros(4, 4)}, weights, metadata={"format": "pt"})
+    capsys.readouterr()
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "again.yaml")]) == 2
+    assert "tensor model.layers.1.self_attn.q_c_proj.weight has no tabula name" in capsys.readouterr().err
+
+
 def test_weights_that_do_not_fit_an_edited_spec_are_refused_by_name(tmp_path):
     checkpoint(tmp_path / "hf", "llama")
     assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "spec.yaml")]) == 0
@@ -170,6 +191,32 @@ def test_a_sentencepiece_only_tokenizer_without_out_is_refused_in_one_line(tmp_p
     assert main(["import", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "only a sentencepiece tokenizer.model" in err
+
+
+def test_a_sentencepiece_only_tokenizer_is_converted_next_to_the_spec(tmp_path, capsys):
+    import json
+
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    from tokenizers import Tokenizer
+
+    checkpoint(tmp_path / "hf", "llama")
+    (tmp_path / "hf" / "tokenizer.json").unlink()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the quick brown fox {i} jumps over the lazy dog {i % 7}" for i in range(200)))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "hf" / "tokenizer"), vocab_size=60,
+                                   model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "eos_token": "</s>"}))
+    (tmp_path / "hf" / "tokenizer.vocab").unlink()
+    capsys.readouterr()
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "spec" / "llama.yaml")]) == 0
+    assert "converted" in capsys.readouterr().err
+    spec = load_spec(tmp_path / "spec" / "llama.yaml")
+    assert (spec.data.tokenizer.path, spec.data.tokenizer.eos_token, spec.data.tokenizer.pad_token) == ("tokenizer.json", "</s>", "</s>")
+    converted = Tokenizer.from_file(str(tmp_path / "spec" / "tokenizer.json"))
+    original = spm.SentencePieceProcessor(model_file=str(tmp_path / "hf" / "tokenizer.model"))
+    text = "the lazy fox 12 jumps over the dog"
+    assert converted.encode(text, add_special_tokens=False).ids == original.encode(text)
 
 
 def test_a_hub_id_not_in_the_cache_fails_in_one_line(tmp_path, capsys):

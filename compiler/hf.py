@@ -2,13 +2,16 @@
 
     Llama    mha / gqa / mqa, rope, rmsnorm, swiglu, attention biases on all four projections or none
     Mistral  the same with a sliding window and no biases
+    Qwen2    the same with biases on q, k and v only (and a window on every layer or none)
     DeepSeek-V3  mla with latent_norm (MoE off: every layer dense), rope, rmsnorm, swiglu
 
 Each kind says how it maps in its own module (its class's `hf`: an HFMapping, or NoHF; see
 hf_mapping.py); this module asks the model's kinds and assembles their answers: the attention
 kind picks the architecture, every kind names what in its spec does not map (`hf_problems`, one
 line per field), adds its config.json keys and names its tensors there. It never imports
-transformers: it builds plain dicts and tensors (write_hf saves them with safetensors).
+transformers: it builds plain dicts and tensors (write_hf saves them with safetensors). The way
+back (config.json -> spec, their tensors -> tabula's names) is compiler/hf_import.py, over the
+same kinds and the same module table (`hf_modules`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .blocks import ATTENTION, MLP, NORM, POSITION
 from .blocks.registry import BlockClass
 from .hf_mapping import ExportError, HFMapping, NoHF
 
-__all__ = ["ExportError", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "special_token_ids", "write_hf"]
+__all__ = ["ExportError", "hf_modules", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "special_token_ids", "write_hf"]
 
 
 def _kinds(spec: ModelSpec) -> list[tuple[str, Any, BlockClass]]:
@@ -37,6 +40,18 @@ def _kinds(spec: ModelSpec) -> list[tuple[str, Any, BlockClass]]:
     ]
 
 
+def hf_modules(spec: ModelSpec) -> list[tuple[str, str, tuple[str, Any, BlockClass]]]:
+    """(tabula module prefix, Hugging Face module prefix, (spec path, kind spec, class)) of every
+    module below the embedding: the one table both directions map through."""
+    attention, mlp, norm, position = _kinds(spec)
+    modules = [("pos_embed.", "model.pos_embed.", position), ("norm.", "model.norm.", norm)]
+    for i in range(spec.n_layers):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        modules += [(ours + "attn_norm.", theirs + "input_layernorm.", norm), (ours + "attn.", theirs + "self_attn.", attention),
+                    (ours + "mlp_norm.", theirs + "post_attention_layernorm.", norm), (ours + "mlp.", theirs + "mlp.", mlp)]
+    return modules
+
+
 def _mapping(path: str, registered: BlockClass) -> HFMapping:
     """The kind's mapping; ExportError (naming the kind's path) where it has none."""
     if isinstance(registered.hf, NoHF):
@@ -46,7 +61,7 @@ def _mapping(path: str, registered: BlockClass) -> HFMapping:
 
 def hf_architecture(spec: ModelSpec) -> str:
     """The architecture the attention kind implies (LlamaForCausalLM, MistralForCausalLM,
-    DeepseekV3ForCausalLM). Raises ExportError when the attention kind has no equivalent."""
+    Qwen2ForCausalLM, DeepseekV3ForCausalLM). Raises ExportError when the attention kind has no equivalent."""
     path, attention, registered = _kinds(spec)[0]
     architecture = _mapping(path, registered).architecture(attention, spec)
     if architecture is None:
@@ -99,13 +114,7 @@ def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, 
     """tabula's state dict (names as in compiler/model.py) renamed and reshaped for hf_config's
     architecture, each kind naming its module's tensors. Tensors are made contiguous and never
     shared (safetensors refuses aliases)."""
-    attention, mlp, norm, position = _kinds(spec)
-    # (tabula module prefix, Hugging Face module prefix, the kind the module is)
-    modules = [("pos_embed.", "model.pos_embed.", position), ("norm.", "model.norm.", norm)]
-    for i in range(spec.n_layers):
-        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        modules += [(ours + "attn_norm.", theirs + "input_layernorm.", norm), (ours + "attn.", theirs + "self_attn.", attention),
-                    (ours + "mlp_norm.", theirs + "post_attention_layernorm.", norm), (ours + "mlp.", theirs + "mlp.", mlp)]
+    modules = hf_modules(spec)
     out = {"model.embed_tokens.weight": state["embed.weight"]}
     if not spec.tie_embeddings:  # tied, transformers ties it to the embedding itself
         out["lm_head.weight"] = state["lm_head.weight"]

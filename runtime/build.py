@@ -5,7 +5,8 @@
     build_deepspeed_engine(spec, plan, *, errors_dir=None) -> (DeepSpeedEngine, parameters)
 
 The training model is built on the meta device, materialised on `device` with the spec's seed (the
-same weights on every rank), then activation checkpointing and compilation are applied as the spec
+same weights on every rank), given its pretrained weights where model.init is `from` (every rank reads
+them: runtime/pretrained.py), then activation checkpointing and compilation are applied as the spec
 says, in that order (compiler/compile.py: checkpointing before compile). Both engines take the model from
 `build_training_model`, so a policy is never applied on one engine and skipped on the other.
 """
@@ -27,12 +28,17 @@ if TYPE_CHECKING:
 
 
 def build_training_model(spec: Spec, plan: Plan, device: torch.device) -> Transformer:
-    """The spec's model on `device`, initialised with `spec.seed`, with `parallel.activation_checkpointing`
-    and `model.compile` applied (compilation itself happens at the first forward)."""
+    """The spec's model on `device`, initialised with `spec.seed` (or loaded from model.init's pretrained
+    weights), with `parallel.activation_checkpointing` and `model.compile` applied (compilation itself
+    happens at the first forward). Raises RunInputError where pretrained weights do not fit."""
     from tabula.compiler import apply_activation_checkpointing, apply_compile, build_model
 
     model = build_model(spec, vocab_size=plan.vocab_size)
     model.materialize(device, spec.seed)
+    if spec.model.init.kind == "from":
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, spec)
     parallel = spec.parallel
     apply_activation_checkpointing(model, parallel.activation_checkpointing, parallel.checkpoint_every_n)
     apply_compile(model, spec.model.compile, device.type)

@@ -252,6 +252,10 @@ def prepare_run(spec: Spec, options: RunOptions, *, progress: Progress | None = 
         from .launch import check_deepspeed_config
 
         check_deepspeed_config(spec, plan)
+    if spec.model.init.kind == "from":  # pretrained weights found and fitting, before a run folder exists
+        from .pretrained import check_pretrained
+
+        check_pretrained(spec, plan.vocab_size)
     resume = None
     if target is not None:
         from .checkpoint import remove_leftovers

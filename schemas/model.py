@@ -16,7 +16,7 @@ from .blocks.mla import MLA, LatentAttentionBias
 from .blocks.mlp import GeluMLP, MLPSpec, SwigluMLP
 from .blocks.norm import LayerNorm, NormSpec, RMSNorm
 from .blocks.position import LearnedPositions, NoPositions, PositionSpec, Rope, RopeScaling
-from .init import GPT2Init, Init, TabulaPrimaInit
+from .init import FromWeights, GPT2Init, Init, TabulaPrimaInit
 
 # A new kind is one class in schemas/blocks/ and one member here.
 Attention = Annotated[Union[MHA, GQA, MQA, MLA], Field(discriminator="kind")]
@@ -28,7 +28,7 @@ __all__ = [
     "MHA", "GQA", "MQA", "MLA", "AttentionBias", "LatentAttentionBias", "AttentionDims", "AttentionSpec", "Attention",
     "Rope", "RopeScaling", "LearnedPositions", "NoPositions", "PositionSpec", "Position",
     "RMSNorm", "LayerNorm", "NormSpec", "Norm", "GeluMLP", "SwigluMLP", "MLPSpec", "MLP",
-    "GPT2Init", "TabulaPrimaInit", "Init", "Block", "Compile", "Model",
+    "GPT2Init", "TabulaPrimaInit", "FromWeights", "Init", "Block", "Compile", "Model",
 ]
 
 
@@ -70,7 +70,8 @@ class Model(SpecModel):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on attention weights and residual branches; 0 for pretraining.")
     init: Init = Field(
         default_factory=lambda: GPT2Init(kind="gpt2"),
-        description="Weight initialisation scheme: gpt2 (the default; `kind` may be left out) or tabulaprima (the original TabulaPrima model's).",
+        description="Weight initialisation scheme: gpt2 (the default; `kind` may be left out) or tabulaprima (the original TabulaPrima model's); "
+                    "or from: every weight loaded from a pretrained model (a Hugging Face checkpoint, hf:org/name, a tabula run).",
     )
     compile: Compile = Field(default_factory=Compile, description="torch.compile policy.")
 
@@ -78,6 +79,8 @@ class Model(SpecModel):
     def _shapes_agree(self) -> Model:
         if isinstance(self.vocab_size, int) and self.vocab_size <= 0:
             raise field_error("vocab_size", f"vocab_size must be positive or auto, found {self.vocab_size}")
+        if isinstance(self.init, FromWeights) and not isinstance(self.vocab_size, int):
+            raise field_error("vocab_size", "with init kind from, vocab_size must be the pretrained model's (a number), not auto")
         self.block.attention.check(self.d_model, rotary=self.position.rotary)
         return self
 

@@ -1,4 +1,5 @@
-"""The `tabula` command: one sub-command a module under tabula/commands/.
+"""The `tabula` command: one sub-command a module under tabula/commands/ (named as the command, or
+as MODULES says).
 
 Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`,
 and imports its heavy dependencies inside `run`, so `tabula --help` and `tabula validate`
@@ -17,7 +18,9 @@ import sys
 from tabula import __version__
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
-COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export"]
+COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import"]
+# A command whose name is not its module's (`import` is a Python keyword).
+MODULES = {"import": "import_model"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parser.set_defaults(_parser=parser)
     for name in COMMANDS:
-        module = importlib.import_module(f"tabula.commands.{name}")
+        module = importlib.import_module(f"tabula.commands.{MODULES.get(name, name)}")
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__ or module.HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)

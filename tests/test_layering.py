@@ -98,3 +98,17 @@ def test_the_exit_codes_are_the_documented_ones():
 
     assert [(code.name, int(code)) for code in ExitCode] == [("OK", 0), ("DIFFERS", 1), ("BAD_INPUT", 2), ("RUN_FAILED", 3)]
     assert (stopped_by("SIGINT"), stopped_by("SIGTERM")) == (130, 143)
+
+
+def test_only_the_import_command_imports_transformers():
+    """transformers is a development dependency: the schemas, compiler and runtime (which loads pretrained
+    weights itself) never import it; only `tabula import` does, to read a checkpoint's config.json."""
+    offenders = {}
+    for package in PACKAGES:
+        for path in _python_files(ROOT / package):
+            if path.relative_to(ROOT).as_posix() == "tabula/commands/import_model.py":
+                continue
+            bad = [m for m in _imports(path) if m == "transformers" or m.startswith("transformers.")]
+            if bad:
+                offenders[str(path.relative_to(ROOT))] = sorted(set(bad))
+    assert not offenders, offenders

@@ -22,8 +22,9 @@ Adding a kind (say an attention kind `foo`):
    schemas/model.py and regenerate schemas/tabula-spec.schema.json (`tabula schema --out ...`).
 2. compiler/blocks/foo.py: `@ATTENTION.register("foo") class FooAttention(nn.Module)` with
    `build`, `forward(x, rope, mask)`, `init_weights(init)` and `hf` (an HFMapping subclass, or
-   `NoHF("foo has no Hugging Face equivalent here")`). Every module in this package is imported
-   here, so nothing else registers it.
+   `NoHF("foo has no Hugging Face equivalent here")`; a mapping that `reads` an architecture
+   also turns its config.json into the kind's spec and its tensors back: `read_config`,
+   `tensors_from_hf`). Every module in this package is imported here, so nothing else registers it.
 3. tests: an example spec of the kind in tests/compiler/kind_examples.py; the registry walk
    (test_kinds.py) then checks every part, and the property tests (test_kind_properties.py)
    hold the plan's shapes, FLOPs and activations to the built module's.

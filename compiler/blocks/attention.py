@@ -7,6 +7,8 @@ document masking passes a boolean mask built once per forward by the model (`att
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,7 +16,7 @@ from torch import nn
 from tabula.schemas.model import GQA, MHA, MQA
 from tabula.schemas.model import Model as ModelSpec
 
-from ..hf_mapping import HFMapping
+from ..hf_mapping import HFConfig, HFMapping
 from .init import WeightInit
 from .norm import RMSNorm
 from .position import apply_rope
@@ -56,20 +58,35 @@ def attention_mask(seq_len: int, window: int | None, document_ids: torch.Tensor 
 
 
 class AttentionToHF(HFMapping):
-    """What every attention kind's mapping shares: QK-norm maps nowhere."""
+    """What every attention kind's mapping shares: QK-norm maps nowhere; attention-only dropout neither."""
 
     def problems(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str, path: str) -> list[str]:
         if spec.qk_norm:
-            return [f"{path}.qk_norm: QK-norm does not map to Llama, Mistral or DeepSeek-V3"]
+            return [f"{path}.qk_norm: QK-norm does not map to Llama, Mistral, Qwen2 or DeepSeek-V3"]
         return []
+
+    def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:
+        if config.get("attention_dropout"):
+            return {}, [f"config.json: attention_dropout: {config['attention_dropout']}: tabula's model.dropout drops the residual "
+                        f"branches too; only 0 imports"]
+        return {}, []
+
+
+# Which projections each architecture biases: Llama all four or none (attention_bias), Qwen2 the
+# query, key and value (never o_proj), Mistral none.
+QWEN2_BIASES = {"q": True, "k": True, "v": True, "o": False}
 
 
 class HeadsToHF(AttentionToHF):
-    """Llama's attention (Mistral's with a sliding window): the same four projections."""
+    """Llama's attention (Mistral's with a sliding window; Qwen2's with q, k, v biases): the same
+    four projections."""
 
     renames = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj"}
+    reads = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
     def architecture(self, spec: MHA | GQA | MQA, model: ModelSpec) -> str:
+        if spec.projection_biases() == QWEN2_BIASES:
+            return "Qwen2ForCausalLM"
         return "MistralForCausalLM" if spec.window is not None else "LlamaForCausalLM"
 
     def problems(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str, path: str) -> list[str]:
@@ -77,16 +94,67 @@ class HeadsToHF(AttentionToHF):
         biases = set(spec.projection_biases().values())
         if architecture == "MistralForCausalLM" and True in biases:
             problems.append(f"{path}.bias: Mistral (sliding window) has no biases; set bias: false")
-        elif len(biases) > 1:
-            problems.append(f"{path}.bias: Llama biases all four projections or none (attention_bias)")
+        elif architecture == "LlamaForCausalLM" and len(biases) > 1:
+            problems.append(f"{path}.bias: Llama biases all four projections or none (attention_bias); Qwen2 biases q, k and v")
         return problems
 
     def config(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str) -> dict:
         dims = spec.dims(model.d_model)
         config = {"num_attention_heads": dims.n_heads, "num_key_value_heads": dims.n_kv_heads, "head_dim": dims.head_dim}
+        if architecture == "Qwen2ForCausalLM":  # every layer slides (max_window_layers 0) or none does
+            window = {"use_sliding_window": True, "sliding_window": spec.window, "max_window_layers": 0} if spec.window else {}
+            return config | {"model_type": "qwen2", "use_sliding_window": False, "max_window_layers": model.n_layers} | window
         if architecture == "MistralForCausalLM":
             return config | {"model_type": "mistral", "sliding_window": spec.window}
         return config | {"model_type": "llama", "attention_bias": spec.projection_biases()["q"]}
+
+    def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:
+        spec, problems = super().read_config(config, architecture)
+        n_heads, hidden = config["num_attention_heads"], config["hidden_size"]
+        n_kv = config.get("num_key_value_heads") or n_heads
+        spec |= {"kind": "mha" if n_kv == n_heads else "mqa" if n_kv == 1 else "gqa", "n_heads": n_heads}
+        if spec["kind"] == "gqa":
+            spec["n_kv_heads"] = n_kv
+        head_dim = config.get("head_dim") or hidden // n_heads
+        if hidden % n_heads or head_dim != hidden // n_heads:
+            spec["head_dim"] = head_dim
+        if architecture == "LlamaForCausalLM":
+            spec["bias"] = bool(config.get("attention_bias"))
+        elif architecture == "Qwen2ForCausalLM":
+            spec["bias"] = {name: value for name, value in QWEN2_BIASES.items() if value}
+        window, problems = self._window(config, architecture, problems)
+        if window is not None:
+            spec["window"] = window
+        return spec, problems
+
+    @staticmethod
+    def _window(config: HFConfig, architecture: str, problems: list[str]) -> tuple[int | None, list[str]]:
+        """The sliding window every layer has (None: none has), or a problem where only some layers slide."""
+        if architecture == "MistralForCausalLM":
+            return config.get("sliding_window"), problems
+        if architecture != "Qwen2ForCausalLM":
+            return None, problems
+        n_layers = config["num_hidden_layers"]
+        types = config.get("layer_types")
+        if types is None:  # configs written before layer_types: layers from max_window_layers on slide
+            sliding = config.get("use_sliding_window") and config.get("sliding_window") is not None
+            start = config.get("max_window_layers", n_layers)
+            types = ["sliding_attention" if sliding and i >= start else "full_attention" for i in range(n_layers)]
+        sliding = [i for i, kind in enumerate(types) if kind == "sliding_attention"]
+        unknown = sorted({kind for kind in types if kind not in ("sliding_attention", "full_attention")})
+        if unknown:
+            return None, [*problems, f"config.json: layer_types: {', '.join(unknown)} layers have no tabula equivalent"]
+        if sliding and len(sliding) < n_layers:
+            return None, [*problems, f"config.json: use_sliding_window: layers {_ranges(sliding)} of {n_layers} slide (max_window_layers: "
+                                     f"{config.get('max_window_layers')}) and the others do not; tabula's window is every layer's or none's"]
+        return (config.get("sliding_window") if sliding else None), problems
+
+
+def _ranges(indices: list[int]) -> str:
+    """'3-7' for consecutive layer indices, else the list."""
+    if indices == list(range(indices[0], indices[-1] + 1)) and len(indices) > 1:
+        return f"{indices[0]}-{indices[-1]}"
+    return ", ".join(map(str, indices))
 
 
 @ATTENTION.register("mha")

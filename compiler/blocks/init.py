@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from tabula.schemas.init import GPT2Init, Role, TabulaPrimaInit
+from tabula.schemas.init import FromWeights, GPT2Init, Role, TabulaPrimaInit
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class WeightInit:
     """What a module's `init_weights(init)` draws with: the scheme, the model's depth, the seed, and
     the module's name in the model (`prefix`, e.g. 'blocks.0.attn.'; `at` descends)."""
 
-    scheme: GPT2Init | TabulaPrimaInit
+    scheme: GPT2Init | TabulaPrimaInit | FromWeights
     seed: int
     n_layers: int
     prefix: str = ""

@@ -15,13 +15,15 @@ head [key nope | value], DeepSeek-V3's own layout, so the Hugging Face export co
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from tabula.schemas.model import MLA
 from tabula.schemas.model import Model as ModelSpec
 
-from ..hf_mapping import ExportError
+from ..hf_mapping import ExportError, HFConfig
 from .attention import AttentionToHF, attend
 from .init import WeightInit
 from .norm import RMSNorm
@@ -38,6 +40,8 @@ class LatentToHF(AttentionToHF):
 
     renames = {"q_proj": "q_proj", "q_down": "q_a_proj", "q_latent_norm": "q_a_layernorm", "q_up": "q_b_proj",
                "kv_latent_norm": "kv_a_layernorm", "kv_up": "kv_b_proj", "o_proj": "o_proj"}
+
+    reads = ("DeepseekV3ForCausalLM",)
 
     def architecture(self, spec: MLA, model: ModelSpec) -> str:
         return "DeepseekV3ForCausalLM"
@@ -81,6 +85,39 @@ class LatentToHF(AttentionToHF):
                 if f"k_rope.{kind}" not in state:
                     raise ExportError([f"kv_down.{kind} has no k_rope.{kind} to share kv_a_proj_with_mqa.{kind} with"])
                 out[f"kv_a_proj_with_mqa.{kind}"] = torch.cat([state[f"kv_down.{kind}"], state[f"k_rope.{kind}"]], dim=0)
+        return out
+
+
+    def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:
+        spec, problems = super().read_config(config, architecture)
+        q_latent, rope = config.get("q_lora_rank"), config["qk_rope_head_dim"]
+        spec |= {"kind": "mla", "n_heads": config["num_attention_heads"], "q_latent": q_latent, "kv_latent": config["kv_lora_rank"],
+                 "rope_head_dim": rope, "head_dim": config["qk_nope_head_dim"] + rope, "v_head_dim": config["v_head_dim"],
+                 "latent_norm": True}
+        if config.get("attention_bias"):  # a direct q_proj has no bias there, where tabula's `true` would bias it
+            spec["bias"] = True if q_latent is not None else {"kv_down": True, "k_rope": True, "o": True}
+        return spec, problems
+
+    def tensors_from_hf(self, spec: MLA, tensors: dict[str, torch.Tensor], config: HFConfig) -> dict[str, torch.Tensor]:
+        joint = {name: tensors[name] for name in tensors if name.startswith("kv_a_proj_with_mqa.")}
+        out = super().tensors_from_hf(spec, {name: t for name, t in tensors.items() if name not in joint}, config)
+        for name, tensor in joint.items():  # rows [latent | rope]
+            kind = name.removeprefix("kv_a_proj_with_mqa.")
+            out[f"kv_down.{kind}"], out[f"k_rope.{kind}"] = tensor[: spec.kv_latent], tensor[spec.kv_latent :]
+        # DeepSeek's own code, and transformers by default, rotate interleaved pairs (x0, x1), (x2, x3)...
+        # where tabula rotates halves: the same rotation of the rotary rows taken evens first, then odds.
+        # The permutation is applied to queries and keys alike, so their dot products are unchanged.
+        if config.get("rope_interleave", True):
+            rope = spec.rope_head_dim
+            order = torch.cat([torch.arange(0, rope, 2), torch.arange(1, rope, 2)])
+            for name in [n for n in out if n.startswith("k_rope.")]:
+                out[name] = out[name].index_select(0, order.to(out[name].device))
+            for name in [n for n in out if n.startswith(("q_up.", "q_proj."))]:
+                tensor = out[name]
+                heads = tensor.reshape(spec.n_heads, -1, *tensor.shape[1:])  # (nh, qk, ...): rows per head [nope | rope]
+                nope = heads.size(1) - rope
+                rotary = heads[:, nope:].index_select(1, order.to(tensor.device))
+                out[name] = torch.cat([heads[:, :nope], rotary], dim=1).reshape(tensor.shape)
         return out
 
 

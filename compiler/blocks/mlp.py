@@ -3,6 +3,8 @@ residual stream; an optional dropout follows the activation (the original Tabula
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +13,7 @@ from tabula.schemas.model import GeluMLP as GeluSpec
 from tabula.schemas.model import Model as ModelSpec
 from tabula.schemas.model import SwigluMLP as SwigluSpec
 
-from ..hf_mapping import HFMapping, NoHF
+from ..hf_mapping import HFConfig, HFMapping, NoHF
 from .init import WeightInit
 from .registry import MLP
 
@@ -41,13 +43,16 @@ class GeluMLP(nn.Module):
 
 
 class SwigluToHF(HFMapping):
-    """Llama's, Mistral's and DeepSeek-V3's dense MLP: gate_proj, up_proj, down_proj."""
+    """Llama's, Mistral's, Qwen2's and DeepSeek-V3's dense MLP: gate_proj, up_proj, down_proj."""
 
     renames = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+    reads = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "DeepseekV3ForCausalLM")
 
     def problems(self, spec: SwigluSpec, model: ModelSpec, architecture: str, path: str) -> list[str]:
         if spec.bias and architecture == "MistralForCausalLM":
             return [f"{path}.bias: Mistral (sliding window) has no MLP biases; set bias: false"]
+        if spec.bias and architecture == "Qwen2ForCausalLM":
+            return [f"{path}.bias: Qwen2 (q, k, v biases) has no MLP biases; set bias: false"]
         if spec.bias and architecture == "DeepseekV3ForCausalLM":
             return [f"{path}.bias: DeepSeek-V3's MLP has no biases"]
         return []
@@ -60,6 +65,20 @@ class SwigluToHF(HFMapping):
             config |= {"first_k_dense_replace": model.n_layers, "moe_intermediate_size": spec.hidden, "n_routed_experts": 1,
                        "n_shared_experts": 1, "num_experts_per_tok": 1, "n_group": 1, "topk_group": 1}
         return config
+
+    def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:
+        spec: dict[str, Any] = {"kind": "swiglu", "hidden": config["intermediate_size"]}
+        problems = []
+        if config.get("hidden_act") != "silu":
+            problems.append(f"config.json: hidden_act: {config.get('hidden_act')}: tabula's swiglu gates with silu")
+        if architecture == "LlamaForCausalLM" and config.get("mlp_bias"):
+            spec["bias"] = True
+        n_layers, dense = config["num_hidden_layers"], config.get("first_k_dense_replace")
+        if architecture == "DeepseekV3ForCausalLM" and dense < n_layers:
+            problems.append(f"config.json: first_k_dense_replace: {dense}: layers {dense}-{n_layers - 1} are mixture-of-experts layers "
+                            f"(n_routed_experts: {config.get('n_routed_experts')}); tabula imports DeepSeek-V3 models whose every layer "
+                            f"is dense (first_k_dense_replace >= num_hidden_layers)")
+        return spec, problems
 
 
 @MLP.register("swiglu")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,18 +12,22 @@ from tabula.schemas.model import LayerNorm as LayerNormSpec
 from tabula.schemas.model import Model as ModelSpec
 from tabula.schemas.model import RMSNorm as RMSNormSpec
 
-from ..hf_mapping import HFMapping, NoHF
+from ..hf_mapping import HFConfig, HFMapping, NoHF
 from .init import WeightInit
 from .registry import NORM
 
 
 class RMSNormToHF(HFMapping):
-    """Llama, Mistral and DeepSeek-V3 norms: the same scale, eps in rms_norm_eps."""
+    """Llama, Mistral, Qwen2 and DeepSeek-V3 norms: the same scale, eps in rms_norm_eps."""
 
     renames = {"weight": "weight"}
+    reads = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "DeepseekV3ForCausalLM")
 
     def config(self, spec: RMSNormSpec, model: ModelSpec, architecture: str) -> dict:
         return {"rms_norm_eps": spec.eps}
+
+    def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:
+        return {"kind": "rmsnorm", "eps": config["rms_norm_eps"]}, []
 
 
 @NORM.register("rmsnorm")

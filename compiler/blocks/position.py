@@ -8,6 +8,8 @@ alone orders the tokens.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -16,7 +18,7 @@ from tabula.schemas.model import Model as ModelSpec
 from tabula.schemas.model import NoPositions as NoSpec
 from tabula.schemas.model import Rope as RopeSpec
 
-from ..hf_mapping import HFMapping, NoHF
+from ..hf_mapping import HFConfig, HFMapping, NoHF
 from .init import WeightInit
 from .registry import POSITION
 
@@ -24,7 +26,10 @@ Tables = tuple[torch.Tensor, torch.Tensor]
 
 
 class RopeToHF(HFMapping):
-    """RoPE as Llama, Mistral and DeepSeek-V3 rotate (halves, not interleaved); linear scaling maps."""
+    """RoPE as Llama, Mistral, Qwen2 and DeepSeek-V3 rotate (halves; DeepSeek's interleaved pairs are
+    permuted into halves by its attention's tensors); linear scaling maps."""
+
+    reads = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "DeepseekV3ForCausalLM")
 
     def problems(self, spec: RopeSpec, model: ModelSpec, architecture: str, path: str) -> list[str]:
         if spec.scaling is not None and spec.scaling.kind != "linear":
@@ -35,6 +40,36 @@ class RopeToHF(HFMapping):
         if spec.scaling is None:
             return {"rope_parameters": {"rope_type": "default", "rope_theta": spec.theta}}
         return {"rope_parameters": {"rope_type": "linear", "rope_theta": spec.theta, "factor": spec.scaling.factor}}
+
+    def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:
+        rope, where = rope_parameters(config)
+        if rope is None:
+            return {"kind": "rope"}, ["config.json: rope_parameters: one RoPE per layer type has no tabula equivalent"]
+        kind = rope.get("rope_type", "default")
+        spec: dict[str, Any] = {"kind": "rope", "theta": float(rope["rope_theta"])}
+        problems = []
+        if kind == "linear" and rope["factor"] > 1:
+            spec["scaling"] = {"kind": "linear", "factor": float(rope["factor"])}
+        elif kind == "linear" and rope["factor"] < 1:
+            problems.append(f"config.json: {where}.factor: {rope['factor']}: tabula's linear scaling stretches (factor > 1)")
+        elif kind not in ("default", "linear"):
+            problems.append(f"config.json: {where}.rope_type: {kind} scaling has no tabula equivalent (default and linear do)")
+        partial = rope.get("partial_rotary_factor", config.get("partial_rotary_factor"))
+        if partial not in (None, 1, 1.0):
+            problems.append(f"config.json: partial_rotary_factor: {partial}: tabula rotates the whole head (MLA: its rope_head_dim)")
+        return spec, problems
+
+
+def rope_parameters(config: HFConfig) -> tuple[dict[str, Any] | None, str]:
+    """The RoPE settings of a config (transformers 5's rope_parameters, or the rope_theta and
+    rope_scaling of configs written before it) and the key they came from; None for settings per
+    layer type (rope_parameters holding one mapping per kind of layer)."""
+    if isinstance(config.get("rope_parameters"), dict):
+        rope = config["rope_parameters"]
+        return (rope if "rope_theta" in rope else None), "rope_parameters"
+    scaling = dict(config.get("rope_scaling") or {})
+    kind = scaling.pop("rope_type", scaling.pop("type", "default"))
+    return {**scaling, "rope_type": kind, "rope_theta": config.get("rope_theta", 10000.0)}, "rope_scaling"
 
 
 @POSITION.register("rope")

@@ -7,7 +7,8 @@
 tokenizer_config.json) where there is one (a spec's tokenizer file, a run's tokenizer.json, or
 what `tabula prepare SPEC` trained, from the token cache), so that transformers'
 AutoModelForCausalLM and AutoTokenizer load DIR offline: as Llama (MHA/GQA/MQA, RoPE, RMSNorm, SwiGLU), Mistral (the
-same with a sliding window) or DeepSeek-V3 (MLA with latent norms). A model with no equivalent
+same with a sliding window), Qwen2 (biases on q, k and v only) or DeepSeek-V3 (MLA with latent norms). `tabula import`
+reads these back. A model with no equivalent
 there is refused with what does not map, before anything is written.
 
 A run directory is read as the runtime writes it: resolved.yaml, tokenizer.json and

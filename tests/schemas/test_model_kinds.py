@@ -63,9 +63,22 @@ def test_init_without_a_kind_is_gpt2s_and_a_scheme_is_chosen_by_kind():
     spec = with_model("  n_layers: 2\n", "  n_layers: 2\n  init: {kind: tabulaprima}\n")
     assert spec.model.init == TabulaPrimaInit(kind="tabulaprima", std=0.02, kaiming_a=0.01)
     error = error_of("  n_layers: 2\n", "  n_layers: 2\n  init: {kind: xavier}\n")
-    assert (error.dotted_path, error.line, error.expected) == ("model.init.kind", 5, "one of: gpt2, tabulaprima")
+    assert (error.dotted_path, error.line, error.expected) == ("model.init.kind", 5, "one of: gpt2, tabulaprima, from")
     error = error_of("  n_layers: 2\n", "  n_layers: 2\n  init: {kind: tabulaprima, scale_residual: true}\n")
     assert error.dotted_path == "model.init.scale_residual"
+
+
+def test_init_from_pretrained_weights_names_its_source_and_needs_the_vocabulary():
+    def init(value: str) -> str:
+        return f"  n_layers: 2\n  vocab_size: 512\n  init: {value}\n"
+
+    spec = with_model("  n_layers: 2\n", init("{kind: from, path: hf:org/name@v1.0}"))
+    assert (spec.model.init.path, spec.model.init.hub_id, spec.model.init.std) == ("hf:org/name@v1.0", ("org/name", "v1.0"), 0.02)
+    assert with_model("  n_layers: 2\n", init("{kind: from, path: ../llama}")).model.init.hub_id is None
+    error = error_of("  n_layers: 2\n", init("{kind: from, path: hf:org/name/more}"))
+    assert error.dotted_path == "model.init.path" and "hf:org/name or hf:org/name@revision" in error.message
+    error = error_of("  n_layers: 2\n", "  n_layers: 2\n  init: {kind: from, path: ../llama}\n")  # vocab_size: auto
+    assert error.dotted_path == "model.vocab_size" and "the pretrained model's (a number)" in error.message
 
 
 def test_init_schemes_give_each_role_its_std():

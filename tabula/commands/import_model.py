@@ -78,7 +78,7 @@ def _config(folder: Path) -> dict[str, Any]:
     try:
         from transformers import AutoConfig
     except ImportError:
-        raise _BadInput("tabula import reads config.json with transformers: pip install transformers") from None
+        raise _BadInput("tabula import reads config.json with transformers: pip install 'tabula[hf]'") from None
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
     except Exception as error:

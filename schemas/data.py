@@ -97,7 +97,7 @@ class FilesSource(SpecModel):
         if self.records is not None:
             if self.format == "text":
                 raise field_error("records", f"{self.records.kind} records are read from format: jsonl or parquet, not text")
-            if "text_field" in self.model_fields_set:
+            if self.text_field != "text":  # not model_fields_set: resolved specs write every default out
                 raise field_error("text_field", f"text_field names the text of plain records; {self.records.kind} records name their fields in records")
         return self
 

@@ -105,7 +105,7 @@ def _instruction_messages(record: dict, records: InstructionRecords) -> list[Mes
 def _text(record: dict, field: str, required: bool = False) -> str:
     if field not in record or record[field] is None:
         if required:
-            raise RecordError(f"no field {field!r} (found: {_fields(record)})")
+            raise RecordError(f"field {field!r} is null" if field in record else f"no field {field!r} (found: {_fields(record)})")
         return ""
     value = record[field]
     if not isinstance(value, str):

@@ -239,7 +239,7 @@ class _Rows:
     def __init__(self, n: int, seq_len: int, prepared: PreparedData):
         self.n, self.masking = n, prepared.document_masking
         self.tokens = np.empty((n, seq_len + 1), dtype=np.int64)
-        self.trained = np.ones((n, seq_len + 1), dtype=bool)
+        self.trained: np.ndarray | None = None  # made where a row comes from a shard with a loss mask
         self.documents = np.empty((n, seq_len + 1), dtype=np.int64) if self.masking else None
 
     def read(self, row: int, shard: Any, where: slice | np.ndarray) -> None:
@@ -247,21 +247,24 @@ class _Rows:
         self.tokens[row] = shard.tokens[where]
         mask = shard.loss_mask
         if mask is not None:
+            if self.trained is None:
+                self.trained = np.ones(self.tokens.shape, dtype=bool)
             self.trained[row] = mask[where] != 0
         if self.documents is not None:
             positions = np.arange(where.start, where.stop) if isinstance(where, slice) else where
             self.documents[row] = np.searchsorted(shard.document_ends, positions, side="right")
 
     def batch(self) -> Batch:
-        inputs, targets = self.tokens[:, :-1], self.tokens[:, 1:].copy()
-        targets[~self.trained[:, 1:]] = -100
+        inputs, targets = self.tokens[:, :-1], self.tokens[:, 1:]
+        if self.trained is not None:
+            targets = np.where(self.trained[:, 1:], targets, -100)
         document_ids = None
         if self.documents is not None:
             # Documents renumbered from 0 within each row: a new one wherever the shard's document
             # changes (at a document end, a block seam or the stream's wrap).
             changes = np.diff(self.documents[:, :-1], axis=1) != 0
             document_ids = torch.from_numpy(np.concatenate([np.zeros((self.n, 1), np.int64), np.cumsum(changes, axis=1)], axis=1))
-        return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(targets), document_ids)
+        return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), document_ids)
 
 
 def _circular(length: int, start: int, count: int) -> np.ndarray:

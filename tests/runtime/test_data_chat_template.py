@@ -39,7 +39,12 @@ def trained_texts(template, messages=MESSAGES, loss_on="assistant"):
 
 
 def test_named_templates_are_the_registered_ones():
+    import typing
+
+    from tabula.schemas.chat import ChatFormat
+
     assert set(TEMPLATES) == set(NAMED_TEMPLATES)
+    assert typing.get_args(ChatFormat.model_fields["template"].annotation) == ("auto", "tokenizer", *NAMED_TEMPLATES)
 
 
 def test_chatml_exact_string_and_trained_spans():

@@ -326,3 +326,42 @@ def test_a_micro_batch_without_trained_targets_has_loss_zero_and_no_gradient(cha
     _, loss = model(inputs, torch.full((2, 16), -100))
     loss.backward()
     assert loss.item() == 0.0 and all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def test_worker_processes_give_the_same_masks(tmp_path, chat_data, monkeypatch):
+    from tabula.runtime.data import pipeline
+
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 512)  # several chunks, so two worker processes share them
+    spec = chat_spec(write_chats(tmp_path / "chat.jsonl"), chat={"template": "chatml", "max_tokens": 24})
+    raw = spec.model_dump()
+    raw["data"]["workers"] = 2
+    spec = type(spec).model_validate(raw)
+    pooled = prepare(spec, cache_dir=tmp_path / "pooled")
+    single = prepare(spec.model_copy(update={"data": spec.data.model_copy(update={"workers": 1})}), cache_dir=tmp_path / "single")
+    assert pooled.fingerprint == single.fingerprint and documents(pooled.train["chat"]) == documents(single.train["chat"])
+    assert pooled.report["sources"]["chat"]["max_tokens"] == single.report["sources"]["chat"]["max_tokens"]
+
+
+def test_a_record_the_template_refuses_is_a_bad_record(tmp_path, chat_data):
+    from tabula.runtime.data import save_tokenizer
+    from test_data_chat_template import CHATML_JINJA
+
+    folder = tmp_path / "imported"
+    folder.mkdir()
+    save_tokenizer(chat_data, folder / "tokenizer.json")
+    no_system = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + CHATML_JINJA
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": no_system}))
+    path = write_chats(tmp_path / "c.jsonl")
+
+    def spec(on_error):
+        return make_spec({"tokenizer": {"kind": "file", "path": str(folder / "tokenizer.json")},
+                          "sources": {"chat": {"kind": "files", "paths": [str(path)], "format": "jsonl", "records": {"kind": "chat"},
+                                               "on_error": on_error}},
+                          "packing": {"document_masking": True}, "validation": {"fraction": 0}, "chat": {"template": "tokenizer"}})
+
+    skipped = prepare(spec("skip"), cache_dir=tmp_path / "cache").report["sources"]["chat"]["skipped"]
+    assert skipped["count"] == 1 and skipped["first"][0].startswith(f"{path}:1: the chat template of ")
+    assert skipped["first"][0].endswith("refused it: System role not supported")
+    with pytest.raises(DataError, match=f"{path}:1: the chat template .* refused it") as raised:
+        prepare(spec("fail"), cache_dir=tmp_path / "cache")
+    assert raised.value.path == ("data", "chat", "template")

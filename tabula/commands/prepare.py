@@ -1,6 +1,9 @@
 """Prepare a spec's data ahead of a run: read and filter the sources, hold out the validation
 split, train or load the tokenizer, and tokenize everything into the token cache.
 
+For sources of chat or instruction records it reports the chat template, the records skipped
+(with their file and line) and how many tokens are trained on versus masked out of the loss.
+
 The cache entry is keyed by a fingerprint of the source contents, the filters, the validation
 split and the tokenizer: a second call with the same data finds it and returns at once. The
 cache lives in $TABULA_CACHE_DIR, else $XDG_CACHE_HOME/tabula, else ~/.cache/tabula.

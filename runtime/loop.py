@@ -125,6 +125,7 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         self.val_batches: dict[int, list[Batch]] = {}
         self.rollbacks, self.failed_step = 0, 0
+        self.skips_in_a_row = 0  # refused updates since the last applied one (train.max_consecutive_skips)
         self.stop_error: str | None = None
         self.write_error: str | None = None  # the latest checkpoint the disk refused
         self.lr = 0.0
@@ -254,7 +255,16 @@ class Trainer:
         what = "loss" if not torch.isfinite(loss) else "gradient"
         at = f"non-finite {what} at step {self.progress.step} ({self.progress.tokens} tokens)"
         if policy == "skip":
-            self.log("warning", f"{at}: batch skipped, the update was not applied")
+            self.skips_in_a_row += 1
+            limit = self.spec.train.max_consecutive_skips
+            if self.skips_in_a_row >= limit:
+                last = self.last_good_checkpoint()
+                where = f"the last good checkpoint is {last.relative_to(self.run.path)}" if last else "no checkpoint was written yet"
+                self.stop_error = (f"{at}: {self.skips_in_a_row} updates in a row were non-finite and skipped "
+                                   f"(train.max_consecutive_skips: {limit}), so the model is not training (lr {self.lr:.3g}); {where}")
+                return "stop"
+            in_a_row = f" ({self.skips_in_a_row} in a row)" if self.skips_in_a_row > 1 else ""
+            self.log("warning", f"{at}: batch skipped, the update was not applied{in_a_row}")
             return "go"
         last = self.last_good_checkpoint()
         if policy == "stop" or last is None:
@@ -302,10 +312,13 @@ class Trainer:
         every_eval = plan.eval_every_tokens if spec.train.eval else None
         every_ckpt = plan.checkpoint_every_tokens
         log_every = spec.train.log.every_steps
+        # ranks decide alone when to log, and the log reads a collective: the clock only for one process
+        log_seconds = spec.train.log.every_seconds if engine.world_size == 1 else None
         flops = {s.index: flops_per_token(spec.model, plan.vocab_size, s.seq_len) for s in plan.stages}
         stage = plan.stage_at(p.tokens)
         loss_sum = torch.zeros((), device=engine.device)
-        logged_steps, interval_start, paused = 0, time.perf_counter(), 0.0
+        # an interval's steps: those whose update was applied (their losses summed) and all of them
+        logged_steps, interval_steps, interval_start, paused = 0, 0, time.perf_counter(), 0.0
         grad_norm: torch.Tensor | None = None
         steps_here = 0
         reason: EndReason = "finished"
@@ -324,25 +337,32 @@ class Trainer:
             p.step += 1
             p.tokens += plan.batch_tokens
             steps_here += 1
+            interval_steps += 1
             if bool(torch.isfinite(grad_norm)):  # the engine has synced for this already
                 loss_sum += loss
                 logged_steps += 1
+                self.skips_in_a_row = 0
                 if self.rollbacks and p.step > self.failed_step:
                     self.rollbacks = 0
             else:
                 self.failed_step = p.step
                 if self.on_nonfinite(loss) == "stop":
+                    self.log_train(loss_sum, logged_steps, interval_steps, grad_norm, stage, interval_start + paused,
+                                   flops[stage.index])  # the skipped steps show in the record
                     return Outcome("failed", p.step, p.tokens, error=self.stop_error, checkpoint=self.last_good_checkpoint(),
                                    best_val_loss=p.best_val_loss)
-            if p.step % log_every == 0 or p.step == plan.total_steps:
-                if logged_steps:
-                    self.log_train(loss_sum / logged_steps, grad_norm, stage, logged_steps, interval_start + paused,
-                                   flops[stage.index])
+            # the first step of a session, every log_every steps, and (one process) every log_seconds
+            if (p.step % log_every == 0 or p.step == plan.total_steps or steps_here == 1
+                    or (log_seconds is not None and time.perf_counter() - interval_start >= log_seconds)):
+                self.log_train(loss_sum, logged_steps, interval_steps, grad_norm, stage, interval_start + paused,
+                               flops[stage.index])
                 loss_sum = torch.zeros((), device=engine.device)
-                logged_steps, interval_start, paused = 0, time.perf_counter(), 0.0
+                logged_steps, interval_steps, interval_start, paused = 0, 0, time.perf_counter(), 0.0
             flags = 0
             if p.step % self.control_every == 0:
                 local = self.control.poll() | (ctl.STOP if signals.received is not None else 0)
+                for warning in self.control.take_warnings():
+                    self.log("warning", warning)
                 flags = engine.sync_flags(local)
             pause_start = time.perf_counter()
             last = p.step == plan.total_steps  # evaluate before the final checkpoint, so it records val_loss
@@ -363,8 +383,8 @@ class Trainer:
                 signal_name = signals.name
                 self.log("info", f"{signal_name or 'stop requested'}: stopping at step {p.step} with a checkpoint")
                 break
-        if reason == "stopped" and logged_steps:  # a stop mid-interval: its steps still get their train event
-            self.log_train(loss_sum / logged_steps, grad_norm, stage, logged_steps, interval_start + paused, flops[stage.index])
+        if reason == "stopped":  # a stop mid-interval: its steps still get their train event
+            self.log_train(loss_sum, logged_steps, interval_steps, grad_norm, stage, interval_start + paused, flops[stage.index])
         if reason == "finished" and spec.train.eval and p.val_step != p.step:
             self.evaluate()
         path = self.checkpoint()
@@ -373,11 +393,15 @@ class Trainer:
                            checkpoint=self.last_good_checkpoint(), signal=signal_name, best_val_loss=p.best_val_loss)
         return Outcome(reason, p.step, p.tokens, checkpoint=path, signal=signal_name, best_val_loss=p.best_val_loss)
 
-    def log_train(self, mean_loss: torch.Tensor, grad_norm: torch.Tensor | None, stage: StagePlan, steps: int,
+    def log_train(self, loss_sum: torch.Tensor, applied: int, steps: int, grad_norm: torch.Tensor | None, stage: StagePlan,
                   started: float, flops_per_tok: float) -> None:
         """The train event of an interval of `steps` steps that began at `started` (perf_counter, with the
-        time paused for evaluations and checkpoints added on)."""
-        loss = float(self.engine.reduce_mean(mean_loss))  # the one host read of the interval
+        time paused for evaluations and checkpoints added on): the mean loss of the `applied` steps whose
+        update was applied (null when none was), and `skipped`, the others. No event for no steps."""
+        if not steps:
+            return
+        # the one host read of the interval; every rank skipped the same steps, so all call the collective or none
+        loss = float(self.engine.reduce_mean(loss_sum / applied)) if applied else None
         # timed after the read, which waits for the device work still queued (a GPU's last optimizer update)
         elapsed = time.perf_counter() - started
         tokens_per_s = steps * self.plan.batch_tokens / max(elapsed, 1e-9)
@@ -396,6 +420,7 @@ class Trainer:
             mfu=mfu,
             memory=memory_in_use(self.engine.device),
             stage=stage.index,
+            skipped=steps - applied,
         )
 
 
@@ -462,6 +487,8 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
             trainer.start_event(resume_from, parameters)
             if stale:
                 trainer.log("warning", f"ignored the {' and '.join(stale)} request left in control/ by an earlier session")
+            for warning in trainer.control.take_warnings():
+                trainer.log("warning", warning)
             if spec.train.on_nonfinite == "rollback" and trainer.last_good_checkpoint() is None:
                 trainer.checkpoint()  # something to roll back to before the first interval's checkpoint
             outcome = trainer.loop(signals)

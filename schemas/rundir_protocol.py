@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from stat import S_ISREG
 from pathlib import Path
@@ -101,6 +102,31 @@ def _session_mark(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) and event.get("kind") in ("start", "end") else None
+
+
+# ---------------------------------------------------------------- preparation progress
+
+# Before a new run's folder exists (prepare_run creates it last, so a refused run leaves none) the run can
+# write no event: its data preparation reports in plain lines on its output instead, which the dashboard
+# that launched it reads from the output log. The line is written and read here, in one format:
+#     tokenizing (bytes of text): 1,234,567 of 5,000,000 (25%)
+_PREPARE_LINE = re.compile(r"(?P<stage>[^:\r\n]+): (?P<done>\d[\d,]*)(?: of (?P<total>\d[\d,]*) \(\d+%\))?")
+
+
+def prepare_line(stage: str, done: int, total: int | None) -> str:
+    """The output line for `done` of `total` (None: unknown) units of the preparation step `stage`."""
+    if total:
+        return f"{stage}: {done:,} of {total:,} ({100 * done / total:.0f}%)"
+    return f"{stage}: {done:,}"
+
+
+def parse_prepare_line(line: str) -> tuple[str, int, int | None] | None:
+    """(stage, done, total or None) of a line `prepare_line` wrote, or None for any other line."""
+    found = _PREPARE_LINE.fullmatch(line.strip())
+    if found is None:
+        return None
+    total = found.group("total")
+    return found.group("stage"), int(found.group("done").replace(",", "")), int(total.replace(",", "")) if total else None
 
 
 # ---------------------------------------------------------------- control requests

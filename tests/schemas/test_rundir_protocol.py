@@ -167,3 +167,17 @@ def test_the_protocol_imports_no_torch():
 
     code = "import sys, tabula.schemas.rundir_protocol; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("stage, done, total", [("tokenizing (bytes of text)", 1_310_720, 5_242_880),
+                                                ("reading stdlib (documents)", 40, None), ("loading tokenizer", 1, 1)])
+def test_preparation_lines_read_back(stage, done, total):
+    """The runtime writes them on its output before the run folder exists; the dashboard reads them back."""
+    line = protocol.prepare_line(stage, done, total)
+    assert protocol.parse_prepare_line(line + "\n") == (stage, done, total)
+
+
+@pytest.mark.parametrize("line", ["run folder: runs/tiny-20260101-000000", "note: the budget repeats the data 2 times",
+                                  "warning: 3 checkpoints skipped", "", "step 5/10 | loss 3.2"])
+def test_other_output_lines_are_no_preparation(line):
+    assert protocol.parse_prepare_line(line) is None

@@ -276,7 +276,7 @@ class RunState:
         if self.last_time is None:
             if self.prepare is not None:  # the progress bar shows how far
                 return "preparing data", ""
-            return "waiting", self.preparing or "no events yet"
+            return "waiting", self.preparing or ("starting" if self.alive else "no events yet")
         silent = now - self.last_time
         if silent > max(STALE_AFTER_S, 5 * (self.train_gap or 0.0)):
             detail = f"no new events for {format_duration(silent)}"

@@ -4,10 +4,11 @@ sharing the folder, or under DeepSpeed) or one that has ended.
 Keys: q quit the dashboard (the run goes on), s stop the run with a checkpoint, c checkpoint now,
 e evaluate now. Requests travel through RUN_DIR/control/ and the run acts on them at its next step.
 
-RUN_DIR must be a run folder: one holding its manifest.json, resolved.yaml, spec.yaml or events.jsonl.
-An empty folder may be a run being created this moment (its files appear one by one): watch waits a
-few seconds for them before it says the folder is no run. Exit codes: 0 the dashboard was closed,
-2 RUN_DIR is not a run folder or its events.jsonl cannot be read.
+RUN_DIR must be a run folder: one holding its manifest.json, resolved.yaml, spec.yaml or
+events.jsonl. An empty folder may be a run being created this moment (its files appear one by
+one): watch waits a few seconds for them before it says the folder is no run.
+Exit status: 0 when the dashboard is closed, 2 when RUN_DIR is not a run folder or its
+events.jsonl cannot be read.
 """
 
 from __future__ import annotations

@@ -249,6 +249,9 @@ def test_a_deepspeed_checkpoint_the_local_engine_cannot_read_is_refused(work, wh
     (checkpoint / "deepspeed").mkdir()
     layout = {"zero_stage": 2, "world_size": 2, "precision": "fp16", "groups": []}
     (checkpoint / "deepspeed" / "layout.json").write_text(json.dumps(layout))
+    from tabula.runtime.integrity import write_checksums
+
+    write_checksums(checkpoint)  # an intact checkpoint in DeepSpeed's layout, not a damaged local one
     result = tabula(work, "run", "tiny.yaml", "--headless", "--resume", "runs/fp16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [

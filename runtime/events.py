@@ -32,6 +32,10 @@ class EventWriter:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._file = open(path, "a", encoding="utf-8") if path is not None else None
+        if self._file is not None and not _ends_a_line(path):
+            # an earlier session died mid-write: its torn line ends here, and this session starts on a fresh one
+            self._file.write("\n")
+            self._file.flush()
         self.listeners: list[Callable[[dict], None]] = []
         self._lock = threading.Lock()  # the tracker's thread may log a warning
 
@@ -53,8 +57,35 @@ class EventWriter:
             self._file.close()
             self._file = None
 
+    def __enter__(self) -> EventWriter:
+        return self
 
-def read_events(path: Path) -> list[dict]:
-    """All events of a file (for tests and tools; the dashboard reads incrementally)."""
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file is empty or ends with a newline."""
+    with open(path, "rb") as handle:
+        if handle.seek(0, 2) == 0:
+            return True
+        handle.seek(-1, 2)
+        return handle.read(1) == b"\n"
+
+
+def read_events(path: Path, *, offset: int = 0) -> list[dict]:
+    """The events of a file from byte `offset` on (for tests and tools; the dashboard reads incrementally).
+    A line that is not a JSON object (torn by a crash mid-write, or damaged) is skipped."""
+    events = []
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and "kind" in event:
+                events.append(event)
+    return events

@@ -3,6 +3,7 @@
     runs/<name>-<yyyymmdd-hhmmss>/
       spec.yaml  resolved.yaml  manifest.json  events.jsonl  tokenizer.json  checkpoints/  control/
       ranks/ (DeepSpeed ranks' errors)  output.log (a launched training's output)
+      lock (the owning session's pid and host)  error.log (tracebacks of sessions that crashed)
       checkpoints/step-000500/model.safetensors ... (the rest of a checkpoint is runtime/checkpoint.py's)
 
 The runtime writes the folder, the dashboard (or a script, or another machine sharing the file
@@ -29,6 +30,8 @@ WEIGHTS_FILE = "model.safetensors"  # a checkpoint's consolidated weights (tied 
 CONTROL_DIR = "control"
 RANKS_DIR = "ranks"
 OUTPUT_LOG = "output.log"
+LOCK_FILE = "lock"  # held (flock) by the session that owns the run; records its pid and host
+ERROR_LOG = "error.log"  # the traceback of a session that failed unexpectedly
 
 # ---------------------------------------------------------------- events
 

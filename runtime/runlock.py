@@ -1,0 +1,144 @@
+"""One session at a time writes a run folder: the lock a session holds on it.
+
+    lock = RunLock.acquire(run_dir)        # or RunLocked(owner's pid and host), a RunInputError
+    ...                                    # train, write events and checkpoints
+    lock.release()                         # or the process ends: the OS drops the lock
+
+The lock is `flock` on `RUN_DIR/lock` (`rundir_protocol.LOCK_FILE`), held open for the session's life:
+an OS lock that dies with the process, so a SIGKILL or a power cut leaves no stale lock to clear by
+hand. The file stays and records the owner (pid, host, start time, command) for the message a refused
+second session prints. A new run takes the lock inside its folder before the folder gets its name
+(rundir.create_run); a resume takes it before it writes anything into the folder (session.prepare_run).
+
+DeepSpeed: the launching process (`tabula run`) holds it and hands its descriptor to DeepSpeed's
+launcher (runtime/launch.py, `pass_fds`), so the run stays locked while the launcher and its ranks live,
+even when `tabula run` itself is killed. Ranks never take it. Under the dashboard the headless child
+training process holds it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tabula.schemas.rundir_protocol import LOCK_FILE
+
+from .errors import RunInputError, RunLocked
+
+UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # file systems without flock
+
+
+class RunLock:
+    """This process's exclusive lock on a run folder. `note` says why a folder could not be locked on a
+    file system without locks (the run goes on unlocked), else None."""
+
+    def __init__(self, run_dir: Path, file: Any, note: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self._file = file
+        self.note = note
+
+    @classmethod
+    def acquire(cls, run_dir: str | os.PathLike[str], *, command: Sequence[str] | None = None) -> RunLock:
+        """Lock `run_dir` (an existing folder) for this process and record its owner. Raises RunLocked
+        (with the owner's pid and host) when another session holds it, RunInputError when the lock file
+        cannot be created (a read-only or full file system, no permission)."""
+        run_dir = Path(run_dir)
+        path = run_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise RunInputError(f"cannot write into the run folder {run_dir}: {error.strerror or error}") from None
+        file = os.fdopen(fd, "r+b", buffering=0)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            raise RunLocked(run_dir, read_owner(run_dir)) from None
+        except OSError as error:
+            if error.errno in UNSUPPORTED:
+                return cls(run_dir, file, note=f"the file system of {run_dir} has no file locks ({error.strerror}): "
+                                               f"nothing keeps a second session from writing this run at the same time")
+            file.close()
+            raise RunInputError(f"cannot lock the run folder {run_dir}: {error.strerror or error}") from None
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
+                 "command": list(command) if command is not None else None}
+        try:
+            file.truncate(0)
+            file.write((json.dumps(owner) + "\n").encode())
+        except OSError as error:  # a full disk: the lock holds, the record says less
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                file.close()
+                raise RunInputError(f"cannot write into the run folder {run_dir}: {error.strerror or error}") from None
+        return cls(run_dir, file)
+
+    @property
+    def fd(self) -> int | None:
+        """The locked file's descriptor (for a child process that keeps the run locked), None once released."""
+        return self._file.fileno() if self._file is not None else None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def moved(self, run_dir: Path) -> None:
+        """The folder was renamed (a new run's temporary name to its own): the lock follows the file."""
+        self.run_dir = Path(run_dir)
+
+    def release(self) -> None:
+        """Drop the lock (closing the file); the record stays for the next owner to overwrite."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def read_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What the lock file records about its latest owner, or None (no file, or not readable yet)."""
+    for _ in range(5):  # an owner that has just locked writes its record a moment later
+        try:
+            text = (Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8")
+            owner = json.loads(text)
+        except (OSError, ValueError):
+            owner = None
+        if isinstance(owner, dict):
+            return owner
+        time.sleep(0.02)
+    return None
+
+
+def lock_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The owner of `run_dir` when a session holds it now (its record; {} when unreadable), else None.
+    Takes nothing: for a watcher or a launcher that checks before starting a session."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file: no session ever took it (or it cannot be read: the session will say)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_owner(run_dir) or {}
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def check_unlocked(run_dir: str | os.PathLike[str]) -> None:
+    """Raises RunLocked when a session holds `run_dir` now."""
+    owner = lock_owner(run_dir)
+    if owner is not None:
+        raise RunLocked(Path(run_dir), owner)

@@ -76,8 +76,9 @@ class RunDir:
         """Append a traceback (with the time and pid) to error.log (`rundir_protocol.ERROR_LOG`): the
         command shows one line and points here. Returns the file, or None when the folder cannot take it."""
         path = self.path / ERROR_LOG
-        try:
-            with open(path, "a", encoding="utf-8") as handle:
+        try:  # never through a link (into another file)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with open(fd, "a", encoding="utf-8") as handle:
                 handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})\n{text.rstrip()}\n")
         except OSError:
             return None
@@ -383,12 +384,15 @@ def read_manifest_file(path: Path) -> dict[str, Any]:
     """A run's manifest.json as a dict. Raises RunFolderDamaged naming the file and what is wrong with it."""
     hint = "the run cannot be resumed without it (a copy of the run folder, if you have one, holds an intact one)"
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise RunFolderDamaged(path, "is a folder, not a file", hint)
+        if not stat.S_ISREG(mode):  # a pipe or a device would block or never end
+            raise RunFolderDamaged(path, "is not a regular file", hint)
         with open(path, "rb") as handle:
             raw = handle.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise RunFolderDamaged(path, "is missing: this is not a run folder, or its manifest was deleted") from None
-    except IsADirectoryError:
-        raise RunFolderDamaged(path, "is a folder, not a file", hint) from None
     except OSError as error:
         raise RunFolderDamaged(path, f"cannot be read ({error.strerror or error})", hint) from None
     if len(raw) > MAX_MANIFEST_BYTES:

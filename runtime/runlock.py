@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,10 +52,14 @@ class RunLock:
         cannot be created (a read-only or full file system, no permission)."""
         run_dir = Path(run_dir)
         path = run_dir / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:  # never through a link: a `lock` linked to another file would have that file truncated
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as error:
-            raise RunInputError(f"cannot write into the run folder {run_dir}: {error.strerror or error}") from None
+            why = "it is a symbolic link" if error.errno == errno.ELOOP else error.strerror or error
+            raise RunInputError(f"cannot write into the run folder {run_dir}: {path.name}: {why}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunInputError(f"cannot write into the run folder {run_dir}: {path.name} is not a file")
         file = os.fdopen(fd, "r+b", buffering=0)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,8 +113,9 @@ def read_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """What the lock file records about its latest owner, or None (no file, or not readable yet)."""
     for _ in range(5):  # an owner that has just locked writes its record a moment later
         try:
-            text = (Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8")
-            owner = json.loads(text)
+            fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as file:
+                owner = json.loads(file.read(2**16)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
         except (OSError, ValueError):
             owner = None
         if isinstance(owner, dict):
@@ -123,7 +129,7 @@ def lock_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     Takes nothing: for a watcher or a launcher that checks before starting a session."""
     path = Path(run_dir) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None  # no lock file: no session ever took it (or it cannot be read: the session will say)
     try:

@@ -144,6 +144,8 @@ def resume_changes(spec: Spec, run: RunDir) -> list[Change]:
     from .rundir import RESOLVED_FILE
 
     path = run.path / RESOLVED_FILE
+    if path.exists() and not path.is_file():  # a folder, a pipe or a device: nothing a spec is read from
+        raise RunFolderDamaged(path, "is not a file", "it is the spec the run was trained with, needed to check the resume")
     try:
         old = load_spec(path)
     except SpecErrors as errors:

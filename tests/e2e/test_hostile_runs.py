@@ -233,7 +233,7 @@ def test_a_folder_where_the_lock_file_should_be_refuses_the_resume(work, here):
     (run_dir / "lock").mkdir()
     before = snapshot(run_dir)
     code, out, err = here("run", "tiny.yaml", "--headless", "--resume", str(run_dir))
-    assert_refused(code, out, err, f"cannot write into the run folder {run_dir}: Is a directory")
+    assert_refused(code, out, err, f"cannot write into the run folder {run_dir}: lock: Is a directory")
     assert snapshot(run_dir) == before
     (run_dir / "lock").rmdir()
     assert_resumes(here, run_dir)

@@ -70,8 +70,37 @@ def test_sigkill_of_the_owner_leaves_no_stale_lock(tmp_path):
 
 def test_a_lock_file_that_cannot_be_opened_is_a_run_input_error(tmp_path):
     (tmp_path / LOCK_FILE).mkdir()  # something else where the lock should be
-    with pytest.raises(RunInputError, match=f"cannot write into the run folder {tmp_path}: Is a directory"):
+    with pytest.raises(RunInputError, match=f"cannot write into the run folder {tmp_path}: lock: Is a directory"):
         RunLock.acquire(tmp_path)
+
+
+def test_a_lock_that_links_elsewhere_is_never_written_through(tmp_path):
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / LOCK_FILE).symlink_to(precious)
+    with pytest.raises(RunInputError, match="lock: it is a symbolic link"):
+        RunLock.acquire(tmp_path / "run")
+    assert precious.read_text() == "keep me" and lock_owner(tmp_path / "run") is None
+    (tmp_path / "run" / "error.log").symlink_to(precious)
+    assert RunDir(tmp_path / "run").append_error_log("Traceback ...") is None
+    assert precious.read_text() == "keep me"
+
+
+def test_pipes_in_a_run_folder_are_refused_not_waited_on(tmp_path):
+    """A reader of a named pipe waits for a writer that never comes: a hostile folder must not hang a resume."""
+    from tabula.runtime.session import resume_changes
+
+    os.mkfifo(tmp_path / "manifest.json")
+    with pytest.raises(RunFolderDamaged, match="manifest.json is not a regular file"):
+        RunDir(tmp_path).read_manifest()
+    os.mkfifo(tmp_path / "resolved.yaml")
+    with pytest.raises(RunFolderDamaged, match="resolved.yaml is not a file"):
+        resume_changes(None, RunDir(tmp_path))
+    os.mkfifo(tmp_path / LOCK_FILE)
+    with pytest.raises(RunInputError, match="lock is not a file"):
+        RunLock.acquire(tmp_path)
+    assert lock_owner(tmp_path) is None
 
 
 def test_a_child_given_the_lock_keeps_the_run_locked(tmp_path):
@@ -258,3 +287,31 @@ def test_readers_skip_lines_that_are_not_events(tmp_path):
     path.write_bytes(b'\x00\xff\xfe garbage\n[1]\n{"kind":"train","time":1,"step":1,"tokens":512}\n"text"\n')
     assert read_events(path) == [{"kind": "train", "time": 1, "step": 1, "tokens": 512}]
     assert read_events(path, offset=path.stat().st_size) == []
+
+
+def test_a_full_disk_loses_events_but_not_the_training_and_the_log_recovers(tmp_path):
+    """An event the file system refuses still reaches the console (with one warning), and once the disk has
+    room again the next event starts on a fresh line after whatever part was written."""
+    path = tmp_path / "events.jsonl"
+    seen = []
+    writer = EventWriter(path)
+    writer.listeners.append(seen.append)
+    writer.emit("train", 1, 512, loss=1.0)
+    real = writer._file
+
+    class Full:
+        def write(self, data):  # half a line fits, then the disk is full
+            real.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer._file = Full()
+    writer.emit("train", 2, 1024, loss=0.9)
+    writer.emit("train", 3, 1536, loss=0.8)
+    writer._file = real
+    writer.emit("end", 3, 1536, reason="finished", error=None)
+    writer.close()
+    assert writer.lost == 2
+    assert [(e["kind"], e["step"]) for e in seen] == [("train", 1), ("train", 2), ("log", 2), ("train", 3), ("end", 3)]
+    assert seen[2]["message"].startswith(f"cannot write to {path} (No space left on device): the events from step 2 on")
+    assert [(e["kind"], e["step"]) for e in read_events(path)] == [("train", 1), ("end", 3)]
+    assert end_event(tmp_path)["reason"] == "finished"

@@ -73,6 +73,9 @@ def describe_owner(owner: Mapping[str, Any] | None) -> str:
     import time
 
     text = f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}"
+    holder = owner.get("holder")
+    if isinstance(holder, dict):
+        text += f" with its {holder.get('what', 'child')}, pid {holder.get('pid', '?')}"
     started = owner.get("started")
     if isinstance(started, (int, float)):
         text += f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from tabula.schemas.spec import Spec
 
     from .loop import Outcome
+    from .runlock import RunLock
     from .session import PreparedRun, Ranks
 
 # DeepSpeed's launcher and ranks log every spawn, kill and accelerator choice; the user sees tabula's lines
@@ -163,16 +165,16 @@ def launch(ready: PreparedRun, *, out: TextIO) -> Outcome:
                        resume_from=ready.checkpoint, max_steps=options.max_steps,
                        hostfile=str(ranks.hostfile) if ranks.hostfile else None,
                        cache_dir=str(options.cache_dir) if options.cache_dir else None, out=out,
-                       lock_fd=ready.lock.fd if ready.lock is not None else None, events_offset=ready.events_offset)
+                       lock=ready.lock, events_offset=ready.events_offset)
 
 
 def start_ranks(spec_path: str | os.PathLike[str], run_dir: str | os.PathLike[str], world_size: int, *,
                 overrides: Sequence[str] = (), resume_from: Path | None = None, max_steps: int | None = None,
                 hostfile: str | None = None, cache_dir: str | None = None, out: TextIO | None = None,
-                lock_fd: int | None = None, events_offset: int = 0) -> Outcome:
+                lock: RunLock | None = None, events_offset: int = 0) -> Outcome:
     """Start the ranks of a run whose folder exists, watch them, and make sure events.jsonl ends with an
-    `end` event of this session (whose events follow byte `events_offset`). `lock_fd`: the run folder's
-    lock (runtime/runlock.py), handed to DeepSpeed's launcher so that the run stays locked while it and its
+    `end` event of this session (whose events follow byte `events_offset`). `lock`: the run folder's lock
+    (runtime/runlock.py), handed to DeepSpeed's launcher so that the run stays locked while it and its
     ranks live. Returns the run's Outcome, with the stop signal received (if any) as its `signal`."""
     out = out or sys.stdout
     run_dir = Path(run_dir)
@@ -184,18 +186,23 @@ def start_ranks(spec_path: str | os.PathLike[str], run_dir: str | os.PathLike[st
     env = rank_environment(world_size)
     if cache_dir:
         env["TABULA_CACHE_DIR"] = str(Path(cache_dir).resolve())
-    exit_codes, tail, signals_seen = _supervise(command, env, run_dir, out, keep_fds=(lock_fd,) if lock_fd is not None else ())
+    keep_fds: tuple[int, ...] = ()
+    started = None
+    if lock is not None and lock.fd is not None:
+        keep_fds = (lock.fd,)
+        started = functools.partial(lock.add_holder, what="DeepSpeed launcher")
+    exit_codes, tail, signals_seen = _supervise(command, env, run_dir, out, keep_fds=keep_fds, started=started)
     outcome = _finish(run_dir, exit_codes, tail, out, since=events_offset)
     if signals_seen:
         outcome = dataclasses.replace(outcome, signal=signal.Signals(signals_seen[0]).name)
     return outcome
 
 
-def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: TextIO,
-               keep_fds: Sequence[int] = ()) -> tuple[list[int], deque[str], list[int]]:
+def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: TextIO, keep_fds: Sequence[int] = (),
+               started: Callable[[int], None] | None = None) -> tuple[list[int], deque[str], list[int]]:
     """Run the launcher in its own session (a terminal's Ctrl-C reaches only this process), passing its
-    output through; `keep_fds` stay open in it (the run folder's lock). The first SIGINT/SIGTERM asks the
-    ranks to stop; a second ends them."""
+    output through; `keep_fds` stay open in it (the run folder's lock), `started` gets its pid. The first
+    SIGINT/SIGTERM asks the ranks to stop; a second ends them."""
     from tabula.schemas.rundir_protocol import request
 
     try:
@@ -204,6 +211,8 @@ def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: Text
     except OSError as error:
         out.write(f"cannot start DeepSpeed's launcher: {error}\n")
         return [127], deque([str(error)]), []
+    if started is not None:
+        started(process.pid)
     signals_seen: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

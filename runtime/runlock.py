@@ -44,6 +44,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self._file = file
         self.note = note
+        self.owner: dict[str, Any] = {}  # what the lock file records: pid, host, started, command (, holder)
 
     @classmethod
     def acquire(cls, run_dir: str | os.PathLike[str], *, command: Sequence[str] | None = None) -> RunLock:
@@ -72,16 +73,32 @@ class RunLock:
                                                f"nothing keeps a second session from writing this run at the same time")
             file.close()
             raise RunInputError(f"cannot lock the run folder {run_dir}: {error.strerror or error}") from None
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
-                 "command": list(command) if command is not None else None}
+        lock = cls(run_dir, file)
+        lock.owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
+                      "command": list(command) if command is not None else None}
         try:
-            file.truncate(0)
-            file.write((json.dumps(owner) + "\n").encode())
+            lock._record()
         except OSError as error:  # a full disk: the lock holds, the record says less
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 file.close()
                 raise RunInputError(f"cannot write into the run folder {run_dir}: {error.strerror or error}") from None
-        return cls(run_dir, file)
+        return lock
+
+    def _record(self) -> None:
+        self._file.seek(0)
+        self._file.truncate(0)
+        self._file.write((json.dumps(self.owner) + "\n").encode())
+
+    def add_holder(self, pid: int, what: str) -> None:
+        """Record a child process that holds the lock too (`what` it is: DeepSpeed's launcher), so that a
+        refused session names it when this process is gone and the child goes on."""
+        if self._file is None:
+            return
+        self.owner = {**self.owner, "holder": {"pid": pid, "what": what}}
+        try:
+            self._record()
+        except OSError:
+            pass
 
     @property
     def fd(self) -> int | None:

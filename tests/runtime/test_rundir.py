@@ -315,3 +315,10 @@ def test_a_full_disk_loses_events_but_not_the_training_and_the_log_recovers(tmp_
     assert seen[2]["message"].startswith(f"cannot write to {path} (No space left on device): the events from step 2 on")
     assert [(e["kind"], e["step"]) for e in read_events(path)] == [("train", 1), ("end", 3)]
     assert end_event(tmp_path)["reason"] == "finished"
+
+
+def test_a_child_holding_the_lock_is_named_in_the_refusal(tmp_path):
+    with RunLock.acquire(tmp_path) as lock:
+        lock.add_holder(4242, "DeepSpeed launcher")
+        with pytest.raises(RunLocked, match=rf"\(pid {os.getpid()} on host \S+ with its DeepSpeed launcher, pid 4242, since "):
+            RunLock.acquire(tmp_path)

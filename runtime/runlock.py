@@ -1,6 +1,7 @@
 """One session at a time writes a run folder: the lock a session holds on it.
 
     lock = RunLock.acquire(run_dir)        # or RunLocked(owner's pid and host), a RunInputError
+    lock_owner(run_dir)                    # who holds it now, or None (rundir_protocol: watchers use it too)
     ...                                    # train, write events and checkpoints
     lock.release()                         # or the process ends: the OS drops the lock
 
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tabula.schemas.rundir_protocol import LOCK_FILE
+from tabula.schemas.rundir_protocol import LOCK_FILE, lock_owner, read_owner
 
 from .errors import RunInputError, RunLocked
 
@@ -124,40 +125,6 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def read_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """What the lock file records about its latest owner, or None (no file, or not readable yet)."""
-    for _ in range(5):  # an owner that has just locked writes its record a moment later
-        try:
-            fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as file:
-                owner = json.loads(file.read(2**16)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-        except (OSError, ValueError):
-            owner = None
-        if isinstance(owner, dict):
-            return owner
-        time.sleep(0.02)
-    return None
-
-
-def lock_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The owner of `run_dir` when a session holds it now (its record; {} when unreadable), else None.
-    Takes nothing: for a watcher or a launcher that checks before starting a session."""
-    path = Path(run_dir) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None  # no lock file: no session ever took it (or it cannot be read: the session will say)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return read_owner(run_dir) or {}
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return None
 
 
 def check_unlocked(run_dir: str | os.PathLike[str]) -> None:

@@ -13,9 +13,12 @@ imports the other. Torch-free. The contract in words is docs/interfaces.md ("The
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,48 @@ def _session_mark(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) and event.get("kind") in ("start", "end") else None
+
+
+# ---------------------------------------------------------------- the lock
+
+# A session (a training of the run, or a resume) holds LOCK_FILE with flock for its life; the file records
+# the owner as JSON: pid, host, started (unix seconds), command, and a child that holds it too ("holder":
+# {pid, what}: DeepSpeed's launcher). The runtime's side is tabula.runtime.runlock.RunLock.
+
+
+def read_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What the lock file records about its latest owner (who holds it now, or held it last), or None (no
+    file, or not readable yet)."""
+    for _ in range(5):  # an owner that has just locked writes its record a moment later
+        try:
+            fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as file:
+                owner = json.loads(file.read(2**16)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except (OSError, ValueError):
+            owner = None
+        if isinstance(owner, dict):
+            return owner
+        time.sleep(0.02)
+    return None
+
+
+def lock_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The owner of `run_dir` when a session holds it now (its record; {} when unreadable), else None.
+    Takes nothing: for a watcher or a launcher that checks before starting a session."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None  # no lock file: no session ever took it (or it cannot be read: the session will say)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_owner(run_dir) or {}
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 # ---------------------------------------------------------------- control requests

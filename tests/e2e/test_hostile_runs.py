@@ -198,7 +198,7 @@ def test_resume_auto_passes_over_a_run_whose_manifest_is_unreadable(work, here, 
     code, out, err = here("run", "tiny.yaml", "--headless", "--max-steps", "1", "--resume", "auto")
     assert code == 0, out + err
     assert "warning: --resume auto passed over runs/tiny-newer: its manifest.json is damaged: not JSON" in err
-    assert f"run folder: runs/tiny-good" in out and "Traceback" not in out + err
+    assert "run folder: runs/tiny-good" in out and "Traceback" not in out + err
 
 
 @pytest.mark.parametrize("damage", ["torn", "binary", "missing", "folder"])
@@ -321,7 +321,7 @@ def test_a_crash_before_the_first_step_exits_3_with_an_end_event_and_the_traceba
     assert result.returncode == 3, output
     assert "Traceback" not in output
     log = work / "runs" / "crashed" / "error.log"
-    assert f"RuntimeError: planted: the engine cannot be built (traceback in runs/crashed/error.log)" in output
+    assert "RuntimeError: planted: the engine cannot be built (traceback in runs/crashed/error.log)" in output
     assert "Traceback (most recent call last)" in log.read_text()
     end = read_events(work / "runs" / "crashed" / "events.jsonl")[-1]
     assert end["kind"] == "end" and end["reason"] == "failed" and "planted: the engine cannot be built" in end["error"]

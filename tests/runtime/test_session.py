@@ -244,3 +244,21 @@ def test_the_continue_hint_keeps_overrides_nproc_and_cache(tmp_path):
                          cache_dir=Path("/c"))
     assert resume_command(options, Path("runs/r 1")) == (
         "tabula run 'my spec.yaml' train.budget.tokens=5k 'name=it'\"'\"'s' --resume 'runs/r 1' --nproc 2 --cache-dir /c")
+
+
+def test_the_memory_check_on_a_gpu_compares_the_devices_free_memory(monkeypatch):
+    """(Arithmetic only: the device's free memory is given.) The launcher of GPU ranks checks no device:
+    a CUDA context there would take a rank's memory; each rank checks its own."""
+    import torch
+
+    import tabula.runtime.memory as memory
+    from tabula.compiler import make_plan
+    from tabula.runtime.errors import NotEnoughMemory
+
+    spec = tiny_spec()
+    plan = make_plan(spec, vocab_size=512, device_type="cuda")
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1024)
+    with pytest.raises(NotEnoughMemory, match=r"and cuda device cuda:0 has 1.0 KiB free"):
+        memory.check_memory(spec, plan, torch.device("cuda", 0))
+    memory.check_memory(spec, plan, torch.device("cuda", 0), device_side=False)  # nothing offloaded to the host

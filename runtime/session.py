@@ -337,14 +337,19 @@ def _prepare(spec: Spec, options: RunOptions, ranks: Ranks | None, target: tuple
                         skipped=selection.skipped, notes=notes)
     spec_hash = hash_of(spec)
     run_dir, lock = open_run(spec, options, data=data, spec_hash=spec_hash, resume=resume, lock=lock)
-    if lock is not None and lock.note:
-        from .events import EventWriter
+    try:
+        if lock is not None and lock.note:
+            from .events import EventWriter
 
-        with EventWriter(run_dir.events) as writer:
-            writer.log("warning", lock.note, 0, 0)
-    return PreparedRun(spec=spec, options=options, plan=plan, data=data, spec_hash=spec_hash, run=run_dir,
-                       device_type=device_type, ranks=ranks, resume=resume, lock=lock,
-                       events_offset=_size(run_dir.events))
+            with EventWriter(run_dir.events) as writer:
+                writer.log("warning", lock.note, 0, 0)
+        return PreparedRun(spec=spec, options=options, plan=plan, data=data, spec_hash=spec_hash, run=run_dir,
+                           device_type=device_type, ranks=ranks, resume=resume, lock=lock,
+                           events_offset=_size(run_dir.events))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
 
 def _ranks_here(ranks: Ranks | None) -> int:
@@ -415,14 +420,8 @@ def failed_outside_loop(ready: PreparedRun, error: BaseException, *, console: Co
     elif isinstance(error, (DataError, CheckpointError)):
         message = str(error)
     else:
-        log = write_error_log(ready.run, "".join(traceback.format_exception(error)))
+        log = ready.run.append_error_log("".join(traceback.format_exception(error)))
         message = f"{type(error).__name__}: {error}" + (f" (traceback in {log})" if log else "")
-    return end_failed(ready, message, console=console)
-
-
-def end_failed(ready: PreparedRun, message: str, *, console: Console | None = None) -> Outcome:
-    """The `failed` Outcome of a session that ended with `message`, its `end` event written unless this
-    session wrote one already."""
     return end_session(ready, "failed", message, console=console)
 
 
@@ -464,7 +463,3 @@ def ended_since(events: Path, offset: int) -> bool:
     except OSError:
         return False
 
-
-def write_error_log(run: RunDir, text: str) -> Path | None:
-    """Append a traceback to RUN_DIR/error.log; its path, or None when the folder cannot take it."""
-    return run.append_error_log(text)

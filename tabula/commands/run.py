@@ -146,11 +146,11 @@ def report_crash(error: BaseException, ready: PreparedRun | None) -> int:
     text = "".join(traceback.format_exception(error))
     log = None
     if ready is not None:
-        from tabula.runtime.session import end_failed, write_error_log
+        from tabula.runtime.session import end_session
 
-        log = write_error_log(ready.run, text)
+        log = ready.run.append_error_log(text)
         try:
-            end_failed(ready, f"{type(error).__name__}: {error}" + (f" (traceback in {log})" if log else ""))
+            end_session(ready, "failed", f"{type(error).__name__}: {error}" + (f" (traceback in {log})" if log else ""))
         except Exception:  # noqa: BLE001 - the report must not fail in its turn
             pass
     if log is None:

@@ -361,3 +361,22 @@ def test_the_continue_hint_is_a_command_that_works(work):
                              timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "finished at step 10" in resumed.stdout and "differs" not in resumed.stdout
+
+
+def test_an_unexpected_error_of_a_started_run_is_one_line_and_exit_3(work, here, monkeypatch):
+    """A bug after the folder exists (here: printing the prepared run) fails the run as any failure does: exit 3,
+    as under the dashboard, one line naming RUN_DIR/error.log, the end event written."""
+    import tabula.commands.run as run_command
+
+    def broken(ready):
+        raise KeyError("planted")
+
+    monkeypatch.setattr(run_command, "prepared_lines", broken)
+    code, out, err = here("run", "tiny.yaml", "--headless", "--run-dir", "runs/bug")
+    assert code == 3, out + err
+    assert "Traceback" not in out + err
+    assert err == "tabula run: unexpected error: KeyError: 'planted'; the traceback is in runs/bug/error.log\n"
+    assert "Traceback (most recent call last)" in (work / "runs" / "bug" / "error.log").read_text()
+    end = read_events(work / "runs" / "bug" / "events.jsonl")[-1]
+    assert end["reason"] == "failed" and end["error"] == "KeyError: 'planted' (traceback in runs/bug/error.log)"
+    assert lock_owner(work / "runs" / "bug") is None

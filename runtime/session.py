@@ -17,6 +17,7 @@ returns values; the `tabula run` command turns them into text and exit codes.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -236,10 +237,22 @@ def open_run(spec: Spec, options: RunOptions, *, data: PreparedData, spec_hash: 
         spec_text = Path(source).read_text(encoding="utf-8") if source else canonical_yaml(spec)
     except (OSError, UnicodeDecodeError):  # the spec file changed since it was loaded: record what was loaded
         spec_text = canonical_yaml(spec)
-    manifest = build_manifest(spec, spec_hash=spec_hash, prepared=data, command=command,
-                              overrides=list(options.overrides), run_name=path.name)
-    return create_run(path, spec_text=spec_text, resolved_yaml=canonical_yaml(spec), manifest=manifest,
-                      tokenizer_json=data.tokenizer_json, command=command)
+    for attempt in range(NAME_ATTEMPTS):
+        manifest = build_manifest(spec, spec_hash=spec_hash, prepared=data, command=command,
+                                  overrides=list(options.overrides), run_name=path.name)
+        try:
+            return create_run(path, spec_text=spec_text, resolved_yaml=canonical_yaml(spec), manifest=manifest,
+                              tokenizer_json=data.tokenizer_json, command=command)
+        except RunInputError:
+            # a run started in the same second took the name this one chose: the next suffix (a name the user
+            # gave with --run-dir is theirs: refused)
+            if options.run_dir or attempt == NAME_ATTEMPTS - 1 or not os.path.lexists(path):
+                raise
+            path = new_run_path(spec.track.runs_dir, spec.name)
+    raise AssertionError("unreachable")
+
+
+NAME_ATTEMPTS = 5  # runs of one spec started in the same second
 
 
 def _log_skipped(run: RunDir, resume: Resume) -> None:

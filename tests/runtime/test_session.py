@@ -262,3 +262,20 @@ def test_the_memory_check_on_a_gpu_compares_the_devices_free_memory(monkeypatch)
     with pytest.raises(NotEnoughMemory, match=r"and cuda device cuda:0 has 1.0 KiB free"):
         memory.check_memory(spec, plan, torch.device("cuda", 0))
     memory.check_memory(spec, plan, torch.device("cuda", 0), device_side=False)  # nothing offloaded to the host
+
+
+def test_a_default_run_name_taken_in_the_same_second_moves_to_the_next(tmp_path, monkeypatch):
+    import tabula.runtime.rundir as rundir
+    from tabula.runtime.session import open_run
+
+    taken = tmp_path / "tiny-20261128-101500"
+    taken.mkdir()
+    (taken / "manifest.json").write_text("{}")  # another run, started in the same second, got there first
+    names = iter([taken, tmp_path / "tiny-20261128-101500-2"])
+    monkeypatch.setattr(rundir, "new_run_path", lambda runs_dir, name: next(names))
+    data = SimpleNamespace(fingerprint="f", tokenizer_hash="h", vocab_size=512, tokenizer_json="{}")
+    run, lock = open_run(tiny_spec(), RunOptions(spec_path="tiny.yaml"), data=data, spec_hash="h", resume=None)
+    lock.release()
+    assert run.path.name == "tiny-20261128-101500-2" and sorted(p.name for p in taken.iterdir()) == ["manifest.json"]
+    with pytest.raises(RunInputError, match="already exists and is not empty"):  # a name the user gave is theirs
+        open_run(tiny_spec(), RunOptions(spec_path="tiny.yaml", run_dir=taken), data=data, spec_hash="h", resume=None)

@@ -189,7 +189,7 @@ def prepared_lines(ready: PreparedRun) -> list[str]:
 
 
 def exit_code(ready: PreparedRun, outcome: Outcome) -> int:
-    """The exit code of a run that started (printing, for a local run, how to continue it): 3 failed,
+    """The exit code of a run that started (printing how to continue it, as a command that works): 3 failed,
     128 + N stopped by signal N, else 0."""
     hint = resume_command(ready.options, ready.run.path)
     if outcome.reason == "failed":

@@ -122,9 +122,9 @@ def _train_here(options: RunOptions, spec: Spec) -> int:
     try:
         if ready.resume is not None:
             for note in ready.resume.notes:
-                sys.stderr.write(f"warning: {note}\n")
+                sys.stderr.write(f"tabula run: warning: {note}\n")
             for skipped in ready.resume.skipped:
-                sys.stderr.write(f"warning: {skipped.message}; resuming from {ready.resume.checkpoint.name}\n")
+                sys.stderr.write(f"tabula run: warning: {skipped.message}; resuming from {ready.resume.checkpoint.name}\n")
         for line in prepared_lines(ready):
             print(line)
         sys.stdout.flush()

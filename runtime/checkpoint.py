@@ -326,7 +326,7 @@ class Checkpointer:
         try:
             if engine.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
+                tmp.mkdir()  # not parents: a run folder deleted under a live run is refused, never half re-created
         except WRITE_ERRORS as caught:
             error = caught
         if not self._agreed(error):

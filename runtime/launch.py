@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from tabula.schemas.spec import Spec
 
     from .loop import Outcome
+    from .runlock import RunLock
     from .session import PreparedRun, Ranks
 
 # DeepSpeed's launcher and ranks log every spawn, kill and accelerator choice; the user sees tabula's lines
@@ -162,14 +164,18 @@ def launch(ready: PreparedRun, *, out: TextIO) -> Outcome:
     return start_ranks(options.spec_path, ready.run.path, ranks.world_size, overrides=options.overrides,
                        resume_from=ready.checkpoint, max_steps=options.max_steps,
                        hostfile=str(ranks.hostfile) if ranks.hostfile else None,
-                       cache_dir=str(options.cache_dir) if options.cache_dir else None, out=out)
+                       cache_dir=str(options.cache_dir) if options.cache_dir else None, out=out,
+                       lock=ready.lock, events_offset=ready.events_offset)
 
 
 def start_ranks(spec_path: str | os.PathLike[str], run_dir: str | os.PathLike[str], world_size: int, *,
                 overrides: Sequence[str] = (), resume_from: Path | None = None, max_steps: int | None = None,
-                hostfile: str | None = None, cache_dir: str | None = None, out: TextIO | None = None) -> Outcome:
+                hostfile: str | None = None, cache_dir: str | None = None, out: TextIO | None = None,
+                lock: RunLock | None = None, events_offset: int = 0) -> Outcome:
     """Start the ranks of a run whose folder exists, watch them, and make sure events.jsonl ends with an
-    `end` event. Returns the run's Outcome, with the stop signal received (if any) as its `signal`."""
+    `end` event of this session (whose events follow byte `events_offset`). `lock`: the run folder's lock
+    (runtime/runlock.py), handed to DeepSpeed's launcher so that the run stays locked while it and its
+    ranks live. Returns the run's Outcome, with the stop signal received (if any) as its `signal`."""
     out = out or sys.stdout
     run_dir = Path(run_dir)
     (run_dir / RANKS_DIR).mkdir(parents=True, exist_ok=True)
@@ -180,20 +186,33 @@ def start_ranks(spec_path: str | os.PathLike[str], run_dir: str | os.PathLike[st
     env = rank_environment(world_size)
     if cache_dir:
         env["TABULA_CACHE_DIR"] = str(Path(cache_dir).resolve())
-    exit_codes, tail, signals_seen = _supervise(command, env, run_dir, out)
-    outcome = _finish(run_dir, exit_codes, tail, out)
+    keep_fds: tuple[int, ...] = ()
+    started = None
+    if lock is not None and lock.fd is not None:
+        keep_fds = (lock.fd,)
+        started = functools.partial(lock.add_holder, what="DeepSpeed launcher")
+    exit_codes, tail, signals_seen = _supervise(command, env, run_dir, out, keep_fds=keep_fds, started=started)
+    outcome = _finish(run_dir, exit_codes, tail, out, since=events_offset)
     if signals_seen:
         outcome = dataclasses.replace(outcome, signal=signal.Signals(signals_seen[0]).name)
     return outcome
 
 
-def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: TextIO) -> tuple[list[int], deque[str], list[int]]:
+def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: TextIO, keep_fds: Sequence[int] = (),
+               started: Callable[[int], None] | None = None) -> tuple[list[int], deque[str], list[int]]:
     """Run the launcher in its own session (a terminal's Ctrl-C reaches only this process), passing its
-    output through. The first SIGINT/SIGTERM asks the ranks to stop; a second ends them."""
+    output through; `keep_fds` stay open in it (the run folder's lock), `started` gets its pid. The first
+    SIGINT/SIGTERM asks the ranks to stop; a second ends them."""
     from tabula.schemas.rundir_protocol import ControlRequestError, request
 
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               bufsize=1, start_new_session=True)
+    try:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   bufsize=1, start_new_session=True, pass_fds=tuple(keep_fds))
+    except OSError as error:
+        out.write(f"cannot start DeepSpeed's launcher: {error}\n")
+        return [127], deque([str(error)]), []
+    if started is not None:
+        started(process.pid)
     signals_seen: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -235,19 +254,24 @@ def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: Text
     return exit_codes, tail, signals_seen
 
 
-def _finish(run_dir: Path, exit_codes: list[int], tail: Sequence[str], out: TextIO | None) -> Outcome:
-    """How the run ended, from events.jsonl and the ranks' exit codes and error files; writes the `end`
-    event rank 0 could not write, and to `out` the line saying why the run failed when rank 0's console
-    could not (with the ranks' last output lines when no rank left an error)."""
-    from tabula.schemas.rundir_protocol import EVENTS_FILE, end_event
+def _finish(run_dir: Path, exit_codes: list[int], tail: Sequence[str], out: TextIO | None, *, since: int = 0) -> Outcome:
+    """How the run ended, from events.jsonl (this session's events: after byte `since`) and the ranks' exit
+    codes and error files; writes the `end` event rank 0 could not write, and to `out` the line saying why
+    the run failed when rank 0's console could not (with the ranks' last output lines when no rank left an
+    error)."""
+    from tabula.schemas.rundir_protocol import EVENTS_FILE
 
     from .checkpoint import list_checkpoints
     from .events import EventWriter, read_events
     from .loop import Outcome
 
     path = run_dir / EVENTS_FILE
-    events = read_events(path) if path.exists() else []
-    end = end_event(run_dir)  # this session's end: an earlier session's does not count after a resume
+    events = read_events(path, offset=since) if path.exists() else []
+    ends = [event for event in events if event.get("kind") == "end"]
+    end = ends[-1] if ends else None  # this session's end: an earlier session's does not count after a resume
+    if not events and since:  # ranks that failed before their start event: a resume goes on from its checkpoint
+        earlier = read_events(path) if path.exists() else []
+        events = earlier[-1:]
     last: dict[str, Any] = end or (events[-1] if events else {"step": 0, "tokens": 0})
     checkpoints = list_checkpoints(run_dir)
     ended = {"step": last.get("step", 0), "tokens": last.get("tokens", 0),

@@ -485,9 +485,9 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
                                       spec_path=str(spec.source_path) if spec.source_path else None)
             elif isinstance(error, (DataError, CheckpointError)):  # bad input or a refused disk: its message says it all
                 message = str(error)
-            else:
-                message = f"{type(error).__name__}: {error}"
-                trainer.log("error", traceback.format_exc())
+            else:  # a bug or a fault nobody planned for: one line here, the traceback in error.log
+                log = run.append_error_log(traceback.format_exc()) if engine.is_main else None
+                message = f"{type(error).__name__}: {error}" + (f" (traceback in {log})" if log else "")
             outcome = Outcome("failed", p.step, p.tokens, error=message, checkpoint=trainer.last_good_checkpoint(),
                               best_val_loss=p.best_val_loss)
         trainer.emit("end", reason=outcome.reason, error=outcome.error)

@@ -120,6 +120,11 @@ def run_rank(options: RankOptions) -> Outcome:
         prepared = prepare(spec)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type)
+        if device_type == "cuda":  # the launcher checked the CPU's memory; each rank checks its own GPU
+            from .deepspeed_engine import rank_device
+            from .memory import check_memory
+
+            check_memory(spec, plan, rank_device(), spec_path=options.spec_path)
         engine, parameters = build_deepspeed_engine(spec, plan, errors_dir=run_dir / RANKS_DIR)
         outcome = train(spec, plan, engine, RunDir(run_dir), prepared, spec_hash=spec_hash(spec),
                         max_steps=options.max_steps, resume_from=options.resume_from,

@@ -3,6 +3,7 @@
     runs/<name>-<yyyymmdd-hhmmss>/
       spec.yaml  resolved.yaml  manifest.json  events.jsonl  tokenizer.json  checkpoints/  control/
       ranks/ (DeepSpeed ranks' errors)  output.log (a launched training's output)
+      lock (the owning session's pid and host)  error.log (tracebacks of sessions that crashed)
       checkpoints/step-000500/model.safetensors ... (the rest of a checkpoint is runtime/checkpoint.py's)
 
 The runtime writes the folder, the dashboard (or a script, or another machine sharing the file
@@ -12,10 +13,13 @@ imports the other. Torch-free. The contract in words is docs/interfaces.md ("The
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
+import time
 from stat import S_ISREG
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,9 @@ WEIGHTS_FILE = "model.safetensors"  # a checkpoint's consolidated weights (tied 
 CONTROL_DIR = "control"
 RANKS_DIR = "ranks"
 OUTPUT_LOG = "output.log"
+LOCK_FILE = "lock"  # held (flock) by the session that owns the run; records its pid and host
+ERROR_LOG = "error.log"  # the traceback of a session that failed unexpectedly
+
 # A folder holding any of these is a run (one being created writes them first, one by one).
 RUN_MARKERS = (MANIFEST_FILE, RESOLVED_FILE, SPEC_FILE, EVENTS_FILE)
 
@@ -127,6 +134,48 @@ def parse_prepare_line(line: str) -> tuple[str, int, int | None] | None:
         return None
     total = found.group("total")
     return found.group("stage"), int(found.group("done").replace(",", "")), int(total.replace(",", "")) if total else None
+
+
+# ---------------------------------------------------------------- the lock
+
+# A session (a training of the run, or a resume) holds LOCK_FILE with flock for its life; the file records
+# the owner as JSON: pid, host, started (unix seconds), command, and a child that holds it too ("holder":
+# {pid, what}: DeepSpeed's launcher). The runtime's side is tabula.runtime.runlock.RunLock.
+
+
+def read_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What the lock file records about its latest owner (who holds it now, or held it last), or None (no
+    file, or not readable yet)."""
+    for _ in range(5):  # an owner that has just locked writes its record a moment later
+        try:
+            fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as file:
+                owner = json.loads(file.read(2**16)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except (OSError, ValueError):
+            owner = None
+        if isinstance(owner, dict):
+            return owner
+        time.sleep(0.02)
+    return None
+
+
+def lock_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The owner of `run_dir` when a session holds it now (its record; {} when unreadable), else None.
+    Takes nothing: for a watcher or a launcher that checks before starting a session."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None  # no lock file: no session ever took it (or it cannot be read: the session will say)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_owner(run_dir) or {}
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 # ---------------------------------------------------------------- control requests

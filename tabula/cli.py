@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tabula",
         description="Declarative language-model training experiments: validate, plan, run, watch and compare YAML specs.",
-        epilog="Run `tabula COMMAND --help` for a command's options. Exit codes: 0 ok, 1 differs (diff), 2 bad input, 3 run failed.",
+        epilog=("Run `tabula COMMAND --help` for a command's options. Exit codes: 0 ok, 1 differs (diff), 2 bad input "
+                "(nothing ran), 3 run failed, 130/143 a run stopped by SIGINT/SIGTERM (with its checkpoint)."),
     )
     parser.add_argument("--version", action="version", version=f"tabula {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

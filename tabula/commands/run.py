@@ -10,7 +10,10 @@ A resumed run continues exactly (bit-identical on the CPU). Resuming with a chan
 changes: compatible ones (budget, schedule, intervals, mixture, curriculum, batch) are applied and
 recorded in manifest.json; incompatible ones (shapes) are refused with the reason.
 SIGINT/SIGTERM (or `touch RUN_DIR/control/stop`) stop after the current step with a checkpoint.
-Exit codes: 0 finished or stopped, 2 bad input, 3 the run failed (130/143 after SIGINT/SIGTERM).
+Exit codes: 0 finished or stopped, 2 bad input (nothing ran: a spec, flag, path, a run folder in use
+or damaged, a model larger than the free memory), 3 the run failed (its traceback, for an unexpected
+error, in RUN_DIR/error.log), 130/143 stopped with a checkpoint by SIGINT/SIGTERM.
+TABULA_NO_MEMORY_CHECK=1 starts a run the memory check would refuse (an estimate wrong for a model).
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         return _train_here(options, spec)
     except (TabulaError, SpecErrors) as error:
         return report_error(error)
+    except Exception as error:  # noqa: BLE001 - a bug before the run started: one line, the traceback in a file
+        return report_crash(error, None)
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
@@ -115,14 +120,52 @@ def _train_here(options: RunOptions, spec: Spec) -> int:
     from tabula.runtime.session import prepare_run, run_prepared
 
     ready = prepare_run(spec, options, progress=terminal_progress(sys.stderr))
-    if ready.resume is not None:
-        for skipped in ready.resume.skipped:
-            sys.stderr.write(f"tabula run: warning: {skipped.message}; resuming from {ready.resume.checkpoint.name}\n")
-    for line in prepared_lines(ready):
-        print(line)
-    sys.stdout.flush()
-    outcome = run_prepared(ready, console=Console(), out=sys.stdout)
-    return exit_code(ready, outcome)
+    try:
+        if ready.resume is not None:
+            for note in ready.resume.notes:
+                sys.stderr.write(f"tabula run: warning: {note}\n")
+            for skipped in ready.resume.skipped:
+                sys.stderr.write(f"tabula run: warning: {skipped.message}; resuming from {ready.resume.checkpoint.name}\n")
+        for line in prepared_lines(ready):
+            print(line)
+        sys.stdout.flush()
+        outcome = run_prepared(ready, console=Console(), out=sys.stdout)
+        return exit_code(ready, outcome)
+    except Exception as error:  # noqa: BLE001 - a started run that crashed: failed (3), as under the dashboard
+        return report_crash(error, ready)
+    finally:
+        ready.release()
+
+
+def report_crash(error: BaseException, ready: PreparedRun | None) -> int:
+    """An unexpected error (a bug, not bad input): one line on stderr, the traceback in RUN_DIR/error.log
+    (or a temporary file before the run folder exists), the run's `end` event written if it is missing.
+    Returns RUN_FAILED."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    log = None
+    if ready is not None:
+        from tabula.runtime.session import end_session
+
+        log = ready.run.append_error_log(text)
+        try:
+            end_session(ready, "failed", f"{type(error).__name__}: {error}" + (f" (traceback in {log})" if log else ""))
+        except Exception:  # noqa: BLE001 - the report must not fail in its turn
+            pass
+    if log is None:
+        try:
+            fd, name = tempfile.mkstemp(prefix="tabula-error-", suffix=".log")
+            with open(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            log = Path(name)
+        except OSError:
+            log = None
+    where = f"; the traceback is in {log}" if log else ""
+    sys.stderr.write(f"tabula run: unexpected error: {type(error).__name__}: {error}{where}\n")
+    sys.stderr.flush()
+    return ExitCode.RUN_FAILED
 
 
 def prepared_lines(ready: PreparedRun) -> list[str]:
@@ -147,19 +190,30 @@ def prepared_lines(ready: PreparedRun) -> list[str]:
 
 
 def exit_code(ready: PreparedRun, outcome: Outcome) -> int:
-    """The exit code of a run that started (printing, for a local run, how to continue it): 3 failed,
+    """The exit code of a run that started (printing how to continue it, as a command that works): 3 failed,
     128 + N stopped by signal N, else 0."""
-    resume_hint = f"tabula run {shlex.quote(ready.options.spec_path)} --resume {shlex.quote(str(ready.run.path))}"
-    local = ready.ranks is None  # DeepSpeed ranks print their own end line; the hint would need --nproc
+    hint = resume_command(ready.options, ready.run.path)
     if outcome.reason == "failed":
-        if local and outcome.checkpoint is not None:
-            print(f"the last good checkpoint is {outcome.checkpoint}; after fixing the cause: {resume_hint}")
+        if outcome.checkpoint is not None:
+            print(f"the last good checkpoint is {outcome.checkpoint}; after fixing the cause: {hint}")
         return ExitCode.RUN_FAILED
-    if outcome.reason == "stopped" and local and outcome.checkpoint is not None:
-        print(f"stopped with a checkpoint; continue with: {resume_hint}")
+    if outcome.reason == "stopped" and outcome.checkpoint is not None:
+        print(f"stopped with a checkpoint; continue with: {hint}")
     if outcome.signal:
         return stopped_by(outcome.signal)
     return ExitCode.OK
+
+
+def resume_command(options: RunOptions, run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` as it was started: the spec, its overrides (the run's
+    resolved spec has them: without them the resume would see a changed spec), --nproc and --cache-dir,
+    shell-quoted."""
+    words = ["tabula", "run", options.spec_path, *options.overrides, "--resume", str(run_dir)]
+    if options.nproc:
+        words += ["--nproc", str(options.nproc)]
+    if options.cache_dir:
+        words += ["--cache-dir", str(options.cache_dir)]
+    return shlex.join(words)
 
 
 def _with_dashboard(options: RunOptions, spec: Spec) -> int:
@@ -176,7 +230,8 @@ def _with_dashboard(options: RunOptions, spec: Spec) -> int:
 def child_command(options: RunOptions, spec: Spec) -> tuple[list[str], Path]:
     """The headless command the dashboard runs beside itself, and the run folder it will write. Raises
     RunInputError when --resume names nothing to resume."""
-    from tabula.runtime.rundir import new_run_path
+    from tabula.runtime.rundir import check_new_run_path, new_run_path
+    from tabula.runtime.runlock import check_unlocked
     from tabula.runtime.session import find_resume_target
 
     argv = [sys.executable, "-m", "tabula.cli", "run", options.spec_path, *options.overrides, "--headless"]
@@ -189,8 +244,10 @@ def child_command(options: RunOptions, spec: Spec) -> tuple[list[str], Path]:
     if options.allow_extends_outside:
         argv += ["--allow-extends-outside"]
     target = find_resume_target(spec, options)
-    if target is not None:
+    if target is not None:  # refused here, on the terminal, rather than in a dashboard on a child that would fail
         run, _ = target
+        check_unlocked(run.path)
         return argv + ["--resume", str(run.path)], run.path
     run_dir = options.run_dir or new_run_path(spec.track.runs_dir, spec.name)
+    check_new_run_path(Path(run_dir))
     return argv + ["--run-dir", str(run_dir)], run_dir

@@ -243,15 +243,15 @@ def test_a_deepspeed_run_resumes_on_the_local_engine(work, whole):
 def test_a_deepspeed_checkpoint_the_local_engine_cannot_read_is_refused(work, whole):
     import shutil
 
+    from tabula.runtime.integrity import write_checksums
+
     shutil.copytree(whole[0], work / "runs" / "fp16")
     checkpoint = work / "runs" / "fp16" / "checkpoints" / "step-000048"
     (checkpoint / "optimizer.pt").unlink()
     (checkpoint / "deepspeed").mkdir()
     layout = {"zero_stage": 2, "world_size": 2, "precision": "fp16", "groups": []}
     (checkpoint / "deepspeed" / "layout.json").write_text(json.dumps(layout))
-    from tabula.runtime.integrity import write_checksums
-
-    write_checksums(checkpoint)  # an intact checkpoint in DeepSpeed's layout, not a damaged local one
+    write_checksums(checkpoint)  # a checkpoint DeepSpeed wrote whole, not a damaged local one
     result = tabula(work, "run", "tiny.yaml", "--headless", "--resume", "runs/fp16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [

@@ -181,3 +181,15 @@ def test_a_damaged_state_file_does_not_break_keep_best(tmp_path):
     (tmp_path / "checkpoints" / "step-000001" / "state.json").write_text("{")
     checkpointer.save(2, {"step": 2, "val_loss": 2.0})
     assert checkpointer.best().name == "step-000002"
+
+
+def test_a_run_folder_deleted_under_a_live_run_is_refused_not_recreated(saved):
+    """Someone removed the run folder while it trained: the next checkpoint is a write error (the run then
+    fails at its end, saying the steps are not saved), never a checkpoints/ folder alone in a ghost run."""
+    import shutil
+
+    run, _, checkpointer = saved
+    shutil.rmtree(run)
+    with pytest.raises(CheckpointWriteError, match="No such file or directory"):
+        checkpointer.save(2, {"step": 2})
+    assert not run.exists()

@@ -222,6 +222,47 @@ def test_a_rank_killed_mid_run_ends_the_run_with_a_clear_error(work):
     assert "run failed" in output or "another rank" in output, output
 
 
+def test_the_launcher_holds_the_run_folder_for_its_ranks_until_they_end(work):
+    """A second session is refused while the ranks train (naming tabula's pid and its DeepSpeed launcher's);
+    SIGKILL of `tabula run` leaves the folder locked only while the launcher's ranks still run, then it
+    resumes."""
+    import psutil
+
+    from tabula.runtime.runlock import lock_owner
+
+    run_dir = work / "owned"
+    flags = ["tiny.yaml", "parallel.backend=deepspeed", "parallel.zero.stage=1", "train.budget.tokens=2M", "--nproc", "2",
+             "--headless"]
+    process = subprocess.Popen([str(TABULA), "run", *flags, "--run-dir", str(run_dir)], cwd=work,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    events = run_dir / "events.jsonl"
+    deadline = time.monotonic() + 240
+    while not (events.exists() and events.read_text().count('"kind":"train"') >= 2):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    owner = lock_owner(run_dir)
+    assert owner["pid"] == process.pid and owner["holder"]["what"] == "DeepSpeed launcher"
+    second = tabula(work, "run", *flags, "--resume", str(run_dir))
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"in use by another session (pid {process.pid} on host " in second.stderr
+    assert f"with its DeepSpeed launcher, pid {owner['holder']['pid']}" in second.stderr
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 120  # the launcher and ranks end once their output has nowhere to go
+    while lock_owner(run_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for child in children:  # whatever is left, so that nothing trains on while the run resumes
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    resumed = tabula(work, "run", *flags, "--max-steps", "1", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    recorded = [json.loads(line) for line in events.read_text().splitlines() if line.startswith("{") and line.endswith("}")]
+    assert recorded[-1]["kind"] == "end" and recorded[-1]["reason"] == "stopped"
+
+
 def test_ctrl_c_stops_every_rank_with_a_checkpoint(work):
     run_dir = work / "interrupted"
     process = subprocess.Popen([str(TABULA), "run", "tiny.yaml", "--nproc", "2", "parallel.backend=deepspeed",

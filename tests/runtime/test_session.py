@@ -94,3 +94,188 @@ def test_a_prepared_run_shows_its_changes_notes_and_ranks(tmp_path):
 def resume_changes_of(folder: Path):
     (folder / RESOLVED_FILE).write_text(canonical_yaml(tiny_spec()))
     return resume_changes(tiny_spec(budget={"tokens": "16k"}), RunDir(folder))
+
+
+# ---------------------------------------------------------------- the run folder's lock and the session's end
+
+
+@pytest.fixture(scope="module")
+def prepared_base(tmp_path_factory):
+    """A tiny run stopped at step 2 with a checkpoint, and its token cache."""
+    import os
+
+    from tabula.runtime.session import run_prepared
+
+    folder = tmp_path_factory.mktemp("session")
+    old = os.environ.get("TABULA_CACHE_DIR")
+    os.environ["TABULA_CACHE_DIR"] = str(folder / "cache")
+    try:
+        ready = prepare_run(tiny_spec(), RunOptions(spec_path="tiny.yaml", run_dir=folder / "base", max_steps=2))
+        assert ready.lock is not None and ready.lock.held
+        outcome = run_prepared(ready)
+        assert outcome.reason == "stopped" and not ready.lock.held  # released once the run ended
+    finally:
+        os.environ.pop("TABULA_CACHE_DIR") if old is None else os.environ.__setitem__("TABULA_CACHE_DIR", old)
+    return folder
+
+
+@pytest.fixture
+def copy(prepared_base, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("TABULA_CACHE_DIR", str(prepared_base / "cache"))
+    shutil.copytree(prepared_base / "base", tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_a_resume_holds_the_folder_and_a_refused_one_lets_it_go(copy):
+    from tabula.runtime.errors import RunLocked
+    from tabula.runtime.runlock import lock_owner
+
+    ready = prepare_run(tiny_spec(), RunOptions(spec_path="tiny.yaml", resume=str(copy)))
+    try:
+        assert lock_owner(copy)["pid"] == __import__("os").getpid()
+        with pytest.raises(RunLocked, match=f"{copy} is in use by another session"):
+            prepare_run(tiny_spec(), RunOptions(spec_path="tiny.yaml", resume=str(copy)))
+    finally:
+        ready.release()
+    assert lock_owner(copy) is None
+    shape = tiny_spec().model_copy(update={"model": tiny_spec().model.model_copy(update={"d_model": 96})})
+    with pytest.raises(ResumeRefused):
+        prepare_run(shape, RunOptions(spec_path="tiny.yaml", resume=str(copy)))
+    assert lock_owner(copy) is None  # the refusal released it
+
+
+@pytest.mark.slow
+def test_a_failure_building_the_engine_ends_the_session_with_its_error(copy, monkeypatch):
+    import tabula.runtime.build as build
+    from tabula.runtime.events import read_events
+    from tabula.runtime.session import run_prepared
+
+    def broken(*args, **kwargs):
+        raise ValueError("planted: no engine today")
+
+    monkeypatch.setattr(build, "build_local_engine", broken)
+    ready = prepare_run(tiny_spec(), RunOptions(spec_path="tiny.yaml", resume=str(copy)))
+    outcome = run_prepared(ready)
+    assert outcome.reason == "failed" and outcome.step == 2 and outcome.checkpoint.name == "step-000002"
+    assert outcome.error == f"ValueError: planted: no engine today (traceback in {copy / 'error.log'})"
+    end = read_events(copy / "events.jsonl")[-1]
+    assert (end["kind"], end["reason"], end["step"], end["error"]) == ("end", "failed", 2, outcome.error)
+    assert "Traceback (most recent call last)" in (copy / "error.log").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "build_local_engine", interrupted)
+    outcome = run_prepared(prepare_run(tiny_spec(), RunOptions(spec_path="tiny.yaml", resume=str(copy))))
+    assert (outcome.reason, outcome.signal) == ("stopped", "SIGINT")
+    assert read_events(copy / "events.jsonl")[-1]["reason"] == "stopped"
+
+
+def test_the_memory_check_refuses_with_the_plans_numbers_unless_told_not_to(monkeypatch):
+    import torch
+
+    import tabula.runtime.memory as memory
+    from tabula.compiler import make_plan
+    from tabula.runtime.errors import NotEnoughMemory
+
+    spec = tiny_spec()
+    plan = make_plan(spec, vocab_size=512)
+    on_device, _ = memory.memory_needed(spec, plan, device_type="cpu")
+    needed = sum(on_device.values())
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    monkeypatch.setattr(memory, "host_free_memory", lambda: needed * 2)
+    memory.check_memory(spec, plan, torch.device("cpu"))  # fits
+    with pytest.raises(NotEnoughMemory) as refused:
+        memory.check_memory(spec, plan, torch.device("cpu"), ranks_here=2, spec_path="tiny.yaml")  # two ranks do not
+    message = str(refused.value)
+    assert message.startswith("the plan needs ") and " per rank (activations " in message and ", optimizer state " in message
+    assert "for the 2 ranks on this machine, and this machine's memory has " in message
+    assert "`tabula plan tiny.yaml` shows where it goes" in message and refused.value.needed == 2 * needed
+    monkeypatch.setenv(memory.SKIP_ENV, "1")
+    memory.check_memory(spec, plan, torch.device("cpu"), ranks_here=2)
+    monkeypatch.setenv(memory.SKIP_ENV, "0")
+    monkeypatch.setattr(memory, "host_free_memory", lambda: None)  # cannot tell: no refusal on a guess
+    memory.check_memory(spec, plan, torch.device("cpu"), ranks_here=2)
+
+
+def test_the_launcher_writes_this_sessions_end_after_an_earlier_sessions_end(tmp_path):
+    """Ranks of a resume that fail before their first event: the end found must be this session's."""
+    import json
+
+    from tabula.runtime.launch import _finish
+
+    earlier = [{"kind": "start", "time": 1.0, "step": 0, "tokens": 0},
+               {"kind": "end", "time": 2.0, "step": 8, "tokens": 4096, "reason": "stopped", "error": None}]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in earlier))
+    outcome = _finish(tmp_path, [1], ["boom"], type("Out", (), {"write": lambda self, text: None})(), since=path.stat().st_size)
+    end = json.loads(path.read_text().splitlines()[-1])
+    assert outcome.reason == "failed" and (end["reason"], end["step"]) == ("failed", 8)
+    assert end["error"] == "a rank exited with status 1 without reporting an error"
+
+
+def test_the_dashboard_refuses_a_busy_run_before_it_opens(tmp_path, monkeypatch):
+    from tabula.commands.run import child_command
+    from tabula.runtime.errors import RunLocked
+    from tabula.runtime.runlock import RunLock
+
+    import tabula.runtime.session as session
+
+    run = RunDir(tmp_path / "busy")
+    run.path.mkdir()
+    monkeypatch.setattr(session, "find_resume_target", lambda spec, options, notes=None: (run, None) if options.resume else None)
+    with RunLock.acquire(run.path):
+        with pytest.raises(RunLocked, match="is in use by another session"):
+            child_command(RunOptions(spec_path="tiny.yaml", resume=str(run.path)), tiny_spec())
+    command, where = child_command(RunOptions(spec_path="tiny.yaml", resume=str(run.path)), tiny_spec())
+    assert where == run.path and command[-2:] == ["--resume", str(run.path)]
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(RunInputError, match="a-file is a file, not a folder"):
+        child_command(RunOptions(spec_path="tiny.yaml", run_dir=tmp_path / "a-file" / "run"), tiny_spec())
+
+
+def test_the_continue_hint_keeps_overrides_nproc_and_cache(tmp_path):
+    from tabula.commands.run import resume_command
+
+    options = RunOptions(spec_path="my spec.yaml", overrides=("train.budget.tokens=5k", "name=it's"), nproc=2,
+                         cache_dir=Path("/c"))
+    assert resume_command(options, Path("runs/r 1")) == (
+        "tabula run 'my spec.yaml' train.budget.tokens=5k 'name=it'\"'\"'s' --resume 'runs/r 1' --nproc 2 --cache-dir /c")
+
+
+def test_the_memory_check_on_a_gpu_compares_the_devices_free_memory(monkeypatch):
+    """(Arithmetic only: the device's free memory is given.) The launcher of GPU ranks checks no device:
+    a CUDA context there would take a rank's memory; each rank checks its own."""
+    import torch
+
+    import tabula.runtime.memory as memory
+    from tabula.compiler import make_plan
+    from tabula.runtime.errors import NotEnoughMemory
+
+    spec = tiny_spec()
+    plan = make_plan(spec, vocab_size=512, device_type="cuda")
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1024)
+    with pytest.raises(NotEnoughMemory, match=r"and cuda device cuda:0 has 1.0 KiB free"):
+        memory.check_memory(spec, plan, torch.device("cuda", 0))
+    memory.check_memory(spec, plan, torch.device("cuda", 0), device_side=False)  # nothing offloaded to the host
+
+
+def test_a_default_run_name_taken_in_the_same_second_moves_to_the_next(tmp_path, monkeypatch):
+    import tabula.runtime.rundir as rundir
+    from tabula.runtime.session import open_run
+
+    taken = tmp_path / "tiny-20261128-101500"
+    taken.mkdir()
+    (taken / "manifest.json").write_text("{}")  # another run, started in the same second, got there first
+    names = iter([taken, tmp_path / "tiny-20261128-101500-2"])
+    monkeypatch.setattr(rundir, "new_run_path", lambda runs_dir, name: next(names))
+    data = SimpleNamespace(fingerprint="f", tokenizer_hash="h", vocab_size=512, tokenizer_json="{}")
+    run, lock = open_run(tiny_spec(), RunOptions(spec_path="tiny.yaml"), data=data, spec_hash="h", resume=None)
+    lock.release()
+    assert run.path.name == "tiny-20261128-101500-2" and sorted(p.name for p in taken.iterdir()) == ["manifest.json"]
+    with pytest.raises(RunInputError, match="already exists and is not empty"):  # a name the user gave is theirs
+        open_run(tiny_spec(), RunOptions(spec_path="tiny.yaml", run_dir=taken), data=data, spec_hash="h", resume=None)

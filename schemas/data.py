@@ -101,7 +101,7 @@ class PythonStdlibSource(SpecModel):
         description="The source files and docstrings of the Python installation running tabula: real text on every machine."
     )
     include: list[Literal["source", "docstrings"]] = Field(
-        default_factory=lambda: ["source", "docstrings"],
+        default_factory=lambda: ["source", "docstrings"],  # type: ignore[arg-type]  # list of str literals, inferred as list[str]
         min_length=1,
         description="source: each .py file is a document; docstrings: each module's docstrings form a document.",
     )

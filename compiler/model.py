@@ -39,8 +39,11 @@ from .blocks.init import WeightInit
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of (B, T, vocab) logits against (B, T) targets, in fp32, over targets != -100."""
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    """Mean cross-entropy of (B, T, vocab) logits against (B, T) targets, in fp32, over targets != -100;
+    0 with zero gradients where every target is -100 (a micro-batch inside a conversation's prompt)."""
+    targets = targets.reshape(-1)
+    total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets, ignore_index=-100, reduction="sum")
+    return total / (targets != -100).sum().clamp(min=1)
 
 
 class Block(nn.Module):

@@ -65,6 +65,8 @@ class Console:
         ]
         if e.get("mfu") is not None:
             parts.append(f"mfu {100 * e['mfu']:.0f}%")
+        if e.get("skipped"):
+            parts.append(f"{e['skipped']} skipped")
         if e.get("tokens_per_s"):
             parts.append(f"ETA {format_duration((self.total_tokens - e['tokens']) / e['tokens_per_s'])}")
         self._print(" | ".join(parts))

@@ -190,7 +190,7 @@ def start_ranks(spec_path: str | os.PathLike[str], run_dir: str | os.PathLike[st
 def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: TextIO) -> tuple[list[int], deque[str], list[int]]:
     """Run the launcher in its own session (a terminal's Ctrl-C reaches only this process), passing its
     output through. The first SIGINT/SIGTERM asks the ranks to stop; a second ends them."""
-    from tabula.schemas.rundir_protocol import request
+    from tabula.schemas.rundir_protocol import ControlRequestError, request
 
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, start_new_session=True)
@@ -199,7 +199,11 @@ def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: Text
     def on_signal(signum: int, frame: FrameType | None) -> None:
         signals_seen.append(signum)
         if len(signals_seen) == 1:
-            request(run_dir, "stop")
+            try:
+                request(run_dir, "stop")
+            except ControlRequestError as error:
+                out.write(f"\n{error}; again to end the ranks now (without a checkpoint)\n")
+                return
             out.write(f"\n{signal.Signals(signum).name}: the ranks finish this step and write a checkpoint "
                       f"(again to end them now)\n")
         else:

@@ -16,7 +16,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +32,7 @@ from .events import EventWriter
 from .faults import StopSignals, is_oom, oom_message
 from .mfu import measure_cpu_peak, peak_flops
 from .schedules import lr_at
+from .tracking import AimTracker, make_tracker
 
 if TYPE_CHECKING:
     from tabula.compiler.plan import Plan, StagePlan
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from .data.sampler import Batch
     from .engine import Engine
     from .rundir import RunDir
-    from .tracking import AimTracker
 
 MAX_ROLLBACKS = 3  # in a row without getting past the failing step
 
@@ -73,6 +73,18 @@ class Progress:
     best_val_loss: float | None = None
     val_loss: float | None = None  # the latest evaluation's
     val_step: int | None = None
+
+
+@dataclass
+class Interval:
+    """The steps since the last train event: the losses of those whose update was applied, summed on the
+    device (no host read until the event), and all of them, applied or refused."""
+
+    loss_sum: torch.Tensor
+    applied: int = 0
+    steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0  # seconds in evaluations and checkpoints, left out of the step time
 
 
 def seed_everything(seed: int) -> None:
@@ -125,10 +137,12 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         self.val_batches: dict[int, list[Batch]] = {}
         self.rollbacks, self.failed_step = 0, 0
+        self.skips_in_a_row = 0  # refused updates since the last applied one (train.max_consecutive_skips)
         self.stop_error: str | None = None
         self.write_error: str | None = None  # the latest checkpoint the disk refused
         self.lr = 0.0
         self.peak: float | None = None
+        self.flops: dict[int, float] = {}  # model FLOPs per token of each stage (set by `loop`)
 
     # ------------------------------------------------------------------ events
 
@@ -254,7 +268,16 @@ class Trainer:
         what = "loss" if not torch.isfinite(loss) else "gradient"
         at = f"non-finite {what} at step {self.progress.step} ({self.progress.tokens} tokens)"
         if policy == "skip":
-            self.log("warning", f"{at}: batch skipped, the update was not applied")
+            self.skips_in_a_row += 1
+            limit = self.spec.train.max_consecutive_skips
+            if self.skips_in_a_row >= limit:
+                last = self.last_good_checkpoint()
+                where = f"the last good checkpoint is {last.relative_to(self.run.path)}" if last else "no checkpoint was written yet"
+                self.stop_error = (f"{at}: {self.skips_in_a_row} updates in a row were non-finite and skipped "
+                                   f"(train.max_consecutive_skips: {limit}), so the model is not training (lr {self.lr:.3g}); {where}")
+                return "stop"
+            in_a_row = f" ({self.skips_in_a_row} in a row)" if self.skips_in_a_row > 1 else ""
+            self.log("warning", f"{at}: batch skipped, the update was not applied{in_a_row}")
             return "go"
         last = self.last_good_checkpoint()
         if policy == "stop" or last is None:
@@ -302,10 +325,11 @@ class Trainer:
         every_eval = plan.eval_every_tokens if spec.train.eval else None
         every_ckpt = plan.checkpoint_every_tokens
         log_every = spec.train.log.every_steps
-        flops = {s.index: flops_per_token(spec.model, plan.vocab_size, s.seq_len) for s in plan.stages}
+        # ranks decide alone when to log, and the log reads a collective: the clock only for one process
+        log_seconds = spec.train.log.every_seconds if engine.world_size == 1 else None
+        self.flops = {s.index: flops_per_token(spec.model, plan.vocab_size, s.seq_len) for s in plan.stages}
         stage = plan.stage_at(p.tokens)
-        loss_sum = torch.zeros((), device=engine.device)
-        logged_steps, interval_start, paused = 0, time.perf_counter(), 0.0
+        interval = self.new_interval()
         grad_norm: torch.Tensor | None = None
         steps_here = 0
         reason: EndReason = "finished"
@@ -324,25 +348,30 @@ class Trainer:
             p.step += 1
             p.tokens += plan.batch_tokens
             steps_here += 1
+            interval.steps += 1
             if bool(torch.isfinite(grad_norm)):  # the engine has synced for this already
-                loss_sum += loss
-                logged_steps += 1
+                interval.loss_sum += loss
+                interval.applied += 1
+                self.skips_in_a_row = 0
                 if self.rollbacks and p.step > self.failed_step:
                     self.rollbacks = 0
             else:
                 self.failed_step = p.step
+                if spec.train.on_nonfinite != "skip":  # the run stops or goes back: its refused step in the record first
+                    interval = self.log_train(interval, grad_norm, stage)
                 if self.on_nonfinite(loss) == "stop":
+                    self.log_train(interval, grad_norm, stage)  # skip: the steps it skipped in a row
                     return Outcome("failed", p.step, p.tokens, error=self.stop_error, checkpoint=self.last_good_checkpoint(),
                                    best_val_loss=p.best_val_loss)
-            if p.step % log_every == 0 or p.step == plan.total_steps:
-                if logged_steps:
-                    self.log_train(loss_sum / logged_steps, grad_norm, stage, logged_steps, interval_start + paused,
-                                   flops[stage.index])
-                loss_sum = torch.zeros((), device=engine.device)
-                logged_steps, interval_start, paused = 0, time.perf_counter(), 0.0
+            # the first step of a session, every log_every steps, and (one process) every log_seconds
+            if (p.step % log_every == 0 or p.step == plan.total_steps or steps_here == 1
+                    or (log_seconds is not None and time.perf_counter() - interval.started >= log_seconds)):
+                interval = self.log_train(interval, grad_norm, stage)
             flags = 0
             if p.step % self.control_every == 0:
                 local = self.control.poll() | (ctl.STOP if signals.received is not None else 0)
+                for warning in self.control.take_warnings():
+                    self.log("warning", warning)
                 flags = engine.sync_flags(local)
             pause_start = time.perf_counter()
             last = p.step == plan.total_steps  # evaluate before the final checkpoint, so it records val_loss
@@ -357,14 +386,14 @@ class Trainer:
                     return Outcome("failed", p.step, p.tokens, error=self.stop_error, checkpoint=self.last_good_checkpoint(),
                                    best_val_loss=p.best_val_loss)
             self.control.done(flags)
-            paused += time.perf_counter() - pause_start
+            interval.paused += time.perf_counter() - pause_start
             if flags & ctl.STOP:
                 reason = "stopped"
                 signal_name = signals.name
                 self.log("info", f"{signal_name or 'stop requested'}: stopping at step {p.step} with a checkpoint")
                 break
-        if reason == "stopped" and logged_steps:  # a stop mid-interval: its steps still get their train event
-            self.log_train(loss_sum / logged_steps, grad_norm, stage, logged_steps, interval_start + paused, flops[stage.index])
+        if reason == "stopped":  # a stop mid-interval: its steps still get their train event
+            self.log_train(interval, grad_norm, stage)
         if reason == "finished" and spec.train.eval and p.val_step != p.step:
             self.evaluate()
         path = self.checkpoint()
@@ -373,13 +402,20 @@ class Trainer:
                            checkpoint=self.last_good_checkpoint(), signal=signal_name, best_val_loss=p.best_val_loss)
         return Outcome(reason, p.step, p.tokens, checkpoint=path, signal=signal_name, best_val_loss=p.best_val_loss)
 
-    def log_train(self, mean_loss: torch.Tensor, grad_norm: torch.Tensor | None, stage: StagePlan, steps: int,
-                  started: float, flops_per_tok: float) -> None:
-        """The train event of an interval of `steps` steps that began at `started` (perf_counter, with the
-        time paused for evaluations and checkpoints added on)."""
-        loss = float(self.engine.reduce_mean(mean_loss))  # the one host read of the interval
+    def new_interval(self) -> Interval:
+        return Interval(torch.zeros((), device=self.engine.device))
+
+    def log_train(self, interval: Interval, grad_norm: torch.Tensor | None, stage: StagePlan) -> Interval:
+        """Write the train event of `interval` (none when it has no steps) and return a new interval: the
+        mean loss of the steps whose update was applied (null when none was), `skipped` the others."""
+        if not interval.steps:
+            return interval
+        steps, applied = interval.steps, interval.applied
+        # the one host read of the interval; every rank skipped the same steps, so all call the collective or none
+        loss = float(self.engine.reduce_mean(interval.loss_sum / applied)) if applied else None
         # timed after the read, which waits for the device work still queued (a GPU's last optimizer update)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - interval.started - interval.paused
+        flops_per_tok = self.flops[stage.index]
         tokens_per_s = steps * self.plan.batch_tokens / max(elapsed, 1e-9)
         achieved = tokens_per_s * flops_per_tok / self.engine.world_size
         if self.peak and achieved > self.peak and self.engine.device.type == "cpu":
@@ -396,39 +432,9 @@ class Trainer:
             mfu=mfu,
             memory=memory_in_use(self.engine.device),
             stage=stage.index,
+            skipped=steps - applied,
         )
-
-
-def make_tracker(spec: Spec, run: RunDir, spec_hash: str, warn: Callable[[str], None]) -> AimTracker | None:
-    """The Aim tracker for rank 0, or None when track.aim.enabled is false."""
-    aim = spec.track.aim
-    if not aim.enabled:
-        return None
-    from tabula.schemas.canonical import canonical_dict
-
-    from .tracking import AimTracker
-
-    manifest = run.read_manifest()
-    git = manifest.get("git") or {}
-    previous = manifest.get("aim") or {}
-    repo = Path(aim.repo).resolve()
-
-    def ready(run_hash: str) -> None:
-        if previous.get("run_hash") != run_hash:
-            run.update_manifest(aim={"repo": str(repo), "run_hash": run_hash})
-
-    return AimTracker(
-        repo=repo,
-        experiment=aim.experiment or spec.name,
-        run_name=run.name,
-        params=canonical_dict(spec),
-        properties={"spec_hash": spec_hash, "git_commit": git.get("commit"), "git_dirty": git.get("dirty"),
-                    "run_dir": str(run.path.resolve()), "tabula_version": manifest.get("tabula_version")},
-        tags=list(spec.track.tags),
-        resume_hash=previous.get("run_hash") if Path(previous.get("repo", "")) == repo else None,
-        on_ready=ready,
-        on_error=warn,
-    )
+        return self.new_interval()
 
 
 def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: PreparedData, *, spec_hash: str,
@@ -462,6 +468,8 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
             trainer.start_event(resume_from, parameters)
             if stale:
                 trainer.log("warning", f"ignored the {' and '.join(stale)} request left in control/ by an earlier session")
+            for warning in trainer.control.take_warnings():
+                trainer.log("warning", warning)
             if spec.train.on_nonfinite == "rollback" and trainer.last_good_checkpoint() is None:
                 trainer.checkpoint()  # something to roll back to before the first interval's checkpoint
             outcome = trainer.loop(signals)

@@ -58,8 +58,10 @@ def measure_cpu_peak(seconds: float = 0.2, size: int = 512) -> float:
 
 
 def _matmul_rate(seconds: float, size: int) -> float:
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+    # its own generator: a measurement between steps must not move the training's random stream (dropout)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
     torch.mm(a, b)  # warm up the kernels and the allocator
     flops = 2.0 * size**3
     best = 0.0

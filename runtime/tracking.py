@@ -12,7 +12,12 @@ from __future__ import annotations
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from tabula.schemas.spec import Spec
+
+    from .rundir import RunDir
 
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory", "step_time")
 _STOP = object()
@@ -135,3 +140,33 @@ class AimTracker:
             run["status"] = event["reason"]
             if event.get("error"):
                 run["error"] = event["error"]
+
+
+def make_tracker(spec: Spec, run: RunDir, spec_hash: str, warn: Callable[[str], None]) -> AimTracker | None:
+    """The Aim tracker for rank 0, or None when track.aim.enabled is false."""
+    aim = spec.track.aim
+    if not aim.enabled:
+        return None
+    from tabula.schemas.canonical import canonical_dict
+
+    manifest = run.read_manifest()
+    git = manifest.get("git") or {}
+    previous = manifest.get("aim") or {}
+    repo = Path(aim.repo).resolve()
+
+    def ready(run_hash: str) -> None:
+        if previous.get("run_hash") != run_hash:
+            run.update_manifest(aim={"repo": str(repo), "run_hash": run_hash})
+
+    return AimTracker(
+        repo=repo,
+        experiment=aim.experiment or spec.name,
+        run_name=run.name,
+        params=canonical_dict(spec),
+        properties={"spec_hash": spec_hash, "git_commit": git.get("commit"), "git_dirty": git.get("dirty"),
+                    "run_dir": str(run.path.resolve()), "tabula_version": manifest.get("tabula_version")},
+        tags=list(spec.track.tags),
+        resume_hash=previous.get("run_hash") if Path(previous.get("repo", "")) == repo else None,
+        on_ready=ready,
+        on_error=warn,
+    )

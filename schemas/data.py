@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from .base import SpecModel, field_error
+from .chat import ChatFormat, Records
 from .quantities import Fraction, PositiveTokenCount, TokenCount
 
 SOURCE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
@@ -80,10 +81,26 @@ class FilesSource(SpecModel):
     format: Literal["text", "jsonl", "parquet"] = Field(
         default="text", description="text: each file is one document; jsonl and parquet: one document per record."
     )
-    text_field: str = Field(default="text", description="The record field holding the text (jsonl and parquet).")
-    on_error: Literal["fail", "skip"] = Field(
-        default="fail", description="What to do with an unreadable file or malformed record: fail the run, or skip it with a warning."
+    text_field: str = Field(default="text", description="The record field holding the text (jsonl and parquet, without records).")
+    records: Records | None = Field(
+        default=None,
+        description="jsonl and parquet: records are conversations (kind: chat) or instructions with responses (kind: instruction), "
+                    "trained on the assistant's tokens only (see data.chat); null: each record's text_field is a document.",
     )
+    on_error: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="What to do with an unreadable file or malformed record: fail the run naming its file and line, or skip it "
+                    "(tabula prepare reports how many, and the first reasons with their file and line).",
+    )
+
+    @model_validator(mode="after")
+    def _records_need_records(self) -> FilesSource:
+        if self.records is not None:
+            if self.format == "text":
+                raise field_error("records", f"{self.records.kind} records are read from format: jsonl or parquet, not text")
+            if self.text_field != "text":  # not model_fields_set: resolved specs write every default out
+                raise field_error("text_field", f"text_field names the text of plain records; {self.records.kind} records name their fields in records")
+        return self
 
 
 class HubSource(SpecModel):
@@ -173,7 +190,9 @@ Filter = Annotated[Union[LengthFilter, DedupFilter, RegexFilter, QualityFilter],
 
 class Packing(SpecModel):
     document_masking: bool = Field(
-        default=False, description="Stop attention from crossing document boundaries inside a packed window (slower attention)."
+        default=False,
+        description="Stop attention from crossing document boundaries inside a packed window (slower attention); "
+                    "required with chat or instruction records, so packed conversations do not see each other.",
     )
 
 
@@ -229,7 +248,15 @@ class Data(SpecModel):
         min_length=1,
         description="Stages by token boundary, each with its sequence length and mixture; the last lasts until the budget is spent.",
     )
+    chat: ChatFormat = Field(
+        default_factory=ChatFormat, description="How sources with chat or instruction records become tokens: template, maximum length, truncation."
+    )
     workers: int | None = Field(default=None, ge=1, le=1024, description="Tokenizer worker processes (at most 1024); null uses the CPU count.")
+
+    @property
+    def supervised_sources(self) -> list[str]:
+        """Names of the sources whose records are conversations (trained on the assistant's tokens only)."""
+        return [name for name, source in self.sources.items() if getattr(source, "records", None) is not None]
 
     @model_validator(mode="after")
     def _names_exist(self) -> Data:
@@ -255,6 +282,19 @@ class Data(SpecModel):
                         f"mixture names source {name!r}, which data.sources does not define (sources: {', '.join(sorted(names))})",
                         key=True,
                     )
+        supervised = self.supervised_sources
+        if supervised and not self.packing.document_masking:
+            raise field_error(
+                ("packing", "document_masking"),
+                f"source {supervised[0]!r} holds {self.sources[supervised[0]].records.kind} records: set document_masking: true, "
+                "so that conversations packed into one window do not attend to each other",
+            )
+        if self.chat.template == "tokenizer" and self.tokenizer.kind != "file":
+            raise field_error(
+                ("chat", "template"),
+                f"template: tokenizer reads the chat_template beside a kind: file tokenizer.json, and the tokenizer is kind: "
+                f"{self.tokenizer.kind}: name a template (chatml, llama-3) or use auto",
+            )
         train_on = (self.tokenizer.train_on or []) if isinstance(self.tokenizer, _TrainedTokenizer) else []
         for index, name in enumerate(train_on):
             if name not in names:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+from stat import S_ISREG
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ WEIGHTS_FILE = "model.safetensors"  # a checkpoint's consolidated weights (tied 
 CONTROL_DIR = "control"
 RANKS_DIR = "ranks"
 OUTPUT_LOG = "output.log"
+# A folder holding any of these is a run (one being created writes them first, one by one).
+RUN_MARKERS = (MANIFEST_FILE, RESOLVED_FILE, SPEC_FILE, EVENTS_FILE)
+
+
+def is_run_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a folder holding any of RUN_MARKERS (whatever their state)."""
+    path = Path(path)
+    return path.is_dir() and any(os.path.lexists(path / name) for name in RUN_MARKERS)
 
 # ---------------------------------------------------------------- events
 
@@ -38,7 +48,9 @@ OUTPUT_LOG = "output.log"
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "start": ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters", "total_steps",
               "total_tokens", "stages", "resumed_from"),
-    "train": ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage"),
+    # skipped: steps of the interval whose update was refused (a non-finite loss or gradient); loss is
+    # the mean over the others (null when every step was skipped)
+    "train": ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage", "skipped"),
     "eval": ("val_loss", "val_ppl", "best_val_loss"),
     "stage": ("index", "seq_len", "mix"),
     "checkpoint": ("path", "best"),
@@ -92,6 +104,31 @@ def _session_mark(line: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and event.get("kind") in ("start", "end") else None
 
 
+# ---------------------------------------------------------------- preparation progress
+
+# Before a new run's folder exists (prepare_run creates it last, so a refused run leaves none) the run can
+# write no event: its data preparation reports in plain lines on its output instead, which the dashboard
+# that launched it reads from the output log. The line is written and read here, in one format:
+#     tokenizing (bytes of text): 1,234,567 of 5,000,000 (25%)
+_PREPARE_LINE = re.compile(r"(?P<stage>[^:\r\n]+): (?P<done>\d[\d,]*)(?: of (?P<total>\d[\d,]*) \(\d+%\))?")
+
+
+def prepare_line(stage: str, done: int, total: int | None) -> str:
+    """The output line for `done` of `total` (None: unknown) units of the preparation step `stage`."""
+    if total:
+        return f"{stage}: {done:,} of {total:,} ({100 * done / total:.0f}%)"
+    return f"{stage}: {done:,}"
+
+
+def parse_prepare_line(line: str) -> tuple[str, int, int | None] | None:
+    """(stage, done, total or None) of a line `prepare_line` wrote, or None for any other line."""
+    found = _PREPARE_LINE.fullmatch(line.strip())
+    if found is None:
+        return None
+    total = found.group("total")
+    return found.group("stage"), int(found.group("done").replace(",", "")), int(total.replace(",", "")) if total else None
+
+
 # ---------------------------------------------------------------- control requests
 
 # A request is an empty file control/<name>. The runtime looks once a step, acts at the next step,
@@ -100,20 +137,38 @@ STOP, CHECKPOINT, EVAL = 1, 2, 4
 REQUESTS = {"stop": STOP, "checkpoint": CHECKPOINT, "eval": EVAL}  # stop writes a checkpoint before it stops
 
 
+class ControlRequestError(Exception):
+    """A request that could not be written: control/ is not a folder, the request's name is taken
+    by a folder, the run folder is read-only. `str()` says which run, which request and why."""
+
+
 def request(run_dir: str | os.PathLike[str], name: str) -> Path:
     """Drop the control request `name` (stop, checkpoint or eval) into `run_dir/control/`.
 
     The file appears atomically (written under a temporary `.<name>-*` name, then renamed), so the
     runtime never sees a half-made request. Asking twice before the runtime acts is one request.
-    Returns the file's path; raises ValueError for an unknown name."""
+    Returns the file's path; raises ValueError for an unknown name and ControlRequestError when the
+    file cannot be written there."""
     if name not in REQUESTS:
         raise ValueError(f"unknown control request {name!r}; expected one of {', '.join(REQUESTS)}")
     folder = Path(run_dir) / CONTROL_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
-    fd, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
-    os.close(fd)
-    os.replace(temporary, target)
+    cannot = f"cannot ask the run in {run_dir} to {name}"
+    if folder.exists() and not folder.is_dir():
+        raise ControlRequestError(f"{cannot}: {folder} is not a folder, so the run reads no requests")
+    if target.is_dir() and not target.is_symlink():
+        raise ControlRequestError(f"{cannot}: {target} is a folder, not a request file")
+    temporary = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
+        os.close(fd)
+        os.replace(temporary, target)
+    except OSError as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        raise ControlRequestError(f"{cannot}: {error.strerror or error}"
+                                  + (f" ({error.filename})" if error.filename else "")) from error
     return target
 
 
@@ -130,12 +185,29 @@ def names(flags: int) -> list[str]:
 
 class ControlFolder:
     """The runtime's side: which requests are present (`poll`, one `os.scandir` of a small folder),
-    and deleting them once acted on (`done`). `run_dir=None` (ranks other than 0) sees none."""
+    and deleting them once acted on (`done`). `run_dir=None` (ranks other than 0) sees none.
+
+    Nothing found in the folder stops a run: a request that is not a plain file (`control/eval` made
+    as a folder, a link), one that cannot be deleted, a control/ that is a file or unreadable, are
+    ignored, each described once in `take_warnings()` for the caller to log. A request that could not
+    be deleted after it was acted on is ignored from then on, until the file changes."""
 
     def __init__(self, run_dir: str | os.PathLike[str] | None, *, create: bool = True) -> None:
         self.path = Path(run_dir) / CONTROL_DIR if run_dir is not None else None
+        self._warned: set[str] = set()
+        self._warnings: list[str] = []
+        self._stuck: dict[str, tuple[int, int]] = {}  # name -> (inode, mtime) of a request acted on but not deleted
         if self.path is not None and create:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                self._warn("folder", self._unusable(error))
+                self.path = None
+
+    def take_warnings(self) -> list[str]:
+        """The problems met since the last call, each described once in the folder's life."""
+        warnings, self._warnings = self._warnings, []
+        return warnings
 
     def poll(self) -> int:
         """The requests present now, as flags (0 when none). Other file names (a request being
@@ -146,20 +218,53 @@ class ControlFolder:
         try:
             with os.scandir(self.path) as entries:
                 for entry in entries:
-                    flags |= REQUESTS.get(entry.name, 0)
-        except (FileNotFoundError, NotADirectoryError):
+                    flag = REQUESTS.get(entry.name, 0)
+                    if flag and self._is_request(entry):
+                        flags |= flag
+        except FileNotFoundError:
+            return 0
+        except OSError as error:
+            self._warn("folder", self._unusable(error))
             return 0
         return flags
+
+    def _is_request(self, entry: os.DirEntry) -> bool:
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                kind = "a folder" if entry.is_dir(follow_symlinks=False) else "a link" if entry.is_symlink() else "not a file"
+                self._warn(f"kind:{entry.name}", f"ignored control/{entry.name}: it is {kind}, not a request file "
+                           f"(a request is an empty file; remove it to send {entry.name} requests)")
+                return False
+            stat = entry.stat(follow_symlinks=False)
+        except OSError:
+            return False  # gone between the listing and the look
+        stuck = self._stuck.get(entry.name)
+        if stuck is not None:
+            if stuck == (stat.st_ino, stat.st_mtime_ns):
+                return False
+            del self._stuck[entry.name]  # a new request under the same name
+        return True
 
     def done(self, flags: int) -> None:
         """Delete the request files for `flags` (acted upon)."""
         if self.path is None:
             return
         for name in names(flags):
+            path = self.path / name
             try:
-                (self.path / name).unlink()
+                stat = path.stat(follow_symlinks=False)
+            except OSError:
+                continue  # deleted already, or control/ is gone
+            if not S_ISREG(stat.st_mode):
+                continue  # not a request (poll said so once): a signal's stop, or another rank's flag
+            try:
+                path.unlink()
             except FileNotFoundError:
                 pass
+            except OSError as error:
+                self._stuck[name] = (stat.st_ino, stat.st_mtime_ns)
+                self._warn(f"delete:{name}", f"could not delete control/{name} after acting on it "
+                           f"({error.strerror or error}): ignoring it until it changes")
 
     def clear(self) -> list[str]:
         """Delete the requests present now and return their names: at the start of a session they were
@@ -168,3 +273,14 @@ class ControlFolder:
         flags = self.poll()
         self.done(flags)
         return names(flags)
+
+    def _unusable(self, error: OSError) -> str:
+        where = self.path if self.path is not None else CONTROL_DIR
+        why = "it is not a folder" if isinstance(error, (FileExistsError, NotADirectoryError)) else (error.strerror or str(error))
+        return (f"{where} cannot hold control requests ({why}): the run goes on without them "
+                f"(stop it with Ctrl+C or SIGTERM, which write a checkpoint first)")
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._warnings.append(message)

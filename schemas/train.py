@@ -129,6 +129,16 @@ class Log(SpecModel):
     every_steps: int = Field(
         default=10, ge=1, description="Read and record train metrics every this many optimizer steps (reading them syncs the device)."
     )
+    every_seconds: float | None = Field(
+        default=5.0,
+        gt=0,
+        le=86400,
+        description=(
+            "Also record them when this many seconds passed since the last record, so slow steps show numbers early "
+            "(the first step of a session is always recorded). One process only: ranks would have to agree on a clock, "
+            "so a run of several ranks records every_steps alone. null: every_steps alone."
+        ),
+    )
 
 
 class Train(SpecModel):
@@ -147,6 +157,15 @@ class Train(SpecModel):
     on_nonfinite: Literal["skip", "stop", "rollback"] = Field(
         default="skip",
         description="A non-finite loss or gradient: skip the batch, stop at the last good checkpoint, or roll back to it and skip the data window.",
+    )
+    max_consecutive_skips: int = Field(
+        default=8,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "With on_nonfinite: skip, this many refused updates in a row end the run as failed (exit 3) at its last good "
+            "checkpoint: a run whose every batch is skipped (a learning rate far too high) trains nothing."
+        ),
     )
 
     @model_validator(mode="after")

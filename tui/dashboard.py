@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from tabula.schemas.rundir_protocol import OUTPUT_LOG, request
+from tabula.schemas.rundir_protocol import OUTPUT_LOG, ControlRequestError, request
 
 from .dialogs import LEAVE, STOP, ConfirmStop, QuitRun
 from .events import EventsReader
@@ -79,7 +79,7 @@ class DashboardScreen(Screen[str | None]):
         width: 44;
     }
     DashboardScreen.-short #middle {
-        height: 13;  /* the stats table: 11 rows and its border */
+        height: 14;  /* the stats table: 12 rows and its border */
     }
     DashboardScreen.-short EventLog {
         height: 1fr;
@@ -109,6 +109,7 @@ class DashboardScreen(Screen[str | None]):
         self._exit_reported = False
         self._numbers_stale = self._charts_stale = False
         self._ended_shown = False
+        self._problem_shown: str | None = None
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -152,12 +153,17 @@ class DashboardScreen(Screen[str | None]):
             self.state.note(self.state.last_time or now, "warning",
                             f"skipped {skipped} line{'s' if skipped > 1 else ''} of {self.reader.path.name} that "
                             f"{'are' if skipped > 1 else 'is'} not a JSON event")
+        problem = self.reader.problem != self._problem_shown  # events.jsonl became (or stopped being) unreadable
+        if problem:
+            self._problem_shown = self.state.events_problem = self.reader.problem
+            if self.reader.problem:
+                self.state.note(now, "error", f"{self.reader.problem}: no events can be read from it")
         exited = self._check_process(now)
         second = int(now)
         if self.process is not None and self.state.last_time is None and second != self._last_second:
             lines = _tail(self.output_log, 1)  # what the run prints while it prepares its data
-            self.state.preparing = lines[-1].strip()[-120:] if lines else None
-        if events or exited or self.reader.bad_lines > bad_before:
+            self.state.output_line(lines[-1] if lines else None)
+        if events or exited or problem or self.reader.bad_lines > bad_before:
             self._numbers_stale = self._charts_stale = True
         ended = self.state.end_reason is not None
         if ended != self._ended_shown:  # the footer dims the run's keys
@@ -213,16 +219,25 @@ class DashboardScreen(Screen[str | None]):
             return None
         return True
 
-    def _send(self, name: str, what: str) -> None:
+    def _send(self, name: str, what: str) -> bool:
+        """Write the control request `name`; False (and said on screen) when it could not be."""
         if self.state.last_time is None:  # no run folder to write into yet (the runtime creates it)
             self.notify(f"The run has not started yet; nothing to {what}.", severity="warning")
-            return
+            return False
         if not self.run_active:
             self.notify(f"The run has {self.state.end_reason}; nothing to {what}.", severity="warning")
-            return
-        request(self.run_dir, name)
-        self.state.note(self.clock(), "info", f"{what} requested (at the run's next step)")
+            return False
+        try:
+            request(self.run_dir, name)
+        except ControlRequestError as error:  # control/ is a file, the folder read-only: say so, go on
+            self.notify(str(error), severity="error")
+            self.state.note(self.clock(), "error", str(error))
+            sent = False
+        else:
+            self.state.note(self.clock(), "info", f"{what} requested (at the run's next step)")
+            sent = True
         self.query_one(EventLog).show(self.state)
+        return sent
 
     def action_checkpoint(self) -> None:
         self._send("checkpoint", "checkpoint")
@@ -240,7 +255,10 @@ class DashboardScreen(Screen[str | None]):
             self.state.note(self.clock(), "info", "stop requested before the run's first step: its process was asked to end")
             self.query_one(EventLog).show(self.state)
             return
-        self._send("stop", "stop with checkpoint")
+        if not self._send("stop", "stop with checkpoint") and self.process is not None and self.run_active:
+            self.process.terminate()  # the run reads no requests; SIGTERM stops it with a checkpoint all the same
+            self.state.note(self.clock(), "info", "its process was sent SIGTERM instead (it stops with a checkpoint)")
+            self.query_one(EventLog).show(self.state)
 
     def action_stop(self) -> None:
         if not self.run_active:

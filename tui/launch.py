@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from tabula.exit_codes import ExitCode
-from tabula.schemas.rundir_protocol import end_event, request
+from tabula.schemas.rundir_protocol import ControlRequestError, end_event, request
 
 from .dashboard import output_log_path
 from .dialogs import LEAVE
@@ -109,7 +109,12 @@ def follow_plainly(process: subprocess.Popen, run_dir: Path, out: TextIO, interv
                 out.write(f"tabula: left running in the background (pid {process.pid})\n")
                 return None
             stopping = True
-            request(run_dir, "stop")
+            try:
+                request(run_dir, "stop")
+            except ControlRequestError as error:  # the run reads no requests: SIGTERM stops it as a request would
+                out.write(f"tabula: {error}; sending it SIGTERM (Ctrl+C again leaves it running)\n")
+                process.terminate()
+                continue
             out.write("tabula: stop requested; the run writes a checkpoint and stops (Ctrl+C again leaves it running)\n")
 
 

@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from tabula.schemas.rundir_protocol import parse_prepare_line
+
 from .format import format_duration
 
 EMA_WEIGHT = 0.9  # smoothing of the displayed loss: about the last 10 logged values
@@ -94,6 +96,7 @@ class RunState:
     step_time: float | None = None
     mfu: float | None = None
     memory: int | None = None
+    skipped: int | None = None  # updates refused as non-finite, over the train events read (None: none said)
     # `eval`
     val_loss: float | None = None
     val_ppl: float | None = None
@@ -111,7 +114,9 @@ class RunState:
     end_reason: str | None = None
     error: str | None = None
     preparing: str | None = None  # the launched process's latest output line, before its first event
+    prepare: tuple[str, int, int | None] | None = None  # that line as data-preparation progress: (step, done, total)
     alive: bool | None = None  # whether the training process runs (known only to who launched it)
+    events_problem: str | None = None  # why events.jsonl cannot be read now (a folder, no permission), from the reader
     train_gap: float | None = None  # smoothed seconds between train events
     _last_train_time: float | None = None
     # charts and log
@@ -178,6 +183,9 @@ class RunState:
         self.step_time = _number(event.get("step_time"))
         self.mfu = _number(event.get("mfu"))
         self.memory = _int(event.get("memory"))
+        skipped = _int(event.get("skipped"))
+        if skipped is not None:
+            self.skipped = (self.skipped or 0) + max(0, skipped)
         self.train_loss.add(self.tokens, loss)
         self.lr_series.add(self.tokens, self.lr)
         self.tokens_per_s_series.add(self.tokens, self.tokens_per_s)
@@ -240,6 +248,12 @@ class RunState:
             weights = {str(name): _number(weight) for name, weight in mix.items()}
             self.mix = {name: weight for name, weight in weights.items() if weight is not None} or self.mix
 
+    def output_line(self, line: str | None) -> None:
+        """The launched training's latest output line, before its first event (the run folder, and so its
+        events, exist only once the data is prepared): shown as it is, and as progress when it reports some."""
+        self.preparing = line.strip()[-120:] if line else None
+        self.prepare = parse_prepare_line(line) if line else None
+
     def note(self, time: float, level: str, text: str) -> None:
         """Add a line to the log pane (also used for what the dashboard itself did)."""
         self.log.append(LogLine(time, level, text))
@@ -254,16 +268,27 @@ class RunState:
         return f"{self.stage_index + 1}/{len(self.stages)}" if self.stages else str(self.stage_index + 1)
 
     def status(self, now: float) -> tuple[str, str]:
-        """(status, detail): status is waiting, running, stale, finished, stopped or failed."""
+        """(status, detail): status is waiting, preparing data, running, stale, unreadable, finished, stopped or failed."""
         if self.end_reason is not None:
             return self.end_reason, self.error or ""
+        if self.events_problem is not None:
+            return "unreadable", self.events_problem
         if self.last_time is None:
-            return "waiting", self.preparing or "no events yet"
+            if self.prepare is not None:  # the progress bar shows how far
+                return "preparing data", ""
+            return "waiting", self.preparing or ("starting" if self.alive else "no events yet")
         silent = now - self.last_time
         if silent > max(STALE_AFTER_S, 5 * (self.train_gap or 0.0)):
             detail = f"no new events for {format_duration(silent)}"
             return ("running", detail) if self.alive else ("stale", detail)
         return "running", ""
+
+    def fraction_prepared(self) -> float | None:
+        """Between 0 and 1 while the data is prepared and the step says how much there is, else None."""
+        if self.prepare is None or self.last_time is not None:
+            return None
+        _, done, total = self.prepare
+        return min(1.0, done / total) if total else None
 
     def fraction_done(self) -> float | None:
         """Between 0 and 1, or None without a budget (a budget of 0 or less is none)."""
@@ -317,14 +342,21 @@ def stop_signal(code: int | None) -> str | None:
     return {-15: "SIGTERM", 143: "SIGTERM", -2: "SIGINT", 130: "SIGINT"}.get(code) if code is not None else None
 
 
+INT_LIMIT = 2**63  # JSON integers are unbounded; a count past a 64-bit one is not from a run
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int) and abs(value) >= INT_LIMIT:
         return None
     return float(value)
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if abs(value) < INT_LIMIT else None
 
 
 def _text(value: Any) -> str | None:

@@ -24,12 +24,14 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from . import tokenize_worker
+from .conversations import ChatData, SkipLog
 from .cache import FileDigests, PendingEntry, cache_root, check_writable, fingerprint
 from .errors import DataError
 from .filters import FilterChain
 from .progress import Progress
+from .records import Conversation, RecordError
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
-from .sources import open_source
+from .sources import bad_record, open_source
 from .tokenizer import LOADERS, TRAINERS, file_path, special_ids, tokenizer_hash
 
 SPLITS = ("train", "val")
@@ -72,13 +74,14 @@ def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: 
     root = cache_root(cache_dir)
     try:
         readers = {name: open_source(name, source, base_dir) for name, source in data.sources.items()}
+        chat = ChatData(data, base_dir) if data.supervised_sources else None
         digests = FileDigests(root)
-        key = fingerprint(_fingerprint_parts(spec, readers, digests, base_dir))
+        key = fingerprint(_fingerprint_parts(spec, readers, digests, base_dir, chat))
         entry = root / key
         hit = entry_is_complete(entry)
         if not hit:
             check_writable(root)
-            _build(spec, readers, root, key, progress or _quiet)
+            _build(spec, readers, root, key, progress or _quiet, chat)
         digests.save()
         prepared = open_entry(entry, document_masking=data.packing.document_masking, cache_hit=hit)
     except OSError as error:  # a full disk, a file that vanished mid-read: one line naming the file
@@ -94,7 +97,8 @@ def find_prepared(spec: Any, *, cache_dir: str | os.PathLike | None = None) -> P
     root = cache_root(cache_dir)
     try:
         readers = {name: open_source(name, source, base_dir) for name, source in spec.data.sources.items()}
-        entry = root / fingerprint(_fingerprint_parts(spec, readers, FileDigests(root), base_dir))
+        chat = ChatData(spec.data, base_dir) if spec.data.supervised_sources else None
+        entry = root / fingerprint(_fingerprint_parts(spec, readers, FileDigests(root), base_dir, chat))
         if not entry.is_dir() or not entry_is_complete(entry):
             return None
         return open_entry(entry, document_masking=spec.data.packing.document_masking)
@@ -108,7 +112,8 @@ def open_entry(entry: Path, *, document_masking: bool = False, cache_hit: bool =
     tokenizer_json = (entry / "tokenizer.json").read_text()
     shards = {
         split: {
-            name: TokenShard(entry / f"{split}-{name}", counts[split]["tokens"], counts[split]["documents"], meta["dtype"])
+            name: TokenShard(entry / f"{split}-{name}", counts[split]["tokens"], counts[split]["documents"], meta["dtype"],
+                             counts[split].get("trained"))
             for name, counts in meta["shards"].items()
         }
         for split in SPLITS
@@ -132,6 +137,7 @@ def entry_is_complete(entry: Path) -> bool:
         complete = (entry / "tokenizer.json").is_file() and all(
             os.path.getsize(entry / f"{split}-{name}.tokens") == counts[split]["tokens"] * itemsize
             and os.path.getsize(entry / f"{split}-{name}.docs") == counts[split]["documents"] * 8
+            and ("trained" not in counts[split] or os.path.getsize(entry / f"{split}-{name}.mask") == counts[split]["tokens"])
             for name, counts in meta["shards"].items()
             for split in SPLITS
         )
@@ -173,7 +179,7 @@ def spec_base_dir(spec: Any) -> Path:
 # ---------------------------------------------------------------- building an entry
 
 
-def _fingerprint_parts(spec: Any, readers: dict, digests: FileDigests, base_dir: Path) -> dict[str, Any]:
+def _fingerprint_parts(spec: Any, readers: dict, digests: FileDigests, base_dir: Path, chat: ChatData | None) -> dict[str, Any]:
     data = spec.data
     tokenizer: dict[str, Any] = data.tokenizer.model_dump(mode="json")
     if data.tokenizer.kind in TRAINERS:
@@ -182,39 +188,51 @@ def _fingerprint_parts(spec: Any, readers: dict, digests: FileDigests, base_dir:
         tokenizer["path"] = digests(file_path(data.tokenizer, base_dir))
     if data.tokenizer.kind == "tiktoken":  # where its file is does not matter: tiktoken checks it is the encoding's
         tokenizer.pop("path")
-    return {
+    parts = {
         "sources": {name: reader.key(digests) for name, reader in readers.items()},
         "filters": [f.model_dump(mode="json") for f in data.filters],
         "validation": data.validation.model_dump(mode="json"),
         "tokenizer": tokenizer,
     }
+    if chat is not None:  # absent for plain text: data.chat changes no pretraining entry
+        parts["chat"] = chat.key()
+    return parts
 
 
-def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress) -> None:
+def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress, chat: ChatData | None) -> None:
     pending = PendingEntry(root, key)
     try:
         warnings: list[str] = []
         clock = time.perf_counter()
         tokenizer = None
         if spec.data.tokenizer.kind in LOADERS:  # a tokenizer that cannot load fails before the long read
-            tokenizer = _make_tokenizer(spec, {}, progress)
-        spools, report = _spool_sources(spec, readers, pending.folder, progress, warnings)
+            tokenizer = _make_tokenizer(spec, {}, progress, chat)
+        spools, report = _spool_sources(spec, readers, pending.folder, progress, warnings, chat)
         timings = {"read_and_filter": time.perf_counter() - clock}
         clock = time.perf_counter()
-        tokenizer = tokenizer or _make_tokenizer(spec, spools, progress)
+        tokenizer = tokenizer or _make_tokenizer(spec, spools, progress, chat)
         timings["tokenizer"] = time.perf_counter() - clock
         clock = time.perf_counter()
         eos_id, pad_id = special_ids(spec.data.tokenizer, tokenizer)
         vocab_size = tokenizer.get_vocab_size()
         dtype = token_dtype(vocab_size)
         tokenizer_json = tokenizer.to_str()
-        counts = _tokenize(spec, spools, tokenizer_json, eos_id, dtype, pending.folder, progress)
+        counts, fitted = _tokenize(spec, spools, tokenizer_json, eos_id, dtype, pending.folder, progress, chat)
         timings["tokenize"] = time.perf_counter() - clock
         for (split, name), spool in spools.items():
             spool.path.unlink()
-            report["sources"][name][split]["tokens"] = counts[name][split]["tokens"]
+            shard = counts[name][split]
+            trained = shard.get("trained", shard["tokens"])
+            report["sources"][name][split].update(tokens=shard["tokens"], trained_tokens=trained, masked_tokens=shard["tokens"] - trained)
         for name, source in report["sources"].items():
-            source["tokens"] = source["train"]["tokens"] + source["val"]["tokens"]
+            for count in ("tokens", "trained_tokens", "masked_tokens"):
+                source[count] = source["train"][count] + source["val"][count]
+            if name in fitted:
+                _check_fitted(spec, name, fitted[name], counts[name], source, warnings)
+        report["totals"] = {count: sum(source[count] for source in report["sources"].values())
+                            for count in ("tokens", "trained_tokens", "masked_tokens")}
+        if chat is not None:
+            report["chat"] = chat.report()
         report.update(
             fingerprint=key, warnings=warnings, build_seconds={k: round(v, 3) for k, v in timings.items()},
             tokenizer={"kind": spec.data.tokenizer.kind, "vocab_size": vocab_size, "hash": tokenizer_hash(tokenizer),
@@ -232,8 +250,10 @@ def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress) -
         raise
 
 
-def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, warnings: list[str]):
-    """Read, filter and split every source into spools; returns ({(split, name): Spool}, report)."""
+def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, warnings: list[str], chat: ChatData | None):
+    """Read, filter and split every source into spools; returns ({(split, name): Spool}, report).
+    A conversation is rendered by the chat template first (a record it refuses is a bad record);
+    filters see its messages' text."""
     data = spec.data
     chain = FilterChain(list(data.filters))
     fraction, cap = data.validation.fraction, data.validation.max_documents
@@ -249,21 +269,30 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
     for name, reader in readers.items():
         writers = {split: SpoolWriter(folder / f"{split}-{name}.spool") for split in SPLITS}
         read = kept = held = 0
-        skipped: list[str] = []
+        skipped = SkipLog()
 
         def warn_source(message: str) -> None:
-            skipped.append(message)
+            skipped.add(message)
             warn(message)
 
-        for text in reader.documents(warn_source, workers=spec.data.workers or os.cpu_count() or 1):
+        for document in reader.documents(warn_source, workers=spec.data.workers or os.cpu_count() or 1):
             read += 1
             if read % 1000 == 0:
                 progress(f"reading {name} (documents)", read, None)
+            text, entry, characters = document, document, None
+            if isinstance(document, Conversation):
+                assert chat is not None  # a source with records makes the pipeline resolve a template
+                try:
+                    entry, characters = chat.spool_entry(document)
+                except RecordError as error:
+                    bad_record(name, data.sources[name], f"{document.origin}: {error}", warn_source, path=("data", "chat", "template"))
+                    continue
+                text = document.text()
             if not chain.keep(name, text):
                 continue
             # Every round(1/fraction)-th kept document is held out: an exact, spread-out share.
             to_val = math.floor((kept + 1) * fraction + 0.5) > math.floor(kept * fraction + 0.5) and (cap is None or held < cap)
-            writers["val" if to_val else "train"].add(text)
+            writers["val" if to_val else "train"].add(entry, characters)
             held += to_val
             kept += 1
         progress(f"reading {name} (documents)", read, read)
@@ -284,6 +313,7 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
                  "evaluation will not cover it")
         report["sources"][name] = {
             "documents": read,
+            "skipped": skipped.report(),
             "filters": chain.report(name),
             **{split: {"documents": spools[split, name].documents, "characters": spools[split, name].characters, "tokens": 0}
                for split in SPLITS},
@@ -292,22 +322,22 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
     return spools, report
 
 
-def _why_empty(reader: Any, skipped: list[str]) -> str:
-    if skipped:  # with on_error: skip, e.g. a text_field that no record has
-        return f"{len(skipped)} skipped; the first: {skipped[0].split(': skipped ', 1)[-1]}"
+def _why_empty(reader: Any, skipped: SkipLog) -> str:
+    if skipped.count:  # with on_error: skip, e.g. a text_field that no record has
+        return f"{skipped.count} skipped; the first: {skipped.first[0]}"
     files = getattr(reader, "files", None)
     if files is not None:
         return f"{len(files)} file{'s' if len(files) != 1 else ''} read, all empty: {files[0]}{', ...' if len(files) > 1 else ''}"
     return "it is empty"
 
 
-def _make_tokenizer(spec: Any, spools: dict, progress: Progress) -> Tokenizer:
+def _make_tokenizer(spec: Any, spools: dict, progress: Progress, chat: ChatData | None) -> Tokenizer:
     tokenizer_spec = spec.data.tokenizer
     if tokenizer_spec.kind in LOADERS:
         progress("loading tokenizer", 0, 1)
         tokenizer = LOADERS[tokenizer_spec.kind](tokenizer_spec, spec_base_dir(spec))
         progress("loading tokenizer", 1, 1)
-        return tokenizer
+        return chat.add_special_tokens(tokenizer) if chat is not None else tokenizer
     names = tokenizer_spec.train_on or list(spec.data.sources)
     total = sum(spools["train", name].characters for name in names)
     share = min(1.0, tokenizer_spec.max_chars / max(total, 1))
@@ -321,18 +351,24 @@ def _make_tokenizer(spec: Any, spools: dict, progress: Progress) -> Tokenizer:
             for text in spool.texts(select):
                 if sample_chars[0] >= tokenizer_spec.max_chars:
                     return
+                if chat is not None and name in chat.sources:
+                    text = chat.sample_text(text)
                 text = text[: tokenizer_spec.max_chars - sample_chars[0]]
                 sample_chars[0] += len(text)
                 yield text
 
     progress(f"training {tokenizer_spec.kind} tokenizer", 0, 1)
-    tokenizer = TRAINERS[tokenizer_spec.kind](tokenizer_spec, sample(), min(total, tokenizer_spec.max_chars))
+    # A template's special tokens are trained in as special tokens: vocab_size stays what the spec says.
+    specials = chat.template.special_tokens if chat is not None else ()
+    tokenizer = TRAINERS[tokenizer_spec.kind](tokenizer_spec, sample(), min(total, tokenizer_spec.max_chars), specials)
     progress(f"training {tokenizer_spec.kind} tokenizer", 1, 1)
     return tokenizer
 
 
-def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress) -> dict[str, dict[str, dict[str, int]]]:
-    """Tokenize every spool into a packed shard, in worker processes; returns tokens and documents per split."""
+def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress, chat):
+    """Tokenize every spool into a packed shard, in worker processes. Returns (tokens and documents
+    (and trained tokens, for conversations) per source and split, {source: {cut, dropped}} for
+    conversations cut to or dropped by data.chat.max_tokens)."""
     total = sum(spool.size for spool in spools.values())
     workers = spec.data.workers or os.cpu_count() or 1
     workers = max(1, min(workers, math.ceil(total / CHUNK_BYTES)))
@@ -343,37 +379,63 @@ def _tokenize(spec, spools, tokenizer_json, eos_id, dtype, folder, progress) -> 
     else:
         tokenize_worker.start(tokenizer_json, eos_id, dtype.name, in_worker=False)
     counts: dict[str, dict[str, dict[str, int]]] = {}
+    fitted: dict[str, dict[str, int]] = {}
     done = 0
     try:
         for (split, name), spool in spools.items():
-            writer = ShardWriter(folder / f"{split}-{name}")
-            in_flight: deque = deque()  # (task or chunk, its bytes of text)
+            chats = chat is not None and name in chat.sources
+            writer = ShardWriter(folder / f"{split}-{name}", masked=chats)
+            encode, extra = tokenize_worker.encode_chunk, ()
+            if chats:
+                encode, extra = tokenize_worker.encode_chat_chunk, (chat.spec.max_tokens, chat.spec.truncation)
+                fitted.setdefault(name, {"cut": 0, "dropped": 0})
+
+            def add(result, size) -> None:
+                nonlocal done
+                writer.add(*result[:3])
+                if chats:
+                    fitted[name]["cut"] += result[3]
+                    fitted[name]["dropped"] += result[4]
+                done += size
+                progress("tokenizing (bytes of text)", done, total)
+
+            in_flight: deque = deque()  # (task, its bytes of text)
             for chunk in spool.chunks(CHUNK_BYTES):
                 size = int(chunk[2][-1])
                 if pool is None:
-                    writer.add(*tokenize_worker.encode_chunk(*chunk))
-                    done += size
-                    progress("tokenizing (bytes of text)", done, total)
+                    add(encode(*chunk, *extra), size)
                     continue
                 # At most two chunks a worker in flight: memory stays flat whatever the corpus size.
-                in_flight.append((pool.apply_async(tokenize_worker.encode_chunk, chunk), size))
+                in_flight.append((pool.apply_async(encode, (*chunk, *extra)), size))
                 while in_flight and (len(in_flight) > 2 * workers):
-                    task, size = in_flight.popleft()
-                    writer.add(*task.get())
-                    done += size
-                    progress("tokenizing (bytes of text)", done, total)
+                    add(*_done(in_flight))
             while in_flight:
-                task, size = in_flight.popleft()
-                writer.add(*task.get())
-                done += size
-                progress("tokenizing (bytes of text)", done, total)
+                add(*_done(in_flight))
             writer.close()
-            counts.setdefault(name, {})[split] = {"tokens": writer.n_tokens, "documents": writer.n_documents}
+            counts.setdefault(name, {})[split] = writer.counts()
     finally:
         if pool:
             pool.terminate()
             pool.join()
-    return counts
+    return counts, fitted
+
+
+def _done(in_flight: deque) -> tuple[Any, int]:
+    task, size = in_flight.popleft()
+    return task.get(), size
+
+
+def _check_fitted(spec: Any, name: str, fitted: dict[str, int], counts: dict, report: dict, warnings: list[str]) -> None:
+    """Report conversations cut to or dropped by max_tokens; refuse a source left without training data."""
+    chat = spec.data.chat
+    report["max_tokens"] = {"cut": fitted["cut"], "dropped": fitted["dropped"]}
+    if fitted["dropped"]:
+        warnings.append(f"source {name!r}: {fitted['dropped']} conversation(s) dropped: no trained token left in "
+                        f"max_tokens {chat.max_tokens} after cutting on the {chat.truncation}")
+    if counts["train"]["documents"] == 0:
+        raise DataError(f"no training conversation left: every one lost its trained tokens to max_tokens {chat.max_tokens} "
+                        f"(cut on the {chat.truncation}); raise max_tokens or cut on the other side",
+                        source=name, path=("data", "chat", "max_tokens"))
 
 
 def _quiet(stage: str, done: int, total: int | None) -> None:

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
+from tabula.schemas.rundir_protocol import prepare_line
+
 Progress = Callable[[str, int, "int | None"], None]
 
 
@@ -36,8 +38,7 @@ def terminal_progress(stream: TextIO = sys.stderr, every_s: float = 2.0) -> Prog
                 stream.write("\n")
             stream.flush()
         elif new_stage or finished or now - state["last"] >= every_s:
-            share = f" ({100 * done / total:.0f}%)" if total else ""
-            stream.write(f"{stage}: {done:,}{f' of {total:,}' if total else ''}{share}\n")
+            stream.write(prepare_line(stage, done, total) + "\n")  # a dashboard beside the run reads these
             stream.flush()
             state["last"] = now
         state["stage"] = None if finished else stage

@@ -10,6 +10,11 @@ Windows are read as seq_len + 1 contiguous tokens (inputs, and targets shifted b
 stream is circular, so every token of an epoch is read once and at most block - 1 twice. A
 cursor left mid-block by a seq_len change makes one window that spans two blocks.
 
+A source of conversations carries a loss mask: a target the mask leaves out (a prompt's token, the
+template's, the end-of-document token) is -100, which the model's loss ignores. Documents in a
+row are numbered from the shard's document ends (not by looking for the end-of-document token,
+which a chat template may also write inside a conversation).
+
 A resumed run whose curriculum tiles other blocks (a stage added, dropped or given another
 seq_len) keeps each source's current epoch in the order it started, then continues in the new
 tiling: a source's history is a list of segments (first cursor, first epoch, block), saved with
@@ -34,9 +39,9 @@ STATE_VERSION = 1
 
 @dataclass
 class Batch:
-    """`input_ids` and `targets` int64 (n, seq_len); `document_ids` int64 (n, seq_len) numbering
-    the documents inside each row (an end-of-document token belongs to the document it ends),
-    or None without document masking."""
+    """`input_ids` and `targets` int64 (n, seq_len), targets -100 where the loss mask leaves a
+    token out; `document_ids` int64 (n, seq_len) numbering the documents inside each row (an
+    end-of-document token belongs to the document it ends), or None without document masking."""
 
     input_ids: torch.Tensor
     targets: torch.Tensor
@@ -81,18 +86,18 @@ class Sampler:
         weights = np.cumsum([stage.mix[name] for name in names], dtype=np.float64)
         positions = self.tokens + seq_len * np.arange(n_sequences, dtype=np.uint64)
         picks = np.searchsorted(weights / weights[-1], self._uniform(positions), side="right")
-        rows = np.empty((n_sequences, seq_len + 1), dtype=np.int64)
+        rows = _Rows(n_sequences, seq_len, self.prepared)
         for row, pick in enumerate(picks.tolist()):
             name = names[min(pick, len(names) - 1)]
             cursor = self.cursors[name]
             start, left = self._locate(name, cursor)
             if seq_len <= left and start + seq_len < self.lengths[name]:  # the usual case: one slice
-                rows[row] = self.prepared.train[name].tokens[start : start + seq_len + 1]
+                rows.read(row, self.prepared.train[name], slice(start, start + seq_len + 1))
             else:
-                rows[row] = self._window(name, cursor, seq_len)
+                rows.read(row, self.prepared.train[name], self._window(name, cursor, seq_len))
             self.cursors[name] = cursor + seq_len
         self.tokens += n_sequences * seq_len
-        return _batch(rows, self.prepared)
+        return rows.batch()
 
     @property
     def epochs(self) -> dict[str, float]:
@@ -168,22 +173,23 @@ class Sampler:
         return first_cursor + epochs * epoch_tokens, first_epoch + epochs
 
     def _window(self, name: str, cursor: int, seq_len: int) -> np.ndarray:
-        """seq_len tokens from the cursor on, in epoch order, and the token that follows the last."""
-        tokens, length = self.prepared.train[name].tokens, self.lengths[name]
+        """Stream positions of seq_len tokens from the cursor on, in epoch order, and of the token
+        that follows the last."""
+        length = self.lengths[name]
         parts, remaining = [], seq_len
         while True:
             start, left = self._locate(name, cursor)
             start %= length
             take = min(remaining, left)
             if take == remaining and not parts:  # the usual case: the window lies inside one block
-                return _circular(tokens, start, seq_len + 1)
-            parts.append(_circular(tokens, start, take))
+                return _circular(length, start, seq_len + 1)
+            parts.append(_circular(length, start, take))
             remaining -= take
             cursor += take
             if not remaining:
                 # A window split over two blocks (a cursor mid-block after a seq_len change):
                 # its last target is still the true next token.
-                parts.append(_circular(tokens, (start + take) % length, 1))
+                parts.append(_circular(length, (start + take) % length, 1))
                 return np.concatenate(parts)
 
     def _permutation(self, name: str, epoch: int, blocks: int) -> np.ndarray:
@@ -214,35 +220,56 @@ def validation_batches(prepared: PreparedData, tokens: int, seq_len: int, batch_
     if not names:
         return []
     n_sequences = max(1, tokens // seq_len)
-    rows = np.empty((n_sequences, seq_len + 1), dtype=np.int64)
-    for row in range(n_sequences):
-        name = names[row % len(names)]
-        shard = prepared.val[name]
-        rows[row] = _circular(shard.tokens, (row // len(names)) * seq_len % shard.n_tokens, seq_len + 1)
-    return [_batch(rows[i : i + batch_size], prepared) for i in range(0, n_sequences, batch_size)]
+    batches = []
+    for first in range(0, n_sequences, batch_size):
+        rows = _Rows(min(batch_size, n_sequences - first), seq_len, prepared)
+        for row in range(rows.n):
+            index = first + row
+            name = names[index % len(names)]
+            shard = prepared.val[name]
+            rows.read(row, shard, _circular(shard.n_tokens, (index // len(names)) * seq_len % shard.n_tokens, seq_len + 1))
+        batches.append(rows.batch())
+    return batches
 
 
-def _batch(rows: np.ndarray, prepared: PreparedData) -> Batch:
-    inputs, targets = rows[:, :-1], rows[:, 1:]
-    document_ids = None
-    if prepared.document_masking:
-        ends = inputs == prepared.eos_id
-        document_ids = torch.from_numpy(np.cumsum(ends, axis=1) - ends)  # (n, T)
-    return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), document_ids)
+class _Rows:
+    """A batch being read: each row's seq_len + 1 tokens, whether each is a trained target, and
+    (with document masking) which document of its shard each is in."""
+
+    def __init__(self, n: int, seq_len: int, prepared: PreparedData):
+        self.n, self.masking = n, prepared.document_masking
+        self.tokens = np.empty((n, seq_len + 1), dtype=np.int64)
+        self.trained: np.ndarray | None = None  # made where a row comes from a shard with a loss mask
+        self.documents = np.empty((n, seq_len + 1), dtype=np.int64) if self.masking else None
+
+    def read(self, row: int, shard: Any, where: slice | np.ndarray) -> None:
+        """Fill `row` from `shard` at stream positions `where` (a slice, or an array of positions)."""
+        self.tokens[row] = shard.tokens[where]
+        mask = shard.loss_mask
+        if mask is not None:
+            if self.trained is None:
+                self.trained = np.ones(self.tokens.shape, dtype=bool)
+            self.trained[row] = mask[where] != 0
+        if self.documents is not None:
+            positions = np.arange(where.start, where.stop) if isinstance(where, slice) else where
+            self.documents[row] = np.searchsorted(shard.document_ends, positions, side="right")
+
+    def batch(self) -> Batch:
+        inputs, targets = self.tokens[:, :-1], self.tokens[:, 1:]
+        if self.trained is not None:
+            targets = np.where(self.trained[:, 1:], targets, -100)
+        document_ids = None
+        if self.documents is not None:
+            # Documents renumbered from 0 within each row: a new one wherever the shard's document
+            # changes (at a document end, a block seam or the stream's wrap).
+            changes = np.diff(self.documents[:, :-1], axis=1) != 0
+            document_ids = torch.from_numpy(np.concatenate([np.zeros((self.n, 1), np.int64), np.cumsum(changes, axis=1)], axis=1))
+        return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), document_ids)
 
 
-def _circular(tokens: np.ndarray, start: int, count: int) -> np.ndarray:
-    """`count` tokens from `start`, wrapping to the front of the stream at its end."""
-    length = len(tokens)
-    if start + count <= length:
-        return np.asarray(tokens[start : start + count], dtype=np.int64)
-    parts, remaining = [], count
-    while remaining:
-        take = min(remaining, length - start)
-        parts.append(np.asarray(tokens[start : start + take], dtype=np.int64))
-        remaining -= take
-        start = 0
-    return np.concatenate(parts)
+def _circular(length: int, start: int, count: int) -> np.ndarray:
+    """Positions of `count` tokens from `start` in a stream of `length`, wrapping to its front."""
+    return (start + np.arange(count, dtype=np.int64)) % length
 
 
 def _block_size(seq_lens: list[int]) -> int:

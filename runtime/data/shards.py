@@ -4,7 +4,9 @@ A spool holds a split's kept documents as UTF-8 bytes one after another, with th
 offsets: the tokenizer is trained on a sample of it and the workers tokenize ranges of it.
 A token shard is the split's token stream (each document followed by the end-of-document
 token: packed, nothing padded) as raw uint16 or uint32, with the documents' end offsets as
-uint64; it is read through a memory map, page by page, never whole.
+uint64; it is read through a memory map, page by page, never whole. A source of conversations
+(chat or instruction records) also has a loss mask: one uint8 a token, 1 where the token is
+trained on as a target (the assistant's), 0 where it is masked out of the loss.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ class SpoolWriter:
         self.size = 0
         self.characters = 0
 
-    def add(self, text: str) -> None:
+    def add(self, text: str, characters: int | None = None) -> None:
+        """Append a document; `characters` counts it where `text` is an encoding of it (a rendered
+        conversation as JSON), else its length."""
         data = text.encode("utf-8", "replace")  # a lone surrogate (legal in JSON) becomes "?"
         self.handle.write(data)
         self.size += len(data)
-        self.characters += len(text)
+        self.characters += len(text) if characters is None else characters
         self.ends.append(self.size)
 
     def close(self) -> "Spool":
@@ -86,35 +90,66 @@ def shard_file(stem: Path, suffix: str) -> Path:
 
 
 class ShardWriter:
-    """Appends token chunks to `<stem>.tokens` and document ends to `<stem>.docs`."""
+    """Appends token chunks to `<stem>.tokens`, document ends to `<stem>.docs` and, with
+    `masked`, each token's loss mask to `<stem>.mask`."""
 
-    def __init__(self, stem: Path):
+    def __init__(self, stem: Path, masked: bool = False):
         self.tokens = shard_file(stem, "tokens").open("wb")
         self.docs = shard_file(stem, "docs").open("wb")
+        self.mask = shard_file(stem, "mask").open("wb") if masked else None
         self.n_tokens = 0
         self.n_documents = 0
+        self.n_trained = 0
 
-    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
+        if (mask is None) != (self.mask is None):
+            raise ValueError("a masked shard takes a loss mask with every chunk, an unmasked one none")
         self.tokens.write(tokens.tobytes())
         ends = self.n_tokens + np.cumsum(lengths, dtype=np.uint64)
         self.docs.write(ends.astype(np.uint64).tobytes())
+        if self.mask is not None:
+            self.mask.write(mask.astype(np.uint8).tobytes())
+            self.n_trained += int(np.count_nonzero(mask))
+        else:
+            self.n_trained += int(tokens.size)
         self.n_tokens += int(tokens.size)
         self.n_documents += int(lengths.size)
+
+    def counts(self) -> dict[str, int]:
+        """What meta.json records of the shard: tokens, documents and, for a masked shard, trained tokens."""
+        counts = {"tokens": self.n_tokens, "documents": self.n_documents}
+        if self.mask is not None:
+            counts["trained"] = self.n_trained
+        return counts
 
     def close(self) -> None:
         self.tokens.close()
         self.docs.close()
+        if self.mask is not None:
+            self.mask.close()
 
 
 @dataclass
 class TokenShard:
-    """One split of one source in the cache: `tokens` and `document_ends` open lazily as memory maps."""
+    """One split of one source in the cache: `tokens`, `document_ends` and `loss_mask` open lazily
+    as memory maps. `n_trained` counts the tokens trained on as targets; it is None for a shard
+    without a loss mask (plain text: every token is trained on)."""
 
     stem: Path
     n_tokens: int
     n_documents: int
     dtype: str
+    n_trained: int | None = None
     _maps: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def loss_mask(self) -> np.ndarray | None:
+        """(n_tokens,) uint8: 1 where the token is a trained target, 0 where masked; None without a mask."""
+        return None if self.n_trained is None else self._map("mask", np.dtype(np.uint8), self.n_tokens)
+
+    @property
+    def trained_tokens(self) -> int:
+        return self.n_tokens if self.n_trained is None else self.n_trained
 
     @property
     def tokens(self) -> np.ndarray:

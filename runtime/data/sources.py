@@ -2,7 +2,8 @@
 
 A reader resolves its inputs when built (missing files and empty globs are errors then),
 gives a `key` that changes whenever its contents could (the cache fingerprint uses it), and
-streams documents one at a time so that no corpus is ever held in memory whole.
+streams documents one at a time so that no corpus is ever held in memory whole. A document is a
+text, or a `records.Conversation` where a files source reads chat or instruction records.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tabula.schemas.data import FilesSource, HubSource, PythonStdlibSource
 from tabula.schemas.registry import Registry
 
 from .errors import DataError
+from .records import Conversation, RecordError, fields_read, to_conversation
 from .tokenize_worker import die_with_parent
 
 Warn = Callable[[str], None]
@@ -53,7 +55,8 @@ class FilesReader:
                                 source=self.name) from None
             return "unreadable"
 
-    def documents(self, warn: Warn, workers: int = 1) -> Iterator[str]:
+    def documents(self, warn: Warn, workers: int = 1) -> Iterator[str | Conversation]:
+        """Each file's documents: texts, or Conversations where the source has `records`."""
         read = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet}[self.spec.format]
         for path in self.files:
             yield from read(self.name, self.spec, path, warn)
@@ -201,19 +204,19 @@ def _read_text(name: str, spec: FilesSource, path: Path, warn: Warn) -> Iterator
     try:
         data = path.read_bytes()
     except OSError as error:
-        _bad(name, spec, f"{path}: cannot read: {error.strerror or _first_line(error)}", warn)
+        bad_record(name, spec, f"{path}: cannot read: {error.strerror or _first_line(error)}", warn)
         return
     try:
         yield data.decode("utf-8")
     except UnicodeDecodeError as error:
-        _bad(name, spec, f"{path}: cannot read as UTF-8 text: {_first_line(error)}", warn)
+        bad_record(name, spec, f"{path}: cannot read as UTF-8 text: {_first_line(error)}", warn)
 
 
-def _read_jsonl(name: str, spec: FilesSource, path: Path, warn: Warn) -> Iterator[str]:
+def _read_jsonl(name: str, spec: FilesSource, path: Path, warn: Warn) -> Iterator[str | Conversation]:
     try:
         handle = path.open("rb")
     except OSError as error:
-        _bad(name, spec, f"{path}: cannot open: {_first_line(error)}", warn)
+        bad_record(name, spec, f"{path}: cannot open: {_first_line(error)}", warn)
         return
     with handle:
         for number, raw in enumerate(handle, start=1):
@@ -222,54 +225,71 @@ def _read_jsonl(name: str, spec: FilesSource, path: Path, warn: Warn) -> Iterato
             try:
                 record = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                _bad(name, spec, f"{path}:{number}: not valid JSON ({error})", warn)
+                bad_record(name, spec, f"{path}:{number}: not valid JSON ({error})", warn)
                 continue
-            if not isinstance(record, dict) or spec.text_field not in record:
-                fields = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-                _bad(name, spec, f"{path}:{number}: no field {spec.text_field!r} (found: {fields})", warn,
-                     path=("data", "sources", name, "text_field"))
-                continue
-            text = record[spec.text_field]
-            if not isinstance(text, str):
-                _bad(name, spec, f"{path}:{number}: field {spec.text_field!r} is {type(text).__name__}, not text", warn)
-                continue
-            yield text
+            document = _document(name, spec, record, f"{path}:{number}", warn)
+            if document is not None:
+                yield document
 
 
-def _read_parquet(name: str, spec: FilesSource, path: Path, warn: Warn) -> Iterator[str]:
+def _read_parquet(name: str, spec: FilesSource, path: Path, warn: Warn) -> Iterator[str | Conversation]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.ParquetFile(path)
     except Exception as error:
-        _bad(name, spec, f"{path}: not a readable parquet file ({_first_line(error)})", warn)
+        bad_record(name, spec, f"{path}: not a readable parquet file ({_first_line(error)})", warn)
         return
     columns = table.schema_arrow.names
-    if spec.text_field not in columns:
+    wanted = fields_read(spec.records) if spec.records is not None else [spec.text_field]
+    required = wanted if spec.records is None or spec.records.kind == "chat" else wanted[:2]
+    missing = [column for column in required if column not in columns]
+    if missing:
         # A missing column is a spec mistake, not a bad record: always an error.
+        field = "text_field" if spec.records is None else "records"
         raise DataError(
-            f"{path}: no column {spec.text_field!r} (columns: {', '.join(columns)})",
-            source=name, path=("data", "sources", name, "text_field"),
+            f"{path}: no column {missing[0]!r} (columns: {', '.join(columns)})", source=name, path=("data", "sources", name, field),
         )
     row = 0
     try:
-        for batch in table.iter_batches(columns=[spec.text_field], batch_size=1024):
-            for text in batch.column(0).to_pylist():
+        for batch in table.iter_batches(columns=[c for c in wanted if c in columns], batch_size=1024):
+            for record in batch.to_pylist():
                 row += 1
-                if not isinstance(text, str):
-                    _bad(name, spec, f"{path}: row {row}: {spec.text_field!r} is {type(text).__name__}, not text", warn)
-                    continue
-                yield text
+                document = _document(name, spec, record, f"{path}: row {row}", warn)
+                if document is not None:
+                    yield document
     except DataError:
         raise
     except Exception as error:
-        _bad(name, spec, f"{path}: unreadable after row {row} ({_first_line(error)})", warn)
+        bad_record(name, spec, f"{path}: unreadable after row {row} ({_first_line(error)})", warn)
 
 
-def _bad(name: str, spec: FilesSource, message: str, warn: Warn, path: tuple[Any, ...] = ()) -> None:
+def _document(name: str, spec: FilesSource, record: Any, origin: str, warn: Warn) -> str | Conversation | None:
+    """A record's text (text_field), or its conversation (records); None for a bad record skipped."""
+    if spec.records is not None:
+        try:
+            return to_conversation(record, spec.records, origin)
+        except RecordError as error:
+            bad_record(name, spec, f"{origin}: {error}", warn, path=("data", "sources", name, "records"))
+            return None
+    if not isinstance(record, dict) or spec.text_field not in record:
+        fields = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+        bad_record(name, spec, f"{origin}: no field {spec.text_field!r} (found: {fields})", warn, path=("data", "sources", name, "text_field"))
+        return None
+    text = record[spec.text_field]
+    if not isinstance(text, str):
+        bad_record(name, spec, f"{origin}: field {spec.text_field!r} is {type(text).__name__}, not text", warn)
+        return None
+    return text
+
+
+def bad_record(name: str, spec: FilesSource, message: str, warn: Warn, path: tuple[Any, ...] = ()) -> None:
+    """Apply a files source's on_error to a bad file or record (`message` names its file and line):
+    fail raises DataError, skip warns `source 'name': skipped <message>`."""
     if spec.on_error == "fail":
         raise DataError(message + " (set on_error: skip to skip such records)", source=name, path=path)
     warn(f"source {name!r}: skipped {message}")
+
 
 
 def _relative(path: Path, base_dir: Path) -> str:

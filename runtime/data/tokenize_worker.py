@@ -4,6 +4,7 @@ so only offsets and finished tokens cross the process boundary. Imports numpy an
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -54,3 +55,34 @@ def encode_chunk(path: str, start: int, ends: np.ndarray) -> tuple[np.ndarray, n
     tokens = np.concatenate([np.asarray(row + eos, dtype=_worker["dtype"]) for row in ids])
     lengths = np.fromiter((len(row) + 1 for row in ids), dtype=np.uint64, count=len(ids))
     return tokens, lengths
+
+
+def encode_chat_chunk(path: str, start: int, ends: np.ndarray, max_tokens: int | None, truncation: str
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Tokenize the rendered conversations (each a JSON object `{"text", "spans"}`) of spool `path`
+    between `start` and `start + ends[-1]`: returns (tokens, tokens per conversation, loss mask,
+    conversations cut to max_tokens, conversations dropped with no trained token left)."""
+    from .loss_mask import fit, trained_mask
+
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(int(ends[-1]))
+    bounds = [0, *ends.tolist()]
+    records = [json.loads(data[bounds[i] : bounds[i + 1]]) for i in range(len(ends))]
+    tokenizer, eos_id, dtype = _worker["tokenizer"], _worker["eos_id"], _worker["dtype"]
+    encodings = tokenizer.encode_batch([record["text"] for record in records], add_special_tokens=False)
+    tokens, masks, lengths = [], [], []
+    cut = dropped = 0
+    for record, encoding in zip(records, encodings):
+        fitted = fit(encoding.ids, trained_mask(encoding.offsets, record["spans"]), eos_id, max_tokens, truncation)
+        if fitted is None:
+            dropped += 1
+            continue
+        ids, mask, was_cut = fitted
+        tokens.append(ids.astype(dtype))
+        masks.append(mask)
+        lengths.append(len(ids))
+        cut += was_cut
+    if not tokens:
+        return np.zeros(0, dtype), np.zeros(0, np.uint64), np.zeros(0, np.uint8), cut, dropped
+    return np.concatenate(tokens), np.asarray(lengths, dtype=np.uint64), np.concatenate(masks), cut, dropped

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -22,40 +22,40 @@ from tabula.schemas.registry import Registry
 from .errors import DataError
 
 WHERE = ("data", "tokenizer")
-# kind -> (tokenizer spec, sample of texts, characters in the sample) -> trained tokenizer
-TRAINERS: Registry[Callable[[Any, Iterable[str], int], Tokenizer]] = Registry("tokenizer trainer")
+# kind -> (tokenizer spec, sample of texts, characters in the sample, more special tokens) -> trained tokenizer
+TRAINERS: Registry[Callable[[Any, Iterable[str], int, Sequence[str]], Tokenizer]] = Registry("tokenizer trainer")
 # kind -> (tokenizer spec, the spec's folder) -> loaded tokenizer
 LOADERS: Registry[Callable[[Any, Path], Tokenizer]] = Registry("tokenizer loader")
 
 
 @TRAINERS.register("bpe")
-def train_bpe(spec: BPETokenizer, sample: Iterable[str], sample_chars: int) -> Tokenizer:
+def train_bpe(spec: BPETokenizer, sample: Iterable[str], sample_chars: int, more_specials: Sequence[str] = ()) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, show_progress=False,
-        special_tokens=_specials(spec), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=_specials(spec, more_specials), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(sample, trainer)
     return _check_size(spec, tokenizer, sample_chars)
 
 
 @TRAINERS.register("unigram")
-def train_unigram(spec: UnigramTokenizer, sample: Iterable[str], sample_chars: int) -> Tokenizer:
+def train_unigram(spec: UnigramTokenizer, sample: Iterable[str], sample_chars: int, more_specials: Sequence[str] = ()) -> Tokenizer:
     # Byte-level pre-tokenization: every input maps to the 256 byte symbols, so nothing is unknown.
     tokenizer = Tokenizer(models.Unigram())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.UnigramTrainer(
-        vocab_size=spec.vocab_size, show_progress=False, special_tokens=_specials(spec),
+        vocab_size=spec.vocab_size, show_progress=False, special_tokens=_specials(spec, more_specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), max_piece_length=16,
     )
     tokenizer.train_from_iterator(sample, trainer)
     # The trainer sums scores in a varying order, so they differ in the last bits from run to
     # run: rounded and re-sorted (special tokens first) they give the same tokenizer every time.
     vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
-    specials = set(_specials(spec))
+    specials = set(_specials(spec, more_specials))
     head = [(piece, 0.0) for piece, _ in vocab if piece in specials]
     rest = sorted(((piece, round(score, 6)) for piece, score in vocab if piece not in specials), key=lambda p: (-p[1], p[0]))
     # Unseen alphabet symbols get scores 1e-4 apart in a varying order: those get them by name.
@@ -117,8 +117,9 @@ def special_ids(spec: Any, tokenizer: Tokenizer) -> tuple[int, int]:
     return eos, pad
 
 
-def _specials(spec: Any) -> list[str]:
-    return [spec.eos_token] if spec.eos_token == spec.pad_token else [spec.eos_token, spec.pad_token]
+def _specials(spec: Any, more: Sequence[str] = ()) -> list[str]:
+    """The spec's end-of-document and padding tokens, then `more` (a chat template's), each once, in order."""
+    return list(dict.fromkeys([spec.eos_token, spec.pad_token, *more]))
 
 
 def _with_specials(spec: Any, tokenizer: Tokenizer) -> Tokenizer:

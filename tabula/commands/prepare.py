@@ -1,6 +1,9 @@
 """Prepare a spec's data ahead of a run: read and filter the sources, hold out the validation
 split, train or load the tokenizer, and tokenize everything into the token cache.
 
+For sources of chat or instruction records it reports the chat template, the records skipped
+(with their file and line) and how many tokens are trained on versus masked out of the loss.
+
 The cache entry is keyed by a fingerprint of the source contents, the filters, the validation
 split and the tokenizer: a second call with the same data finds it and returns at once. The
 cache lives in $TABULA_CACHE_DIR, else $XDG_CACHE_HOME/tabula, else ~/.cache/tabula.
@@ -21,7 +24,8 @@ def add_arguments(parser) -> None:
     from tabula.report import add_spec_arguments
 
     add_spec_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON: per source, documents in/out per filter, characters, tokens; the fingerprint; cache hit or miss; seconds")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON: per source, documents in/out per filter, skipped records (count, first reasons), "
+                             "characters, tokens (trained and masked); the chat template; the fingerprint; cache hit or miss; seconds")
     parser.add_argument("--cache-dir", metavar="DIR", help="the token cache folder (default: $TABULA_CACHE_DIR or ~/.cache/tabula)")
 
 
@@ -56,13 +60,33 @@ def _summary(report: dict) -> str:
         f"  entry      {report['directory']}",
         f"  tokenizer  {tokenizer['kind']}, {tokenizer['vocab_size']} tokens, {tokenizer['dtype']}, hash {tokenizer['hash'][:16]}",
     ]
+    chat = report.get("chat")
+    if chat:
+        limit = f"max {chat['max_tokens']:,} tokens, cut on the {chat['truncation']}" if chat["max_tokens"] else "no length limit"
+        added = f"; added to the tokenizer: {' '.join(chat['added_tokens'])}" if chat["added_tokens"] else ""
+        lines.append(f"  chat       template {chat['template_from']}, {limit}{added}")
     for name, source in report["sources"].items():
         lines.append(f"  source {name}: {source['documents']:,} documents read")
+        skipped = source.get("skipped", {}).get("count", 0)
+        if skipped:
+            lines.append(f"    skipped {skipped:,} bad record{'s' if skipped != 1 else ''}; the first:")
+            lines.extend(f"      {reason}" for reason in source["skipped"]["first"])
         for step in source["filters"]:
             lines.append(f"    filter {step['index']} {step['kind']:<8} {step['in']:>10,} in {step['out']:>10,} out")
         for split in ("train", "val"):
             part = source[split]
-            lines.append(f"    {split:<5} {part['documents']:>10,} documents {part['characters']:>14,} characters {part['tokens']:>12,} tokens")
+            line = f"    {split:<5} {part['documents']:>10,} documents {part['characters']:>14,} characters {part['tokens']:>12,} tokens"
+            if chat and name in chat["sources"]:
+                line += f" ({part['trained_tokens']:,} trained, {part['masked_tokens']:,} masked)"
+            lines.append(line)
+        fitted = source.get("max_tokens")
+        if fitted and (fitted["cut"] or fitted["dropped"]):
+            lines.append(f"    max_tokens: {fitted['cut']:,} conversations cut, {fitted['dropped']:,} dropped (no trained token left)")
+    totals = report.get("totals")
+    if totals:
+        share = totals["trained_tokens"] / max(totals["tokens"], 1)
+        lines.append(f"  trained on {totals['trained_tokens']:,} of {totals['tokens']:,} tokens ({share:.1%}); "
+                     f"{totals['masked_tokens']:,} masked out of the loss")
     for warning in report.get("warnings", []):
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)

@@ -117,7 +117,7 @@ def _train_here(options: RunOptions, spec: Spec) -> int:
     ready = prepare_run(spec, options, progress=terminal_progress(sys.stderr))
     if ready.resume is not None:
         for skipped in ready.resume.skipped:
-            sys.stderr.write(f"warning: {skipped.message}; resuming from {ready.resume.checkpoint.name}\n")
+            sys.stderr.write(f"tabula run: warning: {skipped.message}; resuming from {ready.resume.checkpoint.name}\n")
     for line in prepared_lines(ready):
         print(line)
     sys.stdout.flush()

@@ -177,7 +177,20 @@ def test_a_planted_nan_is_handled_by_each_policy(work, policy, tmp_path):
         assert end["reason"] == "stopped" and end["step"] == (14 if policy == "skip" else 12)
         expected = "batch skipped" if policy == "skip" else "rolled back to checkpoints/step-000008"
         assert len(logged) == 1 and expected in logged[0]
-    assert all(e["loss"] is not None for e in events(run_dir) if e["kind"] == "train")
+    train = [e for e in events(run_dir) if e["kind"] == "train"]
+    skipped = [e for e in train if e["skipped"]]  # the refused update is in the record, its loss is not
+    assert [(e["step"], e["skipped"], e["loss"]) for e in skipped] == [(10, 1, None)]
+    assert all(e["loss"] is not None for e in train if not e["skipped"])
+
+
+def test_a_run_that_skips_every_update_fails_with_exit_3(work):
+    """lr 1e6 with on_nonfinite: skip refused 63 of 64 updates and still reported 'finished' with exit 0."""
+    result = tabula(work, "run", "tiny.yaml", "train.optimizer.lr=1e6", "train.grad_clip=null",
+                    "train.on_nonfinite=skip", "--headless", "--run-dir", "runs/lr-1e6")
+    assert result.returncode == 3, result.stdout + result.stderr
+    end = events(work / "runs" / "lr-1e6")[-1]
+    assert end["reason"] == "failed" and "8 updates in a row were non-finite" in end["error"]
+    assert "train.max_consecutive_skips: 8" in result.stdout and "Traceback" not in result.stdout + result.stderr
 
 
 def test_resume_with_a_changed_spec(work):
@@ -236,6 +249,9 @@ def test_a_deepspeed_checkpoint_the_local_engine_cannot_read_is_refused(work, wh
     (checkpoint / "deepspeed").mkdir()
     layout = {"zero_stage": 2, "world_size": 2, "precision": "fp16", "groups": []}
     (checkpoint / "deepspeed" / "layout.json").write_text(json.dumps(layout))
+    from tabula.runtime.integrity import write_checksums
+
+    write_checksums(checkpoint)  # an intact checkpoint in DeepSpeed's layout, not a damaged local one
     result = tabula(work, "run", "tiny.yaml", "--headless", "--resume", "runs/fp16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [

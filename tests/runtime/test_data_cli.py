@@ -71,3 +71,37 @@ def test_a_cache_dir_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, capsys
         assert main(["prepare", str(spec), "--cache-dir", str(cache)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(cache) in err and "Traceback" not in err
+
+
+def test_prepare_reports_trained_and_masked_tokens_of_the_shipped_chat_spec(specs_dir, tmp_path, capsys):
+    spec = str(specs_dir / "finetune-chat.yaml")
+    assert main(["validate", spec]) == 0
+    assert "finetune-chat.yaml: ok" in capsys.readouterr().out
+    assert main(["prepare", spec, "--json", "--cache-dir", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    source, totals = report["sources"]["chat"], report["totals"]
+    assert source["skipped"] == {"count": 0, "first": []} and source["documents"] == 600
+    assert 0 < totals["trained_tokens"] < totals["tokens"] == totals["trained_tokens"] + totals["masked_tokens"]
+    for split in ("train", "val"):
+        assert source[split]["trained_tokens"] + source[split]["masked_tokens"] == source[split]["tokens"] > 0
+    assert report["chat"]["template"] == "chatml" and report["chat"]["max_tokens"] == 256
+    assert main(["prepare", spec, "--cache-dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "template chatml, max 256 tokens, cut on the right" in text
+    assert f"trained on {totals['trained_tokens']:,} of {totals['tokens']:,} tokens" in text
+    assert f"({source['train']['trained_tokens']:,} trained, {source['train']['masked_tokens']:,} masked)" in text
+
+
+def test_prepare_lists_skipped_records_by_file_and_line(tmp_path, capsys):
+    chats = [json.dumps({"messages": [{"role": "user", "content": f"what is {i} plus {i}?"},
+                                      {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}) for i in range(40)]
+    (tmp_path / "chat.jsonl").write_text("\n".join(chats[:5] + ["{oops", json.dumps({"messages": "hi"})] + chats[5:]) + "\n")
+    (tmp_path / "spec.yaml").write_text(SPEC.replace(
+        '    corpus: {kind: files, paths: ["corpus/*.txt"]}',
+        "    corpus: {kind: files, paths: [chat.jsonl], format: jsonl, records: {kind: chat}, on_error: skip}\n"
+        "  packing: {document_masking: true}"))
+    assert main(["prepare", str(tmp_path / "spec.yaml"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    text = capsys.readouterr().out
+    assert "skipped 2 bad records; the first:" in text
+    assert f"{tmp_path / 'chat.jsonl'}:6: not valid JSON" in text
+    assert f"{tmp_path / 'chat.jsonl'}:7: 'messages' is text, not a list of messages" in text

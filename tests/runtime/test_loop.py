@@ -70,10 +70,10 @@ def test_resume_is_bit_identical(prepared, tmp_path):
 
 def test_a_stop_mid_interval_still_logs_its_steps(prepared, tmp_path):
     every_step = _losses(_run(tiny_spec(), prepared, tmp_path / "each", max_steps=7)[1])
-    outcome, events = _run(tiny_spec(log={"every_steps": 5}), prepared, tmp_path / "fives", max_steps=7)
+    outcome, events = _run(tiny_spec(log={"every_steps": 5, "every_seconds": None}), prepared, tmp_path / "fives", max_steps=7)
     assert outcome.reason == "stopped"
     logged = _losses(events)
-    assert sorted(logged) == [5, 7]  # the last event covers steps 6 and 7, which a stop cut short
+    assert sorted(logged) == [1, 5, 7]  # the first step; the last event covers steps 6 and 7, which a stop cut short
     assert logged[7] == pytest.approx((every_step[6] + every_step[7]) / 2, rel=1e-5)
 
 
@@ -101,8 +101,33 @@ def test_nonfinite_skip(prepared, tmp_path, monkeypatch):
     warnings = [e for e in events if e["kind"] == "log" and e["level"] == "warning"]
     assert len(warnings) == 1 and "non-finite loss at step 5" in warnings[0]["message"] and "skipped" in warnings[0]["message"]
     losses = _losses(events)
-    assert 5 not in losses  # the skipped step's loss is not averaged into the record
-    assert all(loss == loss for loss in losses.values())  # and no NaN leaked into the weights
+    assert losses[5] is None  # the skipped step's loss is not averaged into the record
+    assert [e["step"] for e in events if e["kind"] == "train" and e["skipped"]] == [5]  # it is counted instead
+    assert all(loss == loss for step, loss in losses.items() if step != 5)  # and no NaN leaked into the weights
+
+
+def test_nonfinite_skip_interval_counts_what_it_skipped(prepared, tmp_path, monkeypatch):
+    plant_nan(monkeypatch, LocalEngine, 4)
+    every_step = _losses(_run(tiny_spec(), prepared, tmp_path / "each", max_steps=5)[1])
+    plant_nan(monkeypatch, LocalEngine, 4)
+    _, events = _run(tiny_spec(log={"every_steps": 5, "every_seconds": None}), prepared, tmp_path / "fives", max_steps=5)
+    (interval,) = [e for e in events if e["kind"] == "train" and e["step"] == 5]
+    assert interval["skipped"] == 1
+    assert interval["loss"] == pytest.approx((every_step[2] + every_step[3] + every_step[5]) / 3, rel=1e-5)
+
+
+def test_skipping_every_update_fails_the_run(prepared, tmp_path):
+    """A learning rate of 1e6 with on_nonfinite: skip refused 63 of 64 updates and reported 'finished'."""
+    spec = tiny_spec(on_nonfinite="skip", max_consecutive_skips=4, grad_clip=None,
+                     optimizer={"kind": "adamw", "lr": 1.0e6}, schedule={"kind": "constant"})
+    outcome, events = _run(spec, prepared, tmp_path / "run")
+    assert outcome.reason == "failed" and outcome.step < 24
+    assert "4 updates in a row were non-finite and skipped (train.max_consecutive_skips: 4)" in outcome.error
+    assert events[-1]["kind"] == "end" and events[-1]["reason"] == "failed"
+    skipped = [e["skipped"] for e in events if e["kind"] == "train"]
+    assert sum(skipped) >= 4 and skipped[-4:] == [1, 1, 1, 1]  # every skip is in the record
+    warnings = [e["message"] for e in events if e["kind"] == "log" and e["level"] == "warning"]
+    assert len(warnings) == 3 and "(3 in a row)" in warnings[-1]
 
 
 def test_nonfinite_stop(prepared, tmp_path, monkeypatch):
@@ -158,6 +183,41 @@ def test_a_request_left_by_an_earlier_session_is_ignored(prepared, tmp_path):
     warnings = [e["message"] for e in events if e["kind"] == "log" and e["level"] == "warning"]
     assert any("ignored the stop request" in w for w in warnings), warnings
     assert not list((folder / "control").iterdir())
+
+
+def test_damaged_control_requests_are_ignored_and_the_run_goes_on(prepared, tmp_path):
+    """`mkdir control/eval` crashed the run and lost the steps since its checkpoint."""
+    folder = tmp_path / "run"
+
+    class Breaker:
+        def __call__(self, event):
+            if event["kind"] == "train" and event["step"] == 2:
+                (folder / "control" / "eval").mkdir()
+                (folder / "control" / "stop").mkdir()
+
+    outcome, events = _run(tiny_spec(), prepared, folder, console=Breaker())
+    assert outcome.reason == "finished" and outcome.step == 24
+    warnings = [e["message"] for e in events if e["kind"] == "log" and e["level"] == "warning"]
+    assert sorted(w.split(":")[0] for w in warnings) == ["ignored control/eval", "ignored control/stop"]  # once each
+
+
+def test_a_file_where_control_should_be_leaves_the_run_without_requests(prepared, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "control").write_text("")
+    outcome, events = _run(tiny_spec(), prepared, folder, max_steps=3)
+    assert (outcome.reason, outcome.step) == ("stopped", 3)
+    (warning,) = [e["message"] for e in events if e["kind"] == "log" and e["level"] == "warning"]
+    assert "cannot hold control requests (it is not a folder): the run goes on without them" in warning
+
+
+def test_train_events_come_with_the_first_step_and_the_clock(prepared, tmp_path):
+    """Numbers within seconds: the first step of a session is logged, and (one process) a step that ends
+    more than log.every_seconds after the last record is logged too."""
+    _, events = _run(tiny_spec(log={"every_steps": 100, "every_seconds": None}), prepared, tmp_path / "steps", max_steps=6)
+    assert [e["step"] for e in events if e["kind"] == "train"] == [1, 6]  # the first, and the stop's
+    _, events = _run(tiny_spec(log={"every_steps": 100, "every_seconds": 1e-6}), prepared, tmp_path / "clock", max_steps=6)
+    assert [e["step"] for e in events if e["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
 def test_checkpoint_state(prepared, tmp_path):

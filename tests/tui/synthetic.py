@@ -29,7 +29,7 @@ def train_event(step: int) -> dict:
         "kind": "train", "time": T0 + 0.5 * step, "step": step, "tokens": tokens,
         "loss": round(2.0 + 7.0 * math.exp(-step / 30), 4), "lr": 1e-3 * min(1.0, step / 10),
         "grad_norm": 0.5 + 1.0 / step, "tokens_per_s": 32768.0, "step_time": 0.5, "mfu": None,
-        "memory": 512 * 2**20, "stage": 0 if tokens < 524288 else 1,
+        "memory": 512 * 2**20, "stage": 0 if tokens < 524288 else 1, "skipped": 0,
     }
 
 

@@ -179,7 +179,30 @@ async def test_launched_run_shows_its_output_while_it_prepares(tmp_path):
     (tmp_path / "output.log").write_text("tokenizer: training on 4M characters\rreading stdlib: 2,000\n")
     app = DashboardApp(tmp_path, clock=lambda: T0, process=FakeProcess())
     async with app.run_test(size=(80, 24)):
-        assert "● waiting (reading stdlib: 2,000)" in screen_text(app)
+        text = screen_text(app)
+        assert "● preparing data" in text and "preparing data reading stdlib  2k" in text  # no total: no share
+    (tmp_path / "output.log").write_text("loading the model\n")
+    app = DashboardApp(tmp_path, clock=lambda: T0, process=FakeProcess())
+    async with app.run_test(size=(80, 24)):
+        assert "● waiting (loading the model)" in screen_text(app)  # any other line, as it is
+
+
+async def test_data_preparation_fills_the_progress_bar(tmp_path):
+    """Before its folder exists a new run can write no event: its output lines show the preparation's progress."""
+    log = tmp_path / "run.output.log"
+    log.write_text("reading stdlib (documents): 40 of 40 (100%)\ntokenizing (bytes of text): 1,310,720 of 5,242,880 (25%)\n")
+    app = DashboardApp(tmp_path / "run", clock=lambda: T0, process=FakeProcess(), output_log=log)
+    async with app.run_test(size=(80, 24)) as pilot:
+        text = screen_text(app)
+        assert "25.0%" in text and "preparing data tokenizing (bytes of text)  1.31M / 5.24M" in text
+        with open(log, "a") as file:
+            file.write("run folder: runs/tiny\n")  # prepared: the bar waits for the run's events
+        app.clock = lambda: T0 + 2
+        app.screen.clock = app.clock
+        app.screen.poll()
+        await pilot.pause()
+        text = screen_text(app)
+        assert "preparing data" not in text and "step 0 / -" in text and "● waiting (run folder: runs/tiny)" in text
 
 
 def test_watch_refuses_without_a_terminal_and_names_the_record(tmp_path):

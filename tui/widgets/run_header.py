@@ -10,11 +10,13 @@ from ..state import RunState
 
 STATUS_STYLES = {
     "waiting": "bold yellow",
+    "preparing data": "bold yellow",
     "running": "bold green",
     "stale": "bold yellow",
     "finished": "bold cyan",
     "stopped": "bold magenta",
     "failed": "bold red",
+    "unreadable": "bold red",
 }
 
 
@@ -35,28 +37,7 @@ class RunHeader(Static):
     _shown: tuple[str, str] | None = None
 
     def show(self, state: RunState, now: float) -> None:
-        status, detail = state.status(now)
-        line = Text(no_wrap=True, overflow="ellipsis")
-        line.append(f"● {status}", style=STATUS_STYLES.get(status, "bold"))
-        if detail and status != "failed":  # waiting: what it prepares; stale or quiet: how long
-            line.append(f" ({detail})", style="yellow")
-        line.append("  ")
-        line.append(state.run_name or "waiting for the run to start", style="bold")
-        parts = []
-        if state.spec_hash:
-            parts.append(f"spec {state.spec_hash[:12]}")
-        if state.backend:
-            parts.append(f"{state.backend} × {state.world_size or 1}")
-        if state.device:
-            parts.append(" ".join(p for p in (state.device, state.precision) if p))
-        if state.parameters:
-            parts.append(f"{format_count(state.parameters)} params")
-        for part in parts:
-            line.append("  ·  ", style="dim")
-            line.append(part)
-        text = line
-        if status == "failed" and detail:
-            text = Text.assemble(line, "\n", Text(f"error: {detail}", style="bold red"))
+        text, status = header_text(state, now)
         shown = (text.plain, status)
         if shown == self._shown:  # called every second for the clock: most seconds change nothing here
             return
@@ -64,3 +45,29 @@ class RunHeader(Static):
         lines_changed = self._shown is None or self._shown[0].count("\n") != text.plain.count("\n")
         self._shown = shown
         self.update(text, layout=lines_changed)
+
+
+def header_text(state: RunState, now: float) -> tuple[Text, str]:
+    """The header's text (a second line for a failed run's error) and the status it shows."""
+    status, detail = state.status(now)
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(f"● {status}", style=STATUS_STYLES.get(status, "bold"))
+    if detail and status != "failed":  # waiting: what it prepares; stale or quiet: how long
+        line.append(f" ({detail})", style="yellow")
+    line.append("  ")
+    line.append(state.run_name or "waiting for the run to start", style="bold")
+    parts = []
+    if state.spec_hash:
+        parts.append(f"spec {state.spec_hash[:12]}")
+    if state.backend:
+        parts.append(f"{state.backend} × {state.world_size or 1}")
+    if state.device:
+        parts.append(" ".join(p for p in (state.device, state.precision) if p))
+    if state.parameters:
+        parts.append(f"{format_count(state.parameters)} params")
+    for part in parts:
+        line.append("  ·  ", style="dim")
+        line.append(part)
+    if status == "failed" and detail:
+        return Text.assemble(line, "\n", Text(f"error: {detail}", style="bold red")), status
+    return line, status

@@ -30,34 +30,50 @@ class StatsPanel(Static):
     _rows: list[tuple[str, str]] | None = None
 
     def show(self, state: RunState) -> None:
-        table = Table.grid(padding=(0, 2))
-        table.add_column(style="dim", no_wrap=True)
-        table.add_column(no_wrap=True, overflow="ellipsis")
-        loss = format_float(state.loss)
-        if state.loss_ema is not None:
-            loss += f"  (ema {format_float(state.loss_ema)})"
-        val = format_float(state.val_loss)
-        if state.best_val_loss is not None:
-            val += f"  (best {format_float(state.best_val_loss)})"
-        rows = [
-            ("loss", loss),
-            ("perplexity", format_float(state.perplexity)),
-            ("val loss", val),
-            ("lr", format_rate(state.lr)),
-            ("grad norm", format_float(state.grad_norm, 3)),
-            ("step time", format_seconds(state.step_time)),
-            ("tokens/s", format_count(state.tokens_per_s)),
-            ("MFU", format_percent(state.mfu)),
-            ("memory", format_bytes(state.memory)),
-            ("checkpoint", _short(state.last_checkpoint)),
-            ("best ckpt", _short(state.best_checkpoint)),
-        ]
+        rows = stats_rows(state)
         if rows == self._rows:
             return
         self._rows = rows
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="dim", no_wrap=True)
+        table.add_column(no_wrap=True, overflow="ellipsis")
         for label, value in rows:
-            table.add_row(label, Text(value))
+            style = "yellow" if label == "skipped" and state.skipped else ""
+            table.add_row(label, Text(value, style=style))
         self.update(table, layout=False)  # a fixed number of rows
+
+
+def stats_rows(state: RunState) -> list[tuple[str, str]]:
+    """The panel's (label, value) rows, always the same labels."""
+    loss = format_float(state.loss)
+    if state.loss_ema is not None:
+        loss += f"  (ema {format_float(state.loss_ema)})"
+    val = format_float(state.val_loss)
+    if state.best_val_loss is not None:
+        val += f"  (best {format_float(state.best_val_loss)})"
+    return [
+        ("loss", loss),
+        ("perplexity", format_float(state.perplexity)),
+        ("val loss", val),
+        ("lr", format_rate(state.lr)),
+        ("grad norm", format_float(state.grad_norm, 3)),
+        ("skipped", _skipped(state)),
+        ("step time", format_seconds(state.step_time)),
+        ("tokens/s", format_count(state.tokens_per_s)),
+        ("MFU", format_percent(state.mfu)),
+        ("memory", format_bytes(state.memory)),
+        ("checkpoint", _short(state.last_checkpoint)),
+        ("best ckpt", _short(state.best_checkpoint)),
+    ]
+
+
+def _skipped(state: RunState) -> str:
+    """Updates refused as non-finite: '-' before a train event says, '0', or '3 of 120 steps'."""
+    if state.skipped is None:
+        return "-"
+    if not state.skipped:
+        return "0"
+    return f"{state.skipped} of {state.step} steps" if state.step >= state.skipped else str(state.skipped)
 
 
 def _short(path: str | None) -> str:

@@ -284,9 +284,11 @@ class Data(SpecModel):
                     )
         supervised = self.supervised_sources
         if supervised and not self.packing.document_masking:
+            source = self.sources[supervised[0]]
+            assert isinstance(source, FilesSource) and source.records is not None  # what supervised_sources lists
             raise field_error(
                 ("packing", "document_masking"),
-                f"source {supervised[0]!r} holds {self.sources[supervised[0]].records.kind} records: set document_masking: true, "
+                f"source {supervised[0]!r} holds {source.records.kind} records: set document_masking: true, "
                 "so that conversations packed into one window do not attend to each other",
             )
         if self.chat.template == "tokenizer" and self.tokenizer.kind != "file":

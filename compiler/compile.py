@@ -7,15 +7,12 @@ whether or not a run compiled or checkpointed. Apply checkpointing before compil
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal, cast
+from typing import Literal
 
 import torch
 from torch import nn
 
 from tabula.schemas.model import Compile
-
-from .model import Block, Transformer
 
 # `enabled: auto` on a CPU: measured on this project's 2-core AMD EPYC (AVX2, fp32, torch 2.13,
 # inductor with gcc), the quickstart model (4 layers, d_model 256, GQA 8/2, vocab 8192), batch
@@ -37,7 +34,7 @@ def should_compile(compile_spec: Compile, device_type: str) -> bool:
     return bool(compile_spec.enabled)
 
 
-def apply_compile(model: Transformer, compile_spec: Compile, device_type: str) -> Transformer:
+def apply_compile(model: nn.Module, compile_spec: Compile, device_type: str) -> nn.Module:
     """Compiles `model` in place as `compile_spec` says and returns it.
 
     scope block: each transformer block is compiled on its own (regional compilation): the
@@ -47,7 +44,7 @@ def apply_compile(model: Transformer, compile_spec: Compile, device_type: str) -
     scope model: the whole forward is one graph (longer compile)."""
     if not should_compile(compile_spec, device_type):
         return model
-    options: dict[str, Any] = {"mode": compile_spec.mode, "fullgraph": compile_spec.fullgraph}
+    options = {"mode": compile_spec.mode, "fullgraph": compile_spec.fullgraph}
     if compile_spec.scope == "model":
         model.compile(**options)
     else:
@@ -57,12 +54,12 @@ def apply_compile(model: Transformer, compile_spec: Compile, device_type: str) -
     return model
 
 
-def apply_activation_checkpointing(model: Transformer, policy: Literal["none", "full", "every_n"], every_n: int = 2) -> Transformer:
+def apply_activation_checkpointing(model: nn.Module, policy: Literal["none", "full", "every_n"], every_n: int = 2) -> nn.Module:
     """Recompute blocks' activations in the backward pass (torch.utils.checkpoint, non-reentrant).
 
     none: no block; full: every block; every_n: blocks 0, n, 2n, ... (ceil(n_layers / n) of them).
     Returns the model, changed in place."""
-    for index, block in enumerate(cast("Iterable[Block]", model.blocks)):
+    for index, block in enumerate(model.blocks):
         if policy == "full":
             block.checkpoint_activations = True
         elif policy == "every_n":

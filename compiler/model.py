@@ -22,9 +22,6 @@ Biases exist only where the spec asks for them. Build with `tabula.compiler.buil
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import cast
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,7 +110,7 @@ class Transformer(nn.Module):
             else:
                 x = block(x, rope, mask)
         x = self.norm(x)
-        logits: torch.Tensor = self.lm_head(x)  # (B, T, vocab)
+        logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits
         return logits, self.loss_fn(logits, targets)
@@ -147,7 +144,8 @@ class Transformer(nn.Module):
         init = WeightInit(self.init_scheme, seed, self.n_layers)
         init.weight_(self.embed.weight, "embed.weight", "embedding")
         self.pos_embed.init_weights(init.at("pos_embed"))
-        for i, block in enumerate(cast("Iterable[Block]", self.blocks)):
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, Block)  # a ModuleList yields Modules, to a type checker
             block.init_weights(init.at(f"blocks.{i}"))
         self.norm.init_weights(init.at("norm"))
         if not self.tie_embeddings:

@@ -49,7 +49,8 @@ def attention_mask(seq_len: int, window: int | None, document_ids: torch.Tensor 
     query = torch.arange(seq_len, device=device)[:, None]
     key = torch.arange(seq_len, device=device)[None, :]
     mask = key <= query  # (T, T)
-    if windowed and window is not None:
+    if windowed:
+        assert window is not None  # as windowed says
         mask = mask & (query - key < window)
     if document_ids is not None:
         same_document = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast bench schema clean
+.PHONY: install demo test test-fast typecheck bench schema clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not multiproc"
 
+# mypy over the package (config: [tool.mypy] in pyproject.toml); tests/test_types.py runs the same.
+typecheck: install
+	$(BIN)/python tests/typecheck.py
+
 bench: install
 	$(BIN)/python bench/run.py
 
@@ -41,4 +45,4 @@ schema: install
 	$(BIN)/tabula schema --out schemas/tabula-spec.schema.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .mypy_cache

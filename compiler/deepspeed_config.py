@@ -10,6 +10,8 @@ the runtime hands to the engine when the stage begins.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tabula.schemas.spec import Spec
 
 from .plan import Plan
@@ -18,17 +20,17 @@ from .plan import Plan
 QUIET_STEPS = 2**31 - 1
 
 
-def deepspeed_config(spec: Spec, plan: Plan) -> dict:
+def deepspeed_config(spec: Spec, plan: Plan) -> dict[str, Any]:
     """The DeepSpeed config dict for training `spec` as `plan` says (ZeRO stage and offload,
     precision, batch keys, gradient clipping)."""
     zero = spec.parallel.zero
     first = plan.stages[0]
-    zero_section: dict = {"stage": zero.stage}
+    zero_section: dict[str, Any] = {"stage": zero.stage}
     if zero.offload_optimizer:
         zero_section["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if zero.offload_params:
         zero_section["offload_param"] = {"device": "cpu", "pin_memory": True}
-    config: dict = {
+    config: dict[str, Any] = {
         "train_batch_size": first.micro_batch * first.grad_accum * plan.world_size,
         "train_micro_batch_size_per_gpu": first.micro_batch,
         "gradient_accumulation_steps": first.grad_accum,
@@ -46,7 +48,7 @@ def deepspeed_config(spec: Spec, plan: Plan) -> dict:
     return config
 
 
-def _fp16(precision: str) -> dict:
+def _fp16(precision: str) -> dict[str, Any]:
     if precision != "fp16":
         return {"enabled": False}
     # loss_scale 0: dynamic loss scaling, starting at 2**16, halved on overflow, doubled after

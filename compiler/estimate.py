@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tabula.schemas.blocks.costs import FLOPS_PER_PARAMETER, Shapes
 from tabula.schemas.model import Model as ModelSpec
@@ -204,7 +204,7 @@ class Estimate:
     seconds: float
     notes: tuple[str, ...] = field(default=())
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -16,6 +16,7 @@ same kinds and the same module table (`hf_modules`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -84,7 +85,7 @@ def hf_problems(spec: ModelSpec) -> list[str]:
     return problems
 
 
-def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None) -> dict:
+def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None) -> dict[str, Any]:
     """config.json contents for the model. Raises ExportError where the graph does not map."""
     problems = hf_problems(spec)
     if problems:
@@ -130,7 +131,7 @@ def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, 
     return {name: tensor.detach().clone().contiguous() for name, tensor in out.items()}
 
 
-def special_token_ids(tokenizer_json: dict, names: dict[str, str]) -> dict[str, int | None]:
+def special_token_ids(tokenizer_json: dict[str, Any], names: dict[str, str]) -> dict[str, int | None]:
     """The ids of special tokens (e.g. {"eos_token_id": "<|endoftext|>"}) in a parsed tokenizer.json;
     None for a token it does not have."""
     ids = {token["content"]: token["id"] for token in tokenizer_json.get("added_tokens", [])}
@@ -141,7 +142,7 @@ def special_token_ids(tokenizer_json: dict, names: dict[str, str]) -> dict[str, 
 
 
 def write_hf(
-    out_dir,
+    out_dir: str | os.PathLike[str],
     spec: ModelSpec,
     state: dict[str, torch.Tensor],
     vocab_size: int,
@@ -159,7 +160,7 @@ def write_hf(
 
     from safetensors.torch import save_file
 
-    ids = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    ids: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     if tokenizer_json is not None:
         names = {"eos_token_id": eos_token, "pad_token_id": pad_token}
         ids |= special_token_ids(json.loads(tokenizer_json), {k: v for k, v in names.items() if v is not None})

@@ -20,7 +20,10 @@ import torch
 
 from tabula.schemas.model import Model as ModelSpec
 
+from tabula.schemas.registry import Registry
+
 from .blocks import ATTENTION, MLP, NORM, POSITION
+from .blocks.registry import BlockClass
 from .hf import hf_modules
 from .hf_mapping import HFConfig, HFMapping, ImportRefused, NoHF, UnmappedTensors
 
@@ -38,7 +41,7 @@ ARCHITECTURE_OF_MODEL_TYPE = {
 _PARTS = (("model.block.attention", ATTENTION), ("model.block.mlp", MLP), ("model.block.norm", NORM), ("model.position", POSITION))
 
 
-def _readers(registry, architecture: str) -> list[HFMapping]:
+def _readers(registry: Registry[BlockClass], architecture: str) -> list[HFMapping]:
     """The distinct mappings in `registry` that read `architecture`'s config (mha, gqa and mqa share one)."""
     found: list[HFMapping] = []
     for kind in registry:
@@ -59,7 +62,7 @@ def architecture_of(config: HFConfig) -> str | None:
     """The architecture a config names (its one `architectures` entry, else its model_type's)."""
     architectures = config.get("architectures") or []
     if len(architectures) == 1:
-        return architectures[0]
+        return str(architectures[0])
     if not architectures:
         return ARCHITECTURE_OF_MODEL_TYPE.get(config.get("model_type", ""))
     return None

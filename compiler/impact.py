@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tabula.schemas.diff import Change
 from tabula.schemas.errors import SpecErrors
 from tabula.schemas.spec import Spec
 from tabula.schemas.units import format_bytes, format_count
@@ -146,7 +147,7 @@ class Impact:
         out += [f"note: {note}" for note in self.notes]
         return out
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             **{q.key: {"before": q.before, "after": q.after} for q in self.quantities},
             "resume": {"compatible": self.resumable, "reasons": list(self.reasons), "breaking_paths": list(self.resume_breaking),
@@ -155,7 +156,7 @@ class Impact:
         }
 
 
-def annotate(a: Spec, b: Spec, changes: list | None = None, *, device_type: str | None = None) -> Impact:
+def annotate(a: Spec, b: Spec, changes: list[Change] | None = None, *, device_type: str | None = None) -> Impact:
     """The impact of the change from `a` to `b`, costs planned for `device_type` (default: this
     machine's). `changes` (the diff's Change list, each with a dotted `.path` and an `.impact`
     slot) get their slot filled where they break resuming; None computes the changed paths here."""
@@ -187,7 +188,7 @@ def _grouped(findings: tuple[tuple[str, str], ...]) -> list[str]:
     return [f"  {why}: {', '.join(members)}" for why, members in paths.items()]
 
 
-def _annotate_change(change, findings: list[tuple[str, str]], prefix: str) -> bool:
+def _annotate_change(change: Change, findings: list[tuple[str, str]], prefix: str) -> bool:
     """Fill `change.impact` from the findings at or below (or above) its path; whether any applied."""
     found = [(path, why) for path, why in findings if _within(path, change.path) or _within(change.path, path)]
     if found:

@@ -145,6 +145,7 @@ class Transformer(nn.Module):
         init.weight_(self.embed.weight, "embed.weight", "embedding")
         self.pos_embed.init_weights(init.at("pos_embed"))
         for i, block in enumerate(self.blocks):
+            assert isinstance(block, Block)  # a ModuleList yields Modules, to a type checker
             block.init_weights(init.at(f"blocks.{i}"))
         self.norm.init_weights(init.at("norm"))
         if not self.tie_embeddings:

@@ -18,11 +18,15 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tabula.schemas.spec import Spec
 
 from .activations import activation_bytes
 from .estimate import DEVICE_MEMORY, count_parameters, model_state_bytes
+
+# A problem found while planning: (spec path, message, expected, found), made a SpecError by _errors.
+Problem = tuple[tuple[Any, ...], str, "str | None", "str | None"]
 
 USABLE_MEMORY = 0.85  # head-room for the allocator's fragmentation, kernels' workspaces, buffers
 
@@ -79,7 +83,7 @@ class Plan:
                 return stage
         return self.stages[-1]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-able form, derived properties included."""
         return {**asdict(self), "warmup_steps": self.warmup_steps, "total_tokens": self.total_tokens}
 
@@ -183,6 +187,7 @@ def _budget(spec: Spec, vocab: int) -> int:
     budget = spec.train.budget
     if budget.tokens is not None:
         return budget.tokens
+    assert budget.tokens_per_param is not None  # exactly one is given (Budget._exactly_one)
     return math.ceil(budget.tokens_per_param * count_parameters(spec.model, vocab).total)
 
 
@@ -210,7 +215,8 @@ def _spans(spec: Spec, budget: int, notes: list[str]) -> list[tuple[int, int, in
     return spans
 
 
-def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free, errors, notes) -> StagePlan | None:
+def _stage(spec: Spec, index: int, start: int, end: int, seq_len: int, mix: dict[str, float], world: int, precision: str,
+           vocab: int, free: int, errors: list[Problem], notes: list[str]) -> StagePlan | None:
     batch = spec.train.batch_tokens
     sequences = batch // seq_len
     per_rank = sequences // world
@@ -248,7 +254,7 @@ def _stage(spec, index, start, end, seq_len, mix, world, precision, vocab, free,
     )
 
 
-def _indivisible(spec: Spec, world: int, seq_lens: list[int]) -> list[tuple]:
+def _indivisible(spec: Spec, world: int, seq_lens: list[int]) -> list[Problem]:
     """One error at train.batch_tokens when it is not a multiple of seq_len x world_size for
     some stage, naming those stages' products and the smallest batch that fits them all."""
     batch = spec.train.batch_tokens
@@ -287,7 +293,7 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def _errors(spec: Spec, problems: list[tuple[tuple, str, str | None, str | None]]) -> Exception:
+def _errors(spec: Spec, problems: list[Problem]) -> Exception:
     """SpecErrors for (path, message, expected, found) problems, at the file positions the loader
     recorded for those paths (none for specs built in code)."""
     from tabula.schemas.errors import SpecErrors

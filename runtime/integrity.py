@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 
 
 def digest(path: Path) -> str:
+    hasher = hashlib.new(ALGORITHM)  # hashlib.file_digest is Python 3.11+; 3.10 is supported
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, ALGORITHM).hexdigest()
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _files_below(folder: Path) -> list[Path]:

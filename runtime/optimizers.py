@@ -41,12 +41,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def _adamw(spec: AdamW, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
     # fused kernels on CUDA; foreach (multi-tensor) elsewhere
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps, **fast)
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, **fast)
 
 
 @OPTIMIZERS.register("lion")
 def _lion(spec: Lion, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-    return LionOptimizer(groups, lr=spec.lr, betas=tuple(spec.betas))
+    return LionOptimizer(groups, lr=spec.lr, betas=spec.betas)
 
 
 @OPTIMIZERS.register("adafactor")

@@ -30,7 +30,7 @@ _NOT_PLAIN = re.compile(
 def canonical_dict(spec: Spec) -> dict[str, Any]:
     """The resolved spec as plain data in canonical order (JSON-able: dicts, lists, str, int,
     float, bool, None), without `extends`."""
-    data = _canonical(spec)
+    data: dict[str, Any] = _canonical(spec)
     data.pop("extends", None)
     return data
 
@@ -65,7 +65,7 @@ def _canonical(value: Any) -> Any:
 # ---------------------------------------------------------------- a small, fixed YAML emitter
 
 
-def _emit_mapping(data: dict, indent: int, lines: list[str]) -> None:
+def _emit_mapping(data: dict[str, Any], indent: int, lines: list[str]) -> None:
     pad = " " * indent
     for key, value in data.items():
         name = _string(key)
@@ -79,7 +79,7 @@ def _emit_mapping(data: dict, indent: int, lines: list[str]) -> None:
             lines.append(f"{pad}{name}: {format_scalar(value)}")
 
 
-def _emit_sequence(items: list, indent: int, lines: list[str]) -> None:
+def _emit_sequence(items: list[Any], indent: int, lines: list[str]) -> None:
     pad = " " * indent
     for item in items:
         if isinstance(item, dict) and item:

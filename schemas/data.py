@@ -118,7 +118,7 @@ class PythonStdlibSource(SpecModel):
         description="The source files and docstrings of the Python installation running tabula: real text on every machine."
     )
     include: list[Literal["source", "docstrings"]] = Field(
-        default_factory=lambda: ["source", "docstrings"],
+        default_factory=lambda: ["source", "docstrings"],  # type: ignore[arg-type]  # list of str literals, inferred as list[str]
         min_length=1,
         description="source: each .py file is a document; docstrings: each module's docstrings form a document.",
     )
@@ -284,9 +284,11 @@ class Data(SpecModel):
                     )
         supervised = self.supervised_sources
         if supervised and not self.packing.document_masking:
+            source = self.sources[supervised[0]]
+            assert isinstance(source, FilesSource) and source.records is not None  # what supervised_sources lists
             raise field_error(
                 ("packing", "document_masking"),
-                f"source {supervised[0]!r} holds {self.sources[supervised[0]].records.kind} records: set document_masking: true, "
+                f"source {supervised[0]!r} holds {source.records.kind} records: set document_masking: true, "
                 "so that conversations packed into one window do not attend to each other",
             )
         if self.chat.template == "tokenizer" and self.tokenizer.kind != "file":

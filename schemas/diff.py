@@ -71,7 +71,7 @@ def group_by_section(changes: list[Change]) -> dict[str, list[Change]]:
     return groups
 
 
-def _diff(a: Any, b: Any, path: tuple, out: list[Change]) -> None:
+def _diff(a: Any, b: Any, path: tuple[Any, ...], out: list[Change]) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in [*a, *(key for key in b if key not in a)]:
             if key not in b:
@@ -98,10 +98,10 @@ def _same(a: Any, b: Any) -> bool:
         return False
     if isinstance(a, float) and math.isnan(a) and math.isnan(b):
         return True
-    return a == b
+    return bool(a == b)
 
 
-def _dotted(path: tuple) -> str:
+def _dotted(path: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in path)
 
 

@@ -33,7 +33,7 @@ def json_schema() -> dict[str, Any]:
     root = full  # the Spec model itself, its refs pointing into $defs
     definitions["Spec"] = root
     partial = {name + _PARTIAL: _partial(definition) for name, definition in definitions.items()}
-    return _draft7({
+    schema: dict[str, Any] = _draft7({
         "$schema": "http://json-schema.org/draft-07/schema#",
         "$id": SCHEMA_ID,
         "title": "tabula experiment spec",
@@ -44,6 +44,7 @@ def json_schema() -> dict[str, Any]:
         "else": {"$ref": "#/$defs/Spec"},
         "$defs": {**definitions, **partial},
     })
+    return schema
 
 
 def schema_text() -> str:

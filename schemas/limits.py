@@ -31,7 +31,7 @@ MAX_TENSOR_ELEMENTS = 2**61 - 1
 MAX_LAYERS = 4096
 
 
-Factor = tuple[int, str, tuple]  # (size, how the error names it, the spec path blamed for it)
+Factor = tuple[int, str, tuple[Any, ...]]  # (size, how the error names it, the spec path blamed for it)
 
 
 def weight_shapes(spec: Any) -> Iterator[tuple[str, list[Factor], bool]]:

@@ -37,7 +37,7 @@ class SourceMap:
         self.layers = layers
         self.root_file = root_file  # the spec's own file, as shown to the user
 
-    def position(self, path: tuple, *, key: bool = False) -> Position | None:
+    def position(self, path: tuple[Any, ...], *, key: bool = False) -> Position | None:
         """Where the value at `path` (or, with key=True, its key) was written; None where no file
         set it (a default)."""
         candidates = self.layers
@@ -61,7 +61,7 @@ class SourceMap:
                 return table[path]
         return None
 
-    def locate(self, path: tuple, key: bool = False) -> tuple[str, int, int, str | None] | None:
+    def locate(self, path: tuple[Any, ...], key: bool = False) -> tuple[str, int, int, str | None] | None:
         """(file, line, column, text of that line) of `path`, or None."""
         position = self.position(path, key=key)
         if position is None:
@@ -70,7 +70,7 @@ class SourceMap:
         return position.file, position.line, position.column, layer.line_text(position.line) if layer else None
 
 
-def load_spec(path: str | os.PathLike, overrides: Iterable[str] = (), *, allow_extends_outside: bool = False) -> Spec:
+def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = (), *, allow_extends_outside: bool = False) -> Spec:
     """Read, compose and validate the spec file at `path`, then apply `overrides` (`a.b.c=value`,
     values parsed as YAML). Returns the frozen Spec (`spec.source_path`, `spec.base_dir` set);
     raises SpecErrors holding every error found.
@@ -84,7 +84,7 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = (), *, allow_e
 
 
 def load_spec_text(text: str, name: str = "<string>", overrides: Iterable[str] = (),
-                   base_dir: str | os.PathLike | None = None, *, allow_extends_outside: bool = False) -> Spec:
+                   base_dir: str | os.PathLike[str] | None = None, *, allow_extends_outside: bool = False) -> Spec:
     """As `load_spec`, for YAML `text` shown in errors as `name`; `extends:` and relative paths
     are relative to `base_dir` (default: the working directory)."""
     document = parse_spec(text, name)
@@ -92,7 +92,7 @@ def load_spec_text(text: str, name: str = "<string>", overrides: Iterable[str] =
     return _finish(document, folder, overrides, source_path=None, allow_extends_outside=allow_extends_outside)
 
 
-def read_spec(path: str | os.PathLike, *, shown_as: str | None = None) -> Document:
+def read_spec(path: str | os.PathLike[str], *, shown_as: str | None = None) -> Document:
     """The parsed YAML of the spec file at `path` (its own content only: no extends merged).
     Raises SpecErrors; see read_text for what is refused before parsing and parse_spec for a file
     that is not a spec."""
@@ -147,7 +147,7 @@ def _spec_like(keys: Sequence[Any]) -> bool:
     return 2 * sum(_section_like(key) for key in keys) >= len(keys)
 
 
-def position_of(spec: Spec, path: tuple | str, *, key: bool = False) -> Position | None:
+def position_of(spec: Spec, path: tuple[Any, ...] | str, *, key: bool = False) -> Position | None:
     """Where the value at spec `path` (a tuple or a dotted string) was written, for errors found
     after loading (the compiler's plan checks); None for defaults or specs built in code."""
     if isinstance(path, str):
@@ -156,7 +156,7 @@ def position_of(spec: Spec, path: tuple | str, *, key: bool = False) -> Position
     return source_map.position(tuple(path), key=key) if source_map is not None else None
 
 
-def error_at(spec: Spec, path: tuple, message: str, **details: Any) -> SpecError:
+def error_at(spec: Spec, path: tuple[Any, ...], message: str, **details: Any) -> SpecError:
     """A SpecError at spec `path`, positioned where the loader saw it written; for a value left
     to its default, at the nearest enclosing section that was written."""
     path = tuple(path)
@@ -251,7 +251,7 @@ def _finish(document: Document, base_dir: Path, overrides: Iterable[str], *, sou
 
 
 def _compose(document: Document, base_dir: Path, chain: list[Path], roots: Sequence[Path],
-             allow_outside: bool) -> tuple[dict, list[Document]]:
+             allow_outside: bool) -> tuple[dict[str, Any], list[Document]]:
     """The document's data with its `extends:` chain merged in (deep merge, lists replaced), and
     the layers it came from, the document first. Every link must lie under `roots` unless
     `allow_outside`."""

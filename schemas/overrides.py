@@ -23,7 +23,7 @@ def override_label(index: int, text: str) -> str:
     return f"<override {index}: {shown}>"
 
 
-def apply_override(data: dict, index: int, text: str) -> Document:
+def apply_override(data: dict[str, Any], index: int, text: str) -> Document:
     """Set the value of override number `index` (1-based) `text` in `data` (changed in place).
 
     Returns the override's layer: positions of what it set, in the argument's own text. Raises
@@ -99,17 +99,17 @@ def apply_override(data: dict, index: int, text: str) -> Document:
     prefix = tuple(path)
     for depth in range(len(prefix)):
         layer.keys[prefix[: depth + 1]] = Position(label, 1, offsets[depth])
-    for sub, position in value_doc.values.items():
-        layer.values[prefix + sub] = position
+    for sub, written_at in value_doc.values.items():
+        layer.values[prefix + sub] = written_at
     # An empty value (`model.d_model=`) is null with no node to hold a position: point just past
     # the `=`, or errors about it would fall back to the spec file's line for the section.
     layer.values.setdefault(prefix, Position(label, 1, len(key_text) + 2))
-    for sub, position in value_doc.keys.items():
-        layer.keys[prefix + sub] = position
+    for sub, written_at in value_doc.keys.items():
+        layer.keys[prefix + sub] = written_at
     return layer
 
 
-def _nest(path: tuple, value: Any) -> Any:
+def _nest(path: tuple[Any, ...], value: Any) -> Any:
     """{a: {1: {b: value}}} for path (a, 1, b): the override's own view of what it set, nested
     mappings all the way down so that it owns only the leaf and not the lists it passes."""
     for part in reversed(path):

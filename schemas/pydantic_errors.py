@@ -17,11 +17,12 @@ import typing
 from typing import Any, Callable, Union
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from .errors import SpecError
 
 # Looks up where a path was written: (path, want_key) -> (file, line, column, line_text) or None.
-Locate = Callable[[tuple, bool], "tuple[str, int, int, str | None] | None"]
+Locate = Callable[[tuple[Any, ...], bool], "tuple[str, int, int, str | None] | None"]
 
 _TYPE_EXPECTED = {
     "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
@@ -43,7 +44,7 @@ _BOUND_CTX = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt
 def spec_errors_from(error: ValidationError, data: Any, root: type[BaseModel], locate: Locate) -> list[SpecError]:
     """Every pydantic error of validating `data` against `root`, as SpecErrors with positions."""
     found: list[SpecError] = []
-    union_members: dict[tuple, list[SpecError]] = {}
+    union_members: dict[tuple[Any, ...], list[SpecError]] = {}
     for raw in error.errors(include_url=False):
         converted, is_union_member = _convert(raw, data, root, locate)
         if is_union_member:
@@ -58,7 +59,7 @@ def spec_errors_from(error: ValidationError, data: Any, root: type[BaseModel], l
     return list(dict.fromkeys(found))  # one error once, even where pydantic reports it twice
 
 
-def _convert(raw: dict, data: Any, root: type[BaseModel], locate: Locate) -> tuple[SpecError, bool]:
+def _convert(raw: ErrorDetails, data: Any, root: type[BaseModel], locate: Locate) -> tuple[SpecError, bool]:
     kind, ctx, value = raw["type"], raw.get("ctx") or {}, raw.get("input")
     path, _, skipped_last, is_key = _walk(raw["loc"], data, keep_last=kind == "missing")
     if isinstance(ctx.get("field"), (list, tuple)):  # a cross-field check names the field it is about
@@ -86,7 +87,7 @@ def _convert(raw: dict, data: Any, root: type[BaseModel], locate: Locate) -> tup
     return error, skipped_last and kind not in ("missing", "extra_forbidden") and "field" not in ctx
 
 
-def _walk(loc: tuple, data: Any, keep_last: bool) -> tuple[tuple, Any, bool, bool]:
+def _walk(loc: tuple[Any, ...], data: Any, keep_last: bool) -> tuple[tuple[Any, ...], Any, bool, bool]:
     """The user's path along `loc` (pydantic's tags dropped), the value there, whether the last
     location part was a tag (an error of one member of a plain union) and whether the error is
     about a mapping key rather than its value."""
@@ -110,7 +111,7 @@ def _walk(loc: tuple, data: Any, keep_last: bool) -> tuple[tuple, Any, bool, boo
     return tuple(path), node, skipped_last, is_key
 
 
-def lookup(data: Any, path: tuple) -> tuple[bool, Any]:
+def lookup(data: Any, path: tuple[Any, ...]) -> tuple[bool, Any]:
     """(found, value) at spec `path` in the plain data parsed from YAML (mappings and lists)."""
     for part in path:
         if isinstance(data, dict) and part in data:
@@ -122,11 +123,11 @@ def lookup(data: Any, path: tuple) -> tuple[bool, Any]:
     return True, data
 
 
-def _get(data: Any, path: tuple) -> Any:
+def _get(data: Any, path: tuple[Any, ...]) -> Any:
     return lookup(data, path)[1]
 
 
-def _nearest(path: tuple, locate: Locate, want_key: bool):
+def _nearest(path: tuple[Any, ...], locate: Locate, want_key: bool) -> tuple[str, int, int, str | None] | None:
     """The position of `path`, or of its nearest ancestor that has one."""
     if want_key:
         where = locate(path, True)
@@ -139,7 +140,8 @@ def _nearest(path: tuple, locate: Locate, want_key: bool):
     return None
 
 
-def _describe(kind: str, raw: dict, ctx: dict, path: tuple, data: Any, root: type[BaseModel]):
+def _describe(kind: str, raw: ErrorDetails, ctx: dict[str, Any], path: tuple[Any, ...], data: Any,
+              root: type[BaseModel]) -> tuple[str, str | None, str | None]:
     """(message, expected, suggestion) for one error."""
     where = ".".join(str(part) for part in path[:-1]) or "the spec"
     if kind == "missing" and raw["loc"] and raw["loc"][-1] != path[-1]:  # an item of a fixed-length list
@@ -173,8 +175,8 @@ def _describe(kind: str, raw: dict, ctx: dict, path: tuple, data: Any, root: typ
         choices = ", ".join(tags)
         return f"missing 'kind': say which one ({choices})", f"kind: one of {choices}" if choices else "a kind", None
     if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'|(\d+)", ctx.get("expected", ""))
-        names = [text or number for text, number in choices]
+        matches = re.findall(r"'([^']*)'|(\d+)", ctx.get("expected", ""))
+        names = [text or number for text, number in matches]
         value = raw.get("input")
         suggestion = _closest(value, names) if isinstance(value, str) else None
         expected = ctx.get("expected")
@@ -239,7 +241,7 @@ def _show(value: Any) -> str | None:
 # ---------------------------------------------------------------- the model class at a spec path
 
 
-def model_at(root: type[BaseModel], path: tuple, data: Any) -> type[BaseModel] | None:
+def model_at(root: type[BaseModel], path: tuple[Any, ...], data: Any) -> type[BaseModel] | None:
     """The pydantic model class that validates the value at `path` (None where it is not a model),
     choosing a discriminated union's member by the `kind` written in `data`."""
     annotation: Any = root
@@ -291,7 +293,7 @@ def _field_paths(model: type[BaseModel], prefix: str = "") -> tuple[str, ...]:
     return tuple(dict.fromkeys(paths))
 
 
-def _kinds_at(root: type[BaseModel], path: tuple, data: Any) -> list[str]:
+def _kinds_at(root: type[BaseModel], path: tuple[Any, ...], data: Any) -> list[str]:
     parent = model_at(root, path[:-1], data) if path else None
     if parent is None or str(path[-1]) not in parent.model_fields:
         return []

@@ -277,7 +277,7 @@ class ControlFolder:
             return 0
         return flags
 
-    def _is_request(self, entry: os.DirEntry) -> bool:
+    def _is_request(self, entry: os.DirEntry[str]) -> bool:
         try:
             if not entry.is_file(follow_symlinks=False):
                 kind = "a folder" if entry.is_dir(follow_symlinks=False) else "a link" if entry.is_symlink() else "not a file"

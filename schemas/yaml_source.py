@@ -50,11 +50,11 @@ class Document:
     file: str
     lines: list[str]
     data: Any = None
-    values: dict[tuple, Position] = field(default_factory=dict)
-    keys: dict[tuple, Position] = field(default_factory=dict)
+    values: dict[tuple[Any, ...], Position] = field(default_factory=dict)
+    keys: dict[tuple[Any, ...], Position] = field(default_factory=dict)
     # set on an override's layer: the path it replaced whole, so nothing at or below it comes
     # from a lower layer even where its value is a mapping (`train.budget={tokens_per_param: 20}`)
-    replaces: tuple | None = None
+    replaces: tuple[Any, ...] | None = None
 
     def line_text(self, line: int) -> str | None:
         """The text of a 1-based line, without its newline."""
@@ -67,7 +67,7 @@ def read_yaml(path: str | Path, *, shown_as: str | None = None, require_mapping:
     return parse_yaml(read_text(path, shown_as=shown), shown, require_mapping=require_mapping)
 
 
-def read_text(path: str | Path, *, shown_as: str | None = None) -> str:
+def read_text(path: str | os.PathLike[str], *, shown_as: str | None = None) -> str:
     """The UTF-8 text of the regular file at `path` (newlines as `\\n`), read only as far as
     MAX_SPEC_BYTES. Raises SpecErrors with one line for a missing file, a directory, a device, pipe
     or socket (never read: /dev/zero has no end, a FIFO blocks), a file too large for a spec, text
@@ -194,7 +194,7 @@ class _Builder:
         column = mark.column + 1 + (self.column_offset if mark.line == 0 else 0)
         return Position(self.doc.file, mark.line + 1 + self.line_offset, column)
 
-    def error(self, node: Node, message: str, path: tuple, **details: Any) -> SpecError:
+    def error(self, node: Node, message: str, path: tuple[Any, ...], **details: Any) -> SpecError:
         where = self.position(node)
         return SpecError(message, path=path, file=where.file, line=where.line, column=where.column,
                          source_line=self.doc.line_text(node.start_mark.line + 1), **details)
@@ -258,7 +258,7 @@ class _Builder:
                                      source_line=self.doc.line_text(number))
         return SpecError(f"the YAML is nested too deeply (more than {_MAX_DEPTH} levels)", file=self.doc.file)
 
-    def build(self, node: Node, path: tuple) -> Any:
+    def build(self, node: Node, path: tuple[Any, ...]) -> Any:
         if len(path) > _MAX_DEPTH:
             self.errors.append(self.error(node, f"the YAML is nested too deeply (more than {_MAX_DEPTH} levels)", path))
             return None
@@ -286,7 +286,7 @@ class _Builder:
         self.errors.append(self.error(node, "unsupported YAML node", path))
         return None
 
-    def mapping(self, node: MappingNode, path: tuple) -> dict[str, Any]:
+    def mapping(self, node: MappingNode, path: tuple[Any, ...]) -> dict[str, Any]:
         if node.tag != _TAG + "map":
             self.errors.append(self.bad_tag(node, path))
         result: dict[str, Any] = {}
@@ -310,15 +310,15 @@ class _Builder:
             result[key] = self.build(value_node, path + (key,))
         return result
 
-    def bad_tag(self, node: Node, path: tuple) -> SpecError:
-        tag = node.tag
+    def bad_tag(self, node: Node, path: tuple[Any, ...]) -> SpecError:
+        tag = node.tag or ""  # composed nodes always carry a tag; ruamel types it Optional
         shown = "!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag
         return self.error(
             node, f"the tag {shown} is not allowed: specs are plain data (safe YAML), never objects or code", path,
             expected="a plain value, list or mapping", found=f"tag {shown}")
 
-    def scalar(self, node: ScalarNode, path: tuple) -> Any:
-        tag, text = node.tag, node.value
+    def scalar(self, node: ScalarNode, path: tuple[Any, ...]) -> Any:
+        tag, text = node.tag or "", node.value
         try:
             if tag == _TAG + "str" or tag in (_TAG + "timestamp", _TAG + "value") and node.style is None:
                 problem = _unwritable(text)

@@ -8,6 +8,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label
+from textual.widgets.button import ButtonVariant
 
 STOP, LEAVE, CANCEL, REPLACE = "stop", "leave", "cancel", "replace"
 
@@ -40,7 +41,7 @@ class _Question(ModalScreen[str]):
     """
     BINDINGS = [Binding("escape,n", "answer('cancel')", "Cancel", show=False)]
     QUESTION = ""
-    ANSWERS: list[tuple[str, str, str]] = []  # (answer, label, variant)
+    ANSWERS: list[tuple[str, str, ButtonVariant]] = []  # (answer, label, variant)
 
     def compose(self) -> ComposeResult:
         with Vertical():

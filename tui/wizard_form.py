@@ -54,6 +54,6 @@ def check(data: dict[str, Any], model: type[BaseModel]) -> list[FormError]:
     try:
         model.model_validate(data)
     except ValidationError as error:
-        found = spec_errors_from(error, data, model, lambda path, key=False: None)
+        found = spec_errors_from(error, data, model, lambda path, key: None)
         return [FormError(tuple(e.path), e.message, e.suggestion) for e in found]
     return []

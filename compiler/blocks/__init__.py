@@ -36,32 +36,30 @@ import importlib
 import pkgutil
 from typing import Any
 
-from torch import nn
-
-from .registry import ATTENTION, MLP, NORM, POSITION
+from .registry import ATTENTION, MLP, NORM, POSITION, BlockModule
 
 # Every module of the package registers its kinds when imported.
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build_attention(spec: Any, *, d_model: int, norm_eps: float, dropout: float) -> nn.Module:
+def build_attention(spec: Any, *, d_model: int, norm_eps: float, dropout: float) -> BlockModule:
     """The attention module `spec` describes over a d_model-wide stream; `norm_eps` is used by
     QK-norm, `dropout` on the attention weights while training."""
     return ATTENTION[spec.kind].build(spec, d_model=d_model, norm_eps=norm_eps, dropout=dropout)
 
 
-def build_mlp(spec: Any, d_model: int) -> nn.Module:
+def build_mlp(spec: Any, d_model: int) -> BlockModule:
     """The feed-forward module `spec` describes, d_model -> d_model."""
     return MLP[spec.kind].build(spec, d_model)
 
 
-def build_norm(spec: Any, dim: int) -> nn.Module:
+def build_norm(spec: Any, dim: int) -> BlockModule:
     """The norm `spec` describes over a last dimension of width `dim`."""
     return NORM[spec.kind].build(spec, dim)
 
 
-def build_position(spec: Any, *, d_model: int, rotary_dim: int, max_seq_len: int) -> nn.Module:
+def build_position(spec: Any, *, d_model: int, rotary_dim: int, max_seq_len: int) -> BlockModule:
     """The position module `spec` describes: forward(x) -> (x, rope tables or None). `rotary_dim`
     is the width RoPE rotates (the model spec's `rotary_dim`)."""
     return POSITION[spec.kind].build(spec, d_model=d_model, rotary_dim=rotary_dim, max_seq_len=max_seq_len)

@@ -50,6 +50,7 @@ def attention_mask(seq_len: int, window: int | None, document_ids: torch.Tensor 
     key = torch.arange(seq_len, device=device)[None, :]
     mask = key <= query  # (T, T)
     if windowed:
+        assert window is not None  # as windowed says
         mask = mask & (query - key < window)
     if document_ids is not None:
         same_document = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
@@ -60,7 +61,7 @@ def attention_mask(seq_len: int, window: int | None, document_ids: torch.Tensor 
 class AttentionToHF(HFMapping):
     """What every attention kind's mapping shares: QK-norm maps nowhere; attention-only dropout neither."""
 
-    def problems(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str, path: str) -> list[str]:
+    def problems(self, spec: Any, model: ModelSpec, architecture: str, path: str) -> list[str]:
         if spec.qk_norm:
             return [f"{path}.qk_norm: QK-norm does not map to Llama, Mistral, Qwen2 or DeepSeek-V3"]
         return []
@@ -98,7 +99,7 @@ class HeadsToHF(AttentionToHF):
             problems.append(f"{path}.bias: Llama biases all four projections or none (attention_bias); Qwen2 biases q, k and v")
         return problems
 
-    def config(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str) -> dict:
+    def config(self, spec: MHA | GQA | MQA, model: ModelSpec, architecture: str) -> dict[str, Any]:
         dims = spec.dims(model.d_model)
         config = {"num_attention_heads": dims.n_heads, "num_key_value_heads": dims.n_kv_heads, "head_dim": dims.head_dim}
         if architecture == "Qwen2ForCausalLM":  # every layer slides (max_window_layers 0) or none does
@@ -134,7 +135,7 @@ class HeadsToHF(AttentionToHF):
             return config.get("sliding_window"), problems
         if architecture != "Qwen2ForCausalLM":
             return None, problems
-        n_layers = config["num_hidden_layers"]
+        n_layers: int = config["num_hidden_layers"]
         types = config.get("layer_types")
         if types is None:  # configs written before layer_types: layers from max_window_layers on slide
             sliding = config.get("use_sliding_window") and config.get("sliding_window") is not None

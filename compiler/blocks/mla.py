@@ -61,7 +61,7 @@ class LatentToHF(AttentionToHF):
             problems.append(f"{path}.bias: DeepSeek-V3 biases q_down, kv_down, k_rope and o all or none (attention_bias)")
         return problems
 
-    def config(self, spec: MLA, model: ModelSpec, architecture: str) -> dict:
+    def config(self, spec: MLA, model: ModelSpec, architecture: str) -> dict[str, Any]:
         dims = spec.dims(model.d_model)
         return {
             "model_type": "deepseek_v3",

@@ -57,7 +57,7 @@ class SwigluToHF(HFMapping):
             return [f"{path}.bias: DeepSeek-V3's MLP has no biases"]
         return []
 
-    def config(self, spec: SwigluSpec, model: ModelSpec, architecture: str) -> dict:
+    def config(self, spec: SwigluSpec, model: ModelSpec, architecture: str) -> dict[str, Any]:
         config = {"intermediate_size": spec.hidden, "hidden_act": "silu"}
         if architecture == "LlamaForCausalLM":
             config["mlp_bias"] = spec.bias

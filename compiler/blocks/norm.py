@@ -23,7 +23,7 @@ class RMSNormToHF(HFMapping):
     renames = {"weight": "weight"}
     reads = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "DeepseekV3ForCausalLM")
 
-    def config(self, spec: RMSNormSpec, model: ModelSpec, architecture: str) -> dict:
+    def config(self, spec: RMSNormSpec, model: ModelSpec, architecture: str) -> dict[str, Any]:
         return {"rms_norm_eps": spec.eps}
 
     def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:

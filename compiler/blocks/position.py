@@ -36,7 +36,7 @@ class RopeToHF(HFMapping):
             return [f"{path}.scaling.kind: {spec.scaling.kind} scaling does not map (linear does)"]
         return []
 
-    def config(self, spec: RopeSpec, model: ModelSpec, architecture: str) -> dict:
+    def config(self, spec: RopeSpec, model: ModelSpec, architecture: str) -> dict[str, Any]:
         if spec.scaling is None:
             return {"rope_parameters": {"rope_type": "default", "rope_theta": spec.theta}}
         return {"rope_parameters": {"rope_type": "linear", "rope_theta": spec.theta, "factor": spec.scaling.factor}}
@@ -80,6 +80,8 @@ class Rope(nn.Module):
     them after the model is materialised from the meta device."""
 
     hf = RopeToHF()
+    cos: torch.Tensor  # buffers, (max_seq_len, dim)
+    sin: torch.Tensor
 
     def __init__(self, spec: RopeSpec, dim: int, max_seq_len: int) -> None:
         super().__init__()

@@ -14,19 +14,28 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from torch import nn
-
 from tabula.schemas.registry import Registry
 
 from ..hf_mapping import HFMapping, NoHF
+from .init import WeightInit
+
+
+class BlockModule(Protocol):
+    """What a registered class builds, as its users see it: an nn.Module, called with its
+    inputs, that initialises its own parameters."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def init_weights(self, init: WeightInit) -> None: ...
 
 
 class BlockClass(Protocol):
     """A registered block class, as the registries hold it (the class itself)."""
 
-    hf: HFMapping | NoHF
+    @property
+    def hf(self) -> HFMapping | NoHF: ...  # read-only: each class holds its own mapping's subclass
 
-    def build(self, spec: Any, *args: Any, **kwargs: Any) -> nn.Module: ...
+    def build(self, spec: Any, *args: Any, **kwargs: Any) -> BlockModule: ...
 
 
 ATTENTION: Registry[BlockClass] = Registry("attention")
@@ -34,4 +43,4 @@ MLP: Registry[BlockClass] = Registry("mlp")
 NORM: Registry[BlockClass] = Registry("norm")
 POSITION: Registry[BlockClass] = Registry("position")
 
-__all__ = ["ATTENTION", "MLP", "NORM", "POSITION", "BlockClass", "Registry"]
+__all__ = ["ATTENTION", "MLP", "NORM", "POSITION", "BlockClass", "BlockModule", "Registry"]

@@ -44,7 +44,8 @@ class LayerNorm(NormSpec):
     bias: bool = Field(default=True, description="Learn a bias as well as a scale.")
 
     def parameter_shapes(self, prefix: str, dim: int) -> Shapes:
-        return [(prefix + "weight", (dim,))] + ([(prefix + "bias", (dim,))] if self.bias else [])
+        shapes: Shapes = [(prefix + "weight", (dim,))]
+        return shapes + ([(prefix + "bias", (dim,))] if self.bias else [])
 
     def activation_bytes_per_token(self, dim: int, storage: Storage) -> int:
         return storage.stream * dim + 8  # the input; mean and rstd per token

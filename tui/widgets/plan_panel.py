@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -21,7 +23,7 @@ class PlanPanel(Static):
     def on_mount(self) -> None:
         self.border_title = "plan"
 
-    def show_rows(self, rows: list[tuple[str, str]], notes: list[str] = ()) -> None:
+    def show_rows(self, rows: list[tuple[str, str]], notes: Sequence[str] = ()) -> None:
         width = max((len(label) for label, _ in rows), default=0) + 2
         text = Text()
         for label, value in rows:

@@ -38,7 +38,7 @@ class EventWriter:
         self.path = path
         self._file = open(path, "ab", buffering=0) if path is not None else None
         # an earlier session died mid-write: its torn line ends, and this session starts on a fresh one
-        self._torn = self._file is not None and not _ends_a_line(path)
+        self._torn = path is not None and not _ends_a_line(path)
         self.lost = 0  # events the file system refused
         self.listeners: list[Callable[[dict], None]] = []
         self._lock = threading.Lock()  # the tracker's thread may log a warning
@@ -63,10 +63,11 @@ class EventWriter:
             return None
         line = (json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8")
         data = b"\n" + line if self._torn else line
+        reason: str | None
         try:
             written = self._file.write(data)
         except OSError as error:
-            written, reason = 0, error.strerror or str(error)
+            reason = error.strerror or str(error)
         else:
             reason = None if written == len(data) else "a short write"
         if reason is None:

@@ -26,6 +26,7 @@ import torch
 from tabula.compiler.estimate import flops_per_token
 
 from tabula.schemas import rundir_protocol as ctl
+from .compile_watch import CompileWatch, eager_unless, record_compiled
 from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
 from .data.errors import DataError
 from .events import EventWriter
@@ -129,6 +130,7 @@ class Trainer:
         self.write_error: str | None = None  # the latest checkpoint the disk refused
         self.lr = 0.0
         self.peak: float | None = None
+        self.compiles: CompileWatch | None = CompileWatch() if plan.compile.enabled else None
 
     # ------------------------------------------------------------------ events
 
@@ -137,6 +139,15 @@ class Trainer:
 
     def log(self, level: str, message: str) -> None:
         self.events.log(level, message, self.progress.step, self.progress.tokens)
+
+    def note_compiles(self, where: str) -> None:
+        """Log what torch.compile did since the last call (a recompile as a warning) and mark the model's
+        graphs as cached. Every rank polls (the counters are per process); rank 0 writes."""
+        report = self.compiles.poll() if self.compiles is not None else None
+        if report is None or not self.engine.is_main:
+            return
+        self.log("warning" if report.recompiles and where.startswith("at step") else "info", report.message(where))
+        record_compiled(self.plan.compile, self.spec.name, self.compiles.totals)
 
     # ------------------------------------------------------------------ state
 
@@ -205,8 +216,9 @@ class Trainer:
             self.log("warning", "the validation split is too small for one batch: no evaluation")
             return
         total = torch.zeros((), device=self.engine.device)
-        for batch in batches:
-            total += self.engine.evaluate(batch.input_ids, batch.targets, batch.document_ids)
+        with eager_unless(self.plan.compile.evaluation):  # compiled where its graphs repay their compile
+            for batch in batches:
+                total += self.engine.evaluate(batch.input_ids, batch.targets, batch.document_ids)
         val_loss = float(self.engine.reduce_mean(total / len(batches)))
         p = self.progress
         p.val_loss, p.val_step = val_loss, p.step
@@ -214,6 +226,7 @@ class Trainer:
             p.best_val_loss = val_loss
         self.emit("eval", val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)), best_val_loss=p.best_val_loss)
         self.sample()
+        self.note_compiles("for evaluation and sampling")
 
     def sample(self) -> None:
         assert self.spec.train.eval is not None  # samples follow evaluations
@@ -223,7 +236,8 @@ class Trainer:
         tokenizer = self.prepared.tokenizer
         # The prompt starts a document: after the end-of-document token, as the model saw documents begin.
         prompt_ids = [self.prepared.eos_id] + tokenizer.encode(sample.prompt).ids
-        new_ids = self.engine.generate(prompt_ids, sample.max_new_tokens)
+        with eager_unless(compiled=False):  # a batch of one growing token by token: graphs would cost more than they save
+            new_ids = self.engine.generate(prompt_ids, sample.max_new_tokens)
         self.emit("sample", prompt=sample.prompt, text=tokenizer.decode(new_ids))
 
     # ------------------------------------------------------------------ the step
@@ -295,7 +309,10 @@ class Trainer:
             total_tokens=plan.total_tokens,
             stages=[{"index": s.index, "until_tokens": s.end_tokens, "seq_len": s.seq_len, "mix": s.mix} for s in plan.stages],
             resumed_from=str(resumed_from) if resumed_from else None,
+            compile=self.plan.compile.as_dict(),
         )
+        if self.engine.is_main:
+            self.run.update_manifest(compile=self.plan.compile.as_dict())
 
     def loop(self, signals: StopSignals) -> Outcome:
         spec, plan, engine, p = self.spec, self.plan, self.engine, self.progress
@@ -322,6 +339,7 @@ class Trainer:
             tokens_before = p.tokens
             loss, grad_norm = self.train_step(stage)
             p.step += 1
+            self.note_compiles(f"at step {p.step} (stage {stage.index}, seq_len {stage.seq_len})")
             p.tokens += plan.batch_tokens
             steps_here += 1
             if bool(torch.isfinite(grad_norm)):  # the engine has synced for this already
@@ -482,6 +500,14 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
                 trainer.log("error", traceback.format_exc())
             outcome = Outcome("failed", p.step, p.tokens, error=message, checkpoint=trainer.last_good_checkpoint(),
                               best_val_loss=p.best_val_loss)
+        if trainer.compiles is not None:
+            trainer.compiles.close()
+            observed = {name: round(value, 1) for name, value in trainer.compiles.totals.items()}
+            if engine.is_main:
+                try:
+                    trainer.run.update_manifest(compile={**plan.compile.as_dict(), "observed": observed})
+                except OSError:  # the end event still says how the run ended
+                    pass
         trainer.emit("end", reason=outcome.reason, error=outcome.error)
         if trainer.tracker is not None:
             trainer.tracker.close()

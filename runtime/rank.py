@@ -103,6 +103,7 @@ def run_rank(options: RankOptions) -> Outcome:
     from .build import build_deepspeed_engine
     from .console import Console
     from .data import prepare
+    from .data.cache import cache_root
     from .deepspeed_engine import init_distributed
     from .loop import Outcome, train
     from .rundir import RunDir
@@ -118,7 +119,8 @@ def run_rank(options: RankOptions) -> Outcome:
         spec = load_spec(options.spec_path, overrides=list(options.overrides))
         prepared = prepare(spec)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type)
+        plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type,
+                         compile_cache=cache_root(), max_steps=options.max_steps)
         engine, parameters = build_deepspeed_engine(spec, plan, errors_dir=run_dir / RANKS_DIR)
         outcome = train(spec, plan, engine, RunDir(run_dir), prepared, spec_hash=spec_hash(spec),
                         max_steps=options.max_steps, resume_from=options.resume_from,

@@ -37,7 +37,7 @@ OUTPUT_LOG = "output.log"
 # begins with `start`; a run that ends in order writes `end` last.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "start": ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters", "total_steps",
-              "total_tokens", "stages", "resumed_from"),
+              "total_tokens", "stages", "resumed_from", "compile"),
     "train": ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage"),
     "eval": ("val_loss", "val_ppl", "best_val_loss"),
     "stage": ("index", "seq_len", "mix"),

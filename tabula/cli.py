@@ -17,7 +17,7 @@ import sys
 from tabula import __version__
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
-COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export"]
+COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "cache"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from .plan import StagePlan
 
 
+# auto compiles when the estimated saving exceeds the compile's cost by this factor: the estimate's error
+# bar (step times measured on a shared CPU vary by 10% and more; a compile that only breaks even is no gain).
+MARGIN = 1.2
+
+
 @dataclass(frozen=True)
 class CompileDecision:
     """The plan's answer for `model.compile`: whether the training model is compiled, why, and how."""
@@ -99,16 +104,16 @@ def decide_compile(spec: Spec, stages: tuple[StagePlan, ...], *, vocab_size: int
     if costs is not None:
         warm = cache == "warm"
         seconds, saving, eval_seconds, eval_saving = _estimate(spec, stages, counted, costs, warm, vocab_size, world_size or 1)
-        evaluation = evaluation and eval_saving >= eval_seconds
+        evaluation = evaluation and eval_saving >= MARGIN * eval_seconds
         if evaluation:
             seconds, saving = seconds + eval_seconds, saving + eval_saving
         step_saving = saving / steps if steps else 0.0
         break_even = math.ceil(seconds / step_saving) if step_saving > 0 else None
         estimate = {"compile_seconds": round(seconds, 1), "saving_seconds": round(saving, 1),
                     "step_saving_seconds": round(step_saving, 4), "break_even_steps": break_even}
-        pays = saving >= seconds
+        pays = saving >= MARGIN * seconds
         versus = (f"{steps} step{'s' if steps != 1 else ''} {'save' if pays else 'would save'} ~{saving:.0f} s, "
-                  f"{'more' if pays else 'less'} than the ~{seconds:.0f} s a {'warm' if warm else 'cold'} compile costs"
+                  f"{'more than' if pays else 'too little for'} the ~{seconds:.0f} s a {'warm' if warm else 'cold'} compile costs"
                   + (f" (it pays after {break_even} steps)" if break_even else ""))
     base["evaluation"] = evaluation
 

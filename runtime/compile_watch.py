@@ -3,6 +3,8 @@
     use_compile_cache(plan.compile)      before the model compiles: inductor's caches go to the tabula cache
     watch = CompileWatch(plan.compile)   counts dynamo's compilations from now on (this process)
     report = watch.poll()                the compilations since the last poll, or None
+    CompileLog(plan.compile, name, run, log)   the loop's side: logs each poll, marks the cache warm,
+                                         records the decision and totals in manifest.json
 
 A compilation is one of dynamo's compile events (a frame traced and compiled, or a backward compiled
 when it first runs); a recompilation is a frame compiled again because its guards failed (a new shape
@@ -142,16 +144,51 @@ def _recompiled(compile_id: str) -> bool:
         return False
 
 
-def record_compiled(decision: CompileDecision, name: str, totals: dict) -> None:
-    """Mark the model's graphs as kept in the persistent cache (the next plan sees a warm cache), with what
-    compiling them cost. Nothing when the run has no persistent cache; a cache folder that refuses the
-    write only loses the mark."""
-    if decision.cache_root is None or decision.cache_key is None:
-        return
-    from tabula.compiler.compile_cache import record_entry
+class CompileLog:
+    """A run's compile bookkeeping, for the train loop: the decision recorded in manifest.json (`run`: rank
+    0's run folder, None on other ranks), each poll's compilations logged through `log(level, message)`
+    (a recompile during training steps as a warning: with dynamic shapes a stage change compiles nothing),
+    the model marked warm in the compile cache, and at `close()` the totals added to the manifest.
+    Every rank polls (the counters are per process); only rank 0 writes."""
 
-    try:
-        record_entry(decision.cache_root, decision.cache_key, name=name, mode=decision.mode, scope=decision.scope,
-                     dynamic_shapes=decision.dynamic_shapes, graphs=totals["compiles"], seconds=round(totals["seconds"], 1))
-    except OSError:
-        pass
+    def __init__(self, decision: CompileDecision, name: str, run, log) -> None:
+        self.decision, self.name, self.run, self._log = decision, name, run, log
+        self.watch = CompileWatch() if decision.enabled else None
+
+    def note(self, where: str, *, training: bool = True) -> None:
+        report = self.watch.poll() if self.watch is not None else None
+        if report is None or self.run is None:
+            return
+        self._log("warning" if report.recompiles and training else "info", report.message(where))
+        self._mark_warm()
+
+    def record(self, **observed) -> None:
+        """The decision (and `observed`) in manifest.json; a manifest that cannot be rewritten only loses it
+        (the start event carries the decision too)."""
+        if self.run is None:
+            return
+        try:
+            self.run.update_manifest(compile={**self.decision.as_dict(), **observed})
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        if self.watch is None:
+            return
+        self.watch.close()
+        self.record(observed={name: round(value, 1) for name, value in self.watch.totals.items()})
+
+    def _mark_warm(self) -> None:
+        """Mark the model's graphs as kept in the persistent cache (the next plan sees a warm cache), with
+        what compiling them cost; a cache folder that refuses the write only loses the mark."""
+        decision = self.decision
+        if decision.cache_root is None or decision.cache_key is None or self.watch is None:
+            return
+        from tabula.compiler.compile_cache import record_entry
+
+        totals = self.watch.totals
+        try:
+            record_entry(decision.cache_root, decision.cache_key, name=self.name, mode=decision.mode, scope=decision.scope,
+                         dynamic_shapes=decision.dynamic_shapes, graphs=totals["compiles"], seconds=round(totals["seconds"], 1))
+        except OSError:
+            pass

@@ -26,7 +26,7 @@ import torch
 from tabula.compiler.estimate import flops_per_token
 
 from tabula.schemas import rundir_protocol as ctl
-from .compile_watch import CompileWatch, eager_unless, record_compiled
+from .compile_watch import CompileLog, eager_unless
 from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
 from .data.errors import DataError
 from .events import EventWriter
@@ -130,7 +130,7 @@ class Trainer:
         self.write_error: str | None = None  # the latest checkpoint the disk refused
         self.lr = 0.0
         self.peak: float | None = None
-        self.compiles: CompileWatch | None = CompileWatch() if plan.compile.enabled else None
+        self.compiles = CompileLog(plan.compile, spec.name, run if engine.is_main else None, self.log)
 
     # ------------------------------------------------------------------ events
 
@@ -140,14 +140,6 @@ class Trainer:
     def log(self, level: str, message: str) -> None:
         self.events.log(level, message, self.progress.step, self.progress.tokens)
 
-    def note_compiles(self, where: str) -> None:
-        """Log what torch.compile did since the last call (a recompile as a warning) and mark the model's
-        graphs as cached. Every rank polls (the counters are per process); rank 0 writes."""
-        report = self.compiles.poll() if self.compiles is not None else None
-        if report is None or not self.engine.is_main:
-            return
-        self.log("warning" if report.recompiles and where.startswith("at step") else "info", report.message(where))
-        record_compiled(self.plan.compile, self.spec.name, self.compiles.totals)
 
     # ------------------------------------------------------------------ state
 
@@ -226,7 +218,7 @@ class Trainer:
             p.best_val_loss = val_loss
         self.emit("eval", val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)), best_val_loss=p.best_val_loss)
         self.sample()
-        self.note_compiles("for evaluation and sampling")
+        self.compiles.note("for evaluation and sampling", training=False)
 
     def sample(self) -> None:
         assert self.spec.train.eval is not None  # samples follow evaluations
@@ -311,8 +303,7 @@ class Trainer:
             resumed_from=str(resumed_from) if resumed_from else None,
             compile=self.plan.compile.as_dict(),
         )
-        if self.engine.is_main:
-            self.run.update_manifest(compile=self.plan.compile.as_dict())
+        self.compiles.record()
 
     def loop(self, signals: StopSignals) -> Outcome:
         spec, plan, engine, p = self.spec, self.plan, self.engine, self.progress
@@ -339,7 +330,7 @@ class Trainer:
             tokens_before = p.tokens
             loss, grad_norm = self.train_step(stage)
             p.step += 1
-            self.note_compiles(f"at step {p.step} (stage {stage.index}, seq_len {stage.seq_len})")
+            self.compiles.note(f"at step {p.step} (stage {stage.index}, seq_len {stage.seq_len})")
             p.tokens += plan.batch_tokens
             steps_here += 1
             if bool(torch.isfinite(grad_norm)):  # the engine has synced for this already
@@ -500,14 +491,7 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
                 trainer.log("error", traceback.format_exc())
             outcome = Outcome("failed", p.step, p.tokens, error=message, checkpoint=trainer.last_good_checkpoint(),
                               best_val_loss=p.best_val_loss)
-        if trainer.compiles is not None:
-            trainer.compiles.close()
-            observed = {name: round(value, 1) for name, value in trainer.compiles.totals.items()}
-            if engine.is_main:
-                try:
-                    trainer.run.update_manifest(compile={**plan.compile.as_dict(), "observed": observed})
-                except OSError:  # the end event still says how the run ended
-                    pass
+        trainer.compiles.close()
         trainer.emit("end", reason=outcome.reason, error=outcome.error)
         if trainer.tracker is not None:
             trainer.tracker.close()

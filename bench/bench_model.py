@@ -56,9 +56,10 @@ def rotate(x, cos, sin):
 
 
 class PlainGPT(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, vocab: int = VOCAB) -> None:
         super().__init__()
-        self.embed = nn.Embedding(VOCAB, D_MODEL)
+        self.vocab = vocab
+        self.embed = nn.Embedding(vocab, D_MODEL)
         self.blocks = nn.ModuleList(PlainBlock() for _ in range(N_LAYERS))
         self.norm = nn.RMSNorm(D_MODEL, eps=EPS)
         hs = D_MODEL // N_HEADS
@@ -77,7 +78,7 @@ class PlainGPT(nn.Module):
         for block in self.blocks:
             x = block(x, self.cos[:T], self.sin[:T])
         logits = F.linear(self.norm(x), self.embed.weight)
-        return logits, F.cross_entropy(logits.float().view(-1, VOCAB), targets.view(-1))
+        return logits, F.cross_entropy(logits.float().view(-1, self.vocab), targets.reshape(-1))
 
 
 def tabula_model(device):

@@ -10,6 +10,9 @@ starts after s x batch_tokens tokens) belongs to the stage whose [start_tokens, 
 contains s x batch_tokens, so a stage has ceil(end / batch_tokens) - ceil(start / batch_tokens)
 steps (ceil(stage tokens / batch_tokens) when boundaries are multiples of batch_tokens), and the
 total is ceil(budget / batch_tokens).
+
+The plan also decides whether the model compiles (`Plan.compile`, compiler/compile_plan.py): from the
+steps at each shape, the device type and whether the persistent compile cache is warm for this model.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from tabula.schemas.spec import Spec
 
 from .activations import activation_bytes
+from .compile_plan import CompileDecision, decide_compile
 from .estimate import DEVICE_MEMORY, count_parameters, model_state_bytes
 
 # A problem found while planning: (spec path, message, expected, found), made a SpecError by _errors.
@@ -64,6 +68,7 @@ class Plan:
     total_steps: int
     eval_every_tokens: int | None
     checkpoint_every_tokens: int | None
+    compile: CompileDecision  # whether the training model is compiled, and why
     device_type: str = "cpu"
     notes: tuple[str, ...] = field(default=())
 
@@ -106,12 +111,17 @@ def make_plan(
     vocab_size: int | None = None,
     device_type: str = "cpu",
     device_memory: int | None = None,
+    compile_cache: str | Path | None = None,
+    max_steps: int | None = None,
 ) -> Plan:
     """The plan for training `spec` on `world_size` ranks (default: parallel.world_size) of
     `device_type` ("cuda", "cpu"...). `vocab_size` is the loaded tokenizer's size where known; a
     number in model.vocab_size wins over it (it may pad the tokenizer's), auto takes it (or what
     the spec alone tells: a trained tokenizer's size, a known tiktoken encoding's). `device_memory` (bytes per rank) bounds the automatic micro-batch (default
-    DEVICE_MEMORY). Raises SpecErrors, with the spec path, for combinations that cannot run."""
+    DEVICE_MEMORY). `compile_cache`: the tabula cache folder (its compile part tells whether this model
+    compiled before: a warm cache); None counts as cold. `max_steps`: the steps this session stops after,
+    when fewer than the plan's (the compile decision weighs only those). Raises SpecErrors, with the spec
+    path, for combinations that cannot run."""
     world = world_size or spec.parallel.world_size
     notes: list[str] = []
     vocab = _vocab_size(spec, vocab_size)
@@ -155,6 +165,8 @@ def make_plan(
         total_steps=total,
         eval_every_tokens=train.eval.every_tokens if train.eval else None,
         checkpoint_every_tokens=train.checkpoint.every_tokens,
+        compile=decide_compile(spec, tuple(stages), vocab_size=vocab, precision=precision, device_type=device_type,
+                               world_size=world, cache_root=compile_cache, max_steps=max_steps),
         device_type=device_type,
         notes=tuple(notes),
     )

@@ -29,9 +29,12 @@ if TYPE_CHECKING:
 
 def build_training_model(spec: Spec, plan: Plan, device: torch.device) -> Transformer:
     """The spec's model on `device`, initialised with `spec.seed` (or loaded from model.init's pretrained
-    weights), with `parallel.activation_checkpointing` and `model.compile` applied (compilation itself
-    happens at the first forward). Raises RunInputError where pretrained weights do not fit."""
+    weights), with `parallel.activation_checkpointing` applied and compiled as the plan decided
+    (`plan.compile`; compilation itself happens at the first forward). Raises RunInputError where
+    pretrained weights do not fit."""
     from tabula.compiler import apply_activation_checkpointing, apply_compile, build_model
+
+    from .compile_watch import use_compile_cache
 
     model = build_model(spec, vocab_size=plan.vocab_size)
     model.materialize(device, spec.seed)
@@ -41,7 +44,8 @@ def build_training_model(spec: Spec, plan: Plan, device: torch.device) -> Transf
         load_pretrained(model, spec)
     parallel = spec.parallel
     apply_activation_checkpointing(model, parallel.activation_checkpointing, parallel.checkpoint_every_n)
-    apply_compile(model, spec.model.compile, device.type)
+    use_compile_cache(plan.compile)  # before anything compiles: the persistent cache in the tabula cache folder
+    apply_compile(model, spec.model.compile, device.type, decision=plan.compile)
     return model
 
 

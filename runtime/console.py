@@ -48,10 +48,12 @@ class Console:
         self.started = e["time"]
         stages = ", ".join(f"seq_len {s['seq_len']} until {count(s['until_tokens'])}" for s in e["stages"])
         resumed = f", resumed from {e['resumed_from']} at step {e['step']}" if e.get("resumed_from") else ""
+        compiled = e.get("compile") or {}
+        how = f"; {compiled['summary']}: {compiled['reason']}" if compiled.get("summary") else ""
         self._print(
             f"{e['run_name']}: {parameters(e['parameters'])} parameters, {e['precision']} on {e['device']}"
             f" (x{e['world_size']}), {e['total_steps']} steps of {count(e['total_tokens'] / max(1, e['total_steps']))} tokens"
-            f" = {count(e['total_tokens'])} tokens; {stages}{resumed}"
+            f" = {count(e['total_tokens'])} tokens; {stages}{resumed}{how}"
         )
 
     def _train(self, e: dict) -> None:

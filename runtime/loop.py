@@ -26,6 +26,7 @@ import torch
 from tabula.compiler.estimate import flops_per_token
 
 from tabula.schemas import rundir_protocol as ctl
+from .compile_watch import CompileLog, eager_unless
 from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
 from .data.errors import DataError
 from .events import EventWriter
@@ -143,6 +144,7 @@ class Trainer:
         self.lr = 0.0
         self.peak: float | None = None
         self.flops: dict[int, float] = {}  # model FLOPs per token of each stage (set by `loop`)
+        self.compiles = CompileLog(plan.compile, spec.name, run if engine.is_main else None, self.log)
 
     # ------------------------------------------------------------------ events
 
@@ -151,6 +153,7 @@ class Trainer:
 
     def log(self, level: str, message: str) -> None:
         self.events.log(level, message, self.progress.step, self.progress.tokens)
+
 
     # ------------------------------------------------------------------ state
 
@@ -219,8 +222,9 @@ class Trainer:
             self.log("warning", "the validation split is too small for one batch: no evaluation")
             return
         total = torch.zeros((), device=self.engine.device)
-        for batch in batches:
-            total += self.engine.evaluate(batch.input_ids, batch.targets, batch.document_ids)
+        with eager_unless(self.plan.compile.evaluation):  # compiled where its graphs repay their compile
+            for batch in batches:
+                total += self.engine.evaluate(batch.input_ids, batch.targets, batch.document_ids)
         val_loss = float(self.engine.reduce_mean(total / len(batches)))
         p = self.progress
         p.val_loss, p.val_step = val_loss, p.step
@@ -228,6 +232,7 @@ class Trainer:
             p.best_val_loss = val_loss
         self.emit("eval", val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)), best_val_loss=p.best_val_loss)
         self.sample()
+        self.compiles.note("for evaluation and sampling", training=False)
 
     def sample(self) -> None:
         assert self.spec.train.eval is not None  # samples follow evaluations
@@ -237,7 +242,8 @@ class Trainer:
         tokenizer = self.prepared.tokenizer
         # The prompt starts a document: after the end-of-document token, as the model saw documents begin.
         prompt_ids = [self.prepared.eos_id] + tokenizer.encode(sample.prompt).ids
-        new_ids = self.engine.generate(prompt_ids, sample.max_new_tokens)
+        with eager_unless(compiled=False):  # a batch of one growing token by token: graphs would cost more than they save
+            new_ids = self.engine.generate(prompt_ids, sample.max_new_tokens)
         self.emit("sample", prompt=sample.prompt, text=tokenizer.decode(new_ids))
 
     # ------------------------------------------------------------------ the step
@@ -318,7 +324,9 @@ class Trainer:
             total_tokens=plan.total_tokens,
             stages=[{"index": s.index, "until_tokens": s.end_tokens, "seq_len": s.seq_len, "mix": s.mix} for s in plan.stages],
             resumed_from=str(resumed_from) if resumed_from else None,
+            compile=self.plan.compile.as_dict(),
         )
+        self.compiles.record()
 
     def loop(self, signals: StopSignals) -> Outcome:
         spec, plan, engine, p = self.spec, self.plan, self.engine, self.progress
@@ -346,6 +354,7 @@ class Trainer:
             tokens_before = p.tokens
             loss, grad_norm = self.train_step(stage)
             p.step += 1
+            self.compiles.note(f"at step {p.step} (stage {stage.index}, seq_len {stage.seq_len})")
             p.tokens += plan.batch_tokens
             steps_here += 1
             interval.steps += 1
@@ -490,6 +499,7 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
                 message = f"{type(error).__name__}: {error}" + (f" (traceback in {log})" if log else "")
             outcome = Outcome("failed", p.step, p.tokens, error=message, checkpoint=trainer.last_good_checkpoint(),
                               best_val_loss=p.best_val_loss)
+        trainer.compiles.close()
         trainer.emit("end", reason=outcome.reason, error=outcome.error)
         if trainer.tracker is not None:
             trainer.tracker.close()

@@ -103,6 +103,7 @@ def run_rank(options: RankOptions) -> Outcome:
     from .build import build_deepspeed_engine
     from .console import Console
     from .data import prepare
+    from .data.cache import cache_root
     from .deepspeed_engine import init_distributed
     from .loop import Outcome, train
     from .rundir import RunDir
@@ -119,7 +120,8 @@ def run_rank(options: RankOptions) -> Outcome:
         spec = load_spec(options.spec_path, overrides=list(options.overrides), allow_extends_outside=True)
         prepared = prepare(spec)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type)
+        plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type,
+                         compile_cache=cache_root(), max_steps=options.max_steps)
         if device_type == "cuda":  # the launcher checked the CPU's memory; each rank checks its own GPU
             from .deepspeed_engine import rank_device
             from .memory import check_memory

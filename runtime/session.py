@@ -312,6 +312,7 @@ def _prepare(spec: Spec, options: RunOptions, ranks: Ranks | None, target: tuple
     from tabula.schemas.canonical import spec_hash as hash_of
 
     from .data import prepare
+    from .data.cache import cache_root
     from .engine import pick_device
     from .memory import check_memory
 
@@ -329,7 +330,7 @@ def _prepare(spec: Spec, options: RunOptions, ranks: Ranks | None, target: tuple
                                 f"{data.tokenizer_hash[:12]}): token ids would change meaning. Start a new run instead.")
     device_type = pick_device().type
     plan = make_plan(spec, world_size=ranks.world_size if ranks else None, vocab_size=data.vocab_size,
-                     device_type=device_type)
+                     device_type=device_type, compile_cache=cache_root(options.cache_dir), max_steps=options.max_steps)
     if plan.total_steps == 0:
         raise RunInputError(f"the budget ({plan.budget_tokens} tokens) is smaller than one batch ({plan.batch_tokens} "
                             f"tokens): nothing to train")

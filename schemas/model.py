@@ -43,16 +43,25 @@ class Block(SpecModel):
 class Compile(SpecModel):
     enabled: Literal["auto"] | bool = Field(
         default="auto",
-        description="torch.compile the model: auto compiles where it measurably pays (a CUDA GPU), true and false force it.",
+        description="torch.compile the model: auto compiles where the estimated saving repays the compile (always on a CUDA GPU; "
+        "on a CPU for runs long enough, sooner with a warm compile cache; `tabula plan` says why), true and false force it.",
     )
     scope: Literal["block", "model"] = Field(
         default="block",
         description="block compiles each transformer block once and reuses it (same speed, far shorter compile); model compiles the whole forward.",
     )
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        default="default", description="torch.compile mode."
+        default="default",
+        description="torch.compile mode. reduce-overhead replays CUDA graphs (a GPU only: default elsewhere, with a note); "
+        "max-autotune also searches kernel configurations (longer compile).",
     )
     fullgraph: bool = Field(default=False, description="Fail instead of falling back when a graph break occurs.")
+    dynamic_shapes: bool = Field(
+        default=True,
+        description="Compile the batch and sequence dimensions as symbols from the start: one graph serves every curriculum "
+        "stage, evaluation batch and sampling length (measured as fast as per-shape graphs on a CPU). false: torch's default, "
+        "the first shape compiles specialised and a new shape compiles again.",
+    )
 
 
 class Model(SpecModel):

@@ -54,7 +54,7 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
 # begins with `start`; a run that ends in order writes `end` last.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "start": ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters", "total_steps",
-              "total_tokens", "stages", "resumed_from"),
+              "total_tokens", "stages", "resumed_from", "compile"),
     # skipped: steps of the interval whose update was refused (a non-finite loss or gradient); loss is
     # the mean over the others (null when every step was skipped)
     "train": ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage", "skipped"),

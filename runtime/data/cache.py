@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,51 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- listing and clearing (`tabula cache`)
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    """One complete token cache entry, as `tabula cache` lists it."""
+
+    path: Path
+    size: int  # bytes
+    sources: tuple[str, ...]
+    tokens: int  # training and validation tokens over the sources
+    vocab_size: int | None
+    modified: float  # unix time the entry was written
+
+
+def list_token_entries(root: Path) -> list[TokenEntry]:
+    """The complete entries in the token cache folder `root` (a folder named by a fingerprint, holding
+    meta.json), newest first. Anything else in the folder is left out."""
+    entries = []
+    for folder in root.iterdir() if root.is_dir() else []:
+        meta_file = folder / "meta.json"
+        if folder.name.startswith(".") or not meta_file.is_file():
+            continue
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        shards = meta.get("shards") or {}
+        tokens = sum(split.get("tokens", 0) for splits in shards.values() for split in splits.values())
+        size = sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+        entries.append(TokenEntry(folder, size, tuple(sorted(shards)), tokens, meta.get("vocab_size"), meta_file.stat().st_mtime))
+    return sorted(entries, key=lambda e: -e.modified)
+
+
+def clear_tokens(root: Path) -> tuple[int, int]:
+    """Remove every complete entry, the stale temporary ones and the remembered file digests from the
+    token cache folder `root` (an entry still being written by a live process is kept). Returns
+    (entries removed, bytes freed)."""
+    entries = list_token_entries(root)
+    for entry in entries:
+        shutil.rmtree(entry.path, ignore_errors=True)
+    if root.is_dir():
+        remove_stale(root)
+        with contextlib.suppress(OSError):
+            (root / "file-digests.json").unlink()
+    return len(entries), sum(entry.size for entry in entries)

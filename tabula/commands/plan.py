@@ -7,6 +7,10 @@ planned in a moment on a laptop. The device decides the precision `auto` resolve
 memory the automatic micro-batch may fill: by default this machine's (a CUDA GPU if present, else
 the CPU); `--device cuda` plans for an 80 GB GPU from anywhere.
 
+It also says whether the run will compile the model (`model.compile.enabled: auto` weighs the steps
+at each shape against the compile's estimated cost, cold or warm from the persistent compile cache,
+and its saving per step) and why.
+
   tabula plan specs/tabulaprima-278m.yaml
   tabula plan specs/quickstart.yaml train.batch_tokens=32k --json
   tabula plan specs/zero2.yaml --deepspeed-config > ds_config.json
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print_errors([SpecError(f"--world-size {args.world_size} needs parallel.backend: deepspeed", path=("parallel", "backend"))])
         return 2
     try:
-        plan = make_plan(spec, world_size=args.world_size, vocab_size=_tokenizer_file_size(spec), device_type=device)
+        plan = make_plan(spec, world_size=args.world_size, vocab_size=_tokenizer_file_size(spec), device_type=device,
+                         compile_cache=_cache_root())
     except SpecErrors as error:
         print_errors(error.errors)
         return 2
@@ -109,6 +114,7 @@ def as_json(spec, plan, est, path: str) -> dict:
         "eval_every_tokens": plan.eval_every_tokens,
         "checkpoint_every_tokens": plan.checkpoint_every_tokens,
         "time": {"seconds": est.seconds, "total_flops": est.total_flops, "peak_tflops": est.peak_flops / 1e12, "mfu": est.mfu},
+        "compile": plan.compile.as_dict(),
         "notes": [*plan.notes, *est.notes],
     }
 
@@ -179,12 +185,35 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         f"  time               {format_duration(est.seconds):>16}  at {est.peak_flops / 1e12:g} TFLOP/s peak x {est.mfu:g} MFU"
         f" x {plan.world_size} rank{'s' if plan.world_size > 1 else ''}",
     ]
-    notes = [*plan.notes, *est.notes]
+    lines += ["", *compile_lines(plan.compile)]
+    notes = [*plan.notes, *est.notes, *plan.compile.notes]
     if plan.device_type == "cpu" and est.seconds > 86400:
         notes.append("planned for a CPU: `--device cuda` plans the same spec for a GPU (bf16 where precision is auto)")
     if notes:
         lines += ["", "notes"] + [f"  {note}" for note in notes]
     return lines
+
+
+def compile_lines(decision) -> list[str]:
+    """The report's compile section: the decision, why, and the estimate behind it."""
+    shapes = "dynamic shapes" if decision.dynamic_shapes else "a graph a shape"
+    lines = [f"compile ({decision.asked}): {'yes' if decision.enabled else 'no, eager'}",
+             f"  why                {decision.reason}",
+             f"  how                scope {decision.scope}, mode {decision.mode}, {shapes}; evaluation "
+             f"{'compiled' if decision.evaluation else 'eager'}, sampling eager"]
+    if decision.cache != "none":
+        lines.append(f"  cache              {decision.cache}  ({decision.cache_dir})")
+    if decision.compile_seconds is not None:
+        lines.append(f"  estimate           compile ~{decision.compile_seconds:g} s, saves ~{decision.step_saving_seconds:.3g} s a step"
+                     f", ~{decision.saving_seconds:g} s over {decision.steps} steps")
+    return lines
+
+
+def _cache_root():
+    """The tabula cache folder (token and compile caches), as runs find it."""
+    from tabula.runtime.data.cache import cache_root
+
+    return cache_root()
 
 
 def _zero(spec) -> str:

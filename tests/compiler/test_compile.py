@@ -69,3 +69,68 @@ def test_compiled_blocks_compute_what_eager_blocks_do():
     torch.testing.assert_close(loss2, loss, rtol=1e-5, atol=1e-5)
     for name in reference:
         torch.testing.assert_close(compiled[name], reference[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_plans_decision_wins_over_the_spec_alone():
+    from dataclasses import replace
+
+    from tabula.compiler.plan import make_plan
+
+    spec = tiny_spec()  # enabled: auto, which compiles on cuda without a plan
+    eager = replace(make_plan(spec, device_type="cuda").compile, enabled=False)
+    assert not any(is_compiled(b) for b in apply_compile(build_model(spec), spec.model.compile, "cuda", decision=eager).blocks)
+    on = make_plan(tiny_spec(compile={"enabled": True}), device_type="cpu").compile
+    model = apply_compile(build_model(tiny_spec(compile={"enabled": True})), Compile(enabled=True), "cpu", decision=on)
+    assert all(is_compiled(block) for block in model.blocks)
+
+
+def test_cuda_graphs_are_not_asked_for_on_a_cpu():
+    model = apply_compile(build_model(tiny_spec()), Compile(enabled=True, mode="reduce-overhead"), "cpu")
+    assert all(is_compiled(block) for block in model.blocks) and not model._forward_pre_hooks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_dynamic_shapes_serve_a_new_batch_and_length_without_compiling(dynamic):
+    """The curriculum's stage change (16 x 8 -> 8 x 16 tokens): with dynamic shapes no new graph is compiled."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = build_model(tiny_spec(n_layers=2, d_model=32, block={"attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2}}), device="cpu")
+    apply_compile(model, Compile(enabled=True, dynamic_shapes=dynamic), "cpu")
+    for shape in ((16, 8), (8, 16), (4, 32)):
+        before = counters["stats"]["unique_graphs"]
+        ids = torch.randint(0, 97, shape)
+        model(ids, ids)[1].backward()
+        compiled = counters["stats"]["unique_graphs"] - before
+        if shape == (16, 8):
+            assert compiled == 2  # one block graph shared by both blocks, and the loss
+        else:
+            assert (compiled == 0) if dynamic else (compiled > 0), (shape, compiled)
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scope", ["block", "model"])
+def test_cuda_graphs_train_as_eager_does(scope):
+    """mode reduce-overhead on a GPU: CUDA graphs replayed step after step give eager's losses."""
+    torch._dynamo.reset()
+    spec = tiny_spec(compile={"enabled": True, "mode": "reduce-overhead", "scope": scope})
+    eager = build_model(spec, device="cuda")
+    graphed = build_model(spec, device="cuda")
+    apply_compile(graphed, spec.model.compile, "cuda")
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for m in (eager, graphed)]
+    for step in range(4):
+        ids = torch.randint(0, 97, (4, 16), device="cuda", generator=torch.Generator("cuda").manual_seed(step))
+        losses = []
+        for model, optimizer in zip((eager, graphed), optimizers):
+            total = None
+            for micro in range(2):  # gradient accumulation keeps each micro-batch's loss across a replay
+                _, loss = model(ids[2 * micro: 2 * micro + 2], ids[2 * micro: 2 * micro + 2])
+                loss.backward()
+                total = loss.detach() if total is None else total + loss.detach()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(total)
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)
+    torch._dynamo.reset()

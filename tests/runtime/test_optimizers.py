@@ -84,3 +84,15 @@ def test_lion_update_is_a_sign_step():
 
 def test_every_schema_kind_is_registered():
     assert set(OPTIMIZERS) == {"adamw", "lion", "adafactor", "sgd"}
+
+
+def test_adamw_runs_multi_tensor_on_a_cpu():
+    optimizer = build_optimizer(AdamW(kind="adamw", lr=1e-3), Tiny(tied=True), torch.device("cpu"))
+    assert optimizer.defaults["foreach"] and not optimizer.defaults["fused"]
+
+
+@pytest.mark.gpu
+def test_adamw_is_fused_on_cuda():
+    optimizer = build_optimizer(AdamW(kind="adamw", lr=1e-3), Tiny(tied=True).cuda(), torch.device("cuda"))
+    assert optimizer.defaults["fused"]
+    optimizer.step()  # fused kernels accept the groups as built (no gradients yet: a no-op step)

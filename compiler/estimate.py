@@ -54,20 +54,8 @@ def default_peak_flops(device_type: str, precision: str) -> float:
 def parameter_shapes(model: ModelSpec, vocab_size: int) -> Shapes:
     """(name, shape) of every parameter `build_model` registers, in its order and with its names
     (compiler/model.py's docstring lists them), as each kind reports its own. A tied output head
-    is not listed twice."""
-    d, block = model.d_model, model.block
-    shapes: Shapes = [("embed.weight", (vocab_size, d))]
-    shapes += model.position.parameter_shapes("pos_embed.", d, model.max_seq_len)
-    for i in range(model.n_layers):
-        prefix = f"blocks.{i}."
-        shapes += block.norm.parameter_shapes(prefix + "attn_norm.", d)
-        shapes += block.attention.parameter_shapes(prefix + "attn.", d)
-        shapes += block.norm.parameter_shapes(prefix + "mlp_norm.", d)
-        shapes += block.mlp.parameter_shapes(prefix + "mlp.", d)
-    shapes += block.norm.parameter_shapes("norm.", d)
-    if not model.tie_embeddings:
-        shapes.append(("lm_head.weight", (vocab_size, d)))
-    return shapes
+    is not listed twice. (The model spec answers: `Model.parameter_shapes`.)"""
+    return model.parameter_shapes(vocab_size)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from .base import SpecModel, field_error
 from .data import Data, _TrainedTokenizer
+from .finetune import virtual_tokens
 from .model import Model
 from .parallel import Parallel
 from .track import Track
@@ -76,7 +77,25 @@ class Spec(SpecModel):
                 ("parallel", "checkpoint_every_n"),
                 f"checkpoint_every_n ({self.parallel.checkpoint_every_n}) exceeds model.n_layers ({self.model.n_layers})",
             )
+        self._finetune_fits()
         return self
+
+    def _finetune_fits(self) -> None:
+        """train.finetune's globs name the model's parameters, its method fits the attention, and its
+        virtual tokens fit in model.max_seq_len beside every stage's sequences."""
+        finetune = self.train.finetune
+        if finetune is None:
+            return
+        finetune.check(self.model, self.model.parameter_shapes(self.vocab_size or 1))
+        extra = virtual_tokens(finetune)
+        seq_len = self.model.max_seq_len  # the first stage's default; later ones carry over
+        for index, stage in enumerate(self.data.curriculum):
+            seq_len = stage.seq_len or seq_len
+            if extra and seq_len + extra > self.model.max_seq_len:
+                path = ("data", "curriculum", index, "seq_len") if stage.seq_len else ("train", "finetune", "virtual_tokens")
+                raise field_error(path, f"sequences of {seq_len} tokens and {extra} virtual tokens exceed model.max_seq_len "
+                                        f"({self.model.max_seq_len}): set data.curriculum.{index}.seq_len to at most "
+                                        f"{self.model.max_seq_len - extra}")
 
     @property
     def vocab_size(self) -> int | None:

@@ -1,4 +1,5 @@
-"""The `train:` section: batch, optimizer, schedule, budget, evaluation, checkpoints."""
+"""The `train:` section: batch, optimizer, schedule, budget, evaluation, checkpoints, fine-tuning
+(its methods in finetune.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SpecModel, field_error
+from .finetune import Finetune
 from .quantities import Fraction, PositiveTokenCount
 
 # ---------------------------------------------------------------- optimizers
@@ -141,4 +143,12 @@ class Train(SpecModel):
     on_nonfinite: Literal["skip", "stop", "rollback"] = Field(
         default="skip",
         description="A non-finite loss or gradient: skip the batch, stop at the last good checkpoint, or roll back to it and skip the data window.",
+    )
+    finetune: Finetune | None = Field(
+        default=None,
+        description=(
+            "Adapt the model instead of training all of it: lora, dora, qlora, prompt_tuning, prefix_tuning (peft's "
+            "methods; the base frozen, checkpoints hold the trained weights only), or full with frozen parameters. "
+            "null trains every parameter."
+        ),
     )

@@ -86,7 +86,7 @@ class LatentToHF(AttentionToHF):
 
 @ATTENTION.register("mla")
 class LatentAttention(nn.Module):
-    """forward(x (B, T, C), rope (cos, sin) of width rope_head_dim, mask) -> (B, T, C)."""
+    """forward(x (B, T, C), rope (cos, sin) of width rope_head_dim, mask, prefix (None)) -> (B, T, C)."""
 
     hf = LatentToHF()
 
@@ -129,7 +129,10 @@ class LatentAttention(nn.Module):
             return self.q_proj(x)
         return self.q_up(self.q_latent_norm(self.q_down(x)))  # through the (B, T, q_latent) latent
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if prefix is not None:
+            raise ValueError("prefix tuning needs keys and values of one width; MLA's differ (the spec check refuses it)")
         B, T, _ = x.shape
         H, nope, rope_dim = self.n_heads, self.nope_dim, self.rope_dim
         q = self.q_norm(self.queries(x).view(B, T, H, nope + rope_dim))  # (B, T, nh, qk)

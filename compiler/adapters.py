@@ -129,10 +129,11 @@ def _seeded(seed: int):
 
 
 def apply_finetune(model: Transformer, finetune: Finetune | None, *, seed: int, precision: str = "fp32",
-                   model_spec: ModelSpec | None = None) -> Transformer:
+                   model_spec: ModelSpec | None = None, quantize: bool = True) -> Transformer:
     """Applies `train.finetune` to a materialised `model` in place and returns it (None: unchanged).
-    `precision`: QLoRA's compute dtype. `model_spec` (the spec's `model`) is needed by prompt and
-    prefix tuning. Raises FinetuneError where the method does not fit (QLoRA off CUDA)."""
+    `precision`: QLoRA's compute dtype; `quantize=False` keeps QLoRA's base as it is (an export merges
+    its adapters into the full-precision base). `model_spec` (the spec's `model`) is needed by prompt
+    and prefix tuning. Raises FinetuneError where the method does not fit (QLoRA off CUDA)."""
     if finetune is None:
         return model
     names = [name for name, _ in model.named_parameters()]
@@ -141,7 +142,7 @@ def apply_finetune(model: Transformer, finetune: Finetune | None, *, seed: int, 
     base = base_fingerprint({name: params[name] for name in names if name in frozen})
     with _seeded(seed):
         if finetune.kind in LOW_RANK:
-            _inject_lora(model, finetune, precision)
+            _inject_lora(model, finetune, precision, quantize)
         elif isinstance(finetune, (PromptTuning, PrefixTuning)):
             if model_spec is None:
                 raise FinetuneError(f"{finetune.kind} needs the model spec")
@@ -155,11 +156,11 @@ def apply_finetune(model: Transformer, finetune: Finetune | None, *, seed: int, 
     return model
 
 
-def _inject_lora(model: Transformer, finetune: Any, precision: str) -> None:
+def _inject_lora(model: Transformer, finetune: Any, precision: str, quantize: bool) -> None:
     import peft
 
     targets = resolve(finetune.targets, linear_names(model), "linear layer")
-    if isinstance(finetune, QLora):
+    if isinstance(finetune, QLora) and quantize:
         quantize_base(model, finetune, precision)
     peft.inject_adapter_in_model(peft_config(finetune, targets=targets), model)  # freezes every other parameter
 

@@ -1,12 +1,14 @@
 """The model a run trains and the engine around it, built in one place for every engine.
 
+    build_base_model(spec, vocab_size, device) -> Transformer
     build_training_model(spec, plan, device) -> Transformer
     build_local_engine(spec, plan, device) -> LocalEngine
     build_deepspeed_engine(spec, plan, *, errors_dir=None) -> (DeepSpeedEngine, parameters)
 
 The training model is built on the meta device, materialised on `device` with the spec's seed (the
-same weights on every rank), then activation checkpointing and compilation are applied as the spec
-says, in that order (compiler/compile.py: checkpointing before compile). Both engines take the model from
+same weights on every rank): the base. Then `train.finetune` is applied (compiler/adapters.py: peft's
+adapters, or frozen parameters), then activation checkpointing and compilation as the spec says, in
+that order (compiler/compile.py: checkpointing before compile). Both engines take the model from
 `build_training_model`, so a policy is never applied on one engine and skipped on the other.
 """
 
@@ -26,13 +28,26 @@ if TYPE_CHECKING:
     from .engine import LocalEngine
 
 
-def build_training_model(spec: Spec, plan: Plan, device: torch.device) -> Transformer:
-    """The spec's model on `device`, initialised with `spec.seed`, with `parallel.activation_checkpointing`
-    and `model.compile` applied (compilation itself happens at the first forward)."""
-    from tabula.compiler import apply_activation_checkpointing, apply_compile, build_model
+def build_base_model(spec: Spec, vocab_size: int, device: torch.device | str) -> Transformer:
+    """The spec's model on `device` before any fine-tuning method touches it: what a fine-tuning
+    checkpoint, which holds the trained parameters alone, is loaded over (runtime/checkpoint.py)."""
+    from tabula.compiler import build_model
 
-    model = build_model(spec, vocab_size=plan.vocab_size)
+    model = build_model(spec, vocab_size=vocab_size)
     model.materialize(device, spec.seed)
+    return model
+
+
+def build_training_model(spec: Spec, plan: Plan, device: torch.device) -> Transformer:
+    """The spec's model on `device`, initialised with `spec.seed`, with `train.finetune`,
+    `parallel.activation_checkpointing` and `model.compile` applied (compilation itself happens at
+    the first forward)."""
+    from tabula.compiler import apply_activation_checkpointing, apply_compile
+    from tabula.compiler.adapters import apply_finetune
+
+    model = build_base_model(spec, plan.vocab_size, device)
+    # fine-tuning: adapters (peft) or frozen parameters, over the base and before checkpointing and compile
+    apply_finetune(model, spec.train.finetune, seed=spec.seed, precision=plan.precision, model_spec=spec.model)
     parallel = spec.parallel
     apply_activation_checkpointing(model, parallel.activation_checkpointing, parallel.checkpoint_every_n)
     apply_compile(model, spec.model.compile, device.type)

@@ -48,8 +48,9 @@ class Console:
         self.started = e["time"]
         stages = ", ".join(f"seq_len {s['seq_len']} until {count(s['until_tokens'])}" for s in e["stages"])
         resumed = f", resumed from {e['resumed_from']} at step {e['step']}" if e.get("resumed_from") else ""
+        trained = f" ({parameters(e['trainable_parameters'])} trained, {e['finetune']})" if e.get("finetune") else ""
         self._print(
-            f"{e['run_name']}: {parameters(e['parameters'])} parameters, {e['precision']} on {e['device']}"
+            f"{e['run_name']}: {parameters(e['parameters'])} parameters{trained}, {e['precision']} on {e['device']}"
             f" (x{e['world_size']}), {e['total_steps']} steps of {count(e['total_tokens'] / max(1, e['total_steps']))} tokens"
             f" = {count(e['total_tokens'])} tokens; {stages}{resumed}"
         )

@@ -282,6 +282,7 @@ class Trainer:
 
     def start_event(self, resumed_from: Path | None, parameters: int) -> None:
         plan = self.plan
+        applied = self.engine.model.finetune  # what train.finetune changed (compiler/adapters.py), or None
         self.emit(
             "start",
             run_name=self.run.name,
@@ -291,6 +292,8 @@ class Trainer:
             device=str(self.engine.device),
             precision=self.engine.precision,
             parameters=parameters,
+            trainable_parameters=applied.trainable if applied is not None else parameters,
+            finetune=applied.method if applied is not None else None,
             total_steps=plan.total_steps,
             total_tokens=plan.total_tokens,
             stages=[{"index": s.index, "until_tokens": s.end_tokens, "seq_len": s.seq_len, "mix": s.mix} for s in plan.stages],

@@ -11,7 +11,7 @@ Targets and frozen parameters are named by tabula's parameter and module names (
 docstring lists them) with shell-style globs: `blocks.*.attn.q_proj`, `mlp.*`, `embed.*`. A glob matches
 a name when it matches the whole name or a part of it after a dot (`mlp.*` matches `blocks.3.mlp.up`, as
 peft matches its target names by suffix). Each class answers torch-free what it trains and adds
-(`frozen`, `added_parameters`), so `tabula plan` counts trainable parameters and the memory they need
+(`frozen`, `added_shapes`, `trainable_shapes`), so `tabula plan` counts trainable parameters and the memory they need
 without building anything; the Spec checks every glob against the model's names (`check`).
 """
 
@@ -90,9 +90,15 @@ class _Method(SpecModel):
         """The base parameters (of `names`) the method holds fixed."""
         return set(names)
 
-    def added_parameters(self, model: Model, shapes: Shapes) -> int:
-        """Parameters the method adds to the model (all trainable)."""
+    def added_shapes(self, model: Model, shapes: Shapes) -> Shapes:
+        """(name, shape) of the parameters the method adds to the model (all trainable), named as
+        apply_finetune registers them, given the model's own `shapes`."""
         raise NotImplementedError
+
+    def trainable_shapes(self, model: Model, shapes: Shapes) -> Shapes:
+        """(name, shape) of every parameter the optimizer updates: the base's not frozen, then the added."""
+        frozen = self.frozen([name for name, _ in shapes])
+        return [(name, shape) for name, shape in shapes if name not in frozen] + self.added_shapes(model, shapes)
 
     def check(self, model: Model, shapes: Shapes) -> None:
         """Field errors for what does not fit the model (paths below the spec's root)."""
@@ -125,9 +131,14 @@ class _LowRank(_Method):
         """The linear layers the targets match: module name -> (out, in), in the model's order."""
         return {name: shape for name, shape in linear_modules(shapes).items() if any(glob_matches(t, name) for t in self.targets)}
 
-    def added_parameters(self, model: Model, shapes: Shapes) -> int:
-        # A (r x in) and B (out x r) per targeted layer; DoRA adds a magnitude (out)
-        return sum(self.rank * (n_in + n_out) + (n_out if self.magnitude else 0) for n_out, n_in in self.targeted(shapes).values())
+    def added_shapes(self, model: Model, shapes: Shapes) -> Shapes:
+        # A (r x in) and B (out x r) per targeted layer (peft's names); DoRA adds a magnitude (out)
+        added: Shapes = []
+        for name, (n_out, n_in) in self.targeted(shapes).items():
+            added += [(f"{name}.lora_A.default.weight", (self.rank, n_in)), (f"{name}.lora_B.default.weight", (n_out, self.rank))]
+            if self.magnitude:
+                added.append((f"{name}.lora_magnitude_vector.default.weight", (n_out,)))
+        return added
 
     def check(self, model: Model, shapes: Shapes) -> None:
         check_globs("targets", self.targets, list(linear_modules(shapes)), "linear layer")
@@ -172,8 +183,8 @@ class PromptTuning(_Method):
         description="sample_vocab starts each virtual token as the embedding of a random vocabulary token (peft's SAMPLE_VOCAB); random as N(0, 1) (peft's RANDOM).",
     )
 
-    def added_parameters(self, model: Model, shapes: Shapes) -> int:
-        return self.virtual_tokens * model.d_model
+    def added_shapes(self, model: Model, shapes: Shapes) -> Shapes:
+        return [("virtual_tokens.encoder.embedding.weight", (self.virtual_tokens, model.d_model))]
 
 
 class PrefixTuning(_Method):
@@ -193,12 +204,14 @@ class PrefixTuning(_Method):
         dims = model.attention_dims
         return dims.n_kv_heads * dims.head_dim
 
-    def added_parameters(self, model: Model, shapes: Shapes) -> int:
-        width, out = self.token_dim(model), 2 * model.n_layers * self.token_dim(model)
+    def added_shapes(self, model: Model, shapes: Shapes) -> Shapes:
+        # peft's PrefixEncoder: the prefix itself, or embeddings and a two-layer MLP that computes it
+        width, out, prefix = self.token_dim(model), 2 * model.n_layers * self.token_dim(model), "virtual_tokens.encoder."
         if not self.projection:
-            return self.virtual_tokens * out
+            return [(prefix + "embedding.weight", (self.virtual_tokens, out))]
         hidden = self.projection_hidden or width
-        return self.virtual_tokens * width + (width + 1) * hidden + (hidden + 1) * out
+        return [(prefix + "embedding.weight", (self.virtual_tokens, width)), (prefix + "transform.0.weight", (hidden, width)),
+                (prefix + "transform.0.bias", (hidden,)), (prefix + "transform.2.weight", (out, hidden)), (prefix + "transform.2.bias", (out,))]
 
     def check(self, model: Model, shapes: Shapes) -> None:
         dims = model.attention_dims
@@ -219,8 +232,8 @@ class Full(_Method):
     def frozen(self, names: list[str]) -> set[str]:
         return {name for name in names if any(glob_matches(pattern, name) for pattern in self.freeze)}
 
-    def added_parameters(self, model: Model, shapes: Shapes) -> int:
-        return 0
+    def added_shapes(self, model: Model, shapes: Shapes) -> Shapes:
+        return []
 
     def check(self, model: Model, shapes: Shapes) -> None:
         check_globs("freeze", self.freeze, [name for name, _ in shapes], "parameter")

@@ -36,8 +36,10 @@ OUTPUT_LOG = "output.log"
 # tokens seen); each kind adds these fields. A session of a run (its first start, or a resume)
 # begins with `start`; a run that ends in order writes `end` last.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
-    "start": ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters", "total_steps",
-              "total_tokens", "stages", "resumed_from"),
+    # finetune: train.finetune's kind or null; trainable_parameters: those the optimizer updates (all of
+    # `parameters` without a fine-tuning method; adapters included in both with one)
+    "start": ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters", "trainable_parameters",
+              "finetune", "total_steps", "total_tokens", "stages", "resumed_from"),
     "train": ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage"),
     "eval": ("val_loss", "val_ppl", "best_val_loss"),
     "stage": ("index", "seq_len", "mix"),

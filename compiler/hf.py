@@ -23,7 +23,7 @@ from .blocks import ATTENTION, MLP, NORM, POSITION
 from .blocks.registry import BlockClass
 from .hf_mapping import ExportError, HFMapping, NoHF
 
-__all__ = ["ExportError", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "special_token_ids", "write_hf"]
+__all__ = ["ExportError", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "hf_linear", "special_token_ids", "write_hf"]
 
 
 def _kinds(spec: ModelSpec) -> list[tuple[str, Any, BlockClass]]:
@@ -95,17 +95,41 @@ def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = No
     return config
 
 
-def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """tabula's state dict (names as in compiler/model.py) renamed and reshaped for hf_config's
-    architecture, each kind naming its module's tensors. Tensors are made contiguous and never
-    shared (safetensors refuses aliases)."""
+def _modules(spec: ModelSpec) -> list[tuple[str, str, tuple[str, Any, BlockClass]]]:
+    """(tabula module prefix, Hugging Face module prefix, the kind the module is) of every kind's module."""
     attention, mlp, norm, position = _kinds(spec)
-    # (tabula module prefix, Hugging Face module prefix, the kind the module is)
     modules = [("pos_embed.", "model.pos_embed.", position), ("norm.", "model.norm.", norm)]
     for i in range(spec.n_layers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         modules += [(ours + "attn_norm.", theirs + "input_layernorm.", norm), (ours + "attn.", theirs + "self_attn.", attention),
                     (ours + "mlp_norm.", theirs + "post_attention_layernorm.", norm), (ours + "mlp.", theirs + "mlp.", mlp)]
+    return modules
+
+
+def hf_linear(spec: ModelSpec, name: str) -> tuple[str, tuple[str, ...]]:
+    """Where tabula's linear module `name` (blocks.0.attn.q_proj, lm_head) is in the Hugging Face
+    model: (its module name there, the tabula children stacked in it by rows, in order; one for a
+    one-to-one module: ("model.layers.0.self_attn.q_proj", ("q_proj",))). ExportError where it has none."""
+    if name == "lm_head":
+        return "lm_head", ("lm_head",)
+    for ours, theirs, (path, kind, registered) in _modules(spec):
+        child = name[len(ours):]
+        if not name.startswith(ours) or "." in child:
+            continue
+        mapping = _mapping(path, registered)
+        if child in mapping.renames:
+            return theirs + mapping.renames[child], (child,)
+        for stacked, parts in mapping.stacked.items():
+            if child in parts:
+                return theirs + stacked, parts
+    raise ExportError([f"module {name} has no Hugging Face name"])
+
+
+def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """tabula's state dict (names as in compiler/model.py) renamed and reshaped for hf_config's
+    architecture, each kind naming its module's tensors. Tensors are made contiguous and never
+    shared (safetensors refuses aliases)."""
+    modules = _modules(spec)
     out = {"model.embed_tokens.weight": state["embed.weight"]}
     if not spec.tie_embeddings:  # tied, transformers ties it to the embedding itself
         out["lm_head.weight"] = state["lm_head.weight"]

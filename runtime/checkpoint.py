@@ -499,8 +499,11 @@ def load_trained_model(spec, checkpoint: Path, device: str | torch.device = "cpu
 
     from .build import build_base_model
 
-    vocab_size = read_state(checkpoint).get("vocab_size")
-    if vocab_size is None:  # an older state.json: the embedding says it
+    try:
+        vocab_size = read_state(checkpoint).get("vocab_size")
+    except (OSError, ValueError):  # no state.json (weights written by hand): the embedding says it
+        vocab_size = None
+    if vocab_size is None:
         with safe_open(str(Path(checkpoint) / WEIGHTS_FILE), framework="pt") as handle:
             vocab_size = handle.get_slice("embed.weight").get_shape()[0]
     model = build_base_model(spec, vocab_size, device)

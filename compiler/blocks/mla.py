@@ -38,6 +38,7 @@ class LatentToHF(AttentionToHF):
 
     renames = {"q_proj": "q_proj", "q_down": "q_a_proj", "q_latent_norm": "q_a_layernorm", "q_up": "q_b_proj",
                "kv_latent_norm": "kv_a_layernorm", "kv_up": "kv_b_proj", "o_proj": "o_proj"}
+    stacked = {"kv_a_proj_with_mqa": ("kv_down", "k_rope")}
 
     def architecture(self, spec: MLA, model: ModelSpec) -> str:
         return "DeepseekV3ForCausalLM"
@@ -74,13 +75,14 @@ class LatentToHF(AttentionToHF):
         }
 
     def tensors(self, spec: MLA, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rest = {name: tensor for name, tensor in state.items() if not name.startswith(("kv_down.", "k_rope."))}
+        [(joined, (latent, rope))] = self.stacked.items()
+        rest = {name: tensor for name, tensor in state.items() if not name.startswith((f"{latent}.", f"{rope}."))}
         out = super().tensors(spec, rest)
         for kind in ("weight", "bias"):
-            if f"kv_down.{kind}" in state:
-                if f"k_rope.{kind}" not in state:
-                    raise ExportError([f"kv_down.{kind} has no k_rope.{kind} to share kv_a_proj_with_mqa.{kind} with"])
-                out[f"kv_a_proj_with_mqa.{kind}"] = torch.cat([state[f"kv_down.{kind}"], state[f"k_rope.{kind}"]], dim=0)
+            if f"{latent}.{kind}" in state:
+                if f"{rope}.{kind}" not in state:
+                    raise ExportError([f"{latent}.{kind} has no {rope}.{kind} to share {joined}.{kind} with"])
+                out[f"{joined}.{kind}"] = torch.cat([state[f"{latent}.{kind}"], state[f"{rope}.{kind}"]], dim=0)
         return out
 
 

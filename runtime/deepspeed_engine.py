@@ -242,7 +242,7 @@ class DeepSpeedEngine:
         entries (the others are not gathered). Collective: under ZeRO each parameter's fp32 master copy is
         gathered from its shards; a frozen parameter has none, ZeRO-3 gathers its partitions."""
         from deepspeed.utils import safe_get_full_fp32_param
-        from deepspeed.zero import GatheredParameters
+        from deepspeed.runtime.zero import GatheredParameters
 
         gathered: dict[int, torch.Tensor] = {}
         out = {}

@@ -40,6 +40,7 @@ from tabula.schemas.rundir_protocol import CHECKPOINTS_DIR, RESOLVED_FILE, WEIGH
 
 from .data.cache import fsync_path
 from .integrity import STATE_FILE, check_checkpoint, write_checksums
+from .trained_weights import check_finetune, finetune_record, saved_names, weights_metadata
 
 # what a refused write raises: the OS's error, torch.save's ("unexpected pos 201728 vs 201616", "file write
 # failed"), safetensors' own
@@ -111,58 +112,6 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
                               + "; ".join(f"{what} {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}"
                                           for what, found in (("missing", missing), ("unexpected", unexpected)) if found))
     model.load_state_dict(state, strict=False)
-
-
-# ---------------------------------------------------------------- fine-tuning checkpoints
-
-FINETUNE_METADATA = "finetune"  # the safetensors metadata entry of a checkpoint holding trained parameters alone
-
-
-def saved_names(model: torch.nn.Module) -> set[str] | None:
-    """The parameter names a checkpoint of `model` stores: None for the whole state dict; the trainable
-    parameters' when a fine-tuning method froze the rest (compiler/adapters.py `Applied`)."""
-    applied = model.finetune
-    if applied is None or not applied.trainable_only:
-        return None
-    return {name for name, param in model.named_parameters() if param.requires_grad}
-
-
-def weights_metadata(model: torch.nn.Module) -> dict[str, str]:
-    """The metadata a checkpoint's weights carry: the fine-tuning method and its frozen base's fingerprint
-    when the weights are the trained parameters alone; else nothing."""
-    applied = model.finetune
-    if applied is None or not applied.trainable_only:
-        return {}
-    return {FINETUNE_METADATA: json.dumps({"method": applied.method, "base": applied.base})}
-
-
-def finetune_record(path: Path) -> dict[str, Any] | None:
-    """{"method", "base"} of a fine-tuning checkpoint's weights file, or None for whole weights."""
-    with safe_open(str(path), framework="pt") as handle:
-        text = (handle.metadata() or {}).get(FINETUNE_METADATA)
-    return json.loads(text) if text else None
-
-
-def check_finetune(model: torch.nn.Module, path: Path) -> None:
-    """CheckpointError unless the weights file `path` and `model` agree on the fine-tuning method and on the
-    frozen base (the same base parameters, the same values): the checkpoint holds the trained parameters
-    alone, and continuing them over another base would not be the run that wrote them."""
-    from tabula.compiler.adapters import same_base
-
-    record, applied = finetune_record(path), model.finetune
-    ours = applied.method if applied is not None and applied.trainable_only else None
-    theirs = record["method"] if record else None
-    if ours != theirs:
-        said = {None: "whole weights (no frozen base)"}
-        raise CheckpointError(f"{path} holds {said.get(theirs, f'{theirs} weights over a frozen base')}, but the model is "
-                              f"{said.get(ours, f'{ours} over a frozen base')}: train.finetune changed")
-    if record is None:
-        return
-    differ = same_base(record["base"], applied.base)
-    if differ:
-        raise CheckpointError(f"{path} was trained over other base weights than this spec builds ({len(differ)} tensors differ: "
-                              f"{', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}): the seed or the base's weights "
-                              "changed since; resume it with the spec it was trained with")
 
 
 # ---------------------------------------------------------------- random generators

@@ -26,6 +26,7 @@ import torch
 from tabula.compiler.estimate import flops_per_token
 
 from tabula.schemas import rundir_protocol as ctl
+from . import trained_weights
 from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
 from .data.errors import DataError
 from .events import EventWriter
@@ -282,7 +283,7 @@ class Trainer:
 
     def start_event(self, resumed_from: Path | None, parameters: int) -> None:
         plan = self.plan
-        applied = self.engine.model.finetune  # what train.finetune changed (compiler/adapters.py), or None
+        applied = trained_weights.applied(self.engine.model)  # what train.finetune changed (compiler/adapters.py), or None
         self.emit(
             "start",
             run_name=self.run.name,

@@ -1,10 +1,10 @@
 """Run by DeepSpeed's launcher from tests/runtime/test_deepspeed_finetune.py: fine-tuning runs of the tiny spec
 on 2 ranks in one launch (DeepSpeed's start-up costs tens of seconds a launch on a small CPU machine).
 
-    python -m deepspeed.launcher.launch ... adapters_worker.py WORK
+    python -m deepspeed.launcher.launch ... adapters_worker.py WORK [NAME ...]
 
 For each (name, ZeRO stage, train.finetune override) in RUNS: 5 steps, a checkpoint, a resume for 5 more in a
-new engine (run folder WORK/<name>); the test compares the losses with the local engine's.
+new engine (run folder WORK/<name>; NAMEs: only those runs); the test compares the losses with the local engine's.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ RUNS = [
     ("lora-z2", 2, "{kind: lora, rank: 4, targets: [attn.*, mlp.*]}"),
     ("lora-z3", 3, "{kind: lora, rank: 4, targets: [attn.*, mlp.*]}"),
     ("prefix-z2", 2, "{kind: prefix_tuning, virtual_tokens: 4}"),
+    ("dora-z3", 3, "{kind: dora, rank: 4, targets: [attn.*, mlp.*]}"),
 ]
 
 
-def main(work: Path) -> None:
+def main(work: Path, names: list[str]) -> None:
     import deepspeed.comm as dist
 
     from tabula.compiler import make_plan
@@ -35,6 +36,8 @@ def main(work: Path) -> None:
     init_distributed(timeout_minutes=2)
     rank, world = dist.get_rank(), dist.get_world_size()
     for name, stage, finetune in RUNS:
+        if names and name not in names:
+            continue
         spec = load_spec(work / "tiny.yaml", overrides=["parallel.backend=deepspeed", f"parallel.zero.stage={stage}",
                                                         f"train.finetune={finetune}", "model.max_seq_len=72"])
         prepared = prepare(spec)
@@ -56,4 +59,4 @@ def main(work: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2:])

@@ -1,4 +1,4 @@
-"""Fine-tuning under DeepSpeed on 2 CPU ranks (gloo): LoRA on ZeRO-2 and ZeRO-3, prefix tuning on ZeRO-2, each
+"""Fine-tuning under DeepSpeed on 2 CPU ranks (gloo): LoRA on ZeRO-2 and ZeRO-3, prefix tuning on ZeRO-2, DoRA on ZeRO-3, each
 through a checkpoint and a resume, against the local engine's losses; checkpoints hold the adapters alone."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def two_ranks(work, local) -> Path:
     return work
 
 
-@pytest.mark.parametrize("name", ["lora-z2", "lora-z3", "prefix-z2"])
+@pytest.mark.parametrize("name", ["lora-z2", "lora-z3", "prefix-z2", "dora-z3"])
 def test_finetuning_on_two_ranks_matches_the_local_engine_through_a_resume(two_ranks, local, name):
     from safetensors import safe_open
 

@@ -18,6 +18,9 @@ Parameter names (stable: the runtime saves safetensors by them, the plan counts 
                                               embed.weight); state_dict() has both names, one tensor
 
 Biases exist only where the spec asks for them. Build with `tabula.compiler.build_model(spec)`.
+A fine-tuning method (compiler/adapters.py apply_finetune) adds names: LoRA and DoRA move an adapted
+module's weights to `<module>.base_layer.weight` beside `<module>.lora_A.default.weight`, `lora_B`
+(and DoRA's `lora_magnitude_vector`); prompt and prefix tuning add `virtual_tokens.encoder.*`.
 """
 
 from __future__ import annotations

@@ -115,3 +115,28 @@ def test_load_model_merges_the_adapters(prepared, tmp_path):
     ids = torch.randint(0, prepared.vocab_size, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), engine.model.eval()(ids), rtol=1e-5, atol=1e-5)
+
+
+ATTENTION = {
+    "mha": {"kind": "mha", "n_heads": 4},
+    "mqa": {"kind": "mqa", "n_heads": 4, "window": 16},
+    "mla": {"kind": "mla", "n_heads": 4, "q_latent": 24, "kv_latent": 16, "rope_head_dim": 8, "latent_norm": True},
+}
+
+
+@pytest.mark.parametrize("kind", list(ATTENTION))
+def test_the_local_engine_trains_lora_on_every_attention_kind(prepared, tmp_path, kind):
+    from tabula.schemas.spec import Spec
+
+    targets = ["q_down", "q_up", "kv_down", "kv_up", "o_proj"] if kind == "mla" else ["attn.*", "mlp.*"]
+    raw = tiny_spec_dict(finetune={"kind": "lora", "rank": 4, "targets": targets})
+    raw["model"]["block"]["attention"] = ATTENTION[kind]
+    spec = Spec.model_validate(raw)
+    outcome, events, engine = _run(spec, prepared, tmp_path / kind, max_steps=3)
+    assert outcome.reason == "stopped" and outcome.step == 3
+    with safe_open(str(outcome.checkpoint / "model.safetensors"), framework="pt") as handle:
+        names = set(handle.keys())
+    assert all(".lora_A." in n or ".lora_B." in n for n in names)  # the adapters alone
+    if kind == "mla":  # every projection named, each adapted
+        assert {name.split(".lora_")[0].rsplit(".", 1)[1] for name in names} == set(targets)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in events if e["kind"] == "train")

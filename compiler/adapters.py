@@ -65,8 +65,9 @@ def base_fingerprint(tensors: dict[str, torch.Tensor]) -> dict[str, list[float]]
     differ in their last bits)."""
     out = {}
     for name, tensor in tensors.items():
-        values = tensor.detach().double()
-        out[name] = [float(values.sum()), float((values * values).sum())]
+        values = tensor.detach()
+        squares = torch.linalg.vector_norm(values, dtype=torch.float64) ** 2
+        out[name] = [float(values.sum(dtype=torch.float64)), float(squares)]
     return out
 
 

@@ -13,7 +13,9 @@ in milliseconds for a 1.3B model on a laptop:
   T is the stage's seq_len.
 - memory per rank: weights, gradients, the optimizer's fp32 master weights and gradients, its
   state, autocast's weight copies and ZeRO-3's gathered tensor, for the precision, ZeRO stage and
-  offload of the spec (`model_state_bytes`); activations in `activations.py`.
+  offload of the spec (`model_state_bytes`); activations in `activations.py`. A fine-tuning method
+  (`train.finetune`) trains part of the model (`count_trainable`): gradients and optimizer state
+  for that part alone, its adapters' weights added; the estimate says what that saves.
 - time: total FLOPs / (peak FLOP/s x MFU).
 """
 
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tabula.schemas.blocks.costs import FLOPS_PER_PARAMETER, Shapes
+from tabula.schemas.finetune import QLora, linear_modules
 from tabula.schemas.model import Model as ModelSpec
 from tabula.schemas.spec import Spec
 
@@ -54,20 +57,8 @@ def default_peak_flops(device_type: str, precision: str) -> float:
 def parameter_shapes(model: ModelSpec, vocab_size: int) -> Shapes:
     """(name, shape) of every parameter `build_model` registers, in its order and with its names
     (compiler/model.py's docstring lists them), as each kind reports its own. A tied output head
-    is not listed twice."""
-    d, block = model.d_model, model.block
-    shapes: Shapes = [("embed.weight", (vocab_size, d))]
-    shapes += model.position.parameter_shapes("pos_embed.", d, model.max_seq_len)
-    for i in range(model.n_layers):
-        prefix = f"blocks.{i}."
-        shapes += block.norm.parameter_shapes(prefix + "attn_norm.", d)
-        shapes += block.attention.parameter_shapes(prefix + "attn.", d)
-        shapes += block.norm.parameter_shapes(prefix + "mlp_norm.", d)
-        shapes += block.mlp.parameter_shapes(prefix + "mlp.", d)
-    shapes += block.norm.parameter_shapes("norm.", d)
-    if not model.tie_embeddings:
-        shapes.append(("lm_head.weight", (vocab_size, d)))
-    return shapes
+    is not listed twice. (The model spec answers: `Model.parameter_shapes`.)"""
+    return model.parameter_shapes(vocab_size)
 
 
 @dataclass(frozen=True)
@@ -93,6 +84,37 @@ def count_parameters(model: ModelSpec, vocab_size: int) -> Parameters:
     return Parameters(total, embedding, non_embedding, non_embedding + vocab_size * model.d_model)
 
 
+@dataclass(frozen=True)
+class Trainable:
+    """What the optimizer updates: `trainable` parameters (a fine-tuning method's adapters included),
+    `frozen` base parameters held fixed, `added` parameters the method adds (LoRA's matrices, virtual
+    tokens); `method` is train.finetune's kind, or None (every parameter trained)."""
+
+    method: str | None
+    trainable: int
+    frozen: int
+    added: int
+
+
+def trainable_shapes(spec: Spec, vocab_size: int) -> Shapes:
+    """(name, shape) of the parameters the optimizer updates, as apply_finetune leaves them."""
+    shapes = parameter_shapes(spec.model, vocab_size)
+    finetune = spec.train.finetune
+    return shapes if finetune is None else finetune.trainable_shapes(spec.model, shapes)
+
+
+def count_trainable(spec: Spec, vocab_size: int) -> Trainable:
+    """Exact counts of what `train.finetune` trains of the model (the built model's, tests hold them equal)."""
+    total = count_parameters(spec.model, vocab_size).total
+    finetune = spec.train.finetune
+    if finetune is None:
+        return Trainable(None, total, 0, 0)
+    shapes = parameter_shapes(spec.model, vocab_size)
+    added = sum(math.prod(shape) for _, shape in finetune.added_shapes(spec.model, shapes))
+    trainable = sum(math.prod(shape) for _, shape in trainable_shapes(spec, vocab_size))
+    return Trainable(finetune.kind, trainable, total + added - trainable, added)
+
+
 # ---------------------------------------------------------------- FLOPs
 
 
@@ -109,11 +131,12 @@ def flops_per_token(model: ModelSpec, vocab_size: int, seq_len: int) -> int:
 # ---------------------------------------------------------------- memory of model states
 
 
-def optimizer_state_elements(spec: Spec, vocab_size: int) -> int:
-    """Elements of optimizer state: AdamW two per parameter, Lion one, SGD one with momentum,
-    Adafactor factored second moments (rows + columns of each matrix, whole vectors)."""
+def optimizer_state_elements(spec: Spec, vocab_size: int, *, every_parameter: bool = False) -> int:
+    """Elements of optimizer state, for the trainable parameters only (`every_parameter`: as if all
+    trained): AdamW two per parameter, Lion one, SGD one with momentum, Adafactor factored second
+    moments (rows + columns of each matrix, whole vectors)."""
     optimizer = spec.train.optimizer
-    shapes = parameter_shapes(spec.model, vocab_size)
+    shapes = parameter_shapes(spec.model, vocab_size) if every_parameter else trainable_shapes(spec, vocab_size)
     n = sum(math.prod(shape) for _, shape in shapes)
     if optimizer.kind == "adamw":
         return 2 * n
@@ -124,9 +147,14 @@ def optimizer_state_elements(spec: Spec, vocab_size: int) -> int:
     return sum(shape[0] + shape[1] if len(shape) == 2 else math.prod(shape) for _, shape in shapes)
 
 
-def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: int) -> tuple[dict[str, int], dict[str, int]]:
+def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: int, *,
+                      every_parameter: bool = False) -> tuple[dict[str, int], dict[str, int]]:
     """(device bytes, host bytes) per rank by part: weights, gradients, master_weights,
     master_gradients, optimizer_state, weight_copies, gathered_weights.
+
+    A fine-tuning method (train.finetune) keeps gradients, master copies and optimizer state for
+    the trainable parameters alone, and its adapters add weights; QLoRA holds the blocks' linear
+    weights in 4 bits. `every_parameter`: the same model trained whole (what the method saves).
 
     fp32: fp32 weights and gradients, no master copy. bf16/fp16 on one local process: autocast
     over fp32 weights (weights and gradients fp32), which keeps a half-precision copy of every
@@ -138,16 +166,23 @@ def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: i
     (gathered_weights: the largest parameter tensor and its gradient). offload_optimizer keeps the
     optimizer's part and the gradients in host memory, offload_params the weights."""
     params = count_parameters(spec.model, vocab_size)
-    n = params.total
-    state = optimizer_state_elements(spec, vocab_size)
+    finetune = None if every_parameter else spec.train.finetune
+    trained = count_trainable(spec, vocab_size) if finetune is not None else Trainable(None, params.total, 0, 0)
+    n, t = params.total + trained.added, trained.trainable
+    state = optimizer_state_elements(spec, vocab_size, every_parameter=every_parameter)
     zero, deepspeed = spec.parallel.zero, spec.parallel.backend == "deepspeed"
     half = precision in ("bf16", "fp16")
     weight_bytes = 2 if half and deepspeed else 4
+    weights = n * weight_bytes
+    if isinstance(finetune, QLora):  # the blocks' linear weights in 4 bits, the rest as it was
+        quantized = sum(math.prod(shape) for name, shape in linear_modules(parameter_shapes(spec.model, vocab_size)).items()
+                        if name.startswith("blocks."))
+        weights = math.ceil((n - quantized) * weight_bytes + finetune.quantized_bytes(quantized))
     parts = {
-        "weights": n * weight_bytes,
-        "gradients": n * weight_bytes,
-        "master_weights": n * 4 if half and deepspeed else 0,
-        "master_gradients": n * 4 if half and deepspeed else 0,
+        "weights": weights,
+        "gradients": t * weight_bytes,
+        "master_weights": t * 4 if half and deepspeed else 0,
+        "master_gradients": t * 4 if half and deepspeed else 0,
         "optimizer_state": state * 4,
         "weight_copies": 2 * params.matmul if half and not deepspeed else 0,
         # the gathered tensor and its gradient, as DeepSpeed's estimator counts them
@@ -203,6 +238,8 @@ class Estimate:
     mfu: float
     seconds: float
     notes: tuple[str, ...] = field(default=())
+    trainable: Trainable | None = None  # what the optimizer updates (train.finetune's share)
+    memory_saved: int = 0  # device bytes per rank a fine-tuning method saves against training every parameter
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,6 +254,10 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
     model, vocab = spec.model, plan.vocab_size
     params = count_parameters(model, vocab)
     device, host = model_state_bytes(spec, vocab, plan.precision, plan.world_size)
+    saved = 0
+    if spec.train.finetune is not None:
+        whole, _ = model_state_bytes(spec, vocab, plan.precision, plan.world_size, every_parameter=True)
+        saved = sum(whole.values()) - sum(device.values())
     policy = spec.parallel.activation_checkpointing
     every_n = spec.parallel.checkpoint_every_n
     stages, total_flops, largest = [], 0.0, 0
@@ -254,4 +295,6 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
         mfu=mfu,
         seconds=seconds,
         notes=tuple(notes),
+        trainable=count_trainable(spec, vocab),
+        memory_saved=saved,
     )

@@ -27,7 +27,7 @@ from .blocks import ATTENTION, MLP, NORM, POSITION
 from .blocks.registry import BlockClass
 from .hf_mapping import ExportError, HFMapping, NoHF
 
-__all__ = ["ExportError", "hf_modules", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "special_token_ids", "write_hf"]
+__all__ = ["ExportError", "hf_modules", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "hf_linear", "special_token_ids", "write_hf"]
 
 
 def _kinds(spec: ModelSpec) -> list[tuple[str, Any, BlockClass]]:
@@ -109,6 +109,25 @@ def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = No
     for path, kind, registered in _kinds(spec):
         config |= _mapping(path, registered).config(kind, spec, architecture)
     return config
+
+
+def hf_linear(spec: ModelSpec, name: str) -> tuple[str, tuple[str, ...]]:
+    """Where tabula's linear module `name` (blocks.0.attn.q_proj, lm_head) is in the Hugging Face
+    model: (its module name there, the tabula children stacked in it by rows, in order; one for a
+    one-to-one module: ("model.layers.0.self_attn.q_proj", ("q_proj",))). ExportError where it has none."""
+    if name == "lm_head":
+        return "lm_head", ("lm_head",)
+    for ours, theirs, (path, kind, registered) in hf_modules(spec):
+        child = name[len(ours):]
+        if not name.startswith(ours) or "." in child:
+            continue
+        mapping = _mapping(path, registered)
+        if child in mapping.renames:
+            return theirs + mapping.renames[child], (child,)
+        for stacked, parts in mapping.stacked.items():
+            if child in parts:
+                return theirs + stacked, parts
+    raise ExportError([f"module {name} has no Hugging Face name"])
 
 
 def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

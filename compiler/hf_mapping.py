@@ -59,11 +59,14 @@ class NoHF:
 
 class HFMapping:
     """How one kind's module maps to Hugging Face transformers. Subclasses override what applies;
-    `renames` (the module's child -> the Hugging Face module's child) covers one-to-one tensors."""
+    `renames` (the module's child -> the Hugging Face module's child) covers one-to-one tensors;
+    `stacked` (a Hugging Face linear -> the module's linears whose weights it stacks by rows, in order)
+    the ones that are several of ours (the peft export splits adapters by it)."""
 
     renames: ClassVar[dict[str, str]] = {}
     # The architectures whose config.json this kind's mapping reads into its spec (read_config).
     reads: ClassVar[tuple[str, ...]] = ()
+    stacked: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def architecture(self, spec: Any, model: ModelSpec) -> str | None:
         """The architecture this kind implies (attention kinds choose it), else None."""

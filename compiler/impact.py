@@ -6,8 +6,10 @@ the runtime asks `resume_compatibility(a, b)` before it resumes a run of A under
 A run resumes across a change unless the checkpoint no longer fits or no longer means the same:
 a model change that changes the weights' shapes or names (the parameter list of
 `estimate.parameter_shapes` differs), any change of `data.tokenizer` (other token ids) or of the
-resolved vocabulary size, and a change of the optimizer's kind (its saved state has another
-layout). Model changes that keep every shape (RoPE theta or scaling, a sliding window, norm eps,
+resolved vocabulary size, a change of the optimizer's kind (its saved state has another
+layout), and a change of train.finetune that changes what trains (its method, or the trained
+parameters' names or shapes: a fine-tuning checkpoint holds those alone); a fine-tuning change
+that keeps them (alpha, rslora, a QLoRA format) resumes with a warning, its dropout and init silently. Model changes that keep every shape (RoPE theta or scaling, a sliding window, norm eps,
 a norm or attention kind with the same parameters) resume with a warning: the weights load but
 compute differently. Dropout (the model's and the MLP's), compile, init and max_seq_len (without learned positions) resume
 silently, as do schedule, budget, mixture, curriculum, batch, interval, evaluation, checkpoint,
@@ -34,6 +36,7 @@ COMPUTE_ONLY = ("model.position.theta", "model.position.scaling", "model.block.a
 RESHAPES = "reshapes the weights, so a checkpoint does not load"
 RETOKENIZES = "changes the tokenizer, so the checkpoint learned other token ids"
 NEW_OPTIMIZER = "changes the optimizer, whose saved state has another layout"
+RETRAINS = "changes what trains, so the checkpoint's trained parameters and optimizer state do not fit"
 COMPUTES_DIFFERENTLY = "the weights compute differently (the loss may jump)"
 
 
@@ -69,7 +72,7 @@ def resume_compatibility(a: Spec, b: Spec) -> tuple[bool, list[str]]:
 def _resume_checks(a: Spec, b: Spec) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(breaks, warnings): (path, why) for the changes a run cannot resume across, and for those
     it resumes across with weights that compute differently."""
-    from .estimate import parameter_shapes
+    from .estimate import parameter_shapes, trainable_shapes
 
     breaks, warnings = [], []
     if a.vocab_size != b.vocab_size:
@@ -77,6 +80,8 @@ def _resume_checks(a: Spec, b: Spec) -> tuple[list[tuple[str, str]], list[tuple[
     vocab = a.vocab_size or b.vocab_size or 1  # the same on both sides: shapes apart from the vocabulary
     reshaped = parameter_shapes(a.model, vocab) != parameter_shapes(b.model, vocab)
     learned = "learned" in (a.model.position.kind, b.model.position.kind)
+    methods = [spec.train.finetune.kind if spec.train.finetune else None for spec in (a, b)]
+    retrained = methods[0] != methods[1] or trainable_shapes(a, vocab) != trainable_shapes(b, vocab)
     for path in changed_paths(a, b):
         if path.startswith("model."):
             if path == "model.vocab_size" or path.startswith(SILENT_MODEL_PATHS):
@@ -91,6 +96,11 @@ def _resume_checks(a: Spec, b: Spec) -> tuple[list[tuple[str, str]], list[tuple[
             breaks.append((path, RETOKENIZES))
         elif path == "train.optimizer.kind":
             breaks.append((path, NEW_OPTIMIZER))
+        elif path.startswith("train.finetune"):
+            if retrained:
+                breaks.append((path, RETRAINS))
+            elif not path.endswith((".dropout", ".init")):
+                warnings.append((path, COMPUTES_DIFFERENTLY))
     return breaks, warnings
 
 

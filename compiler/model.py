@@ -18,9 +18,14 @@ Parameter names (stable: the runtime saves safetensors by them, the plan counts 
                                               embed.weight); state_dict() has both names, one tensor
 
 Biases exist only where the spec asks for them. Build with `tabula.compiler.build_model(spec)`.
+A fine-tuning method (compiler/adapters.py apply_finetune) adds names: LoRA and DoRA move an adapted
+module's weights to `<module>.base_layer.weight` beside `<module>.lora_A.default.weight`, `lora_B`
+(and DoRA's `lora_magnitude_vector`); prompt and prefix tuning add `virtual_tokens.encoder.*`.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +38,10 @@ from tabula.schemas.model import Model as ModelSpec
 from .blocks import build_attention, build_mlp, build_norm, build_position
 from .blocks.attention import attention_mask
 from .blocks.init import WeightInit
+
+if TYPE_CHECKING:
+    from .adapters import Applied
+    from .virtual_tokens import VirtualTokens
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -55,8 +64,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.checkpoint_activations = False  # set by compile.apply_activation_checkpointing
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, prefix))
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x  # (B, T, C)
 
@@ -74,6 +84,11 @@ class Transformer(nn.Module):
       -> logits (B, T, vocab), or (logits, loss) with targets (mean cross-entropy over
          targets != -100). With document_ids, tokens attend only within their document
          (positions keep counting across documents, as in Llama 3's document masking).
+
+    Prompt and prefix tuning (compiler/adapters.py) set `virtual_tokens`: n positions before every
+    sequence, seen by every token. Prompt tuning's are embeddings the blocks run over (positions
+    0..n-1, the tokens n..n+T-1); prefix tuning's are each layer's keys and values, and the tokens'
+    positions start at n, as peft's prefixes sit in a Hugging Face model's KV cache.
     """
 
     def __init__(self, spec: ModelSpec, vocab_size: int) -> None:
@@ -93,35 +108,53 @@ class Transformer(nn.Module):
             # A module of its own even when tied, so that sharded engines (ZeRO-3) gather the
             # weight around the head's forward as they do around the embedding's.
             self.lm_head.weight = self.embed.weight
-        self._masks: dict[tuple[int, torch.device], torch.Tensor | None] = {}
+        self._masks: dict[tuple[int, torch.device, int], torch.Tensor | None] = {}
         self.loss_fn = cross_entropy  # compile.apply_compile may swap in a compiled copy
+        # Set by compiler/adapters.apply_finetune: what the fine-tuning method changed (None: nothing), and
+        # prompt or prefix tuning's virtual tokens (compiler/virtual_tokens.py).
+        self.finetune: Applied | None = None
+        self.virtual_tokens: VirtualTokens | None = None
 
     def forward(
         self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, document_ids: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        T = input_ids.size(1)
-        if T > self.max_seq_len:
-            raise ValueError(f"sequence of {T} tokens is longer than max_seq_len ({self.max_seq_len})")
-        x, rope = self.pos_embed(self.embed(input_ids))  # (B, T, C), RoPE's (cos, sin) or None
+        T, n = input_ids.size(1), self.n_virtual
+        if T + n > self.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens{f' and {n} virtual tokens' if n else ''} is longer than max_seq_len ({self.max_seq_len})")
+        x, prefix = self.embed(input_ids), None  # (B, T, C)
+        if self.virtual_tokens is not None:
+            # prompt tuning: (B, n + T, C), no prefix; prefix tuning: x, each layer's (keys, values) (B, n_kv, n, hs)
+            x, prefix = self.virtual_tokens(x)
+        x, rope = self.pos_embed(x, offset=n if prefix is not None else 0)  # RoPE's (cos, sin) or None
         mask = self.attention_mask(T, document_ids, input_ids.device)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            layer_prefix = prefix[i] if prefix is not None else None
             if block.checkpoint_activations and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, mask, use_reentrant=False)
+                x = checkpoint(block, x, rope, mask, layer_prefix, use_reentrant=False)
             else:
-                x = block(x, rope, mask)
-        x = self.norm(x)
+                x = block(x, rope, mask, layer_prefix)
+        x = self.norm(x[:, -T:])  # a prompt's virtual positions predict nothing
         logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits
         return logits, self.loss_fn(logits, targets)
 
+    @property
+    def n_virtual(self) -> int:
+        """Virtual token positions before every sequence (prompt or prefix tuning), else 0."""
+        return 0 if self.virtual_tokens is None else self.virtual_tokens.n
+
     def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-        """The mask every block shares: None (plain causal), or a boolean mask cached per length."""
+        """The mask every block shares: None (plain causal), or a boolean mask cached per length. With
+        virtual tokens, its keys include them (seen by every token) and its queries are the prompt's
+        virtual tokens and the sequence, or the sequence alone after a prefix."""
+        n = self.n_virtual
+        prefix_only = n > 0 and self.virtual_tokens.keys_only
         if document_ids is not None or torch.compiler.is_compiling():
-            return attention_mask(seq_len, self.window, document_ids, device)
-        key = (seq_len, device)
+            return attention_mask(seq_len, self.window, document_ids, device, virtual=n, keys_only=prefix_only)
+        key = (seq_len, device, n)
         if key not in self._masks:
-            self._masks[key] = attention_mask(seq_len, self.window, None, device)
+            self._masks[key] = attention_mask(seq_len, self.window, None, device, virtual=n, keys_only=prefix_only)
         return self._masks[key]
 
     # ------------------------------------------------------------ weights
@@ -156,12 +189,12 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation: (B, T) prompt ids -> (B, T + max_new_tokens) ids. No KV cache; the
-        context is cropped to the last max_seq_len tokens. Runs in eval mode, then restores it."""
+        context is cropped to the last max_seq_len tokens (less the virtual tokens). Runs in eval mode, then restores it."""
         was_training = self.training
         self.eval()
         ids = input_ids
         for _ in range(max_new_tokens):
-            logits = self(ids[:, -self.max_seq_len :])
+            logits = self(ids[:, -(self.max_seq_len - self.n_virtual) :])
             ids = torch.cat([ids, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
         self.train(was_training)
         return ids

@@ -141,7 +141,7 @@ def make_plan(
         )
 
     spans = _spans(spec, budget, notes)
-    errors = _indivisible(spec, world, [seq_len for _, _, _, seq_len, _ in spans])
+    errors = _indivisible(spec, world, [seq_len for _, _, _, seq_len, _ in spans]) + _finetune_refusals(spec, device_type)
     if errors:
         raise _errors(spec, errors)
     stages = []
@@ -170,6 +170,22 @@ def make_plan(
         device_type=device_type,
         notes=tuple(notes),
     )
+
+
+def _finetune_refusals(spec: Spec, device_type: str) -> list[tuple]:
+    """QLoRA's 4-bit base needs bitsandbytes on a CUDA GPU, in one process (its 4-bit weights are not
+    ZeRO's to partition): elsewhere it is refused before anything runs."""
+    finetune = spec.train.finetune
+    if finetune is None or finetune.kind != "qlora":
+        return []
+    path = ("train", "finetune", "kind")
+    if device_type != "cuda":
+        return [(path, f"qlora holds the base in 4 bits with bitsandbytes, which needs a CUDA GPU; this plan is for {device_type} "
+                       "(kind: lora trains the same adapters over the full-precision base)", "lora, dora (or a CUDA GPU)", "qlora")]
+    if spec.parallel.backend == "deepspeed":
+        return [(path, "qlora runs on the local engine (parallel.backend: local): DeepSpeed does not partition 4-bit weights",
+                 "parallel.backend: local", "deepspeed")]
+    return []
 
 
 def _vocab_size(spec: Spec, tokenizer_size: int | None) -> int:

@@ -1,13 +1,15 @@
 """The model a run trains and the engine around it, built in one place for every engine.
 
+    build_base_model(spec, vocab_size, device) -> Transformer
     build_training_model(spec, plan, device) -> Transformer
     build_local_engine(spec, plan, device) -> LocalEngine
     build_deepspeed_engine(spec, plan, *, errors_dir=None) -> (DeepSpeedEngine, parameters)
 
 The training model is built on the meta device, materialised on `device` with the spec's seed (the
 same weights on every rank), given its pretrained weights where model.init is `from` (every rank reads
-them: runtime/pretrained.py), then activation checkpointing and compilation are applied as the spec
-says, in that order (compiler/compile.py: checkpointing before compile). Both engines take the model from
+them: runtime/pretrained.py): the base. Then `train.finetune` is applied (compiler/adapters.py: peft's
+adapters, or frozen parameters), then activation checkpointing and compilation as the spec says, in
+that order (compiler/compile.py: checkpointing before compile). Both engines take the model from
 `build_training_model`, so a policy is never applied on one engine and skipped on the other.
 """
 
@@ -27,21 +29,34 @@ if TYPE_CHECKING:
     from .engine import LocalEngine
 
 
-def build_training_model(spec: Spec, plan: Plan, device: torch.device) -> Transformer:
-    """The spec's model on `device`, initialised with `spec.seed` (or loaded from model.init's pretrained
-    weights), with `parallel.activation_checkpointing` applied and compiled as the plan decided
-    (`plan.compile`; compilation itself happens at the first forward). Raises RunInputError where
-    pretrained weights do not fit."""
-    from tabula.compiler import apply_activation_checkpointing, apply_compile, build_model
+def build_base_model(spec: Spec, vocab_size: int, device: torch.device | str) -> Transformer:
+    """The spec's model on `device` before any fine-tuning method touches it, initialised with `spec.seed`
+    or loaded from model.init's pretrained weights: what a fine-tuning checkpoint, which holds the trained
+    parameters alone, is loaded over (runtime/checkpoint.py). Raises RunInputError where pretrained
+    weights do not fit."""
+    from tabula.compiler import build_model
 
-    from .compile_watch import use_compile_cache
-
-    model = build_model(spec, vocab_size=plan.vocab_size)
+    model = build_model(spec, vocab_size=vocab_size)
     model.materialize(device, spec.seed)
     if spec.model.init.kind == "from":
         from .pretrained import load_pretrained
 
         load_pretrained(model, spec)
+    return model
+
+
+def build_training_model(spec: Spec, plan: Plan, device: torch.device) -> Transformer:
+    """The base model on `device` (build_base_model) with `train.finetune` and
+    `parallel.activation_checkpointing` applied, compiled as the plan decided (`plan.compile`; compilation
+    itself happens at the first forward)."""
+    from tabula.compiler import apply_activation_checkpointing, apply_compile
+    from tabula.compiler.adapters import apply_finetune
+
+    from .compile_watch import use_compile_cache
+
+    model = build_base_model(spec, plan.vocab_size, device)
+    # fine-tuning: adapters (peft) or frozen parameters, over the base and before checkpointing and compile
+    apply_finetune(model, spec.train.finetune, seed=spec.seed, precision=plan.precision, model_spec=spec.model)
     parallel = spec.parallel
     apply_activation_checkpointing(model, parallel.activation_checkpointing, parallel.checkpoint_every_n)
     use_compile_cache(plan.compile)  # before anything compiles: the persistent cache in the tabula cache folder

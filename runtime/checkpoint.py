@@ -1,7 +1,10 @@
 """Checkpoints: written whole or not at all, checked, pruned by `keep_last` and `keep_best_by`, and loaded back.
 
 A checkpoint is a folder `checkpoints/step-000500/`:
-  model.safetensors   consolidated weights (tied weights stored once; the aliases in its metadata)
+  model.safetensors   consolidated weights (tied weights stored once; the aliases in its metadata); under a
+                      fine-tuning method that froze part of the model, the trained parameters alone, with
+                      the method and the frozen base's fingerprint in its metadata (the base comes from the
+                      spec: its seed, its weights' source), so no checkpoint repeats the base
   optimizer.pt ...    whatever the engine's `save` writes besides (DeepSpeed: deepspeed/ with every rank's shards)
   rng-rank0.json      python / numpy / torch (and CUDA) generator states of each rank
   state.json          the loop's progress: step, tokens, sampler state, best val loss ...
@@ -37,6 +40,7 @@ from tabula.schemas.rundir_protocol import CHECKPOINTS_DIR, RESOLVED_FILE, WEIGH
 
 from .data.cache import fsync_path
 from .integrity import STATE_FILE, check_checkpoint, write_checksums
+from .trained_weights import check_finetune, finetune_record, saved_names, weights_metadata
 
 # what a refused write raises: the OS's error, torch.save's ("unexpected pos 201728 vs 201616", "file write
 # failed"), safetensors' own
@@ -68,9 +72,9 @@ class CheckpointWriteError(CheckpointError):
 # ---------------------------------------------------------------- weights
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write weights as safetensors; tensors sharing storage (tied embeddings) are stored once and the
-    other names recorded as aliases in the metadata."""
+    other names recorded as aliases in the metadata. `metadata`: more string entries (`weights_metadata`)."""
     seen: dict[tuple, str] = {}
     tensors, aliases = {}, {}
     for name, tensor in state_dict.items():
@@ -80,7 +84,7 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
             continue
         seen[key] = name
         tensors[name] = tensor.detach().contiguous().cpu()
-    save_file(tensors, str(path), metadata={"aliases": json.dumps(aliases)})
+    save_file(tensors, str(path), metadata={**(metadata or {}), "aliases": json.dumps(aliases)})
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -94,8 +98,20 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Copy the weights in `path` into `model` (in place, strict: every name must match)."""
-    model.load_state_dict(read_weights(path), strict=True)
+    """Copy the weights in `path` into `model` (in place). Every name must match; a fine-tuning checkpoint's
+    (`finetune_record`) must be the model's trainable parameters, over the same base (CheckpointError)."""
+    state = read_weights(path)
+    names = saved_names(model)
+    if names is None and finetune_record(path) is None:
+        model.load_state_dict(state, strict=True)
+        return
+    check_finetune(model, path)
+    missing, unexpected = sorted(set(names or ()) - state.keys()), sorted(state.keys() - set(names or ()))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the trained parameters differ from the model's: "
+                              + "; ".join(f"{what} {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}"
+                                          for what, found in (("missing", missing), ("unexpected", unexpected)) if found))
+    model.load_state_dict(state, strict=False)
 
 
 # ---------------------------------------------------------------- random generators
@@ -424,17 +440,38 @@ def find_checkpoint(path: Path) -> Path:
     return selection.required(path)
 
 
+def load_trained_model(spec, checkpoint: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model `spec` trained, with the weights of `checkpoint` (a folder), on `device`. A fine-tuning
+    checkpoint holding the trained parameters alone is loaded over the spec's base with its method applied
+    as it was trained (adapters unmerged; QLoRA's base unquantised). Raises CheckpointError."""
+    from tabula.compiler.adapters import apply_finetune
+
+    from .build import build_base_model
+
+    try:
+        vocab_size = read_state(checkpoint).get("vocab_size")
+    except (OSError, ValueError):  # no state.json (weights written by hand): the embedding says it
+        vocab_size = None
+    if vocab_size is None:
+        with safe_open(str(Path(checkpoint) / WEIGHTS_FILE), framework="pt") as handle:
+            vocab_size = handle.get_slice("embed.weight").get_shape()[0]
+    model = build_base_model(spec, vocab_size, device)
+    if finetune_record(Path(checkpoint) / WEIGHTS_FILE) is not None:
+        apply_finetune(model, spec.train.finetune, seed=spec.seed, model_spec=spec.model, quantize=False)
+    load_weights(model, Path(checkpoint) / WEIGHTS_FILE)
+    return model
+
+
 def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The trained model of a run folder (its newest checkpoint) or of one checkpoint folder, on `device`,
-    in eval mode. The architecture comes from the run's resolved.yaml."""
-    from tabula.compiler import build_model
+    in eval mode. The architecture comes from the run's resolved.yaml. LoRA and DoRA adapters are merged
+    into the weights (tabula's plain parameter names); prompt and prefix tuning's virtual tokens stay."""
+    from tabula.compiler.adapters import merge_adapters
     from tabula.schemas.loader import load_spec
 
     checkpoint = find_checkpoint(Path(run_dir_or_checkpoint))
-    run_dir = checkpoint.parent.parent
-    spec = load_spec(run_dir / RESOLVED_FILE)
-    state = read_state(checkpoint)
-    model = build_model(spec, vocab_size=state.get("vocab_size"))
-    model.materialize(device, spec.seed)
-    load_weights(model, checkpoint / WEIGHTS_FILE)
+    spec = load_spec(checkpoint.parent.parent / RESOLVED_FILE)
+    model = load_trained_model(spec, checkpoint, device)
+    if model.finetune is not None:
+        merge_adapters(model)
     return model.eval()

@@ -50,8 +50,9 @@ class Console:
         resumed = f", resumed from {e['resumed_from']} at step {e['step']}" if e.get("resumed_from") else ""
         compiled = e.get("compile") or {}
         how = f"; {compiled['summary']}: {compiled['reason']}" if compiled.get("summary") else ""
+        trained = f" ({parameters(e['trainable_parameters'])} trained, {e['finetune']})" if e.get("finetune") else ""
         self._print(
-            f"{e['run_name']}: {parameters(e['parameters'])} parameters, {e['precision']} on {e['device']}"
+            f"{e['run_name']}: {parameters(e['parameters'])} parameters{trained}, {e['precision']} on {e['device']}"
             f" (x{e['world_size']}), {e['total_steps']} steps of {count(e['total_tokens'] / max(1, e['total_steps']))} tokens"
             f" = {count(e['total_tokens'])} tokens; {stages}{resumed}{how}"
         )

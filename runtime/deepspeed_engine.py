@@ -188,14 +188,16 @@ class DeepSpeedEngine:
     def save(self, checkpoint_dir):
         from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
 
-        from .checkpoint import save_weights
+        from .checkpoint import save_weights, saved_names, weights_metadata
 
         folder = Path(checkpoint_dir) / DS_DIR
+        names = saved_names(self.model)  # under a fine-tuning method with a frozen base: the trained parameters alone
         # the universal-checkpoint info is what lets ds_to_universal convert this checkpoint later
-        self.ds.save_checkpoint(str(folder), tag=TAG, client_state={UNIVERSAL_CHECKPOINT_INFO: {}}, save_latest=False)
-        weights = self.consolidated_state_dict()
+        self.ds.save_checkpoint(str(folder), tag=TAG, client_state={UNIVERSAL_CHECKPOINT_INFO: {}}, save_latest=False,
+                                exclude_frozen_parameters=names is not None)
+        weights = self.consolidated_state_dict(names)
         if self.is_main:
-            save_weights(weights, Path(checkpoint_dir) / WEIGHTS_FILE)
+            save_weights(weights, Path(checkpoint_dir) / WEIGHTS_FILE, weights_metadata(self.model))
             with open(folder / LAYOUT_FILE, "w", encoding="utf-8") as handle:
                 json.dump(self.layout(), handle, indent=1)
         self.barrier()
@@ -204,11 +206,16 @@ class DeepSpeedEngine:
     def load(self, checkpoint_dir):
         from . import reshard
 
+        from .checkpoint import check_finetune, saved_names
+
         folder = Path(checkpoint_dir) / DS_DIR
+        check_finetune(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)  # the same method over the same base
         saved = reshard.read_layout(Path(checkpoint_dir))
         move = reshard.describe_move(saved, self.stage, self.world_size)
         if not move.changes:
-            self.ds.load_checkpoint(str(folder), tag=TAG, load_lr_scheduler_states=False)
+            # a fine-tuning checkpoint holds no frozen parameter: the base is the one built from the spec
+            self.ds.load_checkpoint(str(folder), tag=TAG, load_lr_scheduler_states=False,
+                                    load_module_strict=saved_names(self.model) is None)
         else:
             universal = reshard.universal_folder(Path(checkpoint_dir))
             if not universal.is_dir():
@@ -230,17 +237,24 @@ class DeepSpeedEngine:
         self._micro = 0
 
     @collective
-    def consolidated_state_dict(self):
-        """Full fp32 weights keyed like `model.state_dict()` on rank 0 ({} elsewhere). Collective: under
-        ZeRO each parameter's fp32 master copy is gathered from its shards."""
+    def consolidated_state_dict(self, names=None):
+        """Full fp32 weights keyed like `model.state_dict()` on rank 0 ({} elsewhere); `names`: only these
+        entries (the others are not gathered). Collective: under ZeRO each parameter's fp32 master copy is
+        gathered from its shards; a frozen parameter has none, ZeRO-3 gathers its partitions."""
         from deepspeed.utils import safe_get_full_fp32_param
+        from deepspeed.runtime.zero import GatheredParameters
 
         gathered: dict[int, torch.Tensor] = {}
         out = {}
         for name, tensor in self.model.state_dict(keep_vars=True).items():
+            if names is not None and name not in names:
+                continue
             key = id(tensor)
             if key not in gathered:
                 full = safe_get_full_fp32_param(tensor) if isinstance(tensor, nn.Parameter) else None
+                if full is None and hasattr(tensor, "ds_id"):  # a frozen ZeRO-3 parameter: gather its partitions
+                    with GatheredParameters([tensor]):
+                        full = tensor.detach().clone()
                 gathered[key] = (tensor if full is None else full).detach().to("cpu", torch.float32)
             out[name] = gathered[key]  # tied names share one tensor: stored once, the other as an alias
         return out if self.is_main else {}

@@ -61,15 +61,17 @@ class Engine(Protocol):
     def save(self, checkpoint_dir: Path) -> None:
         """Write model and optimizer state (whatever `load` needs) into an existing folder; rank 0 also
         writes the consolidated weights as `WEIGHTS_FILE` (checkpoint.save_weights), which
-        `tabula.load_model` and `tabula export` read. Collective."""
+        `tabula.load_model` and `tabula export` read: under a fine-tuning method that froze part of the
+        model, the trainable parameters alone (`checkpoint.saved_names`, `weights_metadata`). Collective."""
         ...
 
     def load(self, checkpoint_dir: Path) -> None:
         """Restore what `save` wrote, exactly (bit-identical continuation on the CPU)."""
         ...
 
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full model weights on the CPU, keyed like `model.state_dict()` (empty on ranks other than 0)."""
+    def consolidated_state_dict(self, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+        """The full model weights on the CPU, keyed like `model.state_dict()` (empty on ranks other than 0);
+        `names`: only these entries (the others are not gathered)."""
         ...
 
     def barrier(self) -> None: ...
@@ -199,9 +201,10 @@ class LocalEngine:
     # ------------------------------------------------------------------ state
 
     def save(self, checkpoint_dir: Path) -> None:
-        from .checkpoint import save_weights
+        from .checkpoint import save_weights, saved_names, weights_metadata
 
-        save_weights(self.consolidated_state_dict(), Path(checkpoint_dir) / WEIGHTS_FILE)
+        weights = self.consolidated_state_dict(saved_names(self.model))
+        save_weights(weights, Path(checkpoint_dir) / WEIGHTS_FILE, weights_metadata(self.model))
         state = {"optimizer": self.optimizer.state_dict()}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
@@ -216,8 +219,8 @@ class LocalEngine:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: tensor.detach().to("cpu") for name, tensor in self.model.state_dict().items()}
+    def consolidated_state_dict(self, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().to("cpu") for name, tensor in self.model.state_dict().items() if names is None or name in names}
 
     # ------------------------------------------------------------------ collectives (one rank: trivial)
 

@@ -27,6 +27,7 @@ from tabula.compiler.estimate import flops_per_token
 
 from tabula.schemas import rundir_protocol as ctl
 from .compile_watch import CompileLog, eager_unless
+from . import trained_weights
 from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
 from .data.errors import DataError
 from .events import EventWriter
@@ -311,6 +312,7 @@ class Trainer:
 
     def start_event(self, resumed_from: Path | None, parameters: int) -> None:
         plan = self.plan
+        applied = trained_weights.applied(self.engine.model)  # what train.finetune changed (compiler/adapters.py), or None
         self.emit(
             "start",
             run_name=self.run.name,
@@ -320,6 +322,8 @@ class Trainer:
             device=str(self.engine.device),
             precision=self.engine.precision,
             parameters=parameters,
+            trainable_parameters=applied.trainable if applied is not None else parameters,
+            finetune=applied.method if applied is not None else None,
             total_steps=plan.total_steps,
             total_tokens=plan.total_tokens,
             stages=[{"index": s.index, "until_tokens": s.end_tokens, "seq_len": s.seq_len, "mix": s.mix} for s in plan.stages],

@@ -147,6 +147,12 @@ def _ensure_universal(checkpoint_dir: Path, layout: dict, move: Move) -> None:
     target = universal_folder(checkpoint_dir)
     if target.is_dir():
         return
+    from .checkpoint import WEIGHTS_FILE, finetune_record
+
+    weights = checkpoint_dir / WEIGHTS_FILE
+    if weights.is_file() and finetune_record(weights) is not None:
+        raise ReshardError(f"{move.text}: a fine-tuning checkpoint (its trained parameters alone, over a frozen base) resumes on "
+                           f"the layout it was saved with; resume it there, or start a new run from tabula.load_model's weights")
     if move.from_stage == 0 and layout.get("precision", "fp32") != "fp32":
         raise ReshardError(
             f"{move.text}: a ZeRO-0 {layout['precision']} checkpoint keeps its fp32 master weights and optimizer "

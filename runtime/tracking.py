@@ -2,7 +2,8 @@
 records them. Rank 0 only; `track.aim.enabled: false` skips it entirely.
 
 Recorded: the resolved spec as params (`run["spec"]`), spec hash, git commit and tags as run
-properties, train metrics (loss, lr, grad_norm, tokens_per_s, mfu, memory, tokens) with context
+properties, the parameters, trainable parameters and fine-tuning method (`train.finetune.kind` or None)
+of the `start` event as hparams, train metrics (loss, lr, grad_norm, tokens_per_s, mfu, memory, tokens) with context
 `{"subset": "train"}`, validation loss and perplexity with `{"subset": "val"}`, samples as text.
 A resumed run continues the same Aim run (its hash is kept in manifest.json).
 """
@@ -121,7 +122,11 @@ class AimTracker:
         import aim
 
         kind, step = event["kind"], event["step"]
-        if kind == "train":
+        if kind == "start":  # hparams beside the spec: the model's size and what a fine-tuning method trains of it
+            run["parameters"] = event.get("parameters")
+            run["trainable_parameters"] = event.get("trainable_parameters")
+            run["finetune"] = event.get("finetune")
+        elif kind == "train":
             context = {"subset": "train"}
             for name in TRAIN_METRICS:
                 value = event.get(name)

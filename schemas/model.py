@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SpecModel, field_error
+from .blocks.costs import Shapes
 from .blocks.attention import GQA, MHA, MQA, AttentionBias, AttentionDims, AttentionSpec
 from .blocks.mla import MLA, LatentAttentionBias
 from .blocks.mlp import GeluMLP, MLPSpec, SwigluMLP
@@ -112,3 +113,21 @@ class Model(SpecModel):
     def rotary_dim(self) -> int:
         """Width RoPE rotates in each query/key head (the head width; MLA's rope_head_dim)."""
         return self.attention_dims.rotary_dim
+
+    def parameter_shapes(self, vocab_size: int) -> Shapes:
+        """(name, shape) of every parameter `build_model` registers, in its order and with its names
+        (compiler/model.py's docstring lists them), as each kind reports its own. A tied output head
+        is not listed twice. Names do not depend on `vocab_size`."""
+        d, block = self.d_model, self.block
+        shapes: Shapes = [("embed.weight", (vocab_size, d))]
+        shapes += self.position.parameter_shapes("pos_embed.", d, self.max_seq_len)
+        for i in range(self.n_layers):
+            prefix = f"blocks.{i}."
+            shapes += block.norm.parameter_shapes(prefix + "attn_norm.", d)
+            shapes += block.attention.parameter_shapes(prefix + "attn.", d)
+            shapes += block.norm.parameter_shapes(prefix + "mlp_norm.", d)
+            shapes += block.mlp.parameter_shapes(prefix + "mlp.", d)
+        shapes += block.norm.parameter_shapes("norm.", d)
+        if not self.tie_embeddings:
+            shapes.append(("lm_head.weight", (vocab_size, d)))
+        return shapes

@@ -53,8 +53,10 @@ def is_run_folder(path: str | os.PathLike[str]) -> bool:
 # tokens seen); each kind adds these fields. A session of a run (its first start, or a resume)
 # begins with `start`; a run that ends in order writes `end` last.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
-    "start": ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters", "total_steps",
-              "total_tokens", "stages", "resumed_from", "compile"),
+    # finetune: train.finetune's kind or null; trainable_parameters: those the optimizer updates (all of
+    # `parameters` without a fine-tuning method; adapters included in both with one)
+    "start": ("run_name", "spec_hash", "backend", "world_size", "device", "precision", "parameters", "trainable_parameters",
+              "finetune", "total_steps", "total_tokens", "stages", "resumed_from", "compile"),
     # skipped: steps of the interval whose update was refused (a non-finite loss or gradient); loss is
     # the mean over the others (null when every step was skipped)
     "train": ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage", "skipped"),

@@ -10,6 +10,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from .base import SpecModel, field_error
 from .data import Data, _TrainedTokenizer
 from .limits import MAX_LAYERS, MAX_TENSOR_ELEMENTS, elements, weight_shapes
+from .finetune import virtual_tokens
 from .model import Model
 from .parallel import Parallel
 from .track import Track
@@ -83,6 +84,7 @@ class Spec(SpecModel):
                 ("parallel", "checkpoint_every_n"),
                 f"checkpoint_every_n ({self.parallel.checkpoint_every_n}) exceeds model.n_layers ({self.model.n_layers})",
             )
+        self._finetune_fits()
         return self
 
     @model_validator(mode="after")
@@ -104,6 +106,23 @@ class Spec(SpecModel):
             raise field_error(("model", "n_layers"), f"{self.model.n_layers} blocks of about {per_block:.3g} weights each are more than "
                                                      f"the {MAX_TENSOR_ELEMENTS + 1:.3g} float32 elements a run's flat buffers can hold (2**63 bytes)")
         return self
+
+    def _finetune_fits(self) -> None:
+        """train.finetune's globs name the model's parameters, its method fits the attention, and its
+        virtual tokens fit in model.max_seq_len beside every stage's sequences."""
+        finetune = self.train.finetune
+        if finetune is None:
+            return
+        finetune.check(self.model, self.model.parameter_shapes(self.vocab_size or 1))
+        extra = virtual_tokens(finetune)
+        seq_len = self.model.max_seq_len  # the first stage's default; later ones carry over
+        for index, stage in enumerate(self.data.curriculum):
+            seq_len = stage.seq_len or seq_len
+            if extra and seq_len + extra > self.model.max_seq_len:
+                path = ("data", "curriculum", index, "seq_len") if stage.seq_len else ("train", "finetune", "virtual_tokens")
+                raise field_error(path, f"sequences of {seq_len} tokens and {extra} virtual tokens exceed model.max_seq_len "
+                                        f"({self.model.max_seq_len}): set data.curriculum.{index}.seq_len to at most "
+                                        f"{self.model.max_seq_len - extra}")
 
     @property
     def vocab_size(self) -> int | None:

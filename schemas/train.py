@@ -1,4 +1,5 @@
-"""The `train:` section: batch, optimizer, schedule, budget, evaluation, checkpoints."""
+"""The `train:` section: batch, optimizer, schedule, budget, evaluation, checkpoints, fine-tuning
+(its methods in finetune.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import SpecModel, field_error
+from .finetune import Finetune
 from .limits import MAX_BATCH_TOKENS
 from .quantities import Fraction, PositiveTokenCount
 
@@ -165,6 +167,14 @@ class Train(SpecModel):
         description=(
             "With on_nonfinite: skip, this many refused updates in a row end the run as failed (exit 3) at its last good "
             "checkpoint: a run whose every batch is skipped (a learning rate far too high) trains nothing."
+        ),
+    )
+    finetune: Finetune | None = Field(
+        default=None,
+        description=(
+            "Adapt the model instead of training all of it: lora, dora, qlora, prompt_tuning, prefix_tuning (peft's "
+            "methods; the base frozen, checkpoints hold the trained weights only), or full with frozen parameters. "
+            "null trains every parameter."
         ),
     )
 

@@ -75,6 +75,8 @@ class RunState:
     device: str | None = None
     precision: str | None = None
     parameters: int | None = None
+    trainable_parameters: int | None = None
+    finetune: str | None = None  # train.finetune's method, or None
     total_steps: int | None = None
     total_tokens: int | None = None
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -151,10 +153,10 @@ class RunState:
             handler(self, event, time or 0.0)
 
     def _on_start(self, event: dict[str, Any], time: float) -> None:
-        for name in ("run_name", "spec_hash", "backend", "device", "precision", "resumed_from"):
+        for name in ("run_name", "spec_hash", "backend", "device", "precision", "resumed_from", "finetune"):
             if name in event:
                 setattr(self, name, _text(event[name]))
-        for name in ("world_size", "parameters", "total_steps", "total_tokens"):
+        for name in ("world_size", "parameters", "trainable_parameters", "total_steps", "total_tokens"):
             if name in event:
                 setattr(self, name, _int(event[name]))
         stages = event.get("stages")

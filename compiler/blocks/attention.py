@@ -38,24 +38,33 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
-def attention_mask(seq_len: int, window: int | None, document_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+def attention_mask(seq_len: int, window: int | None, document_ids: torch.Tensor | None, device: torch.device, *,
+                   virtual: int = 0, keys_only: bool = False) -> torch.Tensor | None:
     """The boolean mask (True: may attend) for causal attention with an optional sliding window
     (each token sees itself and the window-1 tokens before it) and optional document ids (B, T)
     (tokens see only their own document). None where plain causal attention suffices.
-    Returns (T, T) or, with document ids, (B, 1, T, T)."""
-    windowed = window is not None and window < seq_len
-    if not windowed and document_ids is None:
+    Returns (T, T) or, with document ids, (B, 1, T, T).
+
+    `virtual` positions before the T tokens (prompt or prefix tuning) are keys every token may see,
+    whatever its document (the window still counts them); they are queries too unless `keys_only`
+    (a prefix). The mask is then (Q, n + T), Q = n + T or T (keys_only)."""
+    windowed = window is not None and window < seq_len + virtual
+    if not windowed and document_ids is None and not keys_only:
         return None
-    query = torch.arange(seq_len, device=device)[:, None]
-    key = torch.arange(seq_len, device=device)[None, :]
-    mask = key <= query  # (T, T)
+    total = virtual + seq_len
+    query = torch.arange(total, device=device)[:, None]
+    key = torch.arange(total, device=device)[None, :]
+    mask = key <= query  # (n + T, n + T)
     if windowed:
         assert window is not None  # as windowed says
         mask = mask & (query - key < window)
     if document_ids is not None:
-        same_document = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
-        mask = (mask & same_document)[:, None]  # (B, 1, T, T)
-    return mask
+        if virtual:  # virtual positions: a document of their own that every document sees
+            seen = torch.full((document_ids.size(0), virtual), -1, dtype=document_ids.dtype, device=device)
+            document_ids = torch.cat([seen, document_ids], dim=1)
+        same_document = (document_ids[:, :, None] == document_ids[:, None, :]) | (key < virtual)  # (B, n + T, n + T)
+        mask = (mask & same_document)[:, None]  # (B, 1, n + T, n + T)
+    return mask[..., virtual:, :] if keys_only else mask
 
 
 class AttentionToHF(HFMapping):
@@ -165,7 +174,7 @@ class CausalSelfAttention(nn.Module):
     """Parameters `q_proj`, `k_proj`, `v_proj`, `o_proj` (and `q_norm`, `k_norm` with QK-norm);
     one class for mha, gqa and mqa, which differ only in their number of key/value heads.
 
-    forward(x (B, T, C), rope (cos, sin) or None, mask) -> (B, T, C)."""
+    forward(x (B, T, C), rope (cos, sin) or None, mask, prefix (keys, values) or None) -> (B, T, C)."""
 
     hf = HeadsToHF()
 
@@ -194,13 +203,17 @@ class CausalSelfAttention(nn.Module):
             if isinstance(norm, RMSNorm):
                 norm.init_weights()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim))  # (B, T, nh, hs)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim))  # (B, T, n_kv, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.dropout if self.training else 0.0)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, T, hs)
+        if prefix is not None:  # prefix tuning: learned keys and values before the sequence's, (B, n_kv, n, hs)
+            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+        y = attend(q.transpose(1, 2), k, v, mask, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, nh * hs)
         return self.o_proj(y)

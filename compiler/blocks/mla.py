@@ -40,6 +40,7 @@ class LatentToHF(AttentionToHF):
 
     renames = {"q_proj": "q_proj", "q_down": "q_a_proj", "q_latent_norm": "q_a_layernorm", "q_up": "q_b_proj",
                "kv_latent_norm": "kv_a_layernorm", "kv_up": "kv_b_proj", "o_proj": "o_proj"}
+    stacked = {"kv_a_proj_with_mqa": ("kv_down", "k_rope")}
 
     reads = ("DeepseekV3ForCausalLM",)
 
@@ -78,13 +79,14 @@ class LatentToHF(AttentionToHF):
         }
 
     def tensors(self, spec: MLA, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rest = {name: tensor for name, tensor in state.items() if not name.startswith(("kv_down.", "k_rope."))}
+        [(joined, (latent, rope))] = self.stacked.items()
+        rest = {name: tensor for name, tensor in state.items() if not name.startswith((f"{latent}.", f"{rope}."))}
         out = super().tensors(spec, rest)
         for kind in ("weight", "bias"):
-            if f"kv_down.{kind}" in state:
-                if f"k_rope.{kind}" not in state:
-                    raise ExportError([f"kv_down.{kind} has no k_rope.{kind} to share kv_a_proj_with_mqa.{kind} with"])
-                out[f"kv_a_proj_with_mqa.{kind}"] = torch.cat([state[f"kv_down.{kind}"], state[f"k_rope.{kind}"]], dim=0)
+            if f"{latent}.{kind}" in state:
+                if f"{rope}.{kind}" not in state:
+                    raise ExportError([f"{latent}.{kind} has no {rope}.{kind} to share {joined}.{kind} with"])
+                out[f"{joined}.{kind}"] = torch.cat([state[f"{latent}.{kind}"], state[f"{rope}.{kind}"]], dim=0)
         return out
 
 
@@ -123,7 +125,7 @@ class LatentToHF(AttentionToHF):
 
 @ATTENTION.register("mla")
 class LatentAttention(nn.Module):
-    """forward(x (B, T, C), rope (cos, sin) of width rope_head_dim, mask) -> (B, T, C)."""
+    """forward(x (B, T, C), rope (cos, sin) of width rope_head_dim, mask, prefix (None)) -> (B, T, C)."""
 
     hf = LatentToHF()
 
@@ -166,7 +168,10 @@ class LatentAttention(nn.Module):
             return self.q_proj(x)
         return self.q_up(self.q_latent_norm(self.q_down(x)))  # through the (B, T, q_latent) latent
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if prefix is not None:
+            raise ValueError("prefix tuning needs keys and values of one width; MLA's differ (the spec check refuses it)")
         B, T, _ = x.shape
         H, nope, rope_dim = self.n_heads, self.nope_dim, self.rope_dim
         q = self.q_norm(self.queries(x).view(B, T, H, nope + rope_dim))  # (B, T, nh, qk)

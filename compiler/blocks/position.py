@@ -1,6 +1,7 @@
 """Positions: rotary embeddings (RoPE, with optional linear or NTK scaling), learned, none.
 
-Every kind is a module with the same call: forward(x (B, T, C)) -> (x, rope), where rope is the
+Every kind is a module with the same call: forward(x (B, T, C), offset=0) -> (x, rope) for the
+positions offset..offset+T-1 (offset: prefix tuning's virtual positions come first), where rope is the
 (cos, sin) tables attention rotates queries and keys by, or None. Learned positions are added to
 x; RoPE leaves x alone and hands attention its tables; none (NoPE) does neither: causal masking
 alone orders the tokens.
@@ -120,12 +121,12 @@ class Rope(nn.Module):
         self.cos.copy_(table.cos())
         self.sin.copy_(table.sin())
 
-    def tables(self, seq_len: int) -> Tables:
-        """(cos, sin), each (T, dim)."""
-        return self.cos[:seq_len], self.sin[:seq_len]
+    def tables(self, seq_len: int, offset: int = 0) -> Tables:
+        """(cos, sin) of positions offset..offset+seq_len-1, each (T, dim)."""
+        return self.cos[offset : offset + seq_len], self.sin[offset : offset + seq_len]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Tables]:
-        return x, self.tables(x.size(1))
+    def forward(self, x: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, Tables]:
+        return x, self.tables(x.size(1), offset)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -157,8 +158,8 @@ class LearnedPositions(nn.Module):
     def init_weights(self, init: WeightInit) -> None:
         init.weight_(self.weight, "weight", "embedding")
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return x + self.weight[: x.size(1)], None  # (B, T, C) + (T, C)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, None]:
+        return x + self.weight[offset : offset + x.size(1)], None  # (B, T, C) + (T, C)
 
 
 @POSITION.register("none")
@@ -174,5 +175,5 @@ class NoPositions(nn.Module):
     def init_weights(self, init: WeightInit | None = None) -> None:
         """Nothing to initialise."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def forward(self, x: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, None]:
         return x, None

@@ -1,7 +1,8 @@
 """Write a model in another library's format.
 
     tabula export SPEC --format hf --out DIR       the spec's model, seed-initialised
-    tabula export RUN_DIR --format hf --out DIR    the newest checkpoint of a run
+    tabula export RUN_DIR --format hf --out DIR    the newest checkpoint of a run (LoRA, DoRA merged)
+    tabula export RUN_DIR --format peft --out DIR  a fine-tuning run's adapter, and its base in DIR/base
 
 --format hf writes config.json, model.safetensors and the tokenizer (tokenizer.json,
 tokenizer_config.json) where there is one (a spec's tokenizer file, a run's tokenizer.json, or
@@ -12,7 +13,13 @@ reads these back. A model with no equivalent
 there is refused with what does not map, before anything is written.
 
 A run directory is read as the runtime writes it: resolved.yaml, tokenizer.json and
-checkpoints/step-NNNNNN/model.safetensors (the highest step is taken).
+checkpoints/step-NNNNNN/model.safetensors (the highest step is taken). A fine-tuning run's checkpoint
+holds its trained parameters alone: they are loaded over the base the spec builds (train.finetune).
+--format hf merges LoRA and DoRA adapters into the weights (peft's merge: what merge_and_unload gives);
+prompt and prefix tuning fold into no weight and export as peft only. --format peft writes
+adapter_config.json and adapter_model.safetensors, which peft.PeftModel.from_pretrained loads onto the
+base written beside them in DIR/base (the Hugging Face export of the model before fine-tuning; QLoRA's
+base in full precision), with the module names of transformers' architecture.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from pathlib import Path
 
 from tabula.schemas.rundir_protocol import CHECKPOINT_PREFIX, CHECKPOINTS_DIR, RESOLVED_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
-HELP = "export a spec's or a run's model in Hugging Face format"
+HELP = "export a spec's or a run's model in Hugging Face format, or a fine-tuning run's adapter for peft"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("source", metavar="SPEC|RUN_DIR", help="a spec file (seed-initialised weights) or a run directory (its newest checkpoint)")
     parser.add_argument("overrides", nargs="*", metavar="a.b=v", help="overrides for a spec, e.g. model.n_layers=2 (values are YAML)")
-    parser.add_argument("--format", choices=["hf"], default="hf", help="hf: Hugging Face transformers (the only format so far)")
+    parser.add_argument("--format", choices=["hf", "peft"], default="hf",
+                        help="hf: Hugging Face transformers (adapters merged); peft: a fine-tuning run's adapter for peft, its base in OUT/base")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write: new or empty (created where absent)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out: the exported files are replaced, a tokenizer left by an earlier export is removed")
     add_extends_flag(parser)
@@ -108,8 +116,8 @@ def _prepared_tokenizer(spec, source: Path) -> str | None:
     return prepared.tokenizer_json
 
 
-# Files an earlier export may have left that would not fit the new model (a stale tokenizer).
-STALE_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Files an earlier export may have left that would not fit the new model (a stale tokenizer, adapter).
+STALE_FILES = ("tokenizer.json", "tokenizer_config.json", "adapter_config.json", "adapter_model.safetensors")
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -161,9 +169,52 @@ def _trained_model(spec, weights: Path):
     return model
 
 
+def _finetuned_model(spec, checkpoint: Path):
+    """A fine-tuning checkpoint's trained parameters over the base the spec builds, adapters unmerged."""
+    from tabula.runtime.checkpoint import CheckpointError, load_trained_model
+
+    try:
+        return load_trained_model(spec, checkpoint)
+    except (CheckpointError, RuntimeError, ValueError) as error:
+        raise _BadInput(f"{checkpoint}: {error}") from None
+
+
+def _hf(out: Path, spec, model, tokenizer_json: str | None) -> list[str]:
+    """The model in Hugging Face format: LoRA and DoRA merged into the weights (peft's merge)."""
+    from tabula.compiler.adapters import merge_adapters
+    from tabula.compiler.hf import write_hf
+
+    if model.virtual_tokens is not None:
+        raise _BadInput(f"{spec.train.finetune.kind} learns virtual tokens, which fold into no weight: export it with --format peft")
+    merge_adapters(model)
+    token = spec.data.tokenizer
+    return write_hf(out, spec.model, model.state_dict(), model.vocab_size, tokenizer_json=tokenizer_json,
+                    eos_token=token.eos_token, pad_token=token.pad_token)
+
+
+def _peft(out: Path, spec, model, tokenizer_json: str | None) -> list[str]:
+    """The adapter in peft's format, and the base it loads onto in out/base."""
+    from safetensors.torch import save_file
+
+    from tabula.compiler.hf import write_hf
+    from tabula.compiler.peft_export import peft_adapter
+    from tabula.runtime.build import build_base_model
+
+    base = out / "base"
+    config, tensors = peft_adapter(spec.model, spec.train.finetune, model, base_model_name_or_path=str(base.resolve()))
+    token = spec.data.tokenizer
+    written = [f"base/{name}" for name in write_hf(base, spec.model, build_base_model(spec, model.vocab_size, "cpu").state_dict(),
+                                                   model.vocab_size, tokenizer_json=tokenizer_json, eos_token=token.eos_token,
+                                                   pad_token=token.pad_token)]
+    config.save_pretrained(str(out))
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return ["adapter_config.json", "adapter_model.safetensors", *written]
+
+
 def run(args) -> int:
     from tabula.compiler import build_model
-    from tabula.compiler.hf import ExportError, hf_architecture, hf_problems, write_hf
+    from tabula.compiler.hf import ExportError, hf_architecture, hf_problems
+    from tabula.runtime.checkpoint import finetune_record
 
     out = Path(args.out)
     try:
@@ -171,23 +222,29 @@ def run(args) -> int:
         problems = hf_problems(spec.model)  # refused before any weights are read or made
         if problems:
             raise ExportError(problems)
+        finetune = spec.train.finetune
+        if args.format == "peft" and (weights is None or finetune is None or finetune.kind == "full"):
+            what = "a spec" if weights is None else "this run" if finetune is None else "full fine-tuning"
+            raise _BadInput(f"--format peft writes a fine-tuning run's adapter; {what} has none (export --format hf)")
         _check_out(out, args.force)
         if weights is None and spec.data.tokenizer.kind != "file":
             tokenizer_json = _prepared_tokenizer(spec, Path(args.source))
         if weights is None:
             model = build_model(spec, vocab_size=_vocab_size(spec, tokenizer_json), device="cpu")  # seed-initialised
+        elif finetune_record(weights) is not None or args.format == "peft":
+            model = _finetuned_model(spec, weights.parent)
         else:
             model = _trained_model(spec, weights)
-        token = spec.data.tokenizer
-        written = _write(out, lambda: write_hf(out, spec.model, model.state_dict(), model.vocab_size, tokenizer_json=tokenizer_json,
-                                               eos_token=token.eos_token, pad_token=token.pad_token))
+        write = _peft if args.format == "peft" else _hf
+        written = _write(out, lambda: write(out, spec, model, tokenizer_json))
     except _Reported:
         return 2
     except _BadInput as error:
         sys.stderr.write(f"tabula export: {error}\n")
         return 2
     except ExportError as error:
-        sys.stderr.write("tabula export: this model has no Hugging Face equivalent:\n")
+        what = "this adapter has no peft equivalent" if args.format == "peft" else "this model has no Hugging Face equivalent"
+        sys.stderr.write(f"tabula export: {what}:\n")
         for problem in error.problems:
             sys.stderr.write(f"  {problem}\n")
         return 2

@@ -103,6 +103,8 @@ def as_json(spec, plan, est, path: str) -> dict:
         "backend": spec.parallel.backend,
         "vocab_size": plan.vocab_size,
         "parameters": vars(est.parameters).copy(),
+        "trainable": vars(est.trainable).copy() if est.trainable else None,
+        "memory_saved_by_finetune": est.memory_saved,
         "flops_per_token": est.flops_per_token,
         "flops_per_token_seq_len": est.flops_per_token_seq_len,
         "memory_per_rank": est.memory_per_rank,
@@ -140,6 +142,7 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         f"    embedding        {params.embedding:>16,}  {_si(params.embedding)}"
         + ("  (tied with the output head, counted once)" if spec.model.tie_embeddings else ""),
         f"    non-embedding    {params.non_embedding:>16,}  {_si(params.non_embedding)}",
+        *_trainable_lines(est),
         f"  FLOPs per token    {est.flops_per_token:>16,}  {_si(est.flops_per_token)}"
         f"  (6N + attention at seq_len {est.flops_per_token_seq_len}, forward + backward)",
         "",
@@ -152,6 +155,9 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         where = "  (offloaded to host)" if key in est.host_memory_per_rank else ""
         lines.append(f"  {label:<19}{_bytes(size):>16}{where}")
     lines.append(f"  {'total':<19}{_bytes(est.memory_per_rank['total']):>16}")
+    if spec.train.finetune is not None:
+        lines.append(f"  {'saved by ' + spec.train.finetune.kind:<19}{_bytes(est.memory_saved):>16}"
+                     "  (against training every parameter: no gradients and no optimizer state for frozen weights)")
     if est.host_memory_per_rank:
         lines.append(f"  {'host (offloaded)':<19}{_bytes(est.host_memory_per_rank['total']):>16}")
     policy = spec.parallel.activation_checkpointing
@@ -214,6 +220,19 @@ def _cache_root():
     from tabula.runtime.data.cache import cache_root
 
     return cache_root()
+
+
+def _trainable_lines(est) -> list[str]:
+    """What a fine-tuning method trains: nothing to say without one."""
+    trained = est.trainable
+    if trained is None or trained.method is None:
+        return []
+    share = trained.trainable / max(trained.trainable + trained.frozen, 1)
+    lines = [f"  trainable ({trained.method})".ljust(21) + f"{trained.trainable:>16,}  {_si(trained.trainable)}  ({share:.2%} of the model)",
+             f"    frozen           {trained.frozen:>16,}  {_si(trained.frozen)}"]
+    if trained.added:
+        lines.append(f"    added by {trained.method:<8}{trained.added:>16,}  {_si(trained.added)}  (adapters, virtual tokens; in the trainable)")
+    return lines
 
 
 def _zero(spec) -> str:

@@ -150,3 +150,23 @@ def test_summary_says_each_reason_once_with_its_paths():
     by_path = {change.path: change.impact for change in changes}
     assert by_path["model.d_model"] == by_path["model.n_layers"] == f"breaks resuming: {RESHAPES}"
     assert by_path["model.position.theta"] == "resumable, but the weights compute differently (the loss may jump)"
+
+
+def test_a_fine_tuning_change_that_changes_what_trains_breaks_resuming():
+    import copy
+
+    from compiler_specs import BASE
+
+    from tabula.schemas.spec import Spec
+
+    def with_finetune(finetune):
+        raw = copy.deepcopy(BASE)
+        raw["train"]["finetune"] = finetune
+        return Spec.model_validate(raw)
+
+    lora = with_finetune({"kind": "lora", "rank": 4})
+    ok, reasons = resume_compatibility(lora, with_finetune({"kind": "lora", "rank": 8}))
+    assert not ok and reasons == ["train.finetune.rank changes what trains, so the checkpoint's trained parameters and optimizer state do not fit"]
+    assert not resume_compatibility(lora, with_finetune({"kind": "dora", "rank": 4}))[0]
+    assert not resume_compatibility(with_finetune(None), lora)[0]
+    assert resume_compatibility(lora, with_finetune({"kind": "lora", "rank": 4, "alpha": 32, "dropout": 0.1}))[0]

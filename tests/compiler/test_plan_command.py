@@ -163,3 +163,27 @@ def test_tabulaprima_specs_count_the_original_models_parameters(capsys, name, to
     code, out, _ = plan(capsys, str(SPECS / name), "--json", "--device", "cpu")
     assert code == 0
     assert json.loads(out)["parameters"]["total"] == total
+
+
+def test_a_fine_tuning_method_shows_what_it_trains_and_saves(capsys):
+    lora = "train.finetune={kind: lora, rank: 8, targets: [attn.*, mlp.*]}"
+    code, out, _ = plan(capsys, QUICKSTART, lora, "--device", "cpu")
+    assert code == 0
+    assert "  trainable (lora)            143,872  144k  (3.63% of the model)" in out
+    assert "    added by lora             143,872" in out and "  saved by lora " in out
+    code, out, _ = plan(capsys, QUICKSTART, lora, "--json", "--device", "cpu")
+    data = json.loads(out)
+    assert data["trainable"] == {"method": "lora", "trainable": 143872, "frozen": data["parameters"]["total"], "added": 143872}
+    whole = json.loads(plan(capsys, QUICKSTART, "--json", "--device", "cpu")[1])
+    assert data["memory_saved_by_finetune"] == (sum(whole["memory_per_rank"].values()) - whole["memory_per_rank"]["total"]
+                                                - whole["memory_per_rank"]["activations"]
+                                                - (sum(data["memory_per_rank"].values()) - data["memory_per_rank"]["total"]
+                                                   - data["memory_per_rank"]["activations"]))
+    assert data["memory_per_rank"]["gradients"] == 143872 * 4 and whole["trainable"]["method"] is None
+
+
+def test_qlora_is_refused_on_a_cpu_with_the_spec_path(capsys):
+    code, _, err = plan(capsys, QUICKSTART, "train.finetune={kind: qlora}", "--device", "cpu")
+    assert code == 2 and "train.finetune.kind: qlora holds the base in 4 bits with bitsandbytes, which needs a CUDA GPU" in err
+    code, out, _ = plan(capsys, QUICKSTART, "train.finetune={kind: qlora}", "--device", "cuda")
+    assert code == 0 and "trainable (qlora)" in out

@@ -260,3 +260,14 @@ async def test_impossible_numbers_read_as_unknown_not_inft_or_negative_memory(tm
     assert "infT" not in text and "-1.0 KiB" not in text and "-1024 B" not in text
     assert "odd clock" in text and "far future" in text  # odd time stamps: still a line each
     assert "elapsed -" in text  # a time stamp of 1e300 (inf is skipped): a clock gone wrong, not 3e292 days
+
+
+async def test_the_header_shows_what_a_fine_tuning_method_trains(tmp_path):
+    events = run_events(10)
+    events[0] = {**events[0], "finetune": "lora", "trainable_parameters": 143_872}
+    write_events(tmp_path, events)
+    app = DashboardApp(tmp_path, clock=lambda: T0 + 10)
+    async with app.run_test(size=(200, 48)):
+        text = screen_text(app)
+        assert "5.3M params  ·  lora: 144k trained" in text
+        assert app.screen.state.finetune == "lora" and app.screen.state.trainable_parameters == 143_872

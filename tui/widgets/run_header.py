@@ -21,7 +21,8 @@ STATUS_STYLES = {
 
 
 class RunHeader(Static):
-    """Run name, spec hash, backend x world size, device and precision, status (with the error)."""
+    """Run name, spec hash, backend x world size, device and precision, parameters (and what a fine-tuning
+    method trains of them), status (with the error)."""
 
     DEFAULT_CSS = """
     RunHeader {
@@ -65,6 +66,9 @@ def header_text(state: RunState, now: float) -> tuple[Text, str]:
         parts.append(" ".join(p for p in (state.device, state.precision) if p))
     if state.parameters:
         parts.append(f"{format_count(state.parameters)} params")
+    if state.finetune:  # a fine-tuning method: what it trains of them
+        trained = f"{format_count(state.trainable_parameters)} trained" if state.trainable_parameters is not None else "trained ?"
+        parts.append(f"{state.finetune}: {trained}")
     for part in parts:
         line.append("  ·  ", style="dim")
         line.append(part)

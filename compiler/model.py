@@ -149,7 +149,7 @@ class Transformer(nn.Module):
         virtual tokens, its keys include them (seen by every token) and its queries are the prompt's
         virtual tokens and the sequence, or the sequence alone after a prefix."""
         n = self.n_virtual
-        prefix_only = n > 0 and self.virtual_tokens.keys_only
+        prefix_only = self.virtual_tokens is not None and n > 0 and self.virtual_tokens.keys_only
         if document_ids is not None or torch.compiler.is_compiling():
             return attention_mask(seq_len, self.window, document_ids, device, virtual=n, keys_only=prefix_only)
         key = (seq_len, device, n)

@@ -172,7 +172,7 @@ def make_plan(
     )
 
 
-def _finetune_refusals(spec: Spec, device_type: str) -> list[tuple]:
+def _finetune_refusals(spec: Spec, device_type: str) -> list[Problem]:
     """QLoRA's 4-bit base needs bitsandbytes on a CUDA GPU, in one process (its 4-bit weights are not
     ZeRO's to partition): elsewhere it is refused before anything runs."""
     finetune = spec.train.finetune

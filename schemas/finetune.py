@@ -78,7 +78,7 @@ def linear_modules(shapes: Shapes) -> dict[str, tuple[int, int]]:
     Every 2-D weight but the token and position embeddings (an untied output head is one)."""
     skip = ("embed.weight", "pos_embed.weight")
     return {name[: -len(".weight")]: shape for name, shape in shapes
-            if name.endswith(".weight") and len(shape) == 2 and name not in skip}  # type: ignore[misc]
+            if name.endswith(".weight") and len(shape) == 2 and name not in skip}
 
 
 class _Method(SpecModel):

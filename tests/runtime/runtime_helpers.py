@@ -34,3 +34,40 @@ def tiny_spec(**train):
     from tabula.schemas.spec import Spec
 
     return Spec.model_validate(tiny_spec_dict(**train))
+
+
+def train_in(spec, prepared, folder: Path, **kwargs):
+    """Train `spec` on `prepared` data in the local engine, into a bare run folder `folder` (created):
+    the loop's `Outcome` and the events it wrote. `kwargs` go to `train` (max_steps, resume_from...)."""
+    import torch
+
+    from tabula.compiler import make_plan
+    from tabula.runtime.build import build_local_engine
+    from tabula.runtime.events import read_events
+    from tabula.runtime.loop import train
+    from tabula.runtime.rundir import RunDir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text("{}")
+    run = RunDir(folder)
+    plan = make_plan(spec, vocab_size=prepared.vocab_size, device_type="cpu")
+    engine = build_local_engine(spec, plan, torch.device("cpu"))
+    outcome = train(spec, plan, engine, run, prepared, spec_hash="test", **kwargs)
+    return outcome, read_events(run.events)
+
+
+def one_thread_fixture():
+    """A module-scoped autouse fixture (assign it in a test module: `one_thread = one_thread_fixture()`): a
+    100k-parameter model gains nothing from two threads, and loses a lot when other processes share the
+    cores (OpenMP spin-waits)."""
+    import pytest
+    import torch
+
+    @pytest.fixture(scope="module", autouse=True)
+    def one_thread():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
+
+    return one_thread

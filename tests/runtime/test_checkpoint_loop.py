@@ -4,29 +4,18 @@ and a checkpoint damaged on disk before the loop needs it."""
 from __future__ import annotations
 
 import pytest
-import torch
 from safetensors import SafetensorError
 
 import tabula.runtime.checkpoint as checkpoint_module
 from planted_nan import plant_nan
-from runtime_helpers import tiny_spec
-from tabula.compiler import make_plan
+from runtime_helpers import one_thread_fixture, train_in, tiny_spec
 from tabula.runtime.checkpoint import list_checkpoints, select_checkpoint
-from tabula.runtime.events import read_events
-from tabula.runtime.loop import train
-from tabula.runtime.rundir import RunDir
-from tabula.runtime.build import build_local_engine
 from tabula.runtime.engine import LocalEngine
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +25,7 @@ def prepared(tmp_path_factory):
     return prepare(tiny_spec(), cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-def _run(spec, prepared, folder, **kwargs):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text("{}")
-    run = RunDir(folder)
-    plan = make_plan(spec, vocab_size=prepared.vocab_size, device_type="cpu")
-    engine = build_local_engine(spec, plan, torch.device("cpu"))
-    outcome = train(spec, plan, engine, run, prepared, spec_hash="test", **kwargs)
-    return outcome, read_events(run.events)
+_run = train_in
 
 
 def _disk_full_at(monkeypatch, step: int) -> None:

@@ -6,25 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+from runtime_helpers import one_thread_fixture, train_in
 from ruamel.yaml import YAML
 
-from tabula.compiler import make_plan
-from tabula.runtime.build import build_local_engine
-from tabula.runtime.events import read_events
-from tabula.runtime.loop import train
-from tabula.runtime.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "finetune-chat.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 def tiny_chat_spec():
@@ -52,12 +42,7 @@ def prepared(tmp_path_factory):
     return prepare(tiny_chat_spec(), cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-def run(spec, prepared, folder, **kwargs):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text("{}")
-    plan = make_plan(spec, vocab_size=prepared.vocab_size, device_type="cpu")
-    outcome = train(spec, plan, build_local_engine(spec, plan, torch.device("cpu")), RunDir(folder), prepared, spec_hash="t", **kwargs)
-    return outcome, read_events(RunDir(folder).events)
+run = train_in
 
 
 def losses(events, kind="train", field="loss"):

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 import tabula
-from runtime_helpers import tiny_spec, tiny_spec_dict
+from runtime_helpers import one_thread_fixture, tiny_spec, tiny_spec_dict
 from tabula.compiler import make_plan
 from tabula.runtime.build import build_local_engine
 from tabula.runtime.checkpoint import finetune_record
@@ -23,12 +23,7 @@ LORA = {"kind": "lora", "rank": 4, "targets": ["attn.*", "mlp.up"]}
 PREFIX = {"kind": "prefix_tuning", "virtual_tokens": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")

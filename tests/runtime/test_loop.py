@@ -8,27 +8,15 @@ import pytest
 import torch
 
 from planted_nan import plant_nan
-from runtime_helpers import tiny_spec
-from tabula.compiler import make_plan
-from tabula.runtime.build import build_local_engine
+from runtime_helpers import one_thread_fixture, train_in, tiny_spec
 from tabula.runtime.checkpoint import list_checkpoints, read_state
 from tabula.runtime.engine import LocalEngine
-from tabula.runtime.events import read_events
-from tabula.runtime.loop import train
-from tabula.runtime.rundir import RunDir
 from tabula.schemas.rundir_protocol import COMMON_FIELDS, EVENT_FIELDS
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 100k-parameter model gains nothing from two threads, and loses a lot when other processes
-    share the cores (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +26,7 @@ def prepared(tmp_path_factory):
     return prepare(tiny_spec(), cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-def _run(spec, prepared, folder, **kwargs):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text("{}")
-    run = RunDir(folder)
-    plan = make_plan(spec, vocab_size=prepared.vocab_size, device_type="cpu")
-    engine = build_local_engine(spec, plan, torch.device("cpu"))
-    outcome = train(spec, plan, engine, run, prepared, spec_hash="test", **kwargs)
-    return outcome, read_events(run.events)
+_run = train_in
 
 
 def _losses(events):

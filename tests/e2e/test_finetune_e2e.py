@@ -45,7 +45,8 @@ def build_checkpoint(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": SPECIAL[0], "tokenizer_class": "PreTrainedTokenizerFast"}))
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, eos_token_id=0)
+                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, eos_token_id=0,
+                                      initializer_range=0.2)  # peaked random logits: adapters have something to lower
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
 
 
@@ -56,9 +57,9 @@ def tabula_cli(work: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def fine_tune(work: Path, run: str, finetune: str, *extra: str) -> Path:
+def fine_tune(work: Path, run: str, finetune: str, *extra: str, resume: bool = False) -> Path:
     """`tabula run spec.yaml --headless` on the chat file, `finetune` the method (a YAML mapping)."""
-    tabula_cli(work, "run", "spec.yaml", "--headless", "--run-dir", f"runs/{run}",
+    tabula_cli(work, "run", "spec.yaml", "--headless", *(["--resume"] if resume else ["--run-dir"]), f"runs/{run}",
                f"data.sources={{chat: {{kind: files, paths: ['{CHAT}'], format: jsonl, records: {{kind: chat}}}}}}",
                "data.chat={template: chatml, max_tokens: 128}", "data.packing={document_masking: true}",
                f"train.finetune={finetune}", "train.optimizer.lr=3e-2", "train.schedule={kind: constant}",
@@ -109,7 +110,7 @@ def test_lora_fine_tuning_on_chat_lowers_the_loss_and_exports_for_transformers_a
     assert sorted(seen) == list(range(1, STEPS + 1))
     first, last = sum(seen[s] for s in (1, 2, 3)) / 3, sum(seen[s] for s in (STEPS - 2, STEPS - 1, STEPS)) / 3
     print(f"LoRA on chat: loss {first:.4f} (first 3 steps) -> {last:.4f} (last 3)")
-    assert last < first - 0.1
+    assert last < first - 0.3
 
     ids = some_ids()
     ours = tabula_logits(lora, ids)
@@ -132,7 +133,7 @@ def test_stop_and_resume_gives_the_same_losses(work, lora):
     user's path: an imported base, chat data, `--max-steps` then `--resume`."""
     split = fine_tune(work, "split", "{kind: lora, rank: 4, alpha: 8}", "--max-steps", "13")
     assert (split / "checkpoints" / "step-000013").is_dir()
-    tabula_cli(work, "run", "spec.yaml", "--headless", "--resume", "runs/split")
+    fine_tune(work, "split", "{kind: lora, rank: 4, alpha: 8}", resume=True)  # the spec with the same overrides
     assert losses(split) == losses(lora)  # every step's loss to the last bit
 
 

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast typecheck bench schema clean
+.PHONY: install demo finetune-demo test test-fast typecheck bench schema clean
 
 install: $(STAMP)
 
@@ -27,6 +27,20 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/tabula run specs/quickstart.yaml --headless
+
+# Fine-tuning end to end on a CPU in a few minutes: a small base model (finetune-chat.yaml trained briefly
+# from scratch: no model ships and nothing downloads), exported as a transformers checkpoint, imported
+# (build/base.yaml shows what `tabula import` writes), then LoRA on the shipped chat file (specs/finetune-lora.yaml),
+# exported merged (build/lora-merged) and as a peft adapter (build/lora-peft).
+BASE_TOKENS ?= 128k
+finetune-demo: install
+	rm -rf build/demo-base build/base build/base.yaml build/demo-lora build/lora-merged build/lora-peft
+	$(BIN)/tabula run specs/finetune-chat.yaml --headless --run-dir build/demo-base train.budget.tokens=$(BASE_TOKENS) train.eval=null track.aim.enabled=false
+	$(BIN)/tabula export build/demo-base --format hf --out build/base
+	$(BIN)/tabula import build/base --out build/base.yaml
+	$(BIN)/tabula run specs/finetune-lora.yaml --headless --run-dir build/demo-lora $(LORA_OVERRIDES)
+	$(BIN)/tabula export build/demo-lora --format hf --out build/lora-merged
+	$(BIN)/tabula export build/demo-lora --format peft --out build/lora-peft
 
 test: install
 	$(BIN)/python -m pytest -q

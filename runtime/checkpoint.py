@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from tabula.schemas.rundir_protocol import CHECKPOINT_PREFIX as PREFIX
-from tabula.schemas.rundir_protocol import CHECKPOINTS_DIR, RESOLVED_FILE, WEIGHTS_FILE
+from tabula.schemas.rundir_protocol import CHECKPOINTS_DIR, WEIGHTS_FILE
 
 from .data.cache import fsync_path
 from .integrity import STATE_FILE, check_checkpoint, write_checksums
@@ -467,10 +467,10 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.dev
     in eval mode. The architecture comes from the run's resolved.yaml. LoRA and DoRA adapters are merged
     into the weights (tabula's plain parameter names); prompt and prefix tuning's virtual tokens stay."""
     from tabula.compiler.adapters import merge_adapters
-    from tabula.schemas.loader import load_spec
+    from tabula.schemas.loader import load_run_spec
 
     checkpoint = find_checkpoint(Path(run_dir_or_checkpoint))
-    spec = load_spec(checkpoint.parent.parent / RESOLVED_FILE)
+    spec = load_run_spec(checkpoint.parent.parent)  # relative `from` weights: against the run's spec folder
     model = load_trained_model(spec, checkpoint, device)
     if model.finetune is not None:
         merge_adapters(model)

@@ -92,6 +92,26 @@ def load_spec_text(text: str, name: str = "<string>", overrides: Iterable[str] =
     return _finish(document, folder, overrides, source_path=None, allow_extends_outside=allow_extends_outside)
 
 
+def load_run_spec(run_dir: str | os.PathLike[str]) -> Spec:
+    """The spec of a run folder: its resolved.yaml, whose relative paths (model.init's `from` weights, a
+    tokenizer file) stay relative to the folder of the spec the run was started from (manifest.json's
+    spec_path), as they were when it ran; the run folder itself when that is unknown. Raises SpecErrors."""
+    import json
+
+    from .rundir_protocol import MANIFEST_FILE, RESOLVED_FILE
+
+    run_dir = Path(run_dir)
+    resolved = run_dir / RESOLVED_FILE
+    base_dir = run_dir
+    try:
+        spec_path = json.loads((run_dir / MANIFEST_FILE).read_text(encoding="utf-8")).get("spec_path")
+    except (OSError, ValueError, AttributeError):
+        spec_path = None
+    if isinstance(spec_path, str) and Path(spec_path).parent.is_dir():
+        base_dir = Path(spec_path).parent
+    return load_spec_text(read_text(resolved), str(resolved), base_dir=base_dir)
+
+
 def read_spec(path: str | os.PathLike[str], *, shown_as: str | None = None) -> Document:
     """The parsed YAML of the spec file at `path` (its own content only: no extends merged).
     Raises SpecErrors; see read_text for what is refused before parsing and parse_spec for a file

@@ -41,7 +41,7 @@ def _not_json(constant: str):
 def test_every_spec_is_found():
     names = {p.relative_to(SPECS).as_posix() for p in ALL}
     assert {"quickstart.yaml", "tabulaprima-278m.yaml", "tabulaprima-1.3b.yaml", "zero2.yaml", "zero3-offload.yaml",
-            "finetune-chat.yaml", "presets/llama-tiny.yaml", "presets/mistral-tiny.yaml", "presets/mla-tiny.yaml"} <= names
+            "finetune-chat.yaml", "finetune-lora.yaml", "presets/llama-tiny.yaml", "presets/mistral-tiny.yaml", "presets/mla-tiny.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.relative_to(SPECS).as_posix())

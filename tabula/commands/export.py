@@ -75,6 +75,19 @@ def _load_spec(path: Path, overrides: list[str], allow_extends_outside: bool = F
     return spec
 
 
+def _load_run_spec(run_dir: Path):
+    """The run's resolved.yaml, relative paths against the folder of the spec it ran (load_run_spec)."""
+    from tabula.report import print_errors
+    from tabula.schemas.errors import SpecErrors
+    from tabula.schemas.loader import load_run_spec
+
+    try:
+        return load_run_spec(run_dir)
+    except SpecErrors as errors:
+        print_errors(errors.errors)
+        raise _Reported() from None
+
+
 def _read_source(source: Path, overrides: list[str], allow_extends_outside: bool = False):
     """(spec, weights path or None, tokenizer.json text or None) for a spec file or a run directory."""
     try:
@@ -92,7 +105,7 @@ def _read_source(source: Path, overrides: list[str], allow_extends_outside: bool
         if overrides:
             raise _BadInput(f"{source}: overrides apply to a spec, not to a run's checkpoint ({' '.join(overrides)})")
         tokenizer = source / TOKENIZER_FILE
-        return _load_spec(source / RESOLVED_FILE, []), weights, tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
+        return _load_run_spec(source), weights, tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
     spec = _load_spec(source, overrides, allow_extends_outside)
     tokenizer_json = None
     if spec.data.tokenizer.kind == "file":

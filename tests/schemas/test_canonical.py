@@ -57,3 +57,20 @@ def test_quoted_numbers_are_numbers_but_booleans_are_not():
         assert (error.dotted_path, error.line, error.message) == ("model.n_layers", 4, "expected a number, found true")
     else:
         raise AssertionError("n_layers: true was accepted")
+
+
+def test_a_run_spec_keeps_its_relative_paths_against_the_spec_it_ran(tmp_path):
+    """A fine-tuning run's `from: ../build/base` points where it did when it ran, not into the run folder."""
+    import json
+    from pathlib import Path
+
+    from tabula.schemas.canonical import canonical_yaml
+    from tabula.schemas.loader import load_run_spec, load_spec
+
+    source = Path(__file__).resolve().parents[2] / "specs" / "finetune-lora.yaml"
+    spec = load_spec(source)
+    (tmp_path / "resolved.yaml").write_text(canonical_yaml(spec))
+    assert load_run_spec(tmp_path).base_dir == tmp_path  # no manifest: the run folder
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec_path": str(source)}))
+    ran = load_run_spec(tmp_path)
+    assert ran == spec and ran.base_dir == source.parent and ran.model.init.path == "../build/base"

@@ -105,8 +105,11 @@ def test_dynamic_shapes_serve_a_new_batch_and_length_without_compiling(dynamic):
         compiled = counters["stats"]["unique_graphs"] - before
         if shape == (16, 8):
             assert compiled == 2  # one block graph shared by both blocks, and the loss
-        else:
-            assert (compiled == 0) if dynamic else (compiled > 0), (shape, compiled)
+        elif dynamic:
+            assert compiled == 0, (shape, compiled)
+        elif shape == (8, 16):
+            assert compiled > 0, (shape, compiled)  # static shapes: the stage change compiles again
+        # (static, a third shape: torch's automatic dynamic may serve it from the recompiled graph)
     torch._dynamo.reset()
 
 

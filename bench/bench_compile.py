@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = {"quickstart": ROOT / "specs" / "quickstart.yaml", **{p.stem: p for p in sorted((ROOT / "specs" / "presets").glob("*.yaml"))}}
 PAIRS = int(os.environ.get("BENCH_COMPILE_PAIRS", "4"))  # steady-state (compiled, eager) step pairs a shape
 MAX_MICRO = 16
+TABULA = [sys.executable, "-c", "import sys; from tabula.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def _cpu() -> float:
@@ -160,7 +161,7 @@ def timed(argv: list[str], env: dict) -> tuple[float, float, str]:
 
 def tabula_run(steps: int, cache: Path, runs: Path, label: str, *extra: str, max_steps: int | None = None) -> dict:
     run_dir = runs / label
-    argv = [sys.executable, "-m", "tabula", "run", str(SPECS["quickstart"]), *scaled_overrides(steps), *extra,
+    argv = [*TABULA, "run", str(SPECS["quickstart"]), *scaled_overrides(steps), *extra,
             "--headless", "--run-dir", str(run_dir)]
     if max_steps:
         argv += ["--max-steps", str(max_steps)]
@@ -223,7 +224,7 @@ def runs(steps: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-compile-runs-"))
     cache, folders = work / "cache", work / "runs"
     try:
-        subprocess.run([sys.executable, "-m", "tabula", "prepare", str(SPECS["quickstart"])], check=True, capture_output=True,
+        subprocess.run([*TABULA, "prepare", str(SPECS["quickstart"])], check=True, capture_output=True,
                        env={**os.environ, "TABULA_CACHE_DIR": str(cache)})
         rows = [plain_run(steps, cache), tabula_run(steps, cache, folders, "tabula eager", "model.compile.enabled=false")]
         rows.append(tabula_run(steps, cache, folders, "tabula auto, cold cache"))

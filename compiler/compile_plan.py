@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import compile_cache
 from .compile_costs import COSTS, CompileCosts
 from .estimate import flops_per_token
 
@@ -74,8 +75,6 @@ def decide_compile(spec: Spec, stages: tuple[StagePlan, ...], *, vocab_size: int
     """The compile decision for training `spec` in `stages` on `device_type` (see the module docstring).
     `cache_root`: the tabula cache folder holding the persistent compile cache (None: none, cold).
     `max_steps`: the steps this session stops after, when fewer than the plan's."""
-    from . import compile_cache
-
     asked_value = spec.model.compile
     asked = "auto" if asked_value.enabled == "auto" else str(bool(asked_value.enabled)).lower()
     notes = []

@@ -56,3 +56,18 @@ def test_train_line_reads_step_tokens_loss_and_eta() -> None:
     train = lines[-1]
     assert "50/100" in train and "200k/400k tok" in train and "loss 5.3125" in train
     assert "ETA" in train
+
+
+def test_the_header_says_whether_the_run_compiles_and_why() -> None:
+    from tabula.compiler.plan import make_plan
+    from tabula.schemas.loader import load_spec
+    from runtime_helpers import QUICKSTART
+
+    out = io.StringIO()
+    decision = make_plan(load_spec(QUICKSTART, ["train.budget.tokens=80k"]), vocab_size=4096).compile
+    Console(out)({
+        "kind": "start", "time": 0.0, "step": 0, "tokens": 0, "run_name": "quick", "total_steps": 20, "total_tokens": 80 * 1024,
+        "parameters": 3_800_000, "precision": "fp32", "device": "cpu", "world_size": 1,
+        "stages": [{"seq_len": 128, "until_tokens": 80 * 1024}], "compile": decision.as_dict(),
+    })
+    assert out.getvalue().rstrip().endswith("; eager: " + decision.reason) and "auto: 20 steps would save" in decision.reason

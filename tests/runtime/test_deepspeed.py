@@ -312,6 +312,7 @@ def test_an_error_on_another_rank_is_the_runs_error(work, tmp_path):
     assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
     end = [json.loads(line) for line in (work / "failed" / "events.jsonl").read_text().splitlines()][-1]
     assert end["kind"] == "end" and end["reason"] == "failed" and end["step"] == 2
-    assert end["error"] == "RankFailed: rank 1: ValueError: the planted failure of rank 1"
+    # the error, then where the traceback went (the run folder's error.log)
+    assert end["error"].startswith("RankFailed: rank 1: ValueError: the planted failure of rank 1"), end["error"]
     assert "run failed: RankFailed: rank 1: ValueError: the planted failure of rank 1" in result.stdout
 

@@ -23,6 +23,8 @@ from .pydantic_errors import lookup, spec_errors_from
 from .spec import Spec
 from .yaml_source import Document, Position, parse_yaml, read_text
 
+# The example specs and presets: specs/ beside schemas/ in a checkout, and tabula/specs/ beside
+# tabula/schemas/ in an installed wheel (package-dir maps both the same way).
 SPECS_DIR = Path(os.environ.get("TABULA_SPECS_DIR") or Path(__file__).resolve().parent.parent / "specs")
 PRESETS_DIR = SPECS_DIR / "presets"
 SECTIONS = tuple(Spec.model_fields)  # name, extends, seed, model, data, parallel, train, track

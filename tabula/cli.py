@@ -15,12 +15,21 @@ import argparse
 import importlib
 import sys
 
-from tabula import __version__
+from tabula.version import version_line
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
 COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache"]
 # A command whose name is not its module's (`import` is a Python keyword).
 MODULES = {"import": "import_model"}
+
+
+class _Version(argparse.Action):
+    """--version: asks git for the commit only when asked (every other command starts without it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_line())
+        parser.exit()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=("Run `tabula COMMAND --help` for a command's options. Exit codes: 0 ok, 1 differs (diff), 2 bad input "
                 "(nothing ran), 3 run failed, 130/143 a run stopped by SIGINT/SIGTERM (with its checkpoint)."),
     )
-    parser.add_argument("--version", action="version", version=f"tabula {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version (and the git commit) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parser.set_defaults(_parser=parser)
     for name in COMMANDS:

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from tabula.schemas.errors import SpecErrors
-from tabula.schemas.loader import ALLOW_OUTSIDE_FLAG, extends_roots, extends_target, read_spec
+from tabula.schemas.loader import ALLOW_OUTSIDE_FLAG, SPECS_DIR, extends_roots, extends_target, read_spec
 
-SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"  # the repository's example specs and presets
 DEFAULT_START = "quickstart"
 
 

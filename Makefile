@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo finetune-demo test test-fast typecheck bench schema clean
+.PHONY: install demo finetune-demo test test-fast coverage typecheck bench schema clean
 
 install: $(STAMP)
 
@@ -42,8 +42,15 @@ finetune-demo: install
 	$(BIN)/tabula export build/demo-lora --format hf --out build/lora-merged
 	$(BIN)/tabula export build/demo-lora --format peft --out build/lora-peft
 
+# The whole suite, then line coverage per layer (tests/coverage_by_layer.py; `make coverage` for HTML).
+# The exit status is pytest's.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cov --cov-report= ; status=$$?; \
+	$(BIN)/python tests/coverage_by_layer.py || true; exit $$status
+
+coverage: test
+	$(BIN)/python -m coverage html -d htmlcov
+	@echo "coverage report: htmlcov/index.html"
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not multiproc"
@@ -59,4 +66,4 @@ schema: install
 	$(BIN)/tabula schema --out schemas/tabula-spec.schema.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .coverage htmlcov

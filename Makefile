@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo finetune-demo test test-fast coverage typecheck bench schema clean
+.PHONY: install demo finetune-demo test test-fast coverage typecheck bench schema docs docs-serve clean
 
 install: $(STAMP)
 
@@ -67,3 +67,12 @@ schema: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .coverage htmlcov
+
+# The documentation site (mkdocs-material): built strictly (a broken link or a missing page fails) into
+# build/site; the spec, CLI and shipped-spec references are generated from the schema, parsers and specs/.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "site: build/site/index.html"
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve

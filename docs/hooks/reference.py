@@ -21,6 +21,7 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FOLDERS = (ROOT / "specs", ROOT / "specs" / "presets")
+NOTEBOOKS = ROOT / "notebooks"
 
 
 def on_files(files: Files, config: Any) -> Files:
@@ -34,6 +35,9 @@ def generated_pages() -> dict[str, str]:
     for spec in shipped_specs():
         pages[f"specs/{spec.stem}.md"] = spec_page(spec)
     pages["specs/index.md"] = specs_index()
+    for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
+        pages[f"notebooks/{notebook.stem}.md"] = notebook_page(notebook)
+    pages["notebooks/index.md"] = notebooks_index()
     return pages
 
 
@@ -213,3 +217,27 @@ def specs_index() -> str:
     for group, lines in rows.items():
         out += f"## {group}\n\n| spec | what it is |\n|---|---|\n" + "\n".join(lines) + "\n\n"
     return out
+
+
+# ------------------------------------------------------------------ notebooks
+
+
+def notebook_page(path: Path) -> str:
+    """The notebook's markdown cells as text and its code cells as Python blocks (the test suite runs it)."""
+    cells = json.loads(path.read_text())["cells"]
+    out = []
+    for cell in cells:
+        source = "".join(cell["source"])
+        out.append(source if cell["cell_type"] == "markdown" else f"```python\n{source}\n```")
+    where = path.relative_to(ROOT)
+    return "\n\n".join(out) + f"\n\nThe notebook: `{where}` (`jupyter lab {where}`); the test suite runs it.\n"
+
+
+def notebooks_index() -> str:
+    rows = []
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        title = "".join(cells[0]["source"]).splitlines()[0].lstrip("# ") if cells else path.stem
+        rows.append(f"- [{title}]({path.stem}.md)")
+    return ("# Notebooks\n\nRunnable examples in `notebooks/`, each executed on a CPU by the test suite "
+            "(tests/test_notebooks.py).\n\n" + "\n".join(rows) + "\n")

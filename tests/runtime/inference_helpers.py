@@ -44,13 +44,32 @@ def tiny_model_spec(**model):
     return Model.model_validate(fields)
 
 
+_TRAINED: dict[str, object] = {}
+
+
 def train_tiny(model_spec=None, steps: int = 60, seed: int = 0):
     """A Transformer of `model_spec` (default tiny_model_spec()) trained `steps` AdamW steps on the chain,
-    in eval mode."""
+    in eval mode: a copy of the one trained once per test session for these arguments."""
+    import copy
+
+    model_spec = model_spec or tiny_model_spec()
+    key = f"{model_spec.model_dump_json()}|{steps}|{seed}"
+    if key not in _TRAINED:
+        _TRAINED[key] = _train(model_spec, steps, seed)
+    return copy.deepcopy(_TRAINED[key])
+
+
+def draft_model_spec():
+    """A smaller model of the same vocabulary: a draft for tiny_model_spec()'s."""
+    return tiny_model_spec(d_model=32, n_layers=1, block={"norm": {"kind": "rmsnorm"}, "attention": {"kind": "gqa", "n_heads": 2, "n_kv_heads": 1},
+                                                          "mlp": {"kind": "swiglu", "hidden": 64}})
+
+
+def _train(model_spec, steps: int, seed: int):
     from tabula.compiler.model import Transformer
 
     torch.manual_seed(seed)
-    model = Transformer(model_spec or tiny_model_spec(), VOCAB).materialize("cpu", seed)
+    model = Transformer(model_spec, VOCAB).materialize("cpu", seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     rows = markov_tokens(steps * 16, seed=1)
     for batch in rows.split(16):

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from inference_helpers import markov_batches, train_tiny
+from chain_models import markov_batches, train_tiny
 from runtime_helpers import one_thread_fixture
 from tabula.runtime.errors import RunInputError
 from tabula.runtime.inference.perplexity import perplexity

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from inference_helpers import VOCAB, draft_model_spec, markov_tokens, tiny_model_spec, train_tiny
+from chain_models import VOCAB, draft_model_spec, markov_tokens, tiny_model_spec, train_tiny
 from runtime_helpers import one_thread_fixture
 from tabula.compiler.model import Transformer
 from tabula.runtime.inference.decoder import Decoder

@@ -24,13 +24,16 @@ A round emits between 1 and k + 1 tokens for one target pass. Batch of one seque
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import RunInputError
 from .decoder import ContextFull, Decoder
+from .generator import Chunk, Generator, Sequence
 from .sampling import SamplingParams, process
 
 
@@ -101,17 +104,20 @@ class SpeculativeDecoder:
             raise ValueError(f"draft k must be 1..{slack} (the tokens a rolling-window cache can roll back), not {k}")
         self.target, self.draft, self.k = target, draft, k
         self.stats = SpeculativeStats()
+        self.context_full = False  # the latest generation ended at the end of the target's context
 
     @torch.no_grad()
-    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[tuple[int, float]]:
-        """Yields (token, its log-probability under the target's raw logits) up to params.max_new_tokens
-        (stop tokens end it, included; stop strings are the caller's). Raises ContextFull for a prompt
+    def generate(self, prompt: list[int], params: SamplingParams, *, stop_ids: Collection[int] = ()) -> Iterator[tuple[int, float]]:
+        """Yields (token, its log-probability under the target's raw logits) up to params.max_new_tokens,
+        or until the target's context is full (`context_full` tells). A stop token (params.stop_token_ids,
+        `stop_ids`) ends it, yielded last; stop strings are the caller's. Raises ContextFull for a prompt
         that does not fit the target's context."""
         if not prompt:
             raise ValueError("speculative decoding needs a prompt of at least one token")
         if len(prompt) + self.target.n_virtual > self.target.max_len:
             raise ContextFull(f"a prompt of {len(prompt)} tokens does not fit the target's context of {self.target.max_len}")
         self.stats = SpeculativeStats()
+        self.context_full = False
         generator = None
         if params.seed is not None:
             generator = torch.Generator().manual_seed(params.seed)
@@ -123,10 +129,13 @@ class SpeculativeDecoder:
             self.draft.prefill(draft_cache, [prompt[:-1]])
         seen = list(prompt)  # the repetition penalty's tokens: the prompt and the output so far
         pending = [prompt[-1]]  # tokens the draft has not fed yet (the last one is the context's last)
-        stops = set(params.stop_token_ids)
+        stops = set(params.stop_token_ids) | set(stop_ids)
         emitted = 0
         while emitted < params.max_new_tokens:
             target_room = self.target.max_len - int(target_cache.lengths[0]) - 1  # after feeding `last`
+            if target_room < 0:
+                self.context_full = True
+                return
             draft_room = self.draft.max_len - int(draft_cache.lengths[0]) - len(pending) + 1 if draft_fits else 0
             k = max(0, min(self.k, params.max_new_tokens - emitted - 1, target_room, draft_room))
             drafted, q = self._propose(draft_cache, pending, k, params, seen, generator)
@@ -175,3 +184,35 @@ class SpeculativeDecoder:
         ids = torch.tensor(sorted(set(seen)), dtype=torch.long, device=logits.device) if penalty and seen else None
         scores = process(logits, params, ids).cpu()
         return scores if params.greedy else scores.softmax(-1)
+
+
+class SpeculativeGenerator(Generator):
+    """A Generator (same arguments) whose sequences are decoded speculatively, `draft` (a model of the same
+    vocabulary) proposing `k` tokens a round; the rows of a batch are decoded one after another, and a row
+    reaching the end of the context ends there (finish_reason "context"; no sliding). `stats` sums every
+    sequence's rounds and acceptances since it was built."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, *, draft: nn.Module, k: int = 4, **options: Any) -> None:
+        super().__init__(model, tokenizer, **options)
+        self.speculative = SpeculativeDecoder(self.decoder, Decoder(draft.eval(), slack=self.decoder.options.slack), k)
+        self.stats = SpeculativeStats()
+
+    def run(self, sequences: list[Sequence]) -> Iterator[Chunk]:
+        for sequence in sequences:
+            if sequence.params.max_new_tokens == 0:
+                sequence.finish_reason = "length"
+                continue
+            tokens = self.speculative.generate(sequence.prompt_ids, sequence.params, stop_ids=sequence.stop_ids)
+            try:
+                for token, logprob in tokens:
+                    yield sequence.accept(token, logprob)
+                    if sequence.finished:
+                        break
+                if not sequence.finished:
+                    yield sequence.end("context")
+            finally:
+                tokens.close()
+                done = self.speculative.stats
+                self.stats.rounds += done.rounds
+                self.stats.proposed += done.proposed
+                self.stats.accepted += done.accepted

@@ -121,3 +121,25 @@ def test_a_draft_with_another_tokenizer_is_refused(target):
     other = Transformer(draft_model_spec(), VOCAB + 1).materialize("cpu", 0).eval()
     with pytest.raises(DraftRefused, match="vocabulary has 65 tokens, the target's 64"):
         SpeculativeDecoder(Decoder(target), Decoder(other))
+
+
+def test_the_speculative_generator_completes_as_the_plain_one(target, draft):
+    from tabula.runtime.inference import Generator
+    from tabula.runtime.inference.speculative import SpeculativeGenerator
+
+    prompts = [markov_tokens(1, seed=s)[0, :4].tolist() for s in (8, 9)]
+    plain = Generator(target, eos_id=None)
+    speculative = SpeculativeGenerator(target, None, draft=draft, k=3)
+    params = SamplingParams(max_new_tokens=24)
+    expected = plain.generate(prompts, params)
+    got = speculative.generate(prompts, params)
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    assert [c.finish_reason for c in got] == ["length", "length"]
+    assert got[0].logprobs == pytest.approx(expected[0].logprobs, abs=1e-4)
+    assert speculative.stats.proposed > 0 and 0 < speculative.stats.acceptance_rate <= 1
+    stop = expected[0].token_ids[10]  # a stop id ends the row there, as in the plain generator
+    with_stop = SamplingParams(max_new_tokens=24, stop_token_ids=(stop,))
+    assert speculative.generate(prompts[0], with_stop).token_ids == plain.generate(prompts[0], with_stop).token_ids
+    long = SamplingParams(max_new_tokens=200)  # to the end of the context
+    ends = speculative.generate(prompts[0], long)
+    assert ends.finish_reason == "context" and ends.token_ids == plain.generate(prompts[0], long).token_ids

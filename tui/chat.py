@@ -35,6 +35,19 @@ class ChatPiece:
     cache_bytes: int
 
 
+class StreamedPiece(Protocol):
+    """What a session streams: a ChatPiece, or any object with its three fields (the runtime's Reply)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def tokens(self) -> int: ...
+
+    @property
+    def cache_bytes(self) -> int: ...
+
+
 class ChatSession(Protocol):
     """What the screen talks to. `describe()` one line about the model (name, template); `reply(history,
     temperature=, top_p=, max_new_tokens=)` streams the assistant's answer to `history` ((role, text)
@@ -43,7 +56,7 @@ class ChatSession(Protocol):
     def describe(self) -> str: ...
 
     def reply(self, history: Sequence[tuple[str, str]], *, temperature: float, top_p: float,
-              max_new_tokens: int) -> Iterator[ChatPiece]: ...
+              max_new_tokens: int) -> Iterator[StreamedPiece]: ...
 
     def cancel(self) -> None: ...
 
@@ -89,7 +102,7 @@ class ChatScreen(Screen[None]):
     class Piece(Message):
         """A streamed piece of the answer, from the worker thread."""
 
-        def __init__(self, piece: ChatPiece) -> None:
+        def __init__(self, piece: StreamedPiece) -> None:
             super().__init__()
             self.piece = piece
 

@@ -24,7 +24,7 @@ A round emits between 1 and k + 1 tokens for one target pass. Batch of one seque
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Generator as Stream, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +95,7 @@ class SpeculativeDecoder:
     proposing `k` tokens a round. `stats` counts the latest generation's rounds and acceptances."""
 
     def __init__(self, target: Decoder, draft: Decoder, k: int = 4) -> None:
-        target_vocab, draft_vocab = int(target.model.vocab_size), int(draft.model.vocab_size)
+        target_vocab, draft_vocab = int(getattr(target.model, "vocab_size")), int(getattr(draft.model, "vocab_size"))
         if target_vocab != draft_vocab:
             raise DraftRefused(f"the draft model's vocabulary has {draft_vocab} tokens, the target's {target_vocab}: "
                                "speculative decoding needs the draft to share the target's tokenizer")
@@ -107,7 +107,7 @@ class SpeculativeDecoder:
         self.context_full = False  # the latest generation ended at the end of the target's context
 
     @torch.no_grad()
-    def generate(self, prompt: list[int], params: SamplingParams, *, stop_ids: Collection[int] = ()) -> Iterator[tuple[int, float]]:
+    def generate(self, prompt: list[int], params: SamplingParams, *, stop_ids: Collection[int] = ()) -> Stream[tuple[int, float], None, None]:
         """Yields (token, its log-probability under the target's raw logits) up to params.max_new_tokens,
         or until the target's context is full (`context_full` tells). A stop token (params.stop_token_ids,
         `stop_ids`) ends it, yielded last; stop strings are the caller's. Raises ContextFull for a prompt

@@ -157,8 +157,9 @@ def _config(method: str, group_size: int | None):
         from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig
         from torchao.quantization.granularity import PerGroup
 
-    if method == "int8":
-        return Int8WeightOnlyConfig() if group_size is None else Int8WeightOnlyConfig(granularity=PerGroup(group_size))
+    if method == "int8":  # set_inductor_config would change torch.compile's settings for the whole process
+        granularity = {} if group_size is None else {"granularity": PerGroup(group_size)}
+        return Int8WeightOnlyConfig(set_inductor_config=False, **granularity)
     assert group_size is not None
     return IntxWeightOnlyConfig(weight_dtype=getattr(torch, "int4"), granularity=PerGroup(group_size))  # torch.int4: missing from torch's stubs
 

@@ -12,6 +12,7 @@ from typing import Callable
 from textual.app import App
 from textual.screen import Screen
 
+from .chat import ChatScreen, ChatSession
 from .dashboard import DashboardScreen, Process
 
 
@@ -53,3 +54,17 @@ class WizardApp(App["Path | None"]):
     async def action_quit(self) -> None:
         """ctrl+q: leave, returning what was saved."""
         self.exit(getattr(self.wizard, "saved", None))
+
+
+class ChatApp(App[None]):
+    """The chat playground (`tabula chat`) over `session` (tui/chat.py ChatSession)."""
+
+    TITLE = "tabula chat"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, session: ChatSession) -> None:
+        super().__init__()
+        self.session = session
+
+    def on_mount(self) -> None:
+        self.push_screen(ChatScreen(self.session))

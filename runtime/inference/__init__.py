@@ -54,6 +54,12 @@ in a rolling buffer of window + slack tokens), mla (latent.py: the kv latent and
 absorbed or expanded). A recurrent layer (Mamba) registers its kind with a state implementing
 LayerState (cache.py: select, concat_with, rollback(lengths), nbytes, bytes_per_token).
 
+Quantization (quantize.py): `quantize_model(model, "int8"|"int4", group_size=None) -> Quantized` (weight-only,
+torchao, in place; QuantizationUnsupported for what cannot be done), `weight_bytes(model)`; perplexity.py:
+`perplexity(model, batches)`. Speculative decoding (speculative.py): `SpeculativeDecoder(target_decoder,
+draft_decoder, k).generate(prompt_ids, params) -> Iterator[(token, logprob)]`, `.stats.acceptance_rate`;
+`check_draft(target_vocab, draft_vocab)` (DraftRefused).
+
 Files: buffer.py (TokenBuffer: linear or rolling per-token storage), cache.py (Cache, LayerState,
 KVState), layers.py, attention.py, latent.py, decoder.py, sampling.py, detok.py (IncrementalDecoder,
 StopText), generator.py, load.py (load_generator).

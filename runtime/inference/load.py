@@ -34,11 +34,44 @@ def _eos(spec: Any, tokenizer: Any) -> int | None:
 
 
 def load_generator(source: str | os.PathLike[str], *, device: str | torch.device = "cpu", overrides: list[str] | tuple[str, ...] = (),
-                   allow_extends_outside: bool = False, **options: Any) -> Generator:
+                   allow_extends_outside: bool = False, quantize: str | None = None, group_size: int | None = None,
+                   draft: str | os.PathLike[str] | None = None, draft_k: int = 4, **options: Any) -> Generator:
     """A Generator for `source` (see the module docstring) on `device`; `options` go to Generator (absorb,
-    slack, on_context_full). Raises RunInputError (a missing path, a folder that is none of these, a
-    checkpoint that cannot be read), SpecErrors for a bad spec."""
-    path = Path(source)
+    slack, on_context_full). `quantize` "int8" or "int4" quantizes the model's weights (quantize.py, with
+    `group_size`); `draft` (a run folder, checkpoint, spec or Hugging Face folder with the same tokenizer)
+    makes a SpeculativeGenerator proposing `draft_k` tokens a round (quantized alike). Raises RunInputError
+    (a missing path, a folder that is none of these, a checkpoint that cannot be read, a quantization the
+    device cannot do, a draft with another tokenizer), SpecErrors for a bad spec."""
+    if quantize is not None:
+        from .quantize import check_device
+
+        check_device(quantize, device)
+    model, tokenizer, eos, start = _load(Path(source), device, list(overrides), allow_extends_outside, quantize, group_size)
+    if draft is None:
+        return Generator(model, tokenizer, eos_id=eos, start_ids=start, **options)
+    from .speculative import SpeculativeGenerator, check_draft
+
+    if not 1 <= draft_k <= int(options.get("slack", 16)):
+        raise RunInputError(f"the draft proposes 1..{options.get('slack', 16)} tokens a round (a rolling-window cache rolls back "
+                            f"that many), not {draft_k}")
+    draft_model, draft_tokenizer, _, _ = _load(Path(draft), device, [], allow_extends_outside, quantize, group_size)
+    if tokenizer is not None and draft_tokenizer is not None:
+        check_draft(tokenizer.get_vocab(), draft_tokenizer.get_vocab())
+    return SpeculativeGenerator(model, tokenizer, draft=draft_model, k=draft_k, eos_id=eos, start_ids=start, **options)
+
+
+def _load(path: Path, device: Any, overrides: list[str], allow_extends_outside: bool, quantize: str | None,
+          group_size: int | None) -> tuple[Any, Any, int | None, list[int]]:
+    """(model, tokenizer, eos id, start ids) of a run, checkpoint, spec or Hugging Face folder, quantized as asked."""
+    loaded = _load_source(path, device, overrides, allow_extends_outside)
+    if quantize is not None:
+        from .quantize import quantize_model
+
+        quantize_model(loaded[0], quantize, group_size)
+    return loaded
+
+
+def _load_source(path: Path, device: Any, overrides: list[str], allow_extends_outside: bool) -> tuple[Any, Any, int | None, list[int]]:
     if not path.exists():
         raise RunInputError(f"{path}: no such run directory, checkpoint, spec file or Hugging Face folder")
     if path.is_dir() and (path / "config.json").is_file():
@@ -48,8 +81,8 @@ def load_generator(source: str | os.PathLike[str], *, device: str | torch.device
             raise RunInputError(f"{path}: overrides apply to a spec, not to a run's checkpoint ({' '.join(overrides)})")
         model, tokenizer, eos, start = _from_run(path, device)
     else:
-        model, tokenizer, eos, start = _from_spec(path, device, list(overrides), allow_extends_outside)
-    return Generator(model, tokenizer, eos_id=eos, start_ids=start, **options)
+        model, tokenizer, eos, start = _from_spec(path, device, overrides, allow_extends_outside)
+    return model, tokenizer, eos, start
 
 
 def _from_run(path: Path, device: Any) -> tuple[Any, Any, int | None, list[int]]:

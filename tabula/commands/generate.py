@@ -9,6 +9,8 @@ sample, --seed makes it reproducible. Generation ends at the model's end-of-text
 (not printed), a --stop-token-id, --max-new-tokens or the end of the model's context. --json prints one
 JSON object instead: the prompt's ids, each new token with its log-probability, the text and why it ended.
 A prompt longer than the context is refused, or cut to its last tokens with --on-long-prompt truncate.
+--quantize int8|int4 quantizes the weights (torchao); --draft RUN_DIR decodes speculatively with a smaller
+model of the same tokenizer (the output is the model's own; the acceptance rate goes to stderr, or --json).
 """
 
 from __future__ import annotations
@@ -49,9 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-long-prompt", choices=["refuse", "truncate"], default="refuse",
                         help="a prompt longer than the model's context: refuse it (exit 2, the default) or keep its last tokens, with a warning")
     parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    parser.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                        help="weight-only quantization of the model's Linear layers (torchao): less memory; on a CPU, slower")
+    parser.add_argument("--group-size", type=int, default=None, metavar="N",
+                        help="inputs sharing a quantization scale (int8 default: one a row; int4: the largest of 128, 64, 32, 16 that fits)")
+    parser.add_argument("--draft", metavar="RUN_DIR", default=None,
+                        help="speculative decoding: a smaller model with the same tokenizer (a run, checkpoint, spec or HF folder) "
+                             "proposes tokens the model verifies; the output is the model's own, the acceptance rate is reported")
+    parser.add_argument("--draft-k", type=int, default=4, metavar="K", help="tokens the draft proposes a round (default 4)")
     add_extends_flag(parser)
-    # Hook for the quantization and speculative-decoding flags (--quantize, --draft): add them here and apply
-    # them in `build_generator`, which every other step of this command goes through.
 
 
 class BadInput(Exception):
@@ -63,7 +71,8 @@ def build_generator(args: argparse.Namespace) -> Any:
     from tabula.runtime.inference import load_generator
 
     return load_generator(args.source, device=args.device, overrides=args.overrides,
-                          allow_extends_outside=args.allow_extends_outside)
+                          allow_extends_outside=args.allow_extends_outside, quantize=args.quantize, group_size=args.group_size,
+                          draft=args.draft, draft_k=args.draft_k)
 
 
 def _prompt(args: argparse.Namespace) -> str:
@@ -127,7 +136,15 @@ def run(args: argparse.Namespace) -> int:
                        for token, logprob in zip(completion.token_ids, completion.logprobs)],
             "text": completion.text, "finish_reason": completion.finish_reason, "stop": completion.stop,
         }
+        stats = getattr(generator, "stats", None)  # a SpeculativeGenerator's (--draft)
+        if stats is not None:
+            record["speculative"] = {"draft_k": args.draft_k, "rounds": stats.rounds, "proposed": stats.proposed,
+                                     "accepted": stats.accepted, "acceptance_rate": stats.acceptance_rate}
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     else:
         out.write("\n")
+        stats = getattr(generator, "stats", None)
+        if stats is not None:
+            sys.stderr.write(f"speculative decoding: {stats.accepted} of {stats.proposed} draft tokens accepted "
+                             f"({stats.acceptance_rate:.0%}), {stats.tokens_per_round:.2f} tokens a pass of the model\n")
     return ExitCode.OK

@@ -36,7 +36,7 @@ class MoEToHF(HFMapping):
     """Mixtral's sparse MoE block, or DeepSeek-V3's MoE (with MLA attention)."""
 
     def architecture(self, spec: MoESpec, model: ModelSpec) -> str:
-        return DEEPSEEK if model.block.attention_dims(model.d_model) is not None and getattr(model.block, "attention").kind == "mla" else MIXTRAL
+        return DEEPSEEK if getattr(getattr(model.block, "attention", None), "kind", None) == "mla" else MIXTRAL
 
     def problems(self, spec: MoESpec, model: ModelSpec, architecture: str, path: str) -> list[str]:
         problems = []

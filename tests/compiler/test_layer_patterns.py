@@ -87,3 +87,12 @@ def test_bad_ranges_and_blocks_are_refused_at_their_spec_path(layers, path, word
 def test_stepped_ranges_that_interleave_do_not_overlap():
     spec = patterned(n_layers=8, layers=[{"start": 0, "step": 2, "block": DENSE}, {"start": 1, "step": 4, "block": DENSE}])
     assert [spec.model.block_path(i) for i in range(4)] == ["model.layers.0.block", "model.layers.1.block", "model.layers.0.block", "model.block"]
+
+
+def test_the_wizard_offers_layer_overrides_as_rows_of_ranges_and_blocks():
+    from tabula.schemas.model import Layers, Model
+    from tabula.tui.schema_form import LIST, MODEL, form_fields
+
+    layers = next(field for field in form_fields(Model) if field.name == "layers")
+    assert layers.widget == LIST and layers.item.model is Layers and not layers.required
+    assert [(f.name, f.widget) for f in form_fields(Layers)][-1] == ("block", MODEL)

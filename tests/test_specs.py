@@ -64,6 +64,18 @@ def test_plan_runs_on_every_spec(path, capsys):
     assert plan["memory_per_rank"]["total"] == sum(v for k, v in plan["memory_per_rank"].items() if k != "total")
 
 
+def test_plan_lists_the_layers_and_counts_a_tokens_active_parameters(capsys):
+    plan = plan_in_process(SPECS / "presets" / "deepseek-v3-tiny.yaml", capsys)
+    assert [(run["layers"], run["block"]) for run in plan["layers"]] == [("0", "model.layers.0.block"), ("1-3", "model.block")]
+    assert plan["layers"][1]["active_parameters"] < plan["layers"][1]["parameters"]
+    assert plan["parameters"]["active"] < plan["parameters"]["total"]
+    from tabula.cli import main
+
+    assert main(["plan", str(SPECS / "presets" / "deepseek-v3-tiny.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "active a token" in text and "model.layers.0.block   mla + swiglu 688" in text
+
+
 def test_tabulaprima_278m_has_the_original_size(capsys):
     plan = plan_in_process(SPECS / "tabulaprima-278m.yaml", capsys, "--device", "cuda")
     # the original model_arch.MLATransformer exactly, the bias on each attention output projection

@@ -96,3 +96,14 @@ def test_the_wizard_offers_layer_overrides_as_rows_of_ranges_and_blocks():
     layers = next(field for field in form_fields(Model) if field.name == "layers")
     assert layers.widget == LIST and layers.item.model is Layers and not layers.required
     assert [(f.name, f.widget) for f in form_fields(Layers)][-1] == ("block", MODEL)
+
+
+def test_a_run_resumes_across_an_overrides_window_but_not_a_new_block_shape():
+    from tabula.compiler.impact import resume_compatibility
+
+    base = patterned()
+    window = patterned(layers=[{"start": 0, "stop": 2, "block": DENSE | {"attention": DENSE["attention"] | {"window": 5}}}])
+    wider = patterned(layers=[{"start": 0, "stop": 2, "block": DENSE | {"mlp": {"kind": "gelu", "hidden": 48}}}])
+    assert resume_compatibility(base, window) == (True, [])
+    ok, reasons = resume_compatibility(base, wider)
+    assert not ok and reasons == ["model.layers.0.block.mlp.hidden reshapes the weights, so a checkpoint does not load"]

@@ -133,6 +133,13 @@ class AimTracker:
                 if value is not None:
                     run.track(value, name=name, step=step, context=context)
             run.track(event["tokens"], name="tokens", step=step, context=context)
+        elif kind == "routing":  # a mixture of experts: balancing loss, imbalance, each layer's expert shares
+            context = {"subset": "train"}
+            run.track(event["balance_loss"], name="balance_loss", step=step, context=context)
+            run.track(event["imbalance"], name="expert_imbalance", step=step, context=context)
+            for layer, shares in enumerate(event["load"]):
+                for expert, share in enumerate(shares):
+                    run.track(share, name="expert_load", step=step, context={"subset": "train", "moe_layer": layer, "expert": expert})
         elif kind == "eval":
             context = {"subset": "val"}
             if event.get("val_loss") is not None:

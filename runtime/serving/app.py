@@ -34,13 +34,14 @@ DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is 
 class ServedModel:
     """What the app knows of the model: its name, its tokenizer's encode, its chat template (messages ->
     prompt text with the generation prompt; None: the model has none), the end-of-turn tokens a chat
-    answer stops on, and its context."""
+    answer stops on, its context and its vocabulary (token ids in a prompt are checked against it)."""
 
     name: str
     encode: Callable[[str], list[int]]
     max_len: int
     chat: Callable[[list[dict[str, str]]], str] | None = None
     chat_stop_ids: tuple[int, ...] = ()
+    vocab_size: int | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -150,7 +151,7 @@ def create_app(engine: Engine, model: ServedModel, *, api_key: str | None = None
         return await _complete(request, handle, stream, meta, chat)
 
     def _check_ids(ids: Sequence[int]) -> str | None:
-        vocab = getattr(engine, "vocab_size", None)
+        vocab = model.vocab_size
         bad = [i for i in ids if i < 0 or (vocab is not None and i >= vocab)]
         return f"prompt: token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1 if vocab else '?'})" if bad else None
 

@@ -103,7 +103,7 @@ class Scheduler:
         self.decoder = decoder
         self.decode = decode
         self.config = config or SchedulerConfig()
-        self.max_len = int(decoder.max_len)
+        self.max_len = int(decoder.max_len) - int(getattr(decoder, "n_virtual", 0))  # ids a row holds
         tokens = self.config.cache_tokens or self.config.max_batch * self.max_len
         self.pool = BlockPool(max(1, tokens // self.config.block_size), self.config.block_size)
         self.waiting: deque[_Sequence] = deque()

@@ -152,3 +152,14 @@ def test_metrics_are_prometheus_text(setup, client):
         assert name in text
     assert 'status="401"' in text and 'status="429"' in text
     json.dumps(text)  # plain text
+
+
+def test_a_short_load_test_finishes_every_request(setup):
+    from tabula.runtime.serving.loadtest import mix, run_load
+
+    requests = mix(8, (3, 9), (4, 8), vocab=setup[1].vocab_size)
+    report = run_load(setup[0].url, "tiny", requests, concurrency=4, api_key=KEY)
+    assert report.errors == [] and len(report.latency) == 8 and len(report.ttft) == 8
+    assert 0 < report.output_tokens <= 8 * 8  # the end-of-text token may end one early
+    row = report.row()
+    assert row["ttft_p50"] <= row["latency_p99"] and row["tok/s"] > 0

@@ -10,7 +10,8 @@ Each turn of the loop:
        turn's prefill budget (prefill_tokens) lasts, prefills them in one padded pass and joins their cache
        rows to the running batch: a newcomer costs the running sequences one prefill pass, never a stall
        for the whole queue;
-    4. lets finished sequences leave (their rows are dropped from the cache, their blocks freed).
+    (finished sequences leave after each pass, before admission: their rows are dropped from the cache and
+    their blocks freed, so a newcomer takes their place in the same turn).
 
 Every sequence samples with its own parameters and stops on its own tokens, strings and max_tokens. The
 decoder is the inference core's (runtime/inference `Decoder`: new_cache, prefill, step; its `Cache` rows
@@ -174,14 +175,15 @@ class Scheduler:
     def turn(self) -> None:
         """One turn: drop the cancelled, decode the running one token, admit and prefill newcomers, let the finished leave."""
         self._drop_cancelled()
-        finished: set[int] = set()
         if self.running:
-            finished |= self._decode()
+            finished = self._decode()
+            if finished:  # before admission: their slots and blocks go to the newcomers of this turn
+                self._leave(finished)
         admitted = self._admit()
         if admitted:
-            finished |= self._prefill(admitted)
-        if finished:
-            self._leave(finished)
+            finished = self._prefill(admitted)
+            if finished:
+                self._leave(finished)
 
     def _drop_cancelled(self) -> None:
         with self._wake:

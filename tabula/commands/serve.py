@@ -36,7 +36,8 @@ def _positive(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="RUN_DIR|HF_EXPORT_DIR",
-                        help="a run directory (its newest checkpoint), a checkpoint folder, or a Hugging Face folder (tabula export --format hf)")
+                        help="a run directory (its newest checkpoint), a checkpoint folder, a Hugging Face folder (tabula export --format hf), "
+                             "or a spec file (its seed-initialised model, for trying the server)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, e.g. in a container)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--name", default=None, help="the model's name in the API (default: the folder's name)")
@@ -64,12 +65,16 @@ def run(args) -> int:
 
         generator = load_generator(source, device=device)
         if args.quantize:
-            from tabula.runtime.inference import quantize
-
+            try:
+                from tabula.runtime.inference import quantize  # type: ignore[attr-defined]
+            except ImportError:
+                sys.stderr.write(f"tabula serve: --quantize {args.quantize}: this build's inference core has no quantization yet\n")
+                return 2
             quantize(generator.model, args.quantize)
         template = chat_template_of(source)
         config = SchedulerConfig(max_batch=args.max_batch, max_queue=args.max_queue, cache_tokens=args.cache_tokens)
-        server = build_server(generator, args.name or source.resolve().name, template=template, config=config, api_key=args.api_key)
+        name = args.name or (source.stem if source.is_file() else source.resolve().name)
+        server = build_server(generator, name, template=template, config=config, api_key=args.api_key)
     except SpecErrors as errors:
         from tabula.report import print_errors
 

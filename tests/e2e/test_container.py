@@ -40,7 +40,7 @@ def test_the_cpu_image_serves_a_mounted_export_and_answers_health(tmp_path):
     from tabula.cli import main
 
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(f"extends: {ROOT / 'specs' / 'quickstart.yaml'}\nmodel: {{vocab_size: 512, d_model: 32, n_layers: 1}}\n")
+    spec.write_text(f"extends: {ROOT / 'specs' / 'quickstart.yaml'}\ndata: {{tokenizer: {{vocab_size: 512}}}}\nmodel: {{vocab_size: 512, d_model: 32, n_layers: 1}}\n")
     assert main(["export", str(spec), "--format", "hf", "--out", str(tmp_path / "model")]) == 0
     tag = "tabula-test:cpu"
     subprocess.run([ENGINE, "build", "-f", "docker/Dockerfile.cpu", "-t", tag, "."], cwd=ROOT, check=True, timeout=3000)

@@ -68,7 +68,9 @@ def tiny_model(vocab_size: int, *, window: int | None = None, max_seq_len: int =
 
 def greedy_reference(model, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = ()) -> list[int]:
     """The model's own uncached greedy continuation of one prompt, cut at the first stop token."""
-    out = model.generate(torch.tensor([prompt]), max_new_tokens)[0, len(prompt):].tolist()
+    from tabula.runtime.inference.reference import recompute_greedy
+
+    out = recompute_greedy(model, torch.tensor([prompt]), max_new_tokens)[0, len(prompt):].tolist()
     for i, token in enumerate(out):
         if token in stop_ids:
             return out[:i]

@@ -192,7 +192,7 @@ def create_app(engine: Engine, model: ServedModel, *, api_key: str | None = None
 
         def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
             if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
+                delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text is not None else {})
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
@@ -214,8 +214,7 @@ def create_app(engine: Engine, model: ServedModel, *, api_key: str | None = None
                     if include_usage:
                         yield f"data: {json.dumps({**meta, 'object': kind, 'choices': [], 'usage': _usage(handle)})}\n\n"
                     break
-                if event.text:
-                    yield chunk(event.text, None)
+                yield chunk(event.text, None)  # a chunk a token, also while its text is held back ('')
             yield "data: [DONE]\n\n"
         finally:  # the client left (the generator is closed early) or the answer ended: either way the sequence goes
             handle.cancel()

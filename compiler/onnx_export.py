@@ -68,7 +68,8 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)  # (B, T, vocab)
+        logits: torch.Tensor = self.model(input_ids)  # (B, T, vocab)
+        return logits
 
 
 def _first_line(error: BaseException) -> str:

@@ -118,7 +118,7 @@ def create_app(engine: Engine, model: ServedModel, *, api_key: str | None = None
         if isinstance(body.prompt, list) and (not body.prompt or isinstance(body.prompt[0], int)):
             ids = [int(i) for i in body.prompt]
         else:
-            ids = model.encode(body.prompt[0] if isinstance(body.prompt, list) else body.prompt)
+            ids = model.encode(str(body.prompt[0]) if isinstance(body.prompt, list) else body.prompt)
         return await _generate(request, body, ids, body.params(body.max_tokens), chat=False)
 
     @app.post("/v1/chat/completions")

@@ -39,7 +39,8 @@ def _token_id(tokenizer: Any, text: str | None) -> int | None:
 def served_model(generator: Any, name: str, template: Any = None) -> ServedModel:
     """What the app needs of a Generator: its encode (with the ids every document starts after), its context
     and vocabulary, and the template's messages -> prompt with the end-of-turn token a chat answer stops on."""
-    chat, stops = None, ()
+    chat = None
+    stops: tuple[int, ...] = ()
     if template is not None and generator.tokenizer is not None:
         def chat(messages: list[dict[str, str]]) -> str:
             return template.render(messages, add_generation_prompt=True)

@@ -18,7 +18,7 @@ import sys
 from tabula.version import version_line
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
-COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "generate", "chat"]
+COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "generate", "chat", "serve"]
 # A command whose name is not its module's (`import` is a Python keyword).
 MODULES = {"import": "import_model"}
 

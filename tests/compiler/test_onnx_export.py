@@ -1,0 +1,85 @@
+"""`tabula export --format onnx`: onnxruntime computes tabula's logits (within 1e-4, fp32) for every
+attention kind, at batch sizes and lengths other than the traced ones; what cannot be exported is refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from compiler_specs import BASE, tiny_spec
+from ruamel.yaml import YAML
+
+from tabula.cli import main
+from tabula.compiler import build_model
+from tabula.compiler import onnx_export
+from tabula.compiler.onnx_export import OnnxExportError, export_onnx
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+MLA = {"kind": "mla", "n_heads": 4, "head_dim": 24, "rope_head_dim": 8, "v_head_dim": 16, "q_latent": 32, "kv_latent": 24,
+       "latent_norm": True}
+
+
+def assert_parity(model, onnx_path, vocab):
+    """onnxruntime's logits against the model's, at shapes the exporter did not trace (one token, odd lengths, the full context)."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(1, 1), (3, 13), (2, model.max_seq_len)]:
+        ids = torch.randint(0, vocab, shape, generator=generator)
+        with torch.no_grad():
+            ours = model(ids).numpy()
+        theirs = session.run(["logits"], {"input_ids": ids.numpy()})[0]
+        assert theirs.shape == ours.shape
+        torch.testing.assert_close(torch.from_numpy(theirs), torch.from_numpy(ours), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_exports_a_spec_with_a_sliding_window_that_onnxruntime_runs(tmp_path, capsys):
+    raw = copy.deepcopy(BASE)
+    raw["model"]["block"]["attention"]["window"] = 8
+    YAML(typ="safe").dump(raw, tmp_path / "tiny.yaml")
+    assert main(["export", str(tmp_path / "tiny.yaml"), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    assert "(ONNX)" in capsys.readouterr().out
+    info = json.loads((tmp_path / "onnx" / "tabula_onnx.json").read_text())
+    assert info["vocab_size"] == 97 and info["max_seq_len"] == 32 and list(info["inputs"]) == ["input_ids"]
+    model = build_model(tiny_spec(block={"attention": raw["model"]["block"]["attention"]}), device="cpu").eval()
+    assert_parity(model, tmp_path / "onnx" / "model.onnx", 97)
+
+
+KINDS = [
+    # each export takes seconds (torch.export + onnxscript): the default suite runs the CLI test above alone
+    pytest.param({"block": {"attention": MLA}}, id="mla", marks=pytest.mark.slow),
+    pytest.param({"block": {"attention": {"kind": "mha", "n_heads": 4}}}, id="mha", marks=pytest.mark.slow),
+    pytest.param({"block": {"attention": {"kind": "mqa", "n_heads": 4}}}, id="mqa", marks=pytest.mark.slow),
+    pytest.param({}, id="gqa", marks=pytest.mark.slow),
+    pytest.param({"position": {"kind": "learned"}, "block": {"norm": {"kind": "layernorm", "eps": 1e-5}, "mlp": {"kind": "gelu", "hidden": 96}},
+                  "tie_embeddings": False}, id="mha-learned-layernorm-gelu", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("model_keys", KINDS)
+def test_onnxruntime_logits_equal_tabulas(tmp_path, model_keys):
+    model = build_model(tiny_spec(**model_keys), device="cpu").eval()
+    assert export_onnx(model, tmp_path, optimize=False) == ["model.onnx", "tabula_onnx.json"]
+    assert_parity(model, tmp_path / "model.onnx", 97)
+
+
+def test_a_kind_without_a_verified_graph_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    YAML(typ="safe").dump(BASE, tmp_path / "tiny.yaml")
+    monkeypatch.setitem(onnx_export.EXPORTABLE, "attention", {"mha", "mla"})
+    assert main(["export", str(tmp_path / "tiny.yaml"), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be exported to ONNX" in err and "model.block.attention.kind: gqa: no verified ONNX graph" in err
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_an_exporter_failure_is_refused_with_its_reason(tmp_path, monkeypatch):
+    def fails(*args, **kwargs):
+        raise RuntimeError("Unsupported: data-dependent control flow\nmore detail")
+
+    monkeypatch.setattr(torch.onnx, "export", fails)
+    with pytest.raises(OnnxExportError, match="could not trace the model: Unsupported: data-dependent control flow$"):
+        export_onnx(build_model(tiny_spec(), device="cpu"), tmp_path)
+    assert not (tmp_path / "model.onnx").exists()

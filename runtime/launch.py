@@ -1,4 +1,4 @@
-"""Start a DeepSpeed run's ranks and watch them: `tabula run SPEC --nproc N` (or backend deepspeed).
+"""Start a run's ranks and watch them: `tabula run SPEC --nproc N` (backend deepspeed or fsdp).
 
     ranks_for(spec, nproc) -> Ranks                 where the ranks run (session.prepare_run calls it)
     check_deepspeed_config(spec, plan)              DeepSpeed's word on the config, before any rank starts
@@ -8,7 +8,8 @@
 prepares a resume that changes the world size or ZeRO stage (runtime/reshard.py) and opens the run
 folder. `launch` then starts the ranks through DeepSpeed's launcher (`python -m
 deepspeed.launcher.launch` on this machine, `python -m deepspeed.launcher.runner --hostfile` across
-nodes); each runs runtime/rank.py. On a machine without GPUs the ranks run on the CPU over gloo, each
+nodes); backend fsdp starts them through torchrun (`python -m torch.distributed.run`, with
+`--nnodes/--node_rank` and parallel.rendezvous's endpoint across nodes). Each runs runtime/rank.py. On a machine without GPUs the ranks run on the CPU over gloo, each
 with its share of the cores. The launcher watches the ranks: when one exits with an error it stops the
 others. This process passes rank 0's progress lines through to `out` (DeepSpeed's own log lines are
 held back), turns the first Ctrl-C / SIGTERM into a stop request (the ranks finish the step and
@@ -53,6 +54,7 @@ NOISE = re.compile(
     r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\]"
     r"|^DeepSpeed .* built successfully"
     r"|FutureWarning|UserWarning|^\s+return func\(|^\s+warnings\.warn"
+    r"|^[WIE]\d{4} [\d:.]+ \d+ .*(torch/distributed|api\.py)"  # torchrun's agent log lines
 )
 RETURN_CODE_LINE = re.compile(r"exits with return code = (-?\d+)")
 
@@ -66,10 +68,22 @@ def free_port() -> int:
 
 def rank_command(spec_path: str, run_dir: Path, world_size: int, *, overrides: Sequence[str] = (),
                  resume_from: Path | None = None, max_steps: int | None = None, hostfile: str | None = None,
-                 port: int | None = None) -> list[str]:
-    """The DeepSpeed launcher command line that starts every rank of a run: its multi-node runner with a
-    hostfile; on this machine its per-node launcher directly (what the runner would start, one
-    DeepSpeed import sooner)."""
+                 port: int | None = None, backend: str = "deepspeed", nodes: int = 1, node_rank: int = 0,
+                 rendezvous: str | None = None) -> list[str]:
+    """The launcher command line that starts every rank of a run (on this node). DeepSpeed: its
+    multi-node runner with a hostfile; on this machine its per-node launcher directly (what the runner
+    would start, one DeepSpeed import sooner). fsdp: torchrun, `world_size // nodes` ranks on this node,
+    node `node_rank` of `nodes` meeting at `rendezvous` (HOST:PORT; node 0 hosts it)."""
+    options = RankOptions(spec_path=str(spec_path), run_dir=Path(run_dir), overrides=tuple(overrides),
+                          resume_from=Path(resume_from) if resume_from is not None else None, max_steps=max_steps,
+                          backend=backend)
+    if backend == "fsdp":
+        host, port = (rendezvous.rsplit(":", 1)[0], int(rendezvous.rsplit(":", 1)[1])) if rendezvous else \
+            ("127.0.0.1", port or free_port())
+        # static rendezvous: node ranks as given, node 0 serves the store; a failed rank ends the others
+        return [sys.executable, "-u", "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node_rank={node_rank}",
+                f"--nproc_per_node={world_size // nodes}", f"--master_addr={host}", f"--master_port={port}",
+                "--max_restarts=0", "--monitor_interval=0.5", "--module", "tabula.runtime.rank", *rank_argv(options)]
     port = port or free_port()
     if hostfile:
         command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", hostfile,
@@ -78,8 +92,6 @@ def rank_command(spec_path: str, run_dir: Path, world_size: int, *, overrides: S
         world_info = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(world_size))}).encode()).decode()
         command = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
                    "--master_addr=127.0.0.1", f"--master_port={port}"]
-    options = RankOptions(spec_path=str(spec_path), run_dir=Path(run_dir), overrides=tuple(overrides),
-                          resume_from=Path(resume_from) if resume_from is not None else None, max_steps=max_steps)
     return command + ["--no_local_rank", "--module", "tabula.runtime.rank", *rank_argv(options)]
 
 
@@ -117,9 +129,15 @@ def ranks_for(spec: Spec, nproc: int | None) -> Ranks:
             world_size = slots
         elif slots != world_size:
             raise LaunchError(f"--nproc {world_size} differs from the {slots} slots of {hostfile}")
-    if spec.parallel.backend != "deepspeed":
-        raise LaunchError(f"--nproc {world_size} runs DeepSpeed ranks: add parallel.backend=deepspeed "
-                          f"(and parallel.zero.stage=1|2|3 to shard state over the ranks)")
+    if spec.parallel.backend not in ("deepspeed", "fsdp"):
+        raise LaunchError(f"--nproc {world_size} runs ranks: add parallel.backend=fsdp (FSDP2 through torchrun) or "
+                          f"parallel.backend=deepspeed (and parallel.zero.stage=1|2|3 to shard state over the ranks)")
+    if spec.parallel.backend == "fsdp":
+        tensor, nodes = spec.parallel.tensor.size, spec.parallel.nodes
+        if world_size % tensor:
+            raise LaunchError(f"parallel.tensor.size {tensor} must divide the {world_size} ranks")
+        if world_size % nodes:
+            raise LaunchError(f"parallel.nodes {nodes} must divide the {world_size} ranks (the same ranks on each node)")
     return Ranks(world_size, hostfile)
 
 
@@ -156,41 +174,46 @@ def hostfile_slots(path: Path) -> int | None:
 
 
 def launch(ready: PreparedRun, *, out: TextIO) -> Outcome:
-    """Start the ranks of a prepared DeepSpeed run (`ready.ranks`), watch them, and return how the run
-    ended (its `signal`: the SIGINT/SIGTERM this process received and passed on as a stop request)."""
+    """Start the ranks of a prepared DeepSpeed or fsdp run (`ready.ranks`), watch them, and return how the
+    run ended (its `signal`: the SIGINT/SIGTERM this process received and passed on as a stop request)."""
     if ready.ranks is None:
-        raise ValueError("launch() starts DeepSpeed ranks: this run was prepared for the local engine")
-    options, ranks = ready.options, ready.ranks
+        raise ValueError("launch() starts ranks: this run was prepared for the local engine")
+    options, ranks, parallel = ready.options, ready.ranks, ready.spec.parallel
     return start_ranks(options.spec_path, ready.run.path, ranks.world_size, overrides=options.overrides,
                        resume_from=ready.checkpoint, max_steps=options.max_steps,
                        hostfile=str(ranks.hostfile) if ranks.hostfile else None,
                        cache_dir=str(options.cache_dir) if options.cache_dir else None, out=out,
-                       lock=ready.lock, events_offset=ready.events_offset)
+                       lock=ready.lock, events_offset=ready.events_offset, backend=parallel.backend,
+                       nodes=parallel.nodes, rendezvous=parallel.rendezvous)
 
 
 def start_ranks(spec_path: str | os.PathLike[str], run_dir: str | os.PathLike[str], world_size: int, *,
                 overrides: Sequence[str] = (), resume_from: Path | None = None, max_steps: int | None = None,
                 hostfile: str | None = None, cache_dir: str | None = None, out: TextIO | None = None,
-                lock: RunLock | None = None, events_offset: int = 0) -> Outcome:
+                lock: RunLock | None = None, events_offset: int = 0, backend: str = "deepspeed", nodes: int = 1,
+                node_rank: int = 0, rendezvous: str | None = None) -> Outcome:
     """Start the ranks of a run whose folder exists, watch them, and make sure events.jsonl ends with an
     `end` event of this session (whose events follow byte `events_offset`). `lock`: the run folder's lock
     (runtime/runlock.py), handed to DeepSpeed's launcher so that the run stays locked while it and its
-    ranks live. Returns the run's Outcome, with the stop signal received (if any) as its `signal`."""
+    ranks live. `backend`, `nodes`, `node_rank`, `rendezvous`: see rank_command (a node other than 0 starts
+    its own ranks only). Returns the run's Outcome, with the stop signal received (if any) as its `signal`."""
     out = out or sys.stdout
     run_dir = Path(run_dir)
     (run_dir / RANKS_DIR).mkdir(parents=True, exist_ok=True)
-    for stale in (run_dir / RANKS_DIR).glob("rank-*.error"):  # from an earlier attempt of this run
-        stale.unlink()
+    if node_rank == 0:
+        for stale in (run_dir / RANKS_DIR).glob("rank-*.error"):  # from an earlier attempt of this run
+            stale.unlink()
     command = rank_command(str(spec_path), run_dir, world_size, overrides=overrides, resume_from=resume_from,
-                           max_steps=max_steps, hostfile=hostfile)
-    env = rank_environment(world_size)
+                           max_steps=max_steps, hostfile=hostfile, backend=backend, nodes=nodes, node_rank=node_rank,
+                           rendezvous=rendezvous)
+    env = rank_environment(world_size // nodes)
     if cache_dir:
         env["TABULA_CACHE_DIR"] = str(Path(cache_dir).resolve())
     keep_fds: tuple[int, ...] = ()
     started = None
     if lock is not None and lock.fd is not None:
         keep_fds = (lock.fd,)
-        started = functools.partial(lock.add_holder, what="DeepSpeed launcher")
+        started = functools.partial(lock.add_holder, what="torchrun" if backend == "fsdp" else "DeepSpeed launcher")
     exit_codes, tail, signals_seen = _supervise(command, env, run_dir, out, keep_fds=keep_fds, started=started)
     outcome = _finish(run_dir, exit_codes, tail, out, since=events_offset)
     if signals_seen:
@@ -209,7 +232,7 @@ def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: Text
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    bufsize=1, start_new_session=True, pass_fds=tuple(keep_fds))
     except OSError as error:
-        out.write(f"cannot start DeepSpeed's launcher: {error}\n")
+        out.write(f"cannot start the ranks' launcher: {error}\n")
         return [127], deque([str(error)]), []
     if started is not None:
         started(process.pid)

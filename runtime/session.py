@@ -107,8 +107,8 @@ class PreparedRun:
 
 
 def wants_ranks(spec: Spec, nproc: int | None) -> bool:
-    """Whether a run trains on DeepSpeed ranks (more than one, or backend deepspeed) rather than in this process."""
-    return (nproc or spec.parallel.world_size) > 1 or spec.parallel.backend == "deepspeed"
+    """Whether a run trains on ranks (more than one, or backend deepspeed / fsdp) rather than in this process."""
+    return (nproc or spec.parallel.world_size) > 1 or spec.parallel.backend in ("deepspeed", "fsdp")
 
 
 # ---------------------------------------------------------------- resume
@@ -184,9 +184,14 @@ def check_run_files(run: RunDir) -> None:
 def _reshard(spec: Spec, checkpoint: Path, ranks: Ranks | None) -> Move | None:
     """Make `checkpoint` loadable by this run's engine and layout; the move made, or None when it loads as
     saved. Raises RunInputError when the optimizer state cannot be kept."""
+    from .parallel.convert import FsdpConvertError, has_fsdp_state, prepare_fsdp_resume, write_local_optimizer
     from .reshard import DS_DIR, ReshardError, prepare_local_resume, prepare_resume
 
     try:
+        if spec.parallel.backend == "fsdp" and ranks is not None:
+            return prepare_fsdp_resume(checkpoint, ranks.world_size, spec.parallel.tensor.size)
+        if has_fsdp_state(checkpoint):  # to DeepSpeed or the local engine: its optimizer.pt first
+            write_local_optimizer(checkpoint)
         if ranks is not None:
             move = prepare_resume(checkpoint, spec.parallel.zero.stage, ranks.world_size, spec=spec)
             return move if move.changes else None
@@ -199,7 +204,7 @@ def _reshard(spec: Spec, checkpoint: Path, ranks: Ranks | None) -> Move | None:
         if not torch.cuda.is_available():  # DeepSpeed, imported to read its files, warns it found no GPU
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         return prepare_local_resume(checkpoint)
-    except (ReshardError, OSError) as error:
+    except (ReshardError, FsdpConvertError, OSError) as error:
         raise RunInputError(f"cannot resume from {checkpoint}: {error}") from None
 
 
@@ -329,12 +334,14 @@ def _prepare(spec: Spec, options: RunOptions, ranks: Ranks | None, target: tuple
             raise RunInputError(f"the tokenizer differs from the one {run.name} was trained with (hash {str(recorded)[:12]}, now "
                                 f"{data.tokenizer_hash[:12]}): token ids would change meaning. Start a new run instead.")
     device_type = pick_device().type
-    plan = make_plan(spec, world_size=ranks.world_size if ranks else None, vocab_size=data.vocab_size,
+    # the ranks that split each batch: tensor-parallel ranks share theirs
+    data_ranks = ranks.world_size // spec.parallel.tensor.size if ranks else None
+    plan = make_plan(spec, world_size=data_ranks, vocab_size=data.vocab_size,
                      device_type=device_type, compile_cache=cache_root(options.cache_dir), max_steps=options.max_steps)
     if plan.total_steps == 0:
         raise RunInputError(f"the budget ({plan.budget_tokens} tokens) is smaller than one batch ({plan.batch_tokens} "
                             f"tokens): nothing to train")
-    if ranks is not None:
+    if ranks is not None and spec.parallel.backend == "deepspeed":
         from .launch import check_deepspeed_config
 
         check_deepspeed_config(spec, plan)

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if spec is None:
         return ExitCode.BAD_INPUT
     options = run_options(args)
-    refused = (options.nproc or spec.parallel.world_size) > 1 and spec.parallel.backend != "deepspeed"
+    refused = (options.nproc or spec.parallel.world_size) > 1 and spec.parallel.backend not in ("deepspeed", "fsdp")
     try:
         # ranks without DeepSpeed: the runtime says why here, before any dashboard opens on a child that would fail
         if not args.headless and not refused and sys.stdout.isatty():
@@ -177,7 +177,7 @@ def prepared_lines(ready: PreparedRun) -> list[str]:
         lines += change_lines(resume.run.name, resume.changes)
         lines.append("These changes are compatible with the checkpoint: applying them.")
     if resume is not None and resume.move is not None:
-        through = " through a universal checkpoint" if ready.ranks is not None else ""
+        through = " through a universal checkpoint" if ready.ranks is not None and ready.spec.parallel.backend == "deepspeed" else ""
         lines.append(f"resuming {resume.move.text}{through}: weights and optimizer state kept")
     lines += [f"note: {note}" for note in ready.plan.notes]
     lines.append(f"run folder: {ready.run.path}")
@@ -185,7 +185,13 @@ def prepared_lines(ready: PreparedRun) -> list[str]:
         ranks = ready.ranks
         where = (f"{ranks.world_size} ranks from {ranks.hostfile}" if ranks.hostfile
                  else f"{ranks.world_size} rank{'s' * (ranks.world_size > 1)} on this machine")
-        lines.append(f"DeepSpeed ZeRO-{ready.spec.parallel.zero.stage}, {where} ({ready.device_type}, {ready.plan.precision})")
+        parallel = ready.spec.parallel
+        if parallel.backend == "fsdp":
+            tensor = f" x tensor parallel {parallel.tensor.size}" if parallel.tensor.size > 1 else ""
+            engine = f"FSDP2 (torchrun){tensor}"
+        else:
+            engine = f"DeepSpeed ZeRO-{parallel.zero.stage}"
+        lines.append(f"{engine}, {where} ({ready.device_type}, {ready.plan.precision})")
     return lines
 
 

@@ -1,0 +1,116 @@
+"""The fsdp backend (FSDP2, and tensor parallelism on a 2-D mesh) on gloo CPU ranks, against the local
+engine over the same batches: through a checkpoint and resume (bit-identical to an uninterrupted run),
+2 -> 1 ranks (DCP reshards), local -> fsdp, fsdp -> local (convert.py), and tensor parallel 2 ranks.
+Two torchrun launches (fsdp_worker.py) run every case; the reference runs in this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_specs import tiny_spec_yaml
+
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
+
+RELATIVE = 2e-3  # the issue's bound: within 0.2% of the local engine's loss at every step (float32 sums differ)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fsdp")
+    (folder / "tiny.yaml").write_text(tiny_spec_yaml(micro_batch=4))
+    previous = os.environ.get("TABULA_CACHE_DIR")
+    os.environ["TABULA_CACHE_DIR"] = str(folder / "cache")
+    yield folder
+    if previous is None:
+        os.environ.pop("TABULA_CACHE_DIR", None)
+    else:
+        os.environ["TABULA_CACHE_DIR"] = previous
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line]
+    return {e["step"]: e["loss"] for e in events if e["kind"] == "train"}
+
+
+def local_run(work: Path, name: str, steps: int, resume_from: Path | None = None) -> Path:
+    from tabula.compiler import make_plan
+    from tabula.runtime.build import build_local_engine
+    from tabula.runtime.data import prepare
+    from tabula.runtime.engine import pick_device
+    from tabula.runtime.loop import train
+    from tabula.runtime.rundir import create_run_dir
+    from tabula.schemas.canonical import canonical_yaml, spec_hash
+    from tabula.schemas.loader import load_spec
+
+    spec = load_spec(work / "tiny.yaml")
+    prepared = prepare(spec)
+    plan = make_plan(spec, vocab_size=prepared.vocab_size)
+    run = create_run_dir(work / name, spec, spec_text="", resolved_yaml=canonical_yaml(spec), manifest={"resumes": []},
+                         tokenizer_json=None)
+    train(spec, plan, build_local_engine(spec, plan, pick_device()), run, prepared, spec_hash=spec_hash(spec),
+          max_steps=steps, resume_from=resume_from)
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def local_losses(work) -> dict[int, float]:
+    return train_losses(local_run(work, "local", 15))
+
+
+def launch(work: Path, mode: str, ranks: int) -> None:
+    from tabula.runtime.launch import free_port, rank_environment
+
+    command = [sys.executable, "-u", "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", str(WORKER), str(work), mode]
+    result = subprocess.run(command, env=rank_environment(ranks), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and (work / f"{mode}.done").exists(), result.stdout[-4000:] + result.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(work, local_losses) -> Path:
+    launch(work, "two", 2)
+    return work
+
+
+def assert_follows(run_dir: Path, reference: dict[int, float], steps: range) -> None:
+    got = train_losses(run_dir)
+    assert sorted(got) == list(steps), f"{run_dir.name}: steps {sorted(got)}"
+    worst = max(abs(got[s] - reference[s]) / reference[s] for s in steps)
+    assert worst < RELATIVE, f"{run_dir.name}: losses differ from the local engine's by up to {worst:.2%}: {got}"
+
+
+def test_fsdp_follows_the_local_engine_and_resumes_bit_identically(two_ranks, local_losses):
+    assert_follows(two_ranks / "f2", local_losses, range(1, 11))
+    resumed, straight = train_losses(two_ranks / "f2"), train_losses(two_ranks / "f2-straight")
+    assert [resumed[s] for s in range(6, 11)] == [straight[s] for s in range(6, 11)]  # bit for bit
+    events = [json.loads(line) for line in (two_ranks / "f2" / "events.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["kind"] == "start"]
+    assert [s["backend"] for s in starts] == ["fsdp", "fsdp"] and starts[1]["world_size"] == 2
+    layout = json.loads((two_ranks / "f2" / "checkpoints" / "step-000010" / "fsdp" / "layout.json").read_text())
+    assert (layout["world_size"], layout["tensor"]) == (2, 1)
+
+
+def test_tensor_parallel_follows_the_local_engine(two_ranks, local_losses):
+    assert_follows(two_ranks / "t2", local_losses, range(1, 6))
+    assert_follows(two_ranks / "t2-from-f2", local_losses, range(11, 14))  # fsdp shards resharded into tensor ones
+
+
+def test_a_local_checkpoint_resumes_on_fsdp_ranks(two_ranks, local_losses):
+    assert_follows(two_ranks / "local-to-f2", local_losses, range(9, 14))
+
+
+def test_fsdp_two_ranks_to_one_and_to_the_local_engine(two_ranks, local_losses):
+    launch(two_ranks, "one", 1)
+    assert_follows(two_ranks / "f2-to-1r", local_losses, range(11, 16))
+    from tabula.runtime.parallel.convert import write_local_optimizer
+
+    checkpoint = two_ranks / "f2" / "checkpoints" / "step-000010"
+    write_local_optimizer(checkpoint)
+    assert_follows(local_run(two_ranks, "f2-to-local", 5, resume_from=checkpoint), local_losses, range(11, 16))

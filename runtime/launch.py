@@ -324,3 +324,63 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: Sequence[str], out: Text
     if not errors and tail:
         out.write("last lines from the ranks:\n" + "\n".join(f"  {line}" for line in list(tail)[-10:]) + "\n")
     return Outcome("failed", error=message, **ended)
+
+
+# ---------------------------------------------------------------- the other nodes of a multi-node fsdp run
+
+
+def join_run(spec: Spec, spec_path: str, run_dir: Path, node_rank: int, *, overrides: Sequence[str] = (),
+             nproc: int | None = None, cache_dir: str | None = None, out: TextIO | None = None,
+             wait_s: float = 300.0) -> Outcome:
+    """Node `node_rank` (> 0) of a multi-node fsdp run: start this node's ranks, which join node 0's at
+    parallel.rendezvous, and watch them. Node 0 (`tabula run` without --node-rank) created `run_dir`, on
+    a file system every node shares; this waits up to `wait_s` for it and writes nothing there but its
+    ranks' error files: node 0's launcher writes the run's end. Returns the run's Outcome as node 0's
+    events tell it (a failed one when this node's ranks failed). Raises LaunchError when the spec is not
+    a multi-node fsdp run or the folder never appears."""
+    import time
+
+    from tabula.schemas.rundir_protocol import EVENTS_FILE
+
+    from .events import read_events
+    from .loop import Outcome
+    from .rundir import RESOLVED_FILE
+
+    parallel = spec.parallel
+    if parallel.backend != "fsdp" or parallel.nodes < 2:
+        raise LaunchError(f"--node-rank joins a multi-node fsdp run: set parallel.backend=fsdp, parallel.nodes (> 1) "
+                          f"and parallel.rendezvous (found backend {parallel.backend}, {parallel.nodes} node(s))")
+    if not 0 < node_rank < parallel.nodes:
+        raise LaunchError(f"--node-rank {node_rank}: this run has nodes 0-{parallel.nodes - 1} (node 0 is `tabula run` "
+                          f"without --node-rank)")
+    world_size = nproc or parallel.world_size
+    run_dir = Path(run_dir)
+    deadline = time.monotonic() + wait_s
+    while not (run_dir / RESOLVED_FILE).exists():
+        if time.monotonic() > deadline:
+            raise LaunchError(f"{run_dir} did not appear within {wait_s:.0f} s: start node 0 (`tabula run` with the same "
+                              f"--run-dir on a file system both nodes share) first")
+        time.sleep(0.5)
+    out = out or sys.stdout
+    command = rank_command(spec_path, run_dir, world_size, overrides=overrides, backend="fsdp", nodes=parallel.nodes,
+                           node_rank=node_rank, rendezvous=parallel.rendezvous)
+    env = rank_environment(world_size // parallel.nodes)
+    if cache_dir:
+        env["TABULA_CACHE_DIR"] = str(Path(cache_dir).resolve())
+    events_file = run_dir / EVENTS_FILE
+    # this session's events follow: node 0's rank 0 writes none before every node joined the rendezvous
+    offset = events_file.stat().st_size if events_file.exists() else 0
+    exit_codes, _, _ = _supervise(command, env, run_dir, out)
+    events = read_events(events_file, offset=offset) if events_file.exists() else []
+    # node 0's launcher writes the end once its ranks are gone: wait for it a little
+    deadline = time.monotonic() + 30
+    while not any(e.get("kind") == "end" for e in events) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        events = read_events(events_file, offset=offset) if events_file.exists() else []
+    end = next((e for e in reversed(events) if e.get("kind") == "end"), None)
+    if end is not None:
+        return Outcome(end["reason"], end.get("step", 0), end.get("tokens", 0), error=end.get("error"))
+    errors = sorted((run_dir / RANKS_DIR).glob("rank-*.error"))
+    error = errors[0].read_text(encoding="utf-8").strip().splitlines()[0] if errors else None
+    return Outcome("failed" if exit_codes or error else "finished", 0, 0,
+                   error=error or (f"this node's launcher exited with status {exit_codes[0]}" if exit_codes else None))

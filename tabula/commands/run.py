@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=_positive, metavar="N", help="stop after N optimizer steps of this call, with a checkpoint")
     parser.add_argument("--run-dir", metavar="DIR", help="write the run here instead of track.runs_dir/<name>-<time>")
     parser.add_argument("--resume", metavar="DIR|auto", help="continue a run folder (or one checkpoint folder); auto: the newest run of this spec")
-    parser.add_argument("--nproc", type=_positive, metavar="N", help="ranks on this machine (DeepSpeed); default parallel.world_size")
+    parser.add_argument("--nproc", type=_positive, metavar="N", help="ranks (DeepSpeed or fsdp; across every node for a multi-node fsdp run); default parallel.world_size")
+    parser.add_argument("--node-rank", type=_positive, metavar="K",
+                        help="join a multi-node fsdp run as node K (1 .. parallel.nodes-1): start this node's ranks in node 0's "
+                             "--run-dir (a shared file system) and meet at parallel.rendezvous")
     parser.add_argument("--cache-dir", metavar="DIR", help="token cache folder (default: TABULA_CACHE_DIR or the user's cache)")
 
 
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if spec is None:
         return ExitCode.BAD_INPUT
     options = run_options(args)
+    if args.node_rank:
+        return _join(options, spec, args.node_rank)
     refused = (options.nproc or spec.parallel.world_size) > 1 and spec.parallel.backend not in ("deepspeed", "fsdp")
     try:
         # ranks without DeepSpeed: the runtime says why here, before any dashboard opens on a child that would fail
@@ -135,6 +140,30 @@ def _train_here(options: RunOptions, spec: Spec) -> int:
         return report_crash(error, ready)
     finally:
         ready.release()
+
+
+def _join(options: RunOptions, spec: Spec, node_rank: int) -> int:
+    """Node `node_rank` of a multi-node fsdp run: its token cache, then its ranks (launch.join_run)."""
+    from tabula.runtime.data import prepare, terminal_progress
+    from tabula.runtime.errors import TabulaError
+    from tabula.runtime.launch import join_run
+
+    if options.run_dir is None or options.resume:
+        sys.stderr.write("tabula run: --node-rank needs --run-dir, the folder node 0 writes (on a shared file system); "
+                         "a resume names it there too\n")
+        return ExitCode.BAD_INPUT
+    try:
+        prepare(spec, cache_dir=options.cache_dir, progress=terminal_progress(sys.stderr))  # this node's token cache
+        outcome = join_run(spec, options.spec_path, options.run_dir, node_rank, overrides=options.overrides,
+                           nproc=options.nproc, cache_dir=str(options.cache_dir) if options.cache_dir else None,
+                           out=sys.stdout)
+    except TabulaError as error:
+        return report_error(error)
+    if outcome.reason == "failed":
+        print(f"run failed: {outcome.error}")
+        return ExitCode.RUN_FAILED
+    print(f"node {node_rank}: the run {outcome.reason} at step {outcome.step}")
+    return ExitCode.OK
 
 
 def report_crash(error: BaseException, ready: PreparedRun | None) -> int:

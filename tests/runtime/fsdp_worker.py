@@ -3,11 +3,12 @@ launch costs tens of seconds on a small CPU machine).
 
     python -m torch.distributed.run --nproc_per_node N fsdp_worker.py WORK MODE
 
-MODE two (2 ranks): f2: 5 steps, a checkpoint, a resume for 5 more; f2-straight: 10 steps at once (the
-resume must be bit-identical to it); local-to-f2: the local reference run's step-8 checkpoint resumed
-for 5 steps; t2: 5 steps with tensor parallelism over both ranks, then its resume from f2's step 10
-(DCP reshards data-parallel shards into tensor-parallel ones) for 3 steps (t2-from-f2).
-MODE one (1 rank): f2's step-10 checkpoint resumed for 5 steps (f2-to-1r). The test reads the events.
+MODE two (2 ranks): f2: 10 steps (checkpoints at 8 and 10); f2-resumed: its step-8 checkpoint resumed
+for 2 steps (bit-identical to f2's steps 9-10); local-to-f2: the local reference run's step-8 checkpoint
+resumed for 2 steps; t2: 3 steps with tensor parallelism over both ranks; t2-from-f2: f2's step 10
+resumed with tensor parallelism (DCP reshards data-parallel shards into tensor-parallel ones), 2 steps.
+MODE one (1 rank, started without torchrun: RANK=0 WORLD_SIZE=1): f2's step 10 resumed for 3 steps
+(f2-to-1r). The test reads the events.
 """
 
 from __future__ import annotations
@@ -49,14 +50,13 @@ def main(work: Path, mode: str) -> None:
 
     step10 = work / "f2" / "checkpoints" / "step-000010"
     if mode == "two":
-        first = run("f2")
-        run("f2", resume_from=first.checkpoints / "step-000005", fresh=False)
-        run("f2-straight", steps=10)
-        run("local-to-f2", resume_from=work / "local" / "checkpoints" / "step-000008")
-        run("t2", tensor=2)
-        run("t2-from-f2", tensor=2, resume_from=step10, steps=3)
+        first = run("f2", steps=10)
+        run("f2-resumed", resume_from=first.checkpoints / "step-000008", steps=2)
+        run("local-to-f2", resume_from=work / "local" / "checkpoints" / "step-000008", steps=2)
+        run("t2", tensor=2, steps=3)
+        run("t2-from-f2", tensor=2, resume_from=step10, steps=2)
     else:
-        run("f2-to-1r", resume_from=step10)
+        run("f2-to-1r", resume_from=step10, steps=3)
     if rank == 0:
         (work / f"{mode}.done").write_text(json.dumps({"world_size": world}))
     dist.destroy_process_group()

@@ -1,7 +1,8 @@
 """The fsdp backend (FSDP2, and tensor parallelism on a 2-D mesh) on gloo CPU ranks, against the local
 engine over the same batches: through a checkpoint and resume (bit-identical to an uninterrupted run),
 2 -> 1 ranks (DCP reshards), local -> fsdp, fsdp -> local (convert.py), and tensor parallel 2 ranks.
-Two torchrun launches (fsdp_worker.py) run every case; the reference runs in this process."""
+One 2-rank torchrun launch and one 1-rank process (fsdp_worker.py) run every case; the reference runs in
+this process (13 steps)."""
 
 from __future__ import annotations
 
@@ -61,15 +62,20 @@ def local_run(work: Path, name: str, steps: int, resume_from: Path | None = None
 
 @pytest.fixture(scope="module")
 def local_losses(work) -> dict[int, float]:
-    return train_losses(local_run(work, "local", 15))
+    return train_losses(local_run(work, "local", 13))
 
 
 def launch(work: Path, mode: str, ranks: int) -> None:
     from tabula.runtime.launch import free_port, rank_environment
 
-    command = [sys.executable, "-u", "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", str(WORKER), str(work), mode]
-    result = subprocess.run(command, env=rank_environment(ranks), capture_output=True, text=True, timeout=600)
+    env = rank_environment(ranks)
+    if ranks > 1:
+        command = [sys.executable, "-u", "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+                   "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(WORKER), str(work), mode]
+    else:  # one rank needs no launcher: what torchrun would set
+        command = [sys.executable, "-u", str(WORKER), str(work), mode]
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and (work / f"{mode}.done").exists(), result.stdout[-4000:] + result.stderr[-4000:]
 
 
@@ -88,29 +94,78 @@ def assert_follows(run_dir: Path, reference: dict[int, float], steps: range) -> 
 
 def test_fsdp_follows_the_local_engine_and_resumes_bit_identically(two_ranks, local_losses):
     assert_follows(two_ranks / "f2", local_losses, range(1, 11))
-    resumed, straight = train_losses(two_ranks / "f2"), train_losses(two_ranks / "f2-straight")
-    assert [resumed[s] for s in range(6, 11)] == [straight[s] for s in range(6, 11)]  # bit for bit
-    events = [json.loads(line) for line in (two_ranks / "f2" / "events.jsonl").read_text().splitlines()]
+    straight, resumed = train_losses(two_ranks / "f2"), train_losses(two_ranks / "f2-resumed")
+    assert sorted(resumed) == [9, 10] and [resumed[s] for s in (9, 10)] == [straight[s] for s in (9, 10)]  # bit for bit
+    events = [json.loads(line) for line in (two_ranks / "f2-resumed" / "events.jsonl").read_text().splitlines()]
     starts = [e for e in events if e["kind"] == "start"]
-    assert [s["backend"] for s in starts] == ["fsdp", "fsdp"] and starts[1]["world_size"] == 2
+    assert [s["backend"] for s in starts] == ["fsdp"] and starts[0]["world_size"] == 2
     layout = json.loads((two_ranks / "f2" / "checkpoints" / "step-000010" / "fsdp" / "layout.json").read_text())
     assert (layout["world_size"], layout["tensor"]) == (2, 1)
 
 
 def test_tensor_parallel_follows_the_local_engine(two_ranks, local_losses):
-    assert_follows(two_ranks / "t2", local_losses, range(1, 6))
-    assert_follows(two_ranks / "t2-from-f2", local_losses, range(11, 14))  # fsdp shards resharded into tensor ones
+    assert_follows(two_ranks / "t2", local_losses, range(1, 4))
+    assert_follows(two_ranks / "t2-from-f2", local_losses, range(11, 13))  # fsdp shards resharded into tensor ones
 
 
 def test_a_local_checkpoint_resumes_on_fsdp_ranks(two_ranks, local_losses):
-    assert_follows(two_ranks / "local-to-f2", local_losses, range(9, 14))
+    assert_follows(two_ranks / "local-to-f2", local_losses, range(9, 11))
 
 
 def test_fsdp_two_ranks_to_one_and_to_the_local_engine(two_ranks, local_losses):
     launch(two_ranks, "one", 1)
-    assert_follows(two_ranks / "f2-to-1r", local_losses, range(11, 16))
+    assert_follows(two_ranks / "f2-to-1r", local_losses, range(11, 14))
     from tabula.runtime.parallel.convert import write_local_optimizer
 
     checkpoint = two_ranks / "f2" / "checkpoints" / "step-000010"
     write_local_optimizer(checkpoint)
-    assert_follows(local_run(two_ranks, "f2-to-local", 5, resume_from=checkpoint), local_losses, range(11, 16))
+    assert_follows(local_run(two_ranks, "f2-to-local", 3, resume_from=checkpoint), local_losses, range(11, 14))
+
+
+# ---------------------------------------------------------------- as a user runs it: two nodes, a rank that fails
+
+# Loaded by every rank's interpreter (PYTHONPATH): rank 1 raises in its third optimizer step.
+FAIL_RANK_1 = """\
+import builtins, os, sys
+if os.environ.get("RANK") == "1":
+    _import = builtins.__import__
+    def _hook(name, *args, **kwargs):
+        module = _import(name, *args, **kwargs)
+        engine = sys.modules.get("tabula.runtime.parallel.engine")
+        if engine is not None and hasattr(engine, "FsdpEngine"):
+            builtins.__import__ = _import
+            step, calls = engine.FsdpEngine.step, []
+            def failing_step(self, lr):
+                calls.append(lr)
+                if len(calls) == 3:
+                    raise ValueError("the planted failure of rank 1")
+                return step(self, lr)
+            engine.FsdpEngine.step = failing_step
+        return module
+    builtins.__import__ = _hook
+"""
+
+
+def test_two_nodes_on_loopback_train_together_and_a_failing_rank_ends_both(work, tmp_path):
+    """Two `tabula run` launchers with node ranks 0 and 1 (one rank each) meet at a torchrun rendezvous on
+    127.0.0.1; rank 1 (node 1) raises in step 3: both launchers end, never a hang, and the run folder
+    names the rank and its error."""
+    from tabula.runtime.launch import free_port
+
+    (tmp_path / "sitecustomize.py").write_text(FAIL_RANK_1)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    tabula = str(Path(sys.executable).with_name("tabula"))
+    flags = ["run", "tiny.yaml", "parallel.backend=fsdp", "parallel.world_size=2", "parallel.nodes=2",
+             f"parallel.rendezvous=127.0.0.1:{free_port()}", "--headless", "--run-dir", "nodes"]
+    nodes = [subprocess.Popen([tabula, *flags, *extra], cwd=work, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for extra in ([], ["--node-rank", "1"])]
+    outputs = [node.communicate(timeout=400)[0] for node in nodes]  # bounded: a hang fails here
+    assert [node.returncode for node in nodes] == [3, 3], outputs
+    events = [json.loads(line) for line in (work / "nodes" / "events.jsonl").read_text().splitlines()]
+    start, end = events[0], events[-1]
+    assert start["kind"] == "start" and start["backend"] == "fsdp" and start["world_size"] == 2
+    assert sorted(e["step"] for e in events if e["kind"] == "train") == [1, 2]
+    assert end["kind"] == "end" and end["reason"] == "failed", end
+    assert "rank 1: ValueError: the planted failure of rank 1" in end["error"], end["error"]
+    assert (work / "nodes" / "ranks" / "rank-1.error").read_text().startswith("rank 1: ValueError")
+    assert "run failed:" in outputs[0] and "the planted failure of rank 1" in outputs[1], outputs

@@ -133,8 +133,7 @@ def run_rank(options: RankOptions) -> Outcome:
         spec = load_spec(options.spec_path, overrides=list(options.overrides), allow_extends_outside=True)
         prepared = prepare(spec)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        # the plan's world size is the ranks that split each batch: the data-parallel ones
-        plan = make_plan(spec, world_size=world // (spec.parallel.tensor.size if fsdp else 1), vocab_size=prepared.vocab_size, device_type=device_type,
+        plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size, device_type=device_type,
                          compile_cache=cache_root(), max_steps=options.max_steps)
         if device_type == "cuda":  # the launcher checked the CPU's memory; each rank checks its own GPU
             from .deepspeed_engine import rank_device

@@ -334,9 +334,7 @@ def _prepare(spec: Spec, options: RunOptions, ranks: Ranks | None, target: tuple
             raise RunInputError(f"the tokenizer differs from the one {run.name} was trained with (hash {str(recorded)[:12]}, now "
                                 f"{data.tokenizer_hash[:12]}): token ids would change meaning. Start a new run instead.")
     device_type = pick_device().type
-    # the ranks that split each batch: tensor-parallel ranks share theirs
-    data_ranks = ranks.world_size // spec.parallel.tensor.size if ranks else None
-    plan = make_plan(spec, world_size=data_ranks, vocab_size=data.vocab_size,
+    plan = make_plan(spec, world_size=ranks.world_size if ranks else None, vocab_size=data.vocab_size,
                      device_type=device_type, compile_cache=cache_root(options.cache_dir), max_steps=options.max_steps)
     if plan.total_steps == 0:
         raise RunInputError(f"the budget ({plan.budget_tokens} tokens) is smaller than one batch ({plan.batch_tokens} "

@@ -36,7 +36,7 @@ def main(work: Path, mode: str) -> None:
         spec = load_spec(work / "tiny.yaml", overrides=["parallel.backend=fsdp", f"parallel.world_size={world}",
                                                         f"parallel.tensor.size={tensor}"])
         prepared = prepare(spec)
-        plan = make_plan(spec, world_size=world // tensor, vocab_size=prepared.vocab_size)
+        plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size)
         path = work / name
         if rank == 0 and fresh:
             create_run_dir(path, spec, spec_text="", resolved_yaml=canonical_yaml(spec), manifest={"resumes": []},

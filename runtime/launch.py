@@ -259,15 +259,30 @@ def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: Text
     tail: deque[str] = deque(maxlen=40)
     assert process.stdout is not None
     try:
+        held: list[str] = []  # a traceback, until it shows whether it is torchrun's summary of a failed rank
         for line in process.stdout:
             found = RETURN_CODE_LINE.search(line)
             if found:
                 exit_codes.append(int(found.group(1)))
                 continue
             tail.append(line.rstrip("\n"))
+            if held or line.startswith("Traceback (most recent call last):"):
+                held.append(line)
+                if "ChildFailedError" in line:  # torchrun's report: the rank's own error file says it better
+                    held = []
+                    for rest in process.stdout:
+                        tail.append(rest.rstrip("\n"))
+                    break
+                if not line.startswith((" ", "Traceback")):  # the traceback's last line: someone else's
+                    out.write("".join(held))
+                    out.flush()
+                    held = []
+                continue
             if not NOISE.search(line):
                 out.write(line)
                 out.flush()
+        if held:
+            out.write("".join(held))
         process.wait()
     finally:
         for signum, handler in previous.items():

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -37,14 +39,12 @@ def collective(method):
     """A failure inside a collective is most often another rank's: name it (runtime/deepspeed_engine.py)."""
     import functools
 
-    from ..deepspeed_engine import DeepSpeedEngine
-
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except Exception as error:
-            peer = DeepSpeedEngine.peer_failure(self, error)  # type: ignore[arg-type]
+            peer = self.peer_failure(error)
             if peer is None:
                 raise
             raise RankFailed(peer) from error
@@ -58,7 +58,7 @@ class FsdpEngine:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, mesh, device: torch.device,
                  precision: str, grad_clip: float | None) -> None:
-        self.model = model  # type: ignore[assignment]
+        self.model: Any = model  # the sharded Transformer (fully_shard swaps its class in place)
         self.optimizer = optimizer
         self.mesh = mesh
         self.device = device
@@ -82,11 +82,11 @@ class FsdpEngine:
             return loss_parallel()  # cross-entropy over vocabulary-sharded logits, never gathered
         return contextlib.nullcontext()
 
-    # the collective wrapper's peer lookup reads these two (as DeepSpeedEngine's)
     def peer_failure(self, error: Exception, wait_s: float = 3.0) -> str | None:
+        """Another rank's reported error, or a line saying one went silent, or None (DeepSpeedEngine's)."""
         from ..deepspeed_engine import DeepSpeedEngine
 
-        return DeepSpeedEngine.peer_failure(self, error, wait_s)  # type: ignore[arg-type]
+        return DeepSpeedEngine.peer_failure(cast(Any, self), error, wait_s)
 
     # ------------------------------------------------------------------ training
 
@@ -96,7 +96,7 @@ class FsdpEngine:
         self._micro += 1
         boundary = self._micro >= accum_steps
         # reduce-scatter the gradients once per optimizer step, at the last micro-batch
-        self.model.set_requires_gradient_sync(boundary)  # type: ignore[operator]
+        self.model.set_requires_gradient_sync(boundary)
         with self._loss_context():
             with autocast_for(self.device, "fp32"):  # FSDP2's mixed-precision policy casts, not autocast
                 _, loss = self.model(input_ids, targets, document_ids=document_ids)
@@ -149,14 +149,14 @@ class FsdpEngine:
 
     @collective
     def save(self, checkpoint_dir):
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
+        from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
         from ..checkpoint import save_weights, saved_names, weights_metadata
 
         folder = Path(checkpoint_dir) / FSDP_DIR
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder / STATE_DIR))
+        dcp_save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder / STATE_DIR))
         weights = self.consolidated_state_dict(saved_names(self.model))
         if self.is_main:
             save_weights(weights, Path(checkpoint_dir) / WEIGHTS_FILE, weights_metadata(self.model))
@@ -172,19 +172,19 @@ class FsdpEngine:
 
         checkpoint_dir = Path(checkpoint_dir)
         if (checkpoint_dir / FSDP_DIR / STATE_DIR).is_dir():
-            import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict
+            from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
             model_state, optim_state = get_state_dict(self.model, self.optimizer)
-            state = {"model": model_state, "optim": optim_state}
-            dcp.load(state, checkpoint_id=str(checkpoint_dir / FSDP_DIR / STATE_DIR))  # any world size: resharded
+            state: dict[str, Any] = {"model": model_state, "optim": optim_state}
+            dcp_load(state, checkpoint_id=str(checkpoint_dir / FSDP_DIR / STATE_DIR))  # any world size: resharded
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         else:  # the local format: consolidated weights + torch's optimizer state numbered in group order
             from ..checkpoint import read_weights
 
             weights = read_weights(checkpoint_dir / WEIGHTS_FILE)
             saved = torch.load(checkpoint_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True)["optimizer"]
-            set_state_dict(self.model, self.optimizer, model_state_dict=weights,
+            set_state_dict(self.model, self.optimizer, model_state_dict=cast(Any, weights),
                            optim_state_dict=_named_optimizer_state(saved, self.group_names),
                            options=StateDictOptions(full_state_dict=True))
         self._micro = 0
@@ -196,7 +196,8 @@ class FsdpEngine:
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.is_main:
             return {}
-        out = {n: t.detach().to("cpu", torch.float32) for n, t in full.items() if names is None or n in names}
+        out = {n: cast(torch.Tensor, t).detach().to("cpu", torch.float32) for n, t in full.items()
+               if names is None or n in names}
         if getattr(self.model, "tie_embeddings", False) and "lm_head.weight" in out and "embed.weight" in out:
             out["lm_head.weight"] = out["embed.weight"]  # one tensor: stored once, the head as an alias
         return out
@@ -227,7 +228,7 @@ def _local(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+def grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """The global L2 norm of the gradients of sharded parameters, on the device: per mesh, the norm of
     that mesh's DTensor gradients (a partial sum, completed by full_tensor), then combined."""
     from torch.distributed.tensor import DTensor

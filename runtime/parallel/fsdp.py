@@ -9,6 +9,7 @@ fp32 gradient reduction; CPU offload keeps shards, gradients and optimizer state
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -43,13 +44,13 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, policy: FsdpPolicy) -> nn.Mod
     """Shard `model` in place over `mesh` (1-D: the data-parallel ranks); returns it."""
     from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
-    options: dict = {"mesh": mesh}
+    options: dict[str, Any] = {"mesh": mesh}
     mp = mixed_precision(policy.precision)
     if mp is not None:
         options["mp_policy"] = mp
     if policy.offload:
         options["offload_policy"] = CPUOffloadPolicy()
-    blocks = list(model.blocks)  # type: ignore[attr-defined]
+    blocks = list(cast(nn.ModuleList, model.blocks))
     for i, block in enumerate(blocks):
         # the last block's parameters are needed again at once by the backward: keep them gathered
         reshard = policy.reshard_after_forward and i < len(blocks) - 1

@@ -15,18 +15,23 @@ training needs DeepSpeed's own ZeRO (1/2 only) and its checkpoints cannot change
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING, Any
+
 from torch.distributed.device_mesh import DeviceMesh
 
+if TYPE_CHECKING:
+    from tabula.compiler.model import Transformer
 
-def tensor_parallel_problems(model: nn.Module, size: int) -> list[str]:
+
+def tensor_parallel_problems(model: Transformer, size: int) -> list[str]:
     """Why `model` cannot be split over `size` ranks (empty when it can)."""
     problems = []
-    vocab = model.embed.num_embeddings  # type: ignore[union-attr]
+    vocab = model.embed.num_embeddings
     if vocab % size:
         problems.append(f"the vocabulary ({vocab}) is not a multiple of parallel.tensor.size {size}")
-    for i, block in enumerate(model.blocks):  # type: ignore[union-attr]
-        attn, mlp = block.attn, block.mlp
+    for i, block in enumerate(model.blocks):
+        attn: Any = block.attn
+        mlp: Any = block.mlp
         if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "n_heads", "n_kv_heads")):
             problems.append(f"blocks.{i}: attention kind {type(attn).__name__} has no tensor-parallel plan (mha/gqa/mqa do)")
         elif attn.n_heads % size or attn.n_kv_heads % size:
@@ -44,7 +49,7 @@ def tensor_parallel_problems(model: nn.Module, size: int) -> list[str]:
     return problems
 
 
-def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
+def apply_tensor_parallel(model: Transformer, mesh: DeviceMesh) -> Transformer:
     """Split `model` in place over `mesh` (1-D: the tensor-parallel ranks); returns it. Call
     `tensor_parallel_problems` first."""
     from torch.distributed.tensor import Replicate, Shard
@@ -57,8 +62,9 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
     })
     if getattr(model, "tie_embeddings", False):
         model.lm_head.weight = model.embed.weight  # both Shard(0) over the vocabulary: one parameter again
-    for block in model.blocks:  # type: ignore[union-attr]
-        plan = {"attn.q_proj": ColwiseParallel(), "attn.k_proj": ColwiseParallel(), "attn.v_proj": ColwiseParallel(),
+    block: Any
+    for block in model.blocks:
+        plan: dict[str, Any] = {"attn.q_proj": ColwiseParallel(), "attn.k_proj": ColwiseParallel(), "attn.v_proj": ColwiseParallel(),
                 "attn.o_proj": RowwiseParallel(), "mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()}
         if hasattr(block.mlp, "gate"):
             plan["mlp.gate"] = ColwiseParallel()

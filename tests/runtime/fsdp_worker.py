@@ -8,7 +8,8 @@ for 2 steps (bit-identical to f2's steps 9-10); local-to-f2: the local reference
 resumed for 2 steps; t2: 3 steps with tensor parallelism over both ranks; t2-from-f2: f2's step 10
 resumed with tensor parallelism (DCP reshards data-parallel shards into tensor-parallel ones), 2 steps.
 MODE one (1 rank, started without torchrun: RANK=0 WORLD_SIZE=1): f2's step 10 resumed for 3 steps
-(f2-to-1r). The test reads the events.
+(f2-to-1r). The test reads the events, and each rank's measured bytes of weights and optimizer state
+after f2 and t2 (memory-NAME-rankR.json) to hold against the plan.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ def main(work: Path, mode: str) -> None:
 
     rank, world = init_process_group(timeout_minutes=2)
 
+    def measure(name: str, engine) -> None:
+        """This rank's bytes of weights (its shards) and optimizer state, as the plan counts them."""
+        from torch.distributed.tensor import DTensor
+
+        def local(t):
+            return t.to_local() if isinstance(t, DTensor) else t
+
+        weights = sum(local(p).numel() * local(p).element_size() for p in engine.model.parameters())
+        state = sum(local(v).numel() * local(v).element_size() for s in engine.optimizer.state.values()
+                    for k, v in s.items() if k != "step" and hasattr(v, "numel"))
+        (work / f"memory-{name}-rank{rank}.json").write_text(json.dumps({"weights": weights, "optimizer_state": state}))
+
     def run(name: str, *, tensor: int = 1, resume_from: Path | None = None, steps: int = 5, fresh: bool = True) -> RunDir:
         spec = load_spec(work / "tiny.yaml", overrides=["parallel.backend=fsdp", f"parallel.world_size={world}",
                                                         f"parallel.tensor.size={tensor}"])
@@ -46,6 +59,8 @@ def main(work: Path, mode: str) -> None:
         outcome = train(spec, plan, engine, RunDir(path), prepared, spec_hash=spec_hash(spec), max_steps=steps,
                         resume_from=resume_from, parameters=parameters)
         assert outcome.reason == "stopped", outcome
+        if name in ("f2", "t2"):
+            measure(name, engine)
         return RunDir(path)
 
     step10 = work / "f2" / "checkpoints" / "step-000010"

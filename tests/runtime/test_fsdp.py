@@ -108,6 +108,22 @@ def test_tensor_parallel_follows_the_local_engine(two_ranks, local_losses):
     assert_follows(two_ranks / "t2-from-f2", local_losses, range(11, 13))  # fsdp shards resharded into tensor ones
 
 
+@pytest.mark.parametrize("name, overrides", [("f2", []), ("t2", ["parallel.tensor.size=2"])])
+def test_each_ranks_measured_memory_is_what_the_plan_says(two_ranks, name, overrides):
+    """The weights and optimizer state each rank holds, against `tabula plan`'s memory per rank (FSDP2 pads
+    uneven shards: within 5%)."""
+    from tabula.compiler import make_plan
+    from tabula.compiler.estimate import estimate
+    from tabula.schemas.loader import load_spec
+
+    spec = load_spec(two_ranks / "tiny.yaml", overrides=["parallel.backend=fsdp", "parallel.world_size=2", *overrides])
+    planned = estimate(spec, make_plan(spec, vocab_size=512)).memory_per_rank
+    for rank in (0, 1):
+        measured = json.loads((two_ranks / f"memory-{name}-rank{rank}.json").read_text())
+        for part in ("weights", "optimizer_state"):
+            assert measured[part] == pytest.approx(planned[part], rel=0.05), (name, rank, part, measured, planned)
+
+
 def test_a_local_checkpoint_resumes_on_fsdp_ranks(two_ranks, local_losses):
     assert_follows(two_ranks / "local-to-f2", local_losses, range(9, 11))
 

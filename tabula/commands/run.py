@@ -206,7 +206,7 @@ def prepared_lines(ready: PreparedRun) -> list[str]:
         lines += change_lines(resume.run.name, resume.changes)
         lines.append("These changes are compatible with the checkpoint: applying them.")
     if resume is not None and resume.move is not None:
-        through = " through a universal checkpoint" if ready.ranks is not None and ready.spec.parallel.backend == "deepspeed" else ""
+        through = " through a universal checkpoint" if ready.ranks is not None and ready.spec.parallel.backend != "fsdp" else ""
         lines.append(f"resuming {resume.move.text}{through}: weights and optimizer state kept")
     lines += [f"note: {note}" for note in ready.plan.notes]
     lines.append(f"run folder: {ready.run.path}")

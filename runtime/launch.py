@@ -57,6 +57,28 @@ NOISE = re.compile(
     r"|^[WIE]\d{4} [\d:.]+ \d+ .*(torch/distributed|api\.py)"  # torchrun's agent log lines
 )
 RETURN_CODE_LINE = re.compile(r"exits with return code = (-?\d+)")
+# torchrun's summary of the first rank that failed ("Root Cause"): its rank and exit code
+TORCHRUN_ROOT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+) \(local_rank")
+TORCHRUN_EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+
+
+def torchrun_failure(lines: Sequence[str]) -> tuple[int, int] | None:
+    """(rank, exit code) of the root cause in torchrun's failure summary among `lines`, or None."""
+    rank = code = None
+    for line in lines:
+        found_rank, found_code = TORCHRUN_ROOT_RANK.search(line), TORCHRUN_EXIT_CODE.search(line)
+        if found_rank and rank is None:
+            rank = int(found_rank.group(1))
+        if found_code and code is None:
+            code = int(found_code.group(1))
+    return (rank, code) if rank is not None and code is not None else None
+
+
+def exit_text(code: int) -> str:
+    """`was killed by SIGKILL` or `exited with status 1`."""
+    if code < 0 and -code in signal.valid_signals():
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
 
 
 def free_port() -> int:
@@ -317,12 +339,16 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: Sequence[str], out: Text
     if end is not None and not exit_codes:
         return Outcome(end["reason"], error=end.get("error"), **ended)
     errors = sorted((run_dir / RANKS_DIR).glob("rank-*.error"))
+    root = torchrun_failure(tail)
+    if not errors and root is not None:  # torchrun named the rank that died silently: the run folder records it
+        from .rank import write_error
+
+        write_error(run_dir, root[0], f"rank {root[0]} {exit_text(root[1])} without reporting an error")
+        errors = sorted((run_dir / RANKS_DIR).glob("rank-*.error"))
     if errors:
         message = errors[0].read_text(encoding="utf-8").strip().splitlines()[0]
     elif exit_codes:
-        code = exit_codes[0]
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exited with status {code}"
-        message = f"a rank {how} without reporting an error"
+        message = f"a rank {exit_text(exit_codes[0])} without reporting an error"
     else:
         message = "the ranks ended without writing an end event"
     out = out or sys.stdout

@@ -75,3 +75,39 @@ def test_optimizer_state_numbered_in_group_order_is_keyed_by_name():
     named = _named_optimizer_state(saved, [["a", "b"], ["c"]])
     assert named["state"] == {"a": {"step": 1}, "c": {"step": 3}}
     assert named["param_groups"] == [{"lr": 1.0, "params": ["a", "b"]}, {"lr": 2.0, "params": ["c"]}]
+
+
+TORCHRUN_SUMMARY = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+tabula.runtime.rank FAILED
+------------------------------------------------------------
+Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-29_11:12:00
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 4242)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 4242
+============================================================"""
+
+
+def test_a_rank_killed_without_a_word_is_named_from_torchruns_summary(tmp_path):
+    """SIGKILL leaves no error file: the launcher records the rank torchrun names (ranks/rank-1.error) and
+    says it after rank 0's end event (which saw only a silent peer)."""
+    import io
+
+    from tabula.runtime.events import EventWriter
+    from tabula.runtime.launch import _finish
+
+    with EventWriter(tmp_path / "events.jsonl") as writer:
+        writer.emit("end", 3, 1536, reason="failed", error="RankFailed: another rank stopped answering")
+    out = io.StringIO()
+    outcome = _finish(tmp_path, [1], TORCHRUN_SUMMARY.splitlines(), out)
+    assert outcome.reason == "failed"
+    assert (tmp_path / "ranks" / "rank-1.error").read_text() == "rank 1 was killed by SIGKILL without reporting an error\n"
+    assert "(rank 1 was killed by SIGKILL without reporting an error)" in out.getvalue()

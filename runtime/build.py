@@ -113,10 +113,10 @@ def build_fsdp_engine(spec: Spec, plan: Plan, *, errors_dir: Path | None = None)
     parallel = spec.parallel
     policy = FsdpPolicy(reshard_after_forward=parallel.fsdp.reshard_after_forward, precision=plan.precision,
                         offload=parallel.fsdp.offload)
-    problem = check_policy(policy)
+    device = rank_device()
+    problem = check_policy(policy, device.type)
     if problem:
         raise LaunchError(problem)
-    device = rank_device()
     model = build_training_model(spec, plan, device)
     parameters = sum(p.numel() for p in model.parameters())
     mesh = device_mesh(dist.get_world_size(), parallel.tensor.size)

@@ -155,6 +155,15 @@ def ranks_for(spec: Spec, nproc: int | None) -> Ranks:
         raise LaunchError(f"--nproc {world_size} runs ranks: add parallel.backend=fsdp (FSDP2 through torchrun) or "
                           f"parallel.backend=deepspeed (and parallel.zero.stage=1|2|3 to shard state over the ranks)")
     if spec.parallel.backend == "fsdp":
+        import torch
+
+        from .parallel.fsdp import FsdpPolicy, check_policy
+
+        fsdp = spec.parallel.fsdp
+        problem = check_policy(FsdpPolicy(fsdp.reshard_after_forward, spec.parallel.precision, fsdp.offload),
+                               "cuda" if torch.cuda.is_available() else "cpu")
+        if problem:  # before anything is prepared: the ranks would refuse it after their start-up
+            raise LaunchError(problem)
         tensor, nodes = spec.parallel.tensor.size, spec.parallel.nodes
         if world_size % tensor:
             raise LaunchError(f"parallel.tensor.size {tensor} must divide the {world_size} ranks")

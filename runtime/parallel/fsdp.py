@@ -33,10 +33,13 @@ def mixed_precision(precision: str):
     return None
 
 
-def check_policy(policy: FsdpPolicy) -> str | None:
-    """Why FSDP2 cannot run this policy here (one line), or None."""
+def check_policy(policy: FsdpPolicy, device_type: str) -> str | None:
+    """Why FSDP2 cannot run this policy on `device_type` ranks (one line), or None."""
     if policy.precision == "fp16":
         return "parallel.precision fp16 is not supported by the fsdp backend (no loss scaling): use bf16 or fp32"
+    if policy.offload and device_type != "cuda":
+        return ("parallel.fsdp.offload moves a GPU's shards to host memory: ranks on the CPU hold them there already "
+                "(FSDP2's CPUOffloadPolicy needs CUDA); set parallel.fsdp.offload=false")
     return None
 
 

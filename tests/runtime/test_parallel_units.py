@@ -111,3 +111,30 @@ def test_a_rank_killed_without_a_word_is_named_from_torchruns_summary(tmp_path):
     assert outcome.reason == "failed"
     assert (tmp_path / "ranks" / "rank-1.error").read_text() == "rank 1 was killed by SIGKILL without reporting an error\n"
     assert "(rank 1 was killed by SIGKILL without reporting an error)" in out.getvalue()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU's refusal")
+def test_cpu_offload_is_refused_on_cpu_ranks_before_anything_is_prepared(tmp_path):
+    from tabula.runtime.errors import LaunchError
+    from tabula.runtime.session import RunOptions, prepare_run
+
+    with pytest.raises(LaunchError, match="parallel.fsdp.offload moves a GPU's shards to host memory"):
+        prepare_run(spec("parallel.backend=fsdp", "parallel.fsdp.offload=true"),
+                    RunOptions(spec_path="tiny.yaml", nproc=2, run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cpu_offload_and_bf16_train_on_a_gpu_rank(tmp_path):
+    """FSDP2's CPUOffloadPolicy needs CUDA: one GPU rank, bf16 mixed precision, 2 steps."""
+    import subprocess
+    import sys
+
+    (tmp_path / "tiny.yaml").write_text(tiny_spec_yaml(micro_batch=4))
+    result = subprocess.run([str(Path(sys.executable).with_name("tabula")), "run", "tiny.yaml", "parallel.backend=fsdp",
+                             "parallel.fsdp.offload=true", "parallel.precision=bf16", "--nproc", "1", "--headless",
+                             "--max-steps", "2", "--run-dir", "offload"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**__import__("os").environ, "TABULA_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "step 2/" in result.stdout

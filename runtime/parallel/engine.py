@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..deepspeed_engine import RankFailed
-from ..engine import WEIGHTS_FILE, autocast_for, eval_mode, greedy_continuation, set_lr, to_device
+from ..engine import WEIGHTS_FILE, eval_mode, greedy_continuation, set_lr, to_device
 
 FSDP_DIR = "fsdp"
 STATE_DIR = "state"
@@ -97,9 +97,8 @@ class FsdpEngine:
         boundary = self._micro >= accum_steps
         # reduce-scatter the gradients once per optimizer step, at the last micro-batch
         self.model.set_requires_gradient_sync(boundary)
-        with self._loss_context():
-            with autocast_for(self.device, "fp32"):  # FSDP2's mixed-precision policy casts, not autocast
-                _, loss = self.model(input_ids, targets, document_ids=document_ids)
+        with self._loss_context():  # bf16: FSDP2's mixed-precision policy casts (no autocast)
+            _, loss = self.model(input_ids, targets, document_ids=document_ids)
             (loss / accum_steps).backward()
         if boundary:
             self._micro = 0

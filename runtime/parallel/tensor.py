@@ -8,9 +8,12 @@ the vocabulary, so the loss runs under `loss_parallel` and no rank holds the who
 positions stay replicated. FSDP2 (parallel/fsdp.py) then shards what is left on each rank over the
 data-parallel dimension of the 2-D mesh.
 
-Why DTensor and not DeepSpeed's AutoTP: DTensor plans compose with FSDP2 on one 2-D mesh and
-torch.distributed.checkpoint saves and reshards their shards across any world or tensor size; AutoTP
-training needs DeepSpeed's own ZeRO (1/2 only) and its checkpoints cannot change the tensor size.
+Why DTensor and not DeepSpeed's AutoTP training: DTensor plans compose with FSDP2 on one 2-D mesh
+(parameters sharded over both dimensions, FSDP's ZeRO-3-like memory), and torch.distributed.checkpoint
+saves their shards by global position, so a checkpoint reloads at any world or tensor size, into
+FSDP2 alone or, consolidated, into the local and DeepSpeed engines. AutoTP training combines only with
+ZeRO 0-2 (not 3), finds the linears to split by the module patterns of Hugging Face models (tabula's
+own modules would need rules of their own), and is DeepSpeed-only.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ resumed for 2 steps; t2: 3 steps with tensor parallelism over both ranks; t2-fro
 resumed with tensor parallelism (DCP reshards data-parallel shards into tensor-parallel ones), 2 steps.
 MODE one (1 rank, started without torchrun: RANK=0 WORLD_SIZE=1): f2's step 10 resumed for 3 steps
 (f2-to-1r). The test reads the events, and each rank's measured bytes of weights and optimizer state
-after f2 and t2 (memory-NAME-rankR.json) to hold against the plan.
+after f2 and t2 (memory-NAME-rankR.json) to hold against the plan, with an evaluation loss and a greedy
+continuation of the final weights (held against the local model loaded from the run).
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ def main(work: Path, mode: str) -> None:
         weights = sum(local(p).numel() * local(p).element_size() for p in engine.model.parameters())
         state = sum(local(v).numel() * local(v).element_size() for s in engine.optimizer.state.values()
                     for k, v in s.items() if k != "step" and hasattr(v, "numel"))
-        (work / f"memory-{name}-rank{rank}.json").write_text(json.dumps({"weights": weights, "optimizer_state": state}))
+        import torch
+
+        ids = torch.arange(20, 36).view(1, 16)
+        loss = float(engine.evaluate(ids, ids.roll(-1, dims=1), None))
+        generated = engine.generate([5, 6, 7], 3)  # collective: every rank
+        (work / f"memory-{name}-rank{rank}.json").write_text(json.dumps({
+            "weights": weights, "optimizer_state": state, "eval_loss": loss, "generated": generated}))
 
     def run(name: str, *, tensor: int = 1, resume_from: Path | None = None, steps: int = 5, fresh: bool = True) -> RunDir:
         spec = load_spec(work / "tiny.yaml", overrides=["parallel.backend=fsdp", f"parallel.world_size={world}",

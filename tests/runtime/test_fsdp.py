@@ -124,6 +124,23 @@ def test_each_ranks_measured_memory_is_what_the_plan_says(two_ranks, name, overr
             assert measured[part] == pytest.approx(planned[part], rel=0.05), (name, rank, part, measured, planned)
 
 
+@pytest.mark.parametrize("name", ["f2", "t2"])
+def test_evaluation_and_sampling_on_the_ranks_match_the_saved_model(two_ranks, name):
+    import torch
+
+    import tabula
+
+    model = tabula.load_model(two_ranks / name)  # its last checkpoint's consolidated weights
+    ids = torch.arange(20, 36).view(1, 16)
+    with torch.no_grad():
+        _, loss = model(ids, ids.roll(-1, dims=1))
+        expected = model.generate(torch.tensor([[5, 6, 7]]), 3)[0, 3:].tolist()
+    for rank in (0, 1):
+        measured = json.loads((two_ranks / f"memory-{name}-rank{rank}.json").read_text())
+        assert measured["eval_loss"] == pytest.approx(float(loss), rel=1e-4)
+        assert measured["generated"] == expected
+
+
 def test_a_local_checkpoint_resumes_on_fsdp_ranks(two_ranks, local_losses):
     assert_follows(two_ranks / "local-to-f2", local_losses, range(9, 11))
 

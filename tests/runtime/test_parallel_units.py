@@ -138,3 +138,18 @@ def test_cpu_offload_and_bf16_train_on_a_gpu_rank(tmp_path):
                             timeout=600, env={**__import__("os").environ, "TABULA_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "step 2/" in result.stdout
+
+
+def test_plan_report_names_the_mesh_and_the_sharding():
+    from tabula.commands.plan import as_json, report_lines
+    from tabula.compiler import make_plan
+    from tabula.compiler.estimate import estimate
+
+    s = spec("parallel.backend=fsdp", "parallel.world_size=4", "parallel.tensor.size=2")
+    plan = make_plan(s, vocab_size=512)
+    est = estimate(s, plan)
+    lines = report_lines(s, plan, est, "tiny.yaml")
+    assert lines[1] == "cpu, fp32, 4 ranks (fsdp: 2 data x 2 tensor), vocabulary 512"
+    assert "memory per rank (fp32, FSDP2, resharded after forward, tensor parallel 2)" in lines
+    shown = as_json(s, plan, est, "tiny.yaml")
+    assert (shown["world_size"], shown["data_parallel"], shown["tensor_parallel"]) == (4, 2, 2)

@@ -168,6 +168,8 @@ def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: i
     the gradients, 3 also the weights, and stage 3 gathers each layer's full weights when it runs
     (gathered_weights: the largest parameter tensor and its gradient). offload_optimizer keeps the
     optimizer's part and the gradients in host memory, offload_params the weights."""
+    if spec.parallel.backend == "fsdp":
+        return fsdp_state_bytes(spec, vocab_size, precision, world_size)
     params = count_parameters(spec.model, vocab_size)
     finetune = None if every_parameter else spec.train.finetune
     trained = count_trainable(spec, vocab_size) if finetune is not None else Trainable(None, params.total, 0, 0)
@@ -203,6 +205,51 @@ def model_state_bytes(spec: Spec, vocab_size: int, precision: str, world_size: i
     offloaded = {"weights"} if zero.offload_params else set()
     if zero.offload_optimizer:
         offloaded |= {"gradients", "master_weights", "master_gradients", "optimizer_state"}
+    device = {part: 0 if part in offloaded else size for part, size in per_rank.items()}
+    host = {part: size for part, size in per_rank.items() if part in offloaded}
+    return device, host
+
+
+TENSOR_SPLIT = ("q_proj", "k_proj", "v_proj", "o_proj", "up", "gate", "down")  # runtime/parallel/tensor.py's plan
+
+
+def tensor_split_elements(model: ModelSpec, vocab_size: int, tensor: int) -> tuple[int, int]:
+    """(parameters on each tensor-parallel rank, of which in the blocks): the embedding, head and the
+    blocks' attention projections and MLP linears split `tensor` ways, norms and positions whole."""
+    total = blocks = 0
+    for name, shape in parameter_shapes(model, vocab_size):
+        parts = name.split(".")
+        split = name.startswith(("embed.", "lm_head.")) or any(p in TENSOR_SPLIT for p in parts[-3:-1])
+        size = math.ceil(math.prod(shape) / tensor) if split else math.prod(shape)
+        total += size
+        blocks += size if name.startswith("blocks.") else 0
+    return total, blocks
+
+
+def fsdp_state_bytes(spec: Spec, vocab_size: int, precision: str, data_ranks: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(device bytes, host bytes) per rank under the fsdp backend: tensor parallelism splits the
+    parameters (tensor_split_elements), FSDP2 shards fp32 weights, gradients and optimizer state over the
+    `data_ranks`; a block's weights are gathered whole (in bf16 under bf16) for its forward and backward
+    (gathered_weights: one block and its gradient, or every block's weights when
+    `reshard_after_forward` is off). `fsdp.offload` keeps the shards and the optimizer state in host memory."""
+    parallel = spec.parallel
+    tensor = parallel.tensor.size
+    per_tp, in_blocks = tensor_split_elements(spec.model, vocab_size, tensor)
+    n_params = count_parameters(spec.model, vocab_size).total
+    state = math.ceil(optimizer_state_elements(spec, vocab_size) * per_tp / max(1, n_params))
+    gathered_bytes = 2 if precision == "bf16" else 4
+    block = math.ceil(in_blocks / max(1, spec.model.n_layers))
+    held = block * (1 if parallel.fsdp.reshard_after_forward else spec.model.n_layers)
+    per_rank = {
+        "weights": math.ceil(per_tp * 4 / data_ranks),
+        "gradients": math.ceil(per_tp * 4 / data_ranks),
+        "master_weights": 0,
+        "master_gradients": 0,
+        "optimizer_state": math.ceil(state * 4 / data_ranks),
+        "weight_copies": 0,
+        "gathered_weights": (held + block) * gathered_bytes if data_ranks > 1 or precision == "bf16" else 0,
+    }
+    offloaded = {"weights", "gradients", "optimizer_state"} if parallel.fsdp.offload else set()
     device = {part: 0 if part in offloaded else size for part, size in per_rank.items()}
     host = {part: size for part, size in per_rank.items() if part in offloaded}
     return device, host
@@ -285,7 +332,8 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
         notes.append(f"{memory['total'] / 2**30:.1f} GiB per rank is more than the {available / 2**30:.0f} GiB of a {device_type} "
                      "rank: raise the ZeRO stage, offload, add ranks or checkpoint activations")
     peak = peak_flops if peak_flops is not None else default_peak_flops(device_type, plan.precision)
-    seconds = total_flops / (plan.world_size * peak * mfu)
+    tensor = spec.parallel.tensor.size if spec.parallel.backend == "fsdp" else 1  # plan.world_size: data-parallel ranks
+    seconds = total_flops / (plan.world_size * tensor * peak * mfu)
     return Estimate(
         parameters=params,
         flops_per_token=flops_per_token(model, vocab, model.max_seq_len),

@@ -121,8 +121,12 @@ def make_plan(
     DEVICE_MEMORY). `compile_cache`: the tabula cache folder (its compile part tells whether this model
     compiled before: a warm cache); None counts as cold. `max_steps`: the steps this session stops after,
     when fewer than the plan's (the compile decision weighs only those). Raises SpecErrors, with the spec
-    path, for combinations that cannot run."""
+    path, for combinations that cannot run. Under tensor parallelism (fsdp backend, parallel.tensor.size)
+    the ranks of one tensor group share their sequences: the plan's `world_size` is the data-parallel
+    ranks, `world_size / parallel.tensor.size`."""
     world = world_size or spec.parallel.world_size
+    if spec.parallel.backend == "fsdp" and spec.parallel.tensor.size > 1:
+        world = max(1, world // spec.parallel.tensor.size)
     notes: list[str] = []
     vocab = _vocab_size(spec, vocab_size)
     precision = _precision(spec, device_type, notes)

@@ -4,6 +4,7 @@
     build_training_model(spec, plan, device) -> Transformer
     build_local_engine(spec, plan, device) -> LocalEngine
     build_deepspeed_engine(spec, plan, *, errors_dir=None) -> (DeepSpeedEngine, parameters)
+    build_fsdp_engine(spec, plan, *, errors_dir=None) -> (FsdpEngine, parameters)
 
 The training model is built on the meta device, materialised on `device` with the spec's seed (the
 same weights on every rank), given its pretrained weights where model.init is `from` (every rank reads
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from .deepspeed_engine import DeepSpeedEngine
     from .engine import LocalEngine
+    from .parallel.engine import FsdpEngine
 
 
 def build_base_model(spec: Spec, vocab_size: int, device: torch.device | str) -> Transformer:
@@ -89,5 +91,42 @@ def build_deepspeed_engine(spec: Spec, plan: Plan, *, errors_dir: Path | None = 
     parameters = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(spec.train.optimizer, model, device)
     engine = DeepSpeedEngine(model, optimizer, deepspeed_config(spec, plan), device=device, precision=plan.precision)
+    engine.errors_dir = errors_dir
+    return engine, parameters
+
+
+def build_fsdp_engine(spec: Spec, plan: Plan, *, errors_dir: Path | None = None) -> tuple[FsdpEngine, int]:
+    """This rank's fsdp engine (the process group must be joined: parallel.mesh.init_process_group): the
+    training model on the rank's device, split over the tensor-parallel ranks (parallel.tensor.size), then
+    sharded by FSDP2 over the data-parallel ranks, and tabula's optimizer over its shards. Raises
+    LaunchError for a model or policy the backend cannot run. Returns the engine and the parameter count
+    (counted before sharding)."""
+    import torch.distributed as dist
+
+    from .errors import LaunchError
+    from .optimizers import build_optimizer
+    from .parallel.engine import FsdpEngine
+    from .parallel.fsdp import FsdpPolicy, apply_fsdp, check_policy
+    from .parallel.mesh import device_mesh, rank_device
+    from .parallel.tensor import apply_tensor_parallel, tensor_parallel_problems
+
+    parallel = spec.parallel
+    policy = FsdpPolicy(reshard_after_forward=parallel.fsdp.reshard_after_forward, precision=plan.precision,
+                        offload=parallel.fsdp.offload)
+    device = rank_device()
+    problem = check_policy(policy, device.type)
+    if problem:
+        raise LaunchError(problem)
+    model = build_training_model(spec, plan, device)
+    parameters = sum(p.numel() for p in model.parameters())
+    mesh = device_mesh(dist.get_world_size(), parallel.tensor.size)
+    if parallel.tensor.size > 1:
+        problems = tensor_parallel_problems(model, parallel.tensor.size)
+        if problems:
+            raise LaunchError("parallel.tensor: " + "; ".join(problems))
+        apply_tensor_parallel(model, mesh["tp"])
+    apply_fsdp(model, mesh["dp"], policy)
+    optimizer = build_optimizer(spec.train.optimizer, model, device)
+    engine = FsdpEngine(model, optimizer, mesh=mesh, device=device, precision=plan.precision, grad_clip=spec.train.grad_clip)
     engine.errors_dir = errors_dir
     return engine, parameters

@@ -1,4 +1,4 @@
-"""Start a DeepSpeed run's ranks and watch them: `tabula run SPEC --nproc N` (or backend deepspeed).
+"""Start a run's ranks and watch them: `tabula run SPEC --nproc N` (backend deepspeed or fsdp).
 
     ranks_for(spec, nproc) -> Ranks                 where the ranks run (session.prepare_run calls it)
     check_deepspeed_config(spec, plan)              DeepSpeed's word on the config, before any rank starts
@@ -8,7 +8,8 @@
 prepares a resume that changes the world size or ZeRO stage (runtime/reshard.py) and opens the run
 folder. `launch` then starts the ranks through DeepSpeed's launcher (`python -m
 deepspeed.launcher.launch` on this machine, `python -m deepspeed.launcher.runner --hostfile` across
-nodes); each runs runtime/rank.py. On a machine without GPUs the ranks run on the CPU over gloo, each
+nodes); backend fsdp starts them through torchrun (`python -m torch.distributed.run`, with
+`--nnodes/--node_rank` and parallel.rendezvous's endpoint across nodes). Each runs runtime/rank.py. On a machine without GPUs the ranks run on the CPU over gloo, each
 with its share of the cores. The launcher watches the ranks: when one exits with an error it stops the
 others. This process passes rank 0's progress lines through to `out` (DeepSpeed's own log lines are
 held back), turns the first Ctrl-C / SIGTERM into a stop request (the ranks finish the step and
@@ -53,8 +54,31 @@ NOISE = re.compile(
     r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING|DEBUG)\]"
     r"|^DeepSpeed .* built successfully"
     r"|FutureWarning|UserWarning|^\s+return func\(|^\s+warnings\.warn"
+    r"|^[WIE]\d{4} [\d:.]+ \d+ .*(torch/distributed|api\.py)"  # torchrun's agent log lines
 )
 RETURN_CODE_LINE = re.compile(r"exits with return code = (-?\d+)")
+# torchrun's summary of the first rank that failed ("Root Cause"): its rank and exit code
+TORCHRUN_ROOT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+) \(local_rank")
+TORCHRUN_EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+
+
+def torchrun_failure(lines: Sequence[str]) -> tuple[int, int] | None:
+    """(rank, exit code) of the root cause in torchrun's failure summary among `lines`, or None."""
+    rank = code = None
+    for line in lines:
+        found_rank, found_code = TORCHRUN_ROOT_RANK.search(line), TORCHRUN_EXIT_CODE.search(line)
+        if found_rank and rank is None:
+            rank = int(found_rank.group(1))
+        if found_code and code is None:
+            code = int(found_code.group(1))
+    return (rank, code) if rank is not None and code is not None else None
+
+
+def exit_text(code: int) -> str:
+    """`was killed by SIGKILL` or `exited with status 1`."""
+    if code < 0 and -code in signal.valid_signals():
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
 
 
 def free_port() -> int:
@@ -66,10 +90,22 @@ def free_port() -> int:
 
 def rank_command(spec_path: str, run_dir: Path, world_size: int, *, overrides: Sequence[str] = (),
                  resume_from: Path | None = None, max_steps: int | None = None, hostfile: str | None = None,
-                 port: int | None = None) -> list[str]:
-    """The DeepSpeed launcher command line that starts every rank of a run: its multi-node runner with a
-    hostfile; on this machine its per-node launcher directly (what the runner would start, one
-    DeepSpeed import sooner)."""
+                 port: int | None = None, backend: str = "deepspeed", nodes: int = 1, node_rank: int = 0,
+                 rendezvous: str | None = None) -> list[str]:
+    """The launcher command line that starts every rank of a run (on this node). DeepSpeed: its
+    multi-node runner with a hostfile; on this machine its per-node launcher directly (what the runner
+    would start, one DeepSpeed import sooner). fsdp: torchrun, `world_size // nodes` ranks on this node,
+    node `node_rank` of `nodes` meeting at `rendezvous` (HOST:PORT; node 0 hosts it)."""
+    options = RankOptions(spec_path=str(spec_path), run_dir=Path(run_dir), overrides=tuple(overrides),
+                          resume_from=Path(resume_from) if resume_from is not None else None, max_steps=max_steps,
+                          backend=backend)
+    if backend == "fsdp":
+        host, port = (rendezvous.rsplit(":", 1)[0], int(rendezvous.rsplit(":", 1)[1])) if rendezvous else \
+            ("127.0.0.1", port or free_port())
+        # static rendezvous: node ranks as given, node 0 serves the store; a failed rank ends the others
+        return [sys.executable, "-u", "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node_rank={node_rank}",
+                f"--nproc_per_node={world_size // nodes}", f"--master_addr={host}", f"--master_port={port}",
+                "--max_restarts=0", "--monitor_interval=0.5", "--module", "tabula.runtime.rank", *rank_argv(options)]
     port = port or free_port()
     if hostfile:
         command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--hostfile", hostfile,
@@ -78,8 +114,6 @@ def rank_command(spec_path: str, run_dir: Path, world_size: int, *, overrides: S
         world_info = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(world_size))}).encode()).decode()
         command = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
                    "--master_addr=127.0.0.1", f"--master_port={port}"]
-    options = RankOptions(spec_path=str(spec_path), run_dir=Path(run_dir), overrides=tuple(overrides),
-                          resume_from=Path(resume_from) if resume_from is not None else None, max_steps=max_steps)
     return command + ["--no_local_rank", "--module", "tabula.runtime.rank", *rank_argv(options)]
 
 
@@ -117,9 +151,24 @@ def ranks_for(spec: Spec, nproc: int | None) -> Ranks:
             world_size = slots
         elif slots != world_size:
             raise LaunchError(f"--nproc {world_size} differs from the {slots} slots of {hostfile}")
-    if spec.parallel.backend != "deepspeed":
-        raise LaunchError(f"--nproc {world_size} runs DeepSpeed ranks: add parallel.backend=deepspeed "
-                          f"(and parallel.zero.stage=1|2|3 to shard state over the ranks)")
+    if spec.parallel.backend not in ("deepspeed", "fsdp"):
+        raise LaunchError(f"--nproc {world_size} runs ranks: add parallel.backend=fsdp (FSDP2 through torchrun) or "
+                          f"parallel.backend=deepspeed (and parallel.zero.stage=1|2|3 to shard state over the ranks)")
+    if spec.parallel.backend == "fsdp":
+        import torch
+
+        from .parallel.fsdp import FsdpPolicy, check_policy
+
+        fsdp = spec.parallel.fsdp
+        problem = check_policy(FsdpPolicy(fsdp.reshard_after_forward, spec.parallel.precision, fsdp.offload),
+                               "cuda" if torch.cuda.is_available() else "cpu")
+        if problem:  # before anything is prepared: the ranks would refuse it after their start-up
+            raise LaunchError(problem)
+        tensor, nodes = spec.parallel.tensor.size, spec.parallel.nodes
+        if world_size % tensor:
+            raise LaunchError(f"parallel.tensor.size {tensor} must divide the {world_size} ranks")
+        if world_size % nodes:
+            raise LaunchError(f"parallel.nodes {nodes} must divide the {world_size} ranks (the same ranks on each node)")
     return Ranks(world_size, hostfile)
 
 
@@ -156,41 +205,46 @@ def hostfile_slots(path: Path) -> int | None:
 
 
 def launch(ready: PreparedRun, *, out: TextIO) -> Outcome:
-    """Start the ranks of a prepared DeepSpeed run (`ready.ranks`), watch them, and return how the run
-    ended (its `signal`: the SIGINT/SIGTERM this process received and passed on as a stop request)."""
+    """Start the ranks of a prepared DeepSpeed or fsdp run (`ready.ranks`), watch them, and return how the
+    run ended (its `signal`: the SIGINT/SIGTERM this process received and passed on as a stop request)."""
     if ready.ranks is None:
-        raise ValueError("launch() starts DeepSpeed ranks: this run was prepared for the local engine")
-    options, ranks = ready.options, ready.ranks
+        raise ValueError("launch() starts ranks: this run was prepared for the local engine")
+    options, ranks, parallel = ready.options, ready.ranks, ready.spec.parallel
     return start_ranks(options.spec_path, ready.run.path, ranks.world_size, overrides=options.overrides,
                        resume_from=ready.checkpoint, max_steps=options.max_steps,
                        hostfile=str(ranks.hostfile) if ranks.hostfile else None,
                        cache_dir=str(options.cache_dir) if options.cache_dir else None, out=out,
-                       lock=ready.lock, events_offset=ready.events_offset)
+                       lock=ready.lock, events_offset=ready.events_offset, backend=parallel.backend,
+                       nodes=parallel.nodes, rendezvous=parallel.rendezvous)
 
 
 def start_ranks(spec_path: str | os.PathLike[str], run_dir: str | os.PathLike[str], world_size: int, *,
                 overrides: Sequence[str] = (), resume_from: Path | None = None, max_steps: int | None = None,
                 hostfile: str | None = None, cache_dir: str | None = None, out: TextIO | None = None,
-                lock: RunLock | None = None, events_offset: int = 0) -> Outcome:
+                lock: RunLock | None = None, events_offset: int = 0, backend: str = "deepspeed", nodes: int = 1,
+                node_rank: int = 0, rendezvous: str | None = None) -> Outcome:
     """Start the ranks of a run whose folder exists, watch them, and make sure events.jsonl ends with an
     `end` event of this session (whose events follow byte `events_offset`). `lock`: the run folder's lock
     (runtime/runlock.py), handed to DeepSpeed's launcher so that the run stays locked while it and its
-    ranks live. Returns the run's Outcome, with the stop signal received (if any) as its `signal`."""
+    ranks live. `backend`, `nodes`, `node_rank`, `rendezvous`: see rank_command (a node other than 0 starts
+    its own ranks only). Returns the run's Outcome, with the stop signal received (if any) as its `signal`."""
     out = out or sys.stdout
     run_dir = Path(run_dir)
     (run_dir / RANKS_DIR).mkdir(parents=True, exist_ok=True)
-    for stale in (run_dir / RANKS_DIR).glob("rank-*.error"):  # from an earlier attempt of this run
-        stale.unlink()
+    if node_rank == 0:
+        for stale in (run_dir / RANKS_DIR).glob("rank-*.error"):  # from an earlier attempt of this run
+            stale.unlink()
     command = rank_command(str(spec_path), run_dir, world_size, overrides=overrides, resume_from=resume_from,
-                           max_steps=max_steps, hostfile=hostfile)
-    env = rank_environment(world_size)
+                           max_steps=max_steps, hostfile=hostfile, backend=backend, nodes=nodes, node_rank=node_rank,
+                           rendezvous=rendezvous)
+    env = rank_environment(world_size // nodes)
     if cache_dir:
         env["TABULA_CACHE_DIR"] = str(Path(cache_dir).resolve())
     keep_fds: tuple[int, ...] = ()
     started = None
     if lock is not None and lock.fd is not None:
         keep_fds = (lock.fd,)
-        started = functools.partial(lock.add_holder, what="DeepSpeed launcher")
+        started = functools.partial(lock.add_holder, what="torchrun" if backend == "fsdp" else "DeepSpeed launcher")
     exit_codes, tail, signals_seen = _supervise(command, env, run_dir, out, keep_fds=keep_fds, started=started)
     outcome = _finish(run_dir, exit_codes, tail, out, since=events_offset)
     if signals_seen:
@@ -209,7 +263,7 @@ def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: Text
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    bufsize=1, start_new_session=True, pass_fds=tuple(keep_fds))
     except OSError as error:
-        out.write(f"cannot start DeepSpeed's launcher: {error}\n")
+        out.write(f"cannot start the ranks' launcher: {error}\n")
         return [127], deque([str(error)]), []
     if started is not None:
         started(process.pid)
@@ -236,15 +290,30 @@ def _supervise(command: list[str], env: dict[str, str], run_dir: Path, out: Text
     tail: deque[str] = deque(maxlen=40)
     assert process.stdout is not None
     try:
+        held: list[str] = []  # a traceback, until it shows whether it is torchrun's summary of a failed rank
         for line in process.stdout:
             found = RETURN_CODE_LINE.search(line)
             if found:
                 exit_codes.append(int(found.group(1)))
                 continue
             tail.append(line.rstrip("\n"))
+            if held or line.startswith("Traceback (most recent call last):"):
+                held.append(line)
+                if "ChildFailedError" in line:  # torchrun's report: the rank's own error file says it better
+                    held = []
+                    for rest in process.stdout:
+                        tail.append(rest.rstrip("\n"))
+                    break
+                if not line.startswith((" ", "Traceback")):  # the traceback's last line: someone else's
+                    out.write("".join(held))
+                    out.flush()
+                    held = []
+                continue
             if not NOISE.search(line):
                 out.write(line)
                 out.flush()
+        if held:
+            out.write("".join(held))
         process.wait()
     finally:
         for signum, handler in previous.items():
@@ -279,12 +348,16 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: Sequence[str], out: Text
     if end is not None and not exit_codes:
         return Outcome(end["reason"], error=end.get("error"), **ended)
     errors = sorted((run_dir / RANKS_DIR).glob("rank-*.error"))
+    root = torchrun_failure(tail)
+    if not errors and root is not None:  # torchrun named the rank that died silently: the run folder records it
+        from .rank import write_error
+
+        write_error(run_dir, root[0], f"rank {root[0]} {exit_text(root[1])} without reporting an error")
+        errors = sorted((run_dir / RANKS_DIR).glob("rank-*.error"))
     if errors:
         message = errors[0].read_text(encoding="utf-8").strip().splitlines()[0]
     elif exit_codes:
-        code = exit_codes[0]
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exited with status {code}"
-        message = f"a rank {how} without reporting an error"
+        message = f"a rank {exit_text(exit_codes[0])} without reporting an error"
     else:
         message = "the ranks ended without writing an end event"
     out = out or sys.stdout
@@ -301,3 +374,63 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: Sequence[str], out: Text
     if not errors and tail:
         out.write("last lines from the ranks:\n" + "\n".join(f"  {line}" for line in list(tail)[-10:]) + "\n")
     return Outcome("failed", error=message, **ended)
+
+
+# ---------------------------------------------------------------- the other nodes of a multi-node fsdp run
+
+
+def join_run(spec: Spec, spec_path: str, run_dir: Path, node_rank: int, *, overrides: Sequence[str] = (),
+             nproc: int | None = None, cache_dir: str | None = None, out: TextIO | None = None,
+             wait_s: float = 300.0) -> Outcome:
+    """Node `node_rank` (> 0) of a multi-node fsdp run: start this node's ranks, which join node 0's at
+    parallel.rendezvous, and watch them. Node 0 (`tabula run` without --node-rank) created `run_dir`, on
+    a file system every node shares; this waits up to `wait_s` for it and writes nothing there but its
+    ranks' error files: node 0's launcher writes the run's end. Returns the run's Outcome as node 0's
+    events tell it (a failed one when this node's ranks failed). Raises LaunchError when the spec is not
+    a multi-node fsdp run or the folder never appears."""
+    import time
+
+    from tabula.schemas.rundir_protocol import EVENTS_FILE
+
+    from .events import read_events
+    from .loop import Outcome
+    from .rundir import RESOLVED_FILE
+
+    parallel = spec.parallel
+    if parallel.backend != "fsdp" or parallel.nodes < 2:
+        raise LaunchError(f"--node-rank joins a multi-node fsdp run: set parallel.backend=fsdp, parallel.nodes (> 1) "
+                          f"and parallel.rendezvous (found backend {parallel.backend}, {parallel.nodes} node(s))")
+    if not 0 < node_rank < parallel.nodes:
+        raise LaunchError(f"--node-rank {node_rank}: this run has nodes 0-{parallel.nodes - 1} (node 0 is `tabula run` "
+                          f"without --node-rank)")
+    world_size = nproc or parallel.world_size
+    run_dir = Path(run_dir)
+    deadline = time.monotonic() + wait_s
+    while not (run_dir / RESOLVED_FILE).exists():
+        if time.monotonic() > deadline:
+            raise LaunchError(f"{run_dir} did not appear within {wait_s:.0f} s: start node 0 (`tabula run` with the same "
+                              f"--run-dir on a file system both nodes share) first")
+        time.sleep(0.5)
+    out = out or sys.stdout
+    command = rank_command(spec_path, run_dir, world_size, overrides=overrides, backend="fsdp", nodes=parallel.nodes,
+                           node_rank=node_rank, rendezvous=parallel.rendezvous)
+    env = rank_environment(world_size // parallel.nodes)
+    if cache_dir:
+        env["TABULA_CACHE_DIR"] = str(Path(cache_dir).resolve())
+    events_file = run_dir / EVENTS_FILE
+    # this session's events follow: node 0's rank 0 writes none before every node joined the rendezvous
+    offset = events_file.stat().st_size if events_file.exists() else 0
+    exit_codes, _, _ = _supervise(command, env, run_dir, out)
+    events = read_events(events_file, offset=offset) if events_file.exists() else []
+    # node 0's launcher writes the end once its ranks are gone: wait for it a little
+    deadline = time.monotonic() + 30
+    while not any(e.get("kind") == "end" for e in events) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        events = read_events(events_file, offset=offset) if events_file.exists() else []
+    end = next((e for e in reversed(events) if e.get("kind") == "end"), None)
+    if end is not None:
+        return Outcome(end["reason"], end.get("step", 0), end.get("tokens", 0), error=end.get("error"))
+    errors = sorted((run_dir / RANKS_DIR).glob("rank-*.error"))
+    error = errors[0].read_text(encoding="utf-8").strip().splitlines()[0] if errors else None
+    return Outcome("failed" if exit_codes or error else "finished", 0, 0,
+                   error=error or (f"this node's launcher exited with status {exit_codes[0]}" if exit_codes else None))

@@ -1,9 +1,11 @@
-"""One rank of a DeepSpeed run, as the DeepSpeed launcher starts it (runtime/launch.py builds the command):
+"""One rank of a DeepSpeed or fsdp run, as the DeepSpeed launcher or torchrun starts it (runtime/launch.py
+builds the command):
 
-    python -m tabula.runtime.rank --spec SPEC --run-dir DIR [--override a.b=v ...] [--resume CKPT] [--max-steps N]
+    python -m tabula.runtime.rank --spec SPEC --run-dir DIR [--backend deepspeed|fsdp] [--override a.b=v ...]
+                                  [--resume CKPT] [--max-steps N]
 
 Every rank loads the same spec, plan, prepared data (from the token cache the launching process
-filled) and model (runtime/build.py, as the local engine's), wraps it in the DeepSpeed engine and
+filled) and model (runtime/build.py, as the local engine's), wraps it in the DeepSpeed or FSDP2 engine and
 runs the train loop; rank 0 alone writes events, Aim and progress lines. A rank that fails leaves its
 error in `ranks/rank-N.error` in the run folder before it exits, so the others (and the launching
 process) can say which rank failed and why. The process exits with 0 when the run finished or
@@ -39,11 +41,14 @@ class RankOptions:
     overrides: tuple[str, ...] = ()
     resume_from: Path | None = None
     max_steps: int | None = None
+    backend: str = "deepspeed"  # "deepspeed" | "fsdp"
 
 
 def rank_argv(options: RankOptions) -> list[str]:
     """The arguments after `python -m tabula.runtime.rank` (read back by parse_rank_argv)."""
     argv = ["--spec", options.spec_path, "--run-dir", str(options.run_dir)]
+    if options.backend != "deepspeed":
+        argv += ["--backend", options.backend]
     for override in options.overrides:
         argv += ["--override", override]
     if options.resume_from is not None:
@@ -61,7 +66,7 @@ def parse_rank_argv(argv: Sequence[str]) -> RankOptions:
     while items:
         item = items.pop(0)
         flag, equals, value = item.partition("=")
-        if flag not in ("--spec", "--run-dir", "--override", "--resume", "--max-steps", "--local_rank"):
+        if flag not in ("--spec", "--run-dir", "--override", "--resume", "--max-steps", "--local_rank", "--backend"):
             raise ValueError(f"unexpected rank argument {item!r}")
         if not equals:
             if not items:
@@ -75,7 +80,8 @@ def parse_rank_argv(argv: Sequence[str]) -> RankOptions:
     max_steps = values.get("--max-steps", [None])[-1]
     return RankOptions(spec_path=values["--spec"][-1], run_dir=Path(values["--run-dir"][-1]),
                        overrides=tuple(values.get("--override", [])), resume_from=Path(resume) if resume else None,
-                       max_steps=int(max_steps) if max_steps is not None else None)
+                       max_steps=int(max_steps) if max_steps is not None else None,
+                       backend=values.get("--backend", ["deepspeed"])[-1])
 
 
 def error_file(run_dir: Path, rank: int) -> Path:
@@ -100,19 +106,26 @@ def run_rank(options: RankOptions) -> Outcome:
     from tabula.schemas.canonical import spec_hash
     from tabula.schemas.loader import load_spec
 
-    from .build import build_deepspeed_engine
+    from .build import build_deepspeed_engine, build_fsdp_engine
     from .console import Console
     from .data import prepare
     from .data.cache import cache_root
-    from .deepspeed_engine import init_distributed
     from .loop import Outcome, train
     from .rundir import RunDir
 
     run_dir = options.run_dir
-    init_distributed()
-    import deepspeed.comm as dist
+    fsdp = options.backend == "fsdp"
+    if fsdp:
+        from .parallel.mesh import init_process_group
 
-    rank, world = dist.get_rank(), dist.get_world_size()
+        rank, world = init_process_group()
+    else:
+        from .deepspeed_engine import init_distributed
+
+        init_distributed()
+        import deepspeed.comm as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
     try:
         if not torch.cuda.is_available():
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -127,7 +140,8 @@ def run_rank(options: RankOptions) -> Outcome:
             from .memory import check_memory
 
             check_memory(spec, plan, rank_device(), spec_path=options.spec_path)
-        engine, parameters = build_deepspeed_engine(spec, plan, errors_dir=run_dir / RANKS_DIR)
+        build = build_fsdp_engine if fsdp else build_deepspeed_engine
+        engine, parameters = build(spec, plan, errors_dir=run_dir / RANKS_DIR)
         outcome = train(spec, plan, engine, RunDir(run_dir), prepared, spec_hash=spec_hash(spec),
                         max_steps=options.max_steps, resume_from=options.resume_from,
                         console=Console() if rank == 0 else None, parameters=parameters)

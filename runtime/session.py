@@ -107,8 +107,8 @@ class PreparedRun:
 
 
 def wants_ranks(spec: Spec, nproc: int | None) -> bool:
-    """Whether a run trains on DeepSpeed ranks (more than one, or backend deepspeed) rather than in this process."""
-    return (nproc or spec.parallel.world_size) > 1 or spec.parallel.backend == "deepspeed"
+    """Whether a run trains on ranks (more than one, or backend deepspeed / fsdp) rather than in this process."""
+    return (nproc or spec.parallel.world_size) > 1 or spec.parallel.backend in ("deepspeed", "fsdp")
 
 
 # ---------------------------------------------------------------- resume
@@ -184,9 +184,14 @@ def check_run_files(run: RunDir) -> None:
 def _reshard(spec: Spec, checkpoint: Path, ranks: Ranks | None) -> Move | None:
     """Make `checkpoint` loadable by this run's engine and layout; the move made, or None when it loads as
     saved. Raises RunInputError when the optimizer state cannot be kept."""
+    from .parallel.convert import FsdpConvertError, has_fsdp_state, prepare_fsdp_resume, write_local_optimizer
     from .reshard import DS_DIR, ReshardError, prepare_local_resume, prepare_resume
 
     try:
+        if spec.parallel.backend == "fsdp" and ranks is not None:
+            return prepare_fsdp_resume(checkpoint, ranks.world_size, spec.parallel.tensor.size)
+        if has_fsdp_state(checkpoint):  # to DeepSpeed or the local engine: its optimizer.pt first
+            write_local_optimizer(checkpoint)
         if ranks is not None:
             move = prepare_resume(checkpoint, spec.parallel.zero.stage, ranks.world_size, spec=spec)
             return move if move.changes else None
@@ -199,7 +204,7 @@ def _reshard(spec: Spec, checkpoint: Path, ranks: Ranks | None) -> Move | None:
         if not torch.cuda.is_available():  # DeepSpeed, imported to read its files, warns it found no GPU
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         return prepare_local_resume(checkpoint)
-    except (ReshardError, OSError) as error:
+    except (ReshardError, FsdpConvertError, OSError) as error:
         raise RunInputError(f"cannot resume from {checkpoint}: {error}") from None
 
 
@@ -334,7 +339,7 @@ def _prepare(spec: Spec, options: RunOptions, ranks: Ranks | None, target: tuple
     if plan.total_steps == 0:
         raise RunInputError(f"the budget ({plan.budget_tokens} tokens) is smaller than one batch ({plan.batch_tokens} "
                             f"tokens): nothing to train")
-    if ranks is not None:
+    if ranks is not None and spec.parallel.backend == "deepspeed":
         from .launch import check_deepspeed_config
 
         check_deepspeed_config(spec, plan)

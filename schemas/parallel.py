@@ -1,4 +1,5 @@
-"""The `parallel:` section: one local process, or DeepSpeed ZeRO across ranks."""
+"""The `parallel:` section: one local process, DeepSpeed ZeRO across ranks, or PyTorch FSDP2 (with tensor
+parallelism on a 2-D device mesh) across ranks launched by torchrun."""
 
 from __future__ import annotations
 
@@ -26,12 +27,39 @@ class Zero(SpecModel):
         return self
 
 
-class Parallel(SpecModel):
-    backend: Literal["local", "deepspeed"] = Field(
-        default="local", description="local: one process on one device; deepspeed: ranks launched by DeepSpeed."
+class Fsdp(SpecModel):
+    reshard_after_forward: bool = Field(
+        default=True,
+        description="Free each block's gathered parameters after its forward and gather them again for the backward "
+                    "(ZeRO-3-like memory); false keeps them until the backward (ZeRO-2-like, less communication).",
     )
-    world_size: int = Field(default=1, ge=1, le=2**20, description="Number of ranks (processes, at most 2**20); more than 1 needs the deepspeed backend.")
+    offload: bool = Field(default=False, description="Keep the sharded parameters, gradients and optimizer state in CPU memory (FSDP2's CPUOffloadPolicy).")
+
+
+class TensorParallel(SpecModel):
+    size: int = Field(
+        default=1, ge=1, le=4096,
+        description="Ranks each attention layer's heads, MLP's hidden units and the vocabulary are split over "
+                    "(PyTorch DTensor tensor parallelism, fsdp backend); world_size / size ranks shard the rest with FSDP2.",
+    )
+
+
+class Parallel(SpecModel):
+    backend: Literal["local", "deepspeed", "fsdp"] = Field(
+        default="local",
+        description="local: one process on one device; deepspeed: ranks launched by DeepSpeed (ZeRO); "
+                    "fsdp: ranks launched by torchrun, each block sharded by PyTorch FSDP2.",
+    )
+    world_size: int = Field(default=1, ge=1, le=2**20, description="Number of ranks (processes, at most 2**20); more than 1 needs the deepspeed or fsdp backend.")
     hostfile: str | None = Field(default=None, description="DeepSpeed hostfile for runs across nodes; null runs on this machine.")
+    rendezvous: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.\-]+:\d{1,5}$",
+        description="fsdp across nodes: torchrun's rendezvous endpoint HOST:PORT (node 0's address), which every node's "
+                    "launcher joins; null runs on this machine.",
+    )
+    nodes: int = Field(default=1, ge=1, le=65536, description="fsdp across nodes: how many nodes (torchrun launchers) join the rendezvous; world_size counts the ranks of all of them.")
+    fsdp: Fsdp = Field(default_factory=Fsdp, description="FSDP2 sharding policies (fsdp backend only).")
+    tensor: TensorParallel = Field(default_factory=TensorParallel, description="Tensor parallelism (fsdp backend only).")
     zero: Zero = Field(default_factory=Zero, description="ZeRO sharding and offload (deepspeed only).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
@@ -54,4 +82,23 @@ class Parallel(SpecModel):
                 raise field_error(("zero", "stage"), f"ZeRO stage {self.zero.stage} needs backend: deepspeed")
             if self.hostfile is not None:
                 raise field_error("hostfile", "a hostfile needs backend: deepspeed")
+        if self.backend != "fsdp":
+            if self.tensor.size > 1:
+                raise field_error(("tensor", "size"), f"tensor parallelism (size {self.tensor.size}) needs backend: fsdp")
+            if self.fsdp != Fsdp():
+                raise field_error("fsdp", "fsdp settings need backend: fsdp")
+            if self.rendezvous is not None or self.nodes > 1:
+                raise field_error("rendezvous" if self.rendezvous is not None else "nodes",
+                                  "a torchrun rendezvous needs backend: fsdp (deepspeed crosses nodes with a hostfile)")
+        else:
+            if self.zero != Zero():
+                raise field_error("zero", "ZeRO settings are DeepSpeed's: backend fsdp shards with FSDP2 (see parallel.fsdp)")
+            if self.hostfile is not None:
+                raise field_error("hostfile", "a hostfile is DeepSpeed's: backend fsdp crosses nodes with parallel.rendezvous")
+            if self.world_size % self.tensor.size:
+                raise field_error(("tensor", "size"), f"tensor size {self.tensor.size} must divide world_size {self.world_size}")
+            if self.world_size % self.nodes:
+                raise field_error("nodes", f"{self.nodes} nodes must divide world_size {self.world_size} (the same ranks on each)")
+            if self.nodes > 1 and self.rendezvous is None:
+                raise field_error("rendezvous", f"{self.nodes} nodes need a rendezvous endpoint HOST:PORT")
         return self

@@ -101,7 +101,9 @@ def as_json(spec, plan, est, path: str) -> dict:
         "spec_hash": _spec_hash(spec),
         "device": plan.device_type,
         "precision": plan.precision,
-        "world_size": plan.world_size,
+        "world_size": _ranks(spec, plan),
+        "data_parallel": plan.world_size,
+        "tensor_parallel": _tensor(spec),
         "backend": spec.parallel.backend,
         "vocab_size": plan.vocab_size,
         "parameters": vars(est.parameters).copy(),
@@ -138,7 +140,7 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
     spec_hash = _spec_hash(spec)
     lines = [
         f"{spec.name}  ({path})  spec {spec_hash[:12]}",
-        f"{plan.device_type}, {plan.precision}, {plan.world_size} rank{'s' if plan.world_size > 1 else ''}"
+        f"{plan.device_type}, {plan.precision}, {_ranks(spec, plan)} rank{'s' if _ranks(spec, plan) > 1 else ''}"
         f" ({spec.parallel.backend}{_zero(spec)}), vocabulary {plan.vocab_size:,}",
         "",
         "model",
@@ -153,7 +155,7 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         f"  (6N{' (active)' if params.active != params.total else ''} + attention at seq_len {est.flops_per_token_seq_len}, forward + backward)",
         *_layer_lines(spec.model),
         "",
-        f"memory per rank ({plan.precision}, ZeRO stage {spec.parallel.zero.stage})",
+        f"memory per rank ({plan.precision}, {_sharding(spec)})",
     ]
     for key, label in MEMORY_PARTS:
         size = est.memory_per_rank.get(key, 0)
@@ -196,7 +198,7 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
     lines += [
         f"  compute            {est.total_flops:>16.3g} FLOPs",
         f"  time               {format_duration(est.seconds):>16}  at {est.peak_flops / 1e12:g} TFLOP/s peak x {est.mfu:g} MFU"
-        f" x {plan.world_size} rank{'s' if plan.world_size > 1 else ''}",
+        f" x {_ranks(spec, plan)} rank{'s' if _ranks(spec, plan) > 1 else ''}",
     ]
     lines += ["", *compile_lines(plan.compile)]
     notes = [*plan.notes, *est.notes, *plan.compile.notes]
@@ -254,8 +256,30 @@ def _trainable_lines(est) -> list[str]:
     return lines
 
 
+def _tensor(spec) -> int:
+    return spec.parallel.tensor.size if spec.parallel.backend == "fsdp" else 1
+
+
+def _ranks(spec, plan) -> int:
+    """Every rank: the plan's data-parallel ranks times the tensor-parallel ones."""
+    return plan.world_size * _tensor(spec)
+
+
+def _sharding(spec) -> str:
+    parallel = spec.parallel
+    if parallel.backend != "fsdp":
+        return f"ZeRO stage {parallel.zero.stage}"
+    how = "FSDP2, " + ("resharded after forward" if parallel.fsdp.reshard_after_forward else "kept until backward")
+    if parallel.fsdp.offload:
+        how += ", CPU offload"
+    return how + (f", tensor parallel {parallel.tensor.size}" if parallel.tensor.size > 1 else "")
+
+
 def _zero(spec) -> str:
     zero = spec.parallel.zero
+    if spec.parallel.backend == "fsdp":
+        tensor = spec.parallel.tensor.size
+        return f": {spec.parallel.world_size // tensor} data x {tensor} tensor" if tensor > 1 else ""
     if spec.parallel.backend != "deepspeed":
         return ""
     offload = [name for name, on in (("optimizer", zero.offload_optimizer), ("params", zero.offload_params)) if on]

@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=_positive, metavar="N", help="stop after N optimizer steps of this call, with a checkpoint")
     parser.add_argument("--run-dir", metavar="DIR", help="write the run here instead of track.runs_dir/<name>-<time>")
     parser.add_argument("--resume", metavar="DIR|auto", help="continue a run folder (or one checkpoint folder); auto: the newest run of this spec")
-    parser.add_argument("--nproc", type=_positive, metavar="N", help="ranks on this machine (DeepSpeed); default parallel.world_size")
+    parser.add_argument("--nproc", type=_positive, metavar="N", help="ranks (DeepSpeed or fsdp; across every node for a multi-node fsdp run); default parallel.world_size")
+    parser.add_argument("--node-rank", type=_positive, metavar="K",
+                        help="join a multi-node fsdp run as node K (1 .. parallel.nodes-1): start this node's ranks in node 0's "
+                             "--run-dir (a shared file system) and meet at parallel.rendezvous")
     parser.add_argument("--cache-dir", metavar="DIR", help="token cache folder (default: TABULA_CACHE_DIR or the user's cache)")
 
 
@@ -66,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if spec is None:
         return ExitCode.BAD_INPUT
     options = run_options(args)
-    refused = (options.nproc or spec.parallel.world_size) > 1 and spec.parallel.backend != "deepspeed"
+    if args.node_rank:
+        return _join(options, spec, args.node_rank)
+    refused = (options.nproc or spec.parallel.world_size) > 1 and spec.parallel.backend not in ("deepspeed", "fsdp")
     try:
         # ranks without DeepSpeed: the runtime says why here, before any dashboard opens on a child that would fail
         if not args.headless and not refused and sys.stdout.isatty():
@@ -137,6 +142,30 @@ def _train_here(options: RunOptions, spec: Spec) -> int:
         ready.release()
 
 
+def _join(options: RunOptions, spec: Spec, node_rank: int) -> int:
+    """Node `node_rank` of a multi-node fsdp run: its token cache, then its ranks (launch.join_run)."""
+    from tabula.runtime.data import prepare, terminal_progress
+    from tabula.runtime.errors import TabulaError
+    from tabula.runtime.launch import join_run
+
+    if options.run_dir is None or options.resume:
+        sys.stderr.write("tabula run: --node-rank needs --run-dir, the folder node 0 writes (on a shared file system); "
+                         "a resume names it there too\n")
+        return ExitCode.BAD_INPUT
+    try:
+        prepare(spec, cache_dir=options.cache_dir, progress=terminal_progress(sys.stderr))  # this node's token cache
+        outcome = join_run(spec, options.spec_path, options.run_dir, node_rank, overrides=options.overrides,
+                           nproc=options.nproc, cache_dir=str(options.cache_dir) if options.cache_dir else None,
+                           out=sys.stdout)
+    except TabulaError as error:
+        return report_error(error)
+    if outcome.reason == "failed":
+        print(f"run failed: {outcome.error}")
+        return ExitCode.RUN_FAILED
+    print(f"node {node_rank}: the run {outcome.reason} at step {outcome.step}")
+    return ExitCode.OK
+
+
 def report_crash(error: BaseException, ready: PreparedRun | None) -> int:
     """An unexpected error (a bug, not bad input): one line on stderr, the traceback in RUN_DIR/error.log
     (or a temporary file before the run folder exists), the run's `end` event written if it is missing.
@@ -177,7 +206,7 @@ def prepared_lines(ready: PreparedRun) -> list[str]:
         lines += change_lines(resume.run.name, resume.changes)
         lines.append("These changes are compatible with the checkpoint: applying them.")
     if resume is not None and resume.move is not None:
-        through = " through a universal checkpoint" if ready.ranks is not None else ""
+        through = " through a universal checkpoint" if ready.ranks is not None and ready.spec.parallel.backend != "fsdp" else ""
         lines.append(f"resuming {resume.move.text}{through}: weights and optimizer state kept")
     lines += [f"note: {note}" for note in ready.plan.notes]
     lines.append(f"run folder: {ready.run.path}")
@@ -185,7 +214,13 @@ def prepared_lines(ready: PreparedRun) -> list[str]:
         ranks = ready.ranks
         where = (f"{ranks.world_size} ranks from {ranks.hostfile}" if ranks.hostfile
                  else f"{ranks.world_size} rank{'s' * (ranks.world_size > 1)} on this machine")
-        lines.append(f"DeepSpeed ZeRO-{ready.spec.parallel.zero.stage}, {where} ({ready.device_type}, {ready.plan.precision})")
+        parallel = ready.spec.parallel
+        if parallel.backend == "fsdp":
+            tensor = f" x tensor parallel {parallel.tensor.size}" if parallel.tensor.size > 1 else ""
+            engine = f"FSDP2 (torchrun){tensor}"
+        else:
+            engine = f"DeepSpeed ZeRO-{parallel.zero.stage}"
+        lines.append(f"{engine}, {where} ({ready.device_type}, {ready.plan.precision})")
     return lines
 
 

@@ -47,7 +47,7 @@ def test_a_shape_change_is_refused_with_the_reason(tmp_path, capsys):
 def test_ranks_without_deepspeed_are_refused_before_anything_is_prepared(tmp_path):
     spec = tiny_spec()
     assert wants_ranks(spec, 2) and not wants_ranks(spec, None)
-    with pytest.raises(LaunchError, match="add parallel.backend=deepspeed"):
+    with pytest.raises(LaunchError, match=r"add parallel.backend=fsdp \(FSDP2 through torchrun\) or parallel.backend=deepspeed"):
         prepare_run(spec, RunOptions(spec_path="tiny.yaml", nproc=2, run_dir=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 

@@ -67,6 +67,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "checkpoint": ("path", "best"),
     "sample": ("prompt", "text"),
     "log": ("level", "message"),
+    # benchmark scores (tabula eval, or train.eval.benchmarks): results {task: {metric: value}}; checkpoint:
+    # the folder the weights came from; limit: examples a task (null: all)
+    "benchmark": ("results", "checkpoint", "limit"),
     "end": ("reason", "error"),
 }
 EVENT_KINDS = tuple(EVENT_FIELDS)

@@ -18,9 +18,9 @@ import sys
 from tabula import __version__
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
-COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "runs", "compare"]
+COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "runs", "compare", "lr-find"]
 # A command whose name is not its module's (`import` is a Python keyword).
-MODULES = {"import": "import_model"}
+MODULES = {"import": "import_model", "lr-find": "lr_find"}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -35,6 +35,7 @@ from .events import EventWriter
 from .faults import StopSignals, is_oom, oom_message
 from .mfu import measure_cpu_peak, peak_flops
 from .schedules import lr_at
+from .tensorboard_log import TensorBoardTracker, make_tensorboard
 from .tracking import AimTracker, make_tracker
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class Trainer:
             self.events.listeners.append(console)
         self.spec_hash = spec_hash
         self.tracker: AimTracker | None = None  # the Aim tracker, rank 0 (set by `train`)
+        self.tensorboard: TensorBoardTracker | None = None  # track.tensorboard's, rank 0 (set by `train`)
         self.control = ctl.ControlFolder(run.path if engine.is_main else None)
         self.control_every = 1 if engine.world_size == 1 else spec.train.log.every_steps
         train = spec.train
@@ -483,6 +485,12 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
             trainer.log("warning", f"Aim tracking is off for this run: {error}")
         if trainer.tracker is not None:
             trainer.events.listeners.append(trainer.tracker)
+        try:
+            trainer.tensorboard = make_tensorboard(spec, run, warn=lambda message: trainer.log("warning", message))
+        except Exception as error:  # a convenience too
+            trainer.log("warning", f"TensorBoard tracking is off for this run: {error}")
+        if trainer.tensorboard is not None:
+            trainer.events.listeners.append(trainer.tensorboard)
     parameters = parameters if parameters is not None else sum(p.numel() for p in engine.model.parameters())
     with StopSignals() as signals:
         try:
@@ -520,5 +528,7 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
         trainer.emit("end", reason=outcome.reason, error=outcome.error)
         if trainer.tracker is not None:
             trainer.tracker.close()
+        if trainer.tensorboard is not None:
+            trainer.tensorboard.close()
         trainer.events.close()
     return outcome

@@ -33,9 +33,65 @@ def index_run(repo_path: str | Path, run_hash: str) -> None:
     RepoIndexManager.get_index_manager(aim.Repo(str(repo_path))).index(run_hash)
 
 
-class AimTracker:
+class BackgroundListener:
+    """An EventWriter listener that records events off the hot path: `__call__` only queues the event; a
+    daemon thread opens the tracker (`_open() -> handle`), records each event (`_record(handle, event)`)
+    and closes it (`_finish(handle)`) when `close()` is called. A tracker that cannot be opened, or an
+    event it cannot record, reaches `on_error(message)`; the training never waits on it or fails by it."""
+
+    name = "tracker"
+
+    def __init__(self, *, on_error: Callable[[str], None] | None = None) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._on_error = on_error
+        self._thread = threading.Thread(target=self._work, name=f"tabula-{self.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def __call__(self, event: dict) -> None:
+        self._queue.put(event)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Record what is queued and close the tracker."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _record(self, handle: Any, event: dict) -> None:
+        raise NotImplementedError
+
+    def _finish(self, handle: Any) -> None:
+        pass
+
+    def _work(self) -> None:
+        try:
+            handle = self._open()
+        except Exception as error:  # never take the training down with the tracker
+            if self._on_error:
+                self._on_error(f"{self.name} tracking is off for this run: {type(error).__name__}: {error}")
+            while self._queue.get() is not _STOP:
+                pass
+            return
+        while True:
+            event = self._queue.get()
+            if event is _STOP:
+                break
+            try:
+                self._record(handle, event)
+            except Exception as error:
+                if self._on_error:
+                    self._on_error(f"{self.name} could not record a {event.get('kind')} event: {error}")
+        self._finish(handle)
+
+
+class AimTracker(BackgroundListener):
     """A listener for the EventWriter. `on_ready(run_hash)` is called from the thread once the Aim run
     exists; `on_error(message)` if Aim cannot be used (the run goes on without it)."""
+
+    name = "Aim"
 
     def __init__(
         self,
@@ -50,22 +106,12 @@ class AimTracker:
         on_ready: Callable[[str], None] | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(on_error=on_error)
         self.repo = str(repo)
-        self._queue: queue.Queue = queue.Queue()
         self._args = (experiment, run_name, params, properties, tags, resume_hash)
         self._on_ready = on_ready
-        self._on_error = on_error
         self.run_hash: str | None = None
-        self._thread = threading.Thread(target=self._work, name="tabula-aim", daemon=True)
-        self._thread.start()
-
-    def __call__(self, event: dict) -> None:
-        self._queue.put(event)
-
-    def close(self, timeout: float = 60.0) -> None:
-        """Record what is queued, close the Aim run and index it."""
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        self.start()
 
     # ------------------------------------------------------------------ the thread
 
@@ -88,37 +134,19 @@ class AimTracker:
                 run[key] = value
             for tag in tags:
                 run.add_tag(tag)
-        return run
-
-    def _work(self) -> None:
-        try:
-            run = self._open()
-        except Exception as error:  # never take the training down with the tracker
-            if self._on_error:
-                self._on_error(f"Aim tracking is off for this run: {type(error).__name__}: {error}")
-            while self._queue.get() is not _STOP:
-                pass
-            return
         self.run_hash = run.hash
         if self._on_ready:
             self._on_ready(run.hash)
-        while True:
-            event = self._queue.get()
-            if event is _STOP:
-                break
-            try:
-                self._record(run, event)
-            except Exception as error:
-                if self._on_error:
-                    self._on_error(f"Aim could not record a {event.get('kind')} event: {error}")
+        return run
+
+    def _finish(self, run) -> None:
         run.close()
         try:
             index_run(self.repo, run.hash)
         except Exception:
             pass  # indexing is a convenience; `aim up` indexes on its own
 
-    @staticmethod
-    def _record(run, event: dict) -> None:
+    def _record(self, run, event: dict) -> None:
         import aim
 
         kind, step = event["kind"], event["step"]
@@ -146,6 +174,10 @@ class AimTracker:
                 run.track(event["val_loss"], name="loss", step=step, context=context)
             if event.get("val_ppl") is not None:
                 run.track(event["val_ppl"], name="ppl", step=step, context=context)
+        elif kind == "benchmark":
+            for task, metrics in (event.get("results") or {}).items():
+                for metric, value in metrics.items():
+                    run.track(value, name=f"{task}/{metric}", step=step, context={"subset": "benchmark"})
         elif kind == "sample":
             run.track(aim.Text(event["prompt"] + event["text"]), name="sample", step=step)
         elif kind == "end":

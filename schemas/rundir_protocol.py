@@ -37,6 +37,8 @@ RANKS_DIR = "ranks"
 OUTPUT_LOG = "output.log"
 LOCK_FILE = "lock"  # held (flock) by the session that owns the run; records its pid and host
 ERROR_LOG = "error.log"  # the traceback of a session that failed unexpectedly
+EVAL_DIR = "eval"  # benchmark results (tabula eval): one JSON file a evaluation, and the latest scores
+EVAL_RESULTS_FILE = "results.json"  # eval/results.json: {"tasks": {task: {metric: value}}, ...}, the latest of each task
 
 # A folder holding any of these is a run (one being created writes them first, one by one).
 RUN_MARKERS = (MANIFEST_FILE, RESOLVED_FILE, SPEC_FILE, EVENTS_FILE)
@@ -69,6 +71,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "checkpoint": ("path", "best"),
     "sample": ("prompt", "text"),
     "log": ("level", "message"),
+    # benchmark scores (tabula eval, or train.eval.benchmarks): results {task: {metric: value}}; checkpoint:
+    # the folder the weights came from; limit: examples a task (null: all)
+    "benchmark": ("results", "checkpoint", "limit"),
     "end": ("reason", "error"),
 }
 EVENT_KINDS = tuple(EVENT_FIELDS)

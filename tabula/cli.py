@@ -18,9 +18,9 @@ import sys
 from tabula.version import version_line
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
-COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "generate", "chat", "serve"]
+COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "generate", "chat", "serve", "runs", "compare", "lr-find", "eval"]
 # A command whose name is not its module's (`import` is a Python keyword).
-MODULES = {"import": "import_model"}
+MODULES = {"import": "import_model", "lr-find": "lr_find"}
 
 
 class _Version(argparse.Action):

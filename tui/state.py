@@ -116,6 +116,7 @@ class RunState:
     best_checkpoint: str | None = None
     sample_prompt: str | None = None
     sample_text: str | None = None
+    benchmarks: dict[str, float] = field(default_factory=dict)  # "task/metric" -> the latest score (benchmark events)
     # `end`; or the training process's exit, reported by whoever started it
     end_reason: str | None = None
     error: str | None = None
@@ -229,6 +230,14 @@ class RunState:
 
     def _on_log(self, event: dict[str, Any], time: float) -> None:
         self.note(time, str(event.get("level") or "info"), str(event.get("message") or ""))
+
+    def _on_benchmark(self, event: dict[str, Any], time: float) -> None:
+        results = event.get("results")
+        for task, metrics in (results.items() if isinstance(results, dict) else ()):
+            for metric, value in (metrics.items() if isinstance(metrics, dict) else ()):
+                number = _number(value)
+                if isinstance(task, str) and isinstance(metric, str) and number is not None and math.isfinite(number):
+                    self.benchmarks[f"{task}/{metric}"] = number
 
     def _on_end(self, event: dict[str, Any], time: float) -> None:
         self.end_reason = str(event.get("reason") or "finished")
@@ -346,6 +355,7 @@ _HANDLERS = {
     "checkpoint": RunState._on_checkpoint,
     "sample": RunState._on_sample,
     "log": RunState._on_log,
+    "benchmark": RunState._on_benchmark,
     "end": RunState._on_end,
 }
 

@@ -12,6 +12,9 @@ from ..format import format_bytes, format_count, format_float, format_percent, f
 from ..state import RunState
 
 
+MAX_BENCHMARK_ROWS = 8  # benchmark scores (benchmark events) shown below the fixed rows
+
+
 class StatsPanel(Static):
     """A two-column table of the run's latest metrics."""
 
@@ -33,6 +36,7 @@ class StatsPanel(Static):
         rows = stats_rows(state)
         if rows == self._rows:
             return
+        grew = self._rows is not None and len(rows) != len(self._rows)  # a benchmark's first score adds a row
         self._rows = rows
         table = Table.grid(padding=(0, 2))
         table.add_column(style="dim", no_wrap=True)
@@ -40,11 +44,11 @@ class StatsPanel(Static):
         for label, value in rows:
             style = "yellow" if label == "skipped" and state.skipped else ""
             table.add_row(label, Text(value, style=style))
-        self.update(table, layout=False)  # a fixed number of rows
+        self.update(table, layout=grew)  # a fixed number of rows, but for benchmark scores
 
 
 def stats_rows(state: RunState) -> list[tuple[str, str]]:
-    """The panel's (label, value) rows, always the same labels."""
+    """The panel's (label, value) rows, always the same labels, then the run's benchmark scores if any."""
     loss = format_float(state.loss)
     if state.loss_ema is not None:
         loss += f"  (ema {format_float(state.loss_ema)})"
@@ -64,6 +68,7 @@ def stats_rows(state: RunState) -> list[tuple[str, str]]:
         ("memory", format_bytes(state.memory)),
         ("checkpoint", _short(state.last_checkpoint)),
         ("best ckpt", _short(state.best_checkpoint)),
+        *[(name, format_float(value, 4)) for name, value in sorted(state.benchmarks.items())[:MAX_BENCHMARK_ROWS]],
     ] + _experts(state)
 
 

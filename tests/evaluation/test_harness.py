@@ -1,0 +1,144 @@
+"""lm-eval on the tiny trained run: a local multiple-choice task and a local generation task (task YAML
+and JSON lines written here), the scoring checked against the model's own forward pass, results saved in
+the run folder and appended as an event; perplexity on a text file; a task needing a download refused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tabula.cli import main
+
+MC = [
+    {"question": "import os\nimport", "choices": [" sys", " zzzq", " 12345"], "answer": 0},
+    {"question": "def __init__(self", "choices": ["):", " ]]]", " @@@"], "answer": 0},
+    {"question": "for i in", "choices": [" range(", " ;;;;", " ^^^"], "answer": 0},
+    {"question": "class Foo", "choices": ["(object):", " !!!!", " $$$$"], "answer": 0},
+]
+GEN = [{"prompt": "import os\nimport", "target": " sys"}, {"prompt": "def f(x):\n    return", "target": " x"}]
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    (folder / "mc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in MC))
+    (folder / "gen.jsonl").write_text("".join(json.dumps(row) + "\n" for row in GEN))
+    (folder / "tabula_mc.yaml").write_text(f"""\
+task: tabula_mc
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: {folder / 'mc.jsonl'}}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""")
+    (folder / "tabula_gen.yaml").write_text(f"""\
+task: tabula_gen
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: {folder / 'gen.jsonl'}}}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{target}}}}"
+generation_kwargs: {{until: ["\\n"], max_gen_toks: 6}}
+metric_list:
+  - metric: exact_match
+""")
+    (folder / "hub_task.yaml").write_text("""\
+task: hub_task
+dataset_path: allenai/ai2_arc
+dataset_name: ARC-Easy
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices.text}}"
+doc_to_target: 0
+""")
+    return folder
+
+
+def _lm(run):
+    from tokenizers import Tokenizer
+
+    from tabula.runtime.checkpoint import load_model
+    from tabula.runtime.evaluation.harness import TabulaLM
+
+    tokenizer = Tokenizer.from_file(str(run / "tokenizer.json"))
+    return TabulaLM(load_model(run), tokenizer, eos_id=tokenizer.token_to_id("<|endoftext|>"), batch_size=3)
+
+
+class _Request:
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_loglikelihood_is_the_models_own_log_probability(tiny_run):
+    import torch
+
+    lm = _lm(tiny_run)
+    context, continuation = "import os\nimport", " sys\n"
+    (total, greedy), = lm.loglikelihood([_Request(context, continuation)])
+    ids = [lm.eos_id] + lm.encode(context)
+    cont = lm.encode(context + continuation)[len(ids) - 1:]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(lm.model(torch.tensor([ids + cont[:-1]])), -1)[0]
+    expected = sum(float(logprobs[len(ids) - 1 + i, token]) for i, token in enumerate(cont))
+    assert math.isclose(total, expected, rel_tol=1e-5) and isinstance(greedy, bool)
+    # a text longer than the context (64) is scored in windows, each token once
+    text = "import os\n" * 40
+    rolling, = lm.loglikelihood_rolling([_Request(text)])
+    assert rolling < 0 and len(lm.encode(text)) > 64
+    assert math.isclose(rolling, sum(lm.loglikelihood_rolling([_Request(text)])), rel_tol=1e-6)
+
+
+def test_tabula_eval_runs_local_tasks_and_records_them(tiny_run, tasks, capsys):
+    from tabula.runtime.events import read_events
+    from tabula.runtime.evaluation.runs import summarize_run
+
+    code = main(["eval", str(tiny_run), "--tasks", "tabula_mc,tabula_gen", "--include", str(tasks), "--batch-size", "4"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    lines = out.out.splitlines()
+    assert lines[0].split() == ["task", "metric", "value"]
+    assert any(line.split()[:2] == ["tabula_mc", "acc"] for line in lines)
+    assert any(line.split()[:2] == ["tabula_gen", "exact_match"] for line in lines)
+    latest = json.loads((tiny_run / "eval" / "results.json").read_text())
+    assert set(latest["tasks"]) == {"tabula_mc", "tabula_gen"}
+    assert 0.0 <= latest["tasks"]["tabula_mc"]["acc"] <= 1.0
+    event = [e for e in read_events(tiny_run / "events.jsonl") if e["kind"] == "benchmark"][-1]
+    assert event["results"] == latest["tasks"] and event["step"] > 0
+    assert summarize_run(tiny_run).benchmarks["tabula_mc/acc"] == latest["tasks"]["tabula_mc"]["acc"]
+    # TensorBoard (the run's spec has it) got the scores too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(tiny_run.parent / "tb" / tiny_run.name))
+    accumulator.Reload()
+    assert "benchmark/tabula_mc/acc" in accumulator.Tags()["scalars"]
+
+
+def test_a_task_needing_a_download_fails_offline_in_one_line(tiny_run, tasks, capsys):
+    """(A local YAML naming a hub dataset, as lm-eval's arc_easy does: indexing lm-eval's own 15k tasks to
+    reach arc_easy itself would cost the test a minute.)"""
+    from tabula.runtime.evaluation.harness import BenchmarkError, build_tasks, task_manager
+
+    assert main(["eval", str(tiny_run), "--tasks", "hub_task", "--include", str(tasks), "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tabula eval: error: task 'hub_task' needs a download") and "\n" not in err
+    with pytest.raises(BenchmarkError, match="unknown task 'tabula_mcq' \\(did you mean tabula_mc"):
+        build_tasks(["tabula_mcq"], task_manager([tasks], defaults=False))
+
+
+def test_perplexity_on_a_text_file(tiny_run, tmp_path, capsys):
+    text = tmp_path / "held_out.txt"
+    text.write_text("import os\nimport sys\n\ndef main():\n    return 0\n" * 8)
+    assert main(["eval", str(tiny_run), "--text", str(text), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens"] > 64 and 1.0 < result["perplexity"] < 512 and result["bits_per_byte"] > 0

@@ -5,6 +5,7 @@ and knows no exit code; the `tabula` command keeps the one table of exit codes. 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,9 @@ def _defines_exit_codes(path: Path) -> list[str]:
 
     names = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ClassDef) and "exit" in node.name.lower():
+        # "exit" as a word of the name (ExitCode, EXIT_CODES), not inside one (Perplexity)
+        words = [word.lower() for word in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", node.name)] if isinstance(node, ast.ClassDef) else []
+        if "exit" in words:
             names.append(node.name)
         if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and is_number(node.value):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]

@@ -379,13 +379,25 @@ def _finish(run_dir: Path, exit_codes: list[int], tail: Sequence[str], out: Text
 # ---------------------------------------------------------------- the other nodes of a multi-node fsdp run
 
 
+def check_join(spec: Spec, node_rank: int) -> None:
+    """Raises LaunchError unless `spec` is a multi-node fsdp run that has a node `node_rank` (> 0)."""
+    parallel = spec.parallel
+    if parallel.backend != "fsdp" or parallel.nodes < 2:
+        raise LaunchError(f"--node-rank joins a multi-node fsdp run: set parallel.backend=fsdp, parallel.nodes (> 1) "
+                          f"and parallel.rendezvous (found backend {parallel.backend}, {parallel.nodes} node(s))")
+    if not 0 < node_rank < parallel.nodes:
+        raise LaunchError(f"--node-rank {node_rank}: this run has nodes 0-{parallel.nodes - 1} (node 0 is `tabula run` "
+                          f"without --node-rank)")
+
+
 def join_run(spec: Spec, spec_path: str, run_dir: Path, node_rank: int, *, overrides: Sequence[str] = (),
              nproc: int | None = None, cache_dir: str | None = None, out: TextIO | None = None,
-             wait_s: float = 300.0) -> Outcome:
+             wait_s: float = 300.0, resume_from: Path | None = None) -> Outcome:
     """Node `node_rank` (> 0) of a multi-node fsdp run: start this node's ranks, which join node 0's at
     parallel.rendezvous, and watch them. Node 0 (`tabula run` without --node-rank) created `run_dir`, on
     a file system every node shares; this waits up to `wait_s` for it and writes nothing there but its
-    ranks' error files: node 0's launcher writes the run's end. Returns the run's Outcome as node 0's
+    ranks' error files: node 0's launcher writes the run's end. `resume_from`: the checkpoint node 0
+    resumes (the ranks of every node load it). Returns the run's Outcome as node 0's
     events tell it (a failed one when this node's ranks failed). Raises LaunchError when the spec is not
     a multi-node fsdp run or the folder never appears."""
     import time
@@ -397,12 +409,7 @@ def join_run(spec: Spec, spec_path: str, run_dir: Path, node_rank: int, *, overr
     from .rundir import RESOLVED_FILE
 
     parallel = spec.parallel
-    if parallel.backend != "fsdp" or parallel.nodes < 2:
-        raise LaunchError(f"--node-rank joins a multi-node fsdp run: set parallel.backend=fsdp, parallel.nodes (> 1) "
-                          f"and parallel.rendezvous (found backend {parallel.backend}, {parallel.nodes} node(s))")
-    if not 0 < node_rank < parallel.nodes:
-        raise LaunchError(f"--node-rank {node_rank}: this run has nodes 0-{parallel.nodes - 1} (node 0 is `tabula run` "
-                          f"without --node-rank)")
+    check_join(spec, node_rank)
     world_size = nproc or parallel.world_size
     run_dir = Path(run_dir)
     deadline = time.monotonic() + wait_s
@@ -413,7 +420,7 @@ def join_run(spec: Spec, spec_path: str, run_dir: Path, node_rank: int, *, overr
         time.sleep(0.5)
     out = out or sys.stdout
     command = rank_command(spec_path, run_dir, world_size, overrides=overrides, backend="fsdp", nodes=parallel.nodes,
-                           node_rank=node_rank, rendezvous=parallel.rendezvous)
+                           node_rank=node_rank, rendezvous=parallel.rendezvous, resume_from=resume_from)
     env = rank_environment(world_size // parallel.nodes)
     if cache_dir:
         env["TABULA_CACHE_DIR"] = str(Path(cache_dir).resolve())

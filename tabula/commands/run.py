@@ -143,20 +143,33 @@ def _train_here(options: RunOptions, spec: Spec) -> int:
 
 
 def _join(options: RunOptions, spec: Spec, node_rank: int) -> int:
-    """Node `node_rank` of a multi-node fsdp run: its token cache, then its ranks (launch.join_run)."""
+    """Node `node_rank` of a multi-node fsdp run: its token cache, then its ranks (launch.join_run), in the
+    folder node 0 writes (--run-dir), or resuming with node 0 (--resume: the same checkpoint node 0 picks)."""
+    from tabula.runtime.checkpoint import CheckpointError
     from tabula.runtime.data import prepare, terminal_progress
     from tabula.runtime.errors import TabulaError
-    from tabula.runtime.launch import join_run
+    from tabula.runtime.launch import check_join, join_run
+    from tabula.runtime.rundir import find_resume
 
-    if options.run_dir is None or options.resume:
-        sys.stderr.write("tabula run: --node-rank needs --run-dir, the folder node 0 writes (on a shared file system); "
-                         "a resume names it there too\n")
+    if (options.run_dir is None) == (options.resume is None):
+        sys.stderr.write("tabula run: --node-rank needs --run-dir (the folder node 0 writes, on a shared file system) "
+                         "or --resume (the run node 0 resumes), one of them\n")
         return ExitCode.BAD_INPUT
     try:
+        check_join(spec, node_rank)  # before the data is prepared
+        checkpoint, run_dir = None, options.run_dir
+        if options.resume:
+            try:
+                run, selection = find_resume(options.resume, spec)
+            except (FileNotFoundError, CheckpointError) as error:
+                sys.stderr.write(f"tabula run: {error}\n")
+                return ExitCode.BAD_INPUT
+            checkpoint, run_dir = selection.checkpoint, run.path
+        assert run_dir is not None
         prepare(spec, cache_dir=options.cache_dir, progress=terminal_progress(sys.stderr))  # this node's token cache
-        outcome = join_run(spec, options.spec_path, options.run_dir, node_rank, overrides=options.overrides,
+        outcome = join_run(spec, options.spec_path, run_dir, node_rank, overrides=options.overrides,
                            nproc=options.nproc, cache_dir=str(options.cache_dir) if options.cache_dir else None,
-                           out=sys.stdout)
+                           out=sys.stdout, resume_from=checkpoint)
     except TabulaError as error:
         return report_error(error)
     if outcome.reason == "failed":

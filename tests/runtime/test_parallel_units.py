@@ -49,12 +49,14 @@ def test_the_plan_shards_memory_over_data_ranks_and_splits_it_over_tensor_ranks(
 def test_fsdp_ranks_are_started_by_torchrun_with_the_nodes_rendezvous():
     from tabula.runtime.launch import rank_command
 
-    command = rank_command("s.yaml", Path("run"), 4, backend="fsdp", nodes=2, node_rank=1, rendezvous="10.0.0.1:29400")
+    command = rank_command("s.yaml", Path("run"), 4, backend="fsdp", nodes=2, node_rank=1, rendezvous="10.0.0.1:29400",
+                           resume_from=Path("run/checkpoints/step-000008"))
     assert command[2:4] == ["-m", "torch.distributed.run"]
     assert {"--nnodes=2", "--node_rank=1", "--nproc_per_node=2", "--master_addr=10.0.0.1", "--master_port=29400",
             "--max_restarts=0"} <= set(command)
     assert command[command.index("--module") + 1] == "tabula.runtime.rank"
     assert command[command.index("--backend") + 1] == "fsdp"
+    assert command[command.index("--resume") + 1] == "run/checkpoints/step-000008"  # every node's ranks load it
 
 
 def test_tensor_parallel_names_what_does_not_divide():

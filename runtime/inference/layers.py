@@ -21,7 +21,7 @@ model's global spec, so layers of different kinds and windows mix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ def kind_of(module: nn.Module) -> str:
 
     for family in (blocks.ATTENTION, blocks.MLP, blocks.NORM, blocks.POSITION):
         for kind, cls in family.items():
-            if type(module) is cls and kind in LAYERS:
+            if type(module) is cast(Any, cls) and kind in LAYERS:
                 return kind
     return type(module).__name__
 

@@ -112,6 +112,15 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def step_mask(key_positions: torch.Tensor, positions: torch.Tensor, window: int | None, rolling: bool) -> torch.Tensor | None:
+    """key_mask, or None where every key is visible: one new token a row, rows of one length, a linear buffer
+    (whose view ends at that token) and no window. Saves building a mask at every decoding step."""
+    T, lengths = positions.size(1), positions[:, 0]
+    if T == 1 and window is None and not rolling and bool((lengths == lengths[0]).all()):
+        return None
+    return key_mask(key_positions, positions, window)
+
+
 def key_mask(key_positions: torch.Tensor, positions: torch.Tensor, window: int | None) -> torch.Tensor:
     """(B, 1, T, S) boolean mask: query at position p may see a key at position j when 0 <= j <= p (and
     p - j < window). key_positions (B, S) (-1: no key), positions (B, T)."""

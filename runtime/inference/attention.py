@@ -15,13 +15,13 @@ from torch import nn
 
 from .buffer import TokenBuffer
 from .cache import KVState
-from .layers import LAYERS, Options, StepContext, key_mask, rotate
+from .layers import LAYERS, Options, StepContext, rotate, step_mask
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *,
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, *,
            scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale) v: q (B, nh, T, d), keys (B, n_kv, S, d), values (B, n_kv, S, dv), mask
-    (B, 1, T, S) -> (B, nh, T, dv). Key/value heads are shared by groups of query heads."""
+    (B, 1, T, S) or None (every key visible) -> (B, nh, T, dv). Key/value heads are shared by groups of query heads."""
     if keys.size(1) != q.size(1):
         repeats = q.size(1) // keys.size(1)
         if keys.size(1) == 1:
@@ -67,6 +67,6 @@ class HeadsKind:
         else:
             buffer.write(new, ctx.lengths, ctx.n_valid)
             keys, key_positions = buffer.attend_view(new, ctx.lengths)
-        mask = key_mask(key_positions, ctx.positions, ctx.window)
+        mask = step_mask(key_positions, ctx.positions, ctx.window, buffer.rolling)
         y = attend(q.transpose(1, 2), keys["k"].transpose(1, 2), keys["v"].transpose(1, 2), mask)  # (B, nh, T, hs)
         return module.o_proj(y.transpose(1, 2).reshape(B, T, H * hs))

@@ -25,12 +25,12 @@ from torch import nn
 from .attention import attend
 from .buffer import TokenBuffer
 from .cache import KVState
-from .layers import LAYERS, Options, StepContext, key_mask, rotate
+from .layers import LAYERS, Options, StepContext, rotate, step_mask
 
 
-def dense_weight(linear: nn.Module) -> torch.Tensor:
+def dense_weight(linear: Any) -> torch.Tensor:
     """A Linear's weight as a plain tensor (a quantized weight dequantized)."""
-    weight = linear.weight
+    weight: torch.Tensor = linear.weight
     dequantize = getattr(weight, "dequantize", None)
     return dequantize() if callable(dequantize) and type(weight) is not torch.nn.Parameter and type(weight) is not torch.Tensor else weight
 
@@ -85,7 +85,7 @@ class LatentKind:
         else:
             buffer.write(new, ctx.lengths, ctx.n_valid)
             held, key_positions = buffer.attend_view(new, ctx.lengths)
-        mask = key_mask(key_positions, ctx.positions, ctx.window)
+        mask = step_mask(key_positions, ctx.positions, ctx.window, buffer.rolling)
         q_nope, q_rot = q.split([nope, rope_dim], dim=-1)
         q_rot = rotate(q_rot, *ctx.rope)
         if aux is not None:
@@ -96,7 +96,7 @@ class LatentKind:
 
     @staticmethod
     def _absorbed(module: Any, aux: Absorbed, q_nope: torch.Tensor, q_rot: torch.Tensor, latents: torch.Tensor,
-                  k_rot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                  k_rot: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         w_uk, w_uv = aux.w_uk.to(q_nope.dtype), aux.w_uv.to(q_nope.dtype)
         q_latent = torch.einsum("bthn,hnl->bhtl", q_nope, w_uk)  # (B, nh, T, L): the query in the latent space
         query = torch.cat([q_latent, q_rot.transpose(1, 2)], dim=-1)  # (B, nh, T, L + R)
@@ -108,7 +108,7 @@ class LatentKind:
 
     @staticmethod
     def _expanded(module: Any, q_nope: torch.Tensor, q_rot: torch.Tensor, latents: torch.Tensor, k_rope: torch.Tensor,
-                  key_positions: torch.Tensor, ctx: StepContext, mask: torch.Tensor) -> torch.Tensor:
+                  key_positions: torch.Tensor, ctx: StepContext, mask: torch.Tensor | None) -> torch.Tensor:
         B, S, _ = latents.shape
         H, nope, rope_dim, hv = module.n_heads, module.nope_dim, module.rope_dim, module.v_head_dim
         kv = module.kv_up(latents).view(B, S, H, nope + hv)

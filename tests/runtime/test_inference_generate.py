@@ -142,3 +142,14 @@ def test_prompts_that_do_not_fit(generator):
     completion = generator.generate(long, on_long_prompt="truncate", max_new_tokens=3)
     assert completion.truncated == 6 and len(completion.prompt_ids) == generator.context - 1
     assert completion.finish_reason == "context" and len(completion.token_ids) == 2  # the second from a full context
+
+
+def test_the_training_sample_is_cached_and_unchanged():
+    """The loop's evaluation sample (engine.greedy_continuation) takes the cached generator, with the tokens
+    the uncached reference gives, and leaves the model in training mode."""
+    from tabula.runtime.engine import greedy_continuation
+
+    model = tiny_model("mla", max_seq_len=16).train()
+    prompt = [256, 10, 20, 30]
+    cached = greedy_continuation(model, prompt, 20, torch.device("cpu"))
+    assert cached == greedy_continuation(model, prompt, 20, torch.device("cpu"), cached=False) and model.training

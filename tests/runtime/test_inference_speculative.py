@@ -67,20 +67,20 @@ def test_the_verification_keeps_each_positions_distribution():
     p = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]])  # (k + 1, vocab)
     q = torch.tensor([[0.1, 0.6, 0.2, 0.1], [0.4, 0.4, 0.1, 0.1]])  # (k, vocab), far from p
     counts = torch.zeros(3, 4)
-    for _ in range(4_000):
+    for _ in range(3_000):
         drafted = [int(torch.multinomial(q[i], 1, generator=generator)) for i in range(2)]
         n, token = accept(p, q, drafted, greedy=False, generator=generator)
         for j, out in enumerate([*drafted[:n], token]):
             counts[j, out] += 1
     for j in range(3):
-        assert counts[j].sum() > 800  # every position is reached often (a rejection, an acceptance, the bonus)
+        assert counts[j].sum() > 600  # every position is reached often (a rejection, an acceptance, the bonus)
         result = chisquare(counts[j].numpy(), (p[j] * counts[j].sum()).numpy())
         assert result.pvalue > 1e-3, (j, counts[j], p[j])
 
 
 def test_speculative_sampling_draws_the_targets_two_token_distribution():
     """End to end on a 4-token vocabulary: two random models (target and draft differ), two tokens after a
-    prompt; the counts of each (first, second) pair over 300 seeded generations against the target's own
+    prompt; the counts of each (first, second) pair over 200 seeded generations against the target's own
     joint probability, from its full forward."""
     spec = tiny_model_spec(d_model=16, n_layers=1, block={"norm": {"kind": "rmsnorm"}, "attention": {"kind": "gqa", "n_heads": 2, "n_kv_heads": 1},
                                                           "mlp": {"kind": "swiglu", "hidden": 32}})
@@ -99,7 +99,7 @@ def test_speculative_sampling_draws_the_targets_two_token_distribution():
         q = draft(torch.tensor([prompt]))[0, -1].softmax(-1)
     assert (first - q).abs().sum() > 0.2  # the draft is wrong often enough for rejections to matter
     speculative = SpeculativeDecoder(Decoder(target), Decoder(draft), k=2)
-    n = 300
+    n = 200
     counts = torch.zeros(4, 4)
     rejected = 0
     for seed in range(n):

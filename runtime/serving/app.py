@@ -73,6 +73,40 @@ class _Stream:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
 
+class _Gate:
+    """ASGI middleware: the API key on /v1/*, and each /v1/ answer's status counted. Plain ASGI rather than
+    Starlette's BaseHTTPMiddleware, which wraps `receive` and would hide a client's disconnect from the app."""
+
+    def __init__(self, app: Any, api_key: str | None, metrics: Metrics) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if self.expected is not None:
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                self.metrics.request(path, 401)
+                await error_body("a valid API key is required: Authorization: Bearer KEY", 401, "invalid_api_key")(scope, receive, send)
+                return
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.request(path, status)
+
+
 def create_app(engine: Engine, model: ServedModel, *, api_key: str | None = None, metrics: Metrics | None = None) -> FastAPI:
     """The app serving `model` through `engine`; `api_key`: required as `Authorization: Bearer KEY` on /v1/*."""
     metrics = metrics or Metrics()
@@ -80,18 +114,7 @@ def create_app(engine: Engine, model: ServedModel, *, api_key: str | None = None
     app.state.metrics = metrics
     app.state.engine = engine
 
-    @app.middleware("http")
-    async def count_and_authorise(request: Request, call_next):
-        path = request.url.path
-        if api_key is not None and path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                metrics.request(path, 401)
-                return error_body("a valid API key is required: Authorization: Bearer KEY", 401, "invalid_api_key")
-        response = await call_next(request)
-        if path.startswith("/v1/"):
-            metrics.request(path, response.status_code)
-        return response
+    app.add_middleware(_Gate, api_key=api_key, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -45,11 +45,14 @@ def tiny_tokenizer():
     return tokenizer
 
 
-def tiny_model(vocab_size: int, *, window: int | None = None, max_seq_len: int = 128):
-    """d_model 32, 2 layers, GQA (with a sliding window where asked), seed-initialised."""
+MLA = {"kind": "mla", "n_heads": 4, "head_dim": 24, "rope_head_dim": 8, "v_head_dim": 16, "q_latent": 32, "kv_latent": 24}
+
+
+def tiny_model(vocab_size: int, *, window: int | None = None, max_seq_len: int = 128, attention: dict | None = None):
+    """d_model 32, 2 layers, GQA (with a sliding window where asked) or the given attention, seed-initialised."""
     from tabula.schemas.spec import Spec
 
-    attention = {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, **({"window": window} if window else {})}
+    attention = attention or {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, **({"window": window} if window else {})}
     spec = Spec.model_validate({
         "name": "tiny-serve", "seed": 7,
         "model": {"vocab_size": vocab_size, "d_model": 32, "n_layers": 2, "max_seq_len": max_seq_len,

@@ -143,6 +143,28 @@ def test_a_full_queue_is_429_and_a_disconnect_frees_its_slot(setup, client):
     assert answer.usage.completion_tokens >= 1
 
 
+def test_a_non_streaming_client_that_leaves_cancels_its_sequence(setup):
+    live = setup[0]
+    scheduler = live.scheduler
+    gate = threading.Event()
+    real_step = scheduler.decoder.step
+    scheduler.decoder.step = lambda *args: (gate.wait(30), real_step(*args))[1]
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while its answer is being decoded
+            httpx.post(live.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=1.0,
+                       json={"model": "tiny", "prompt": "import", "max_tokens": 100})
+        steps = scheduler.counters.steps
+        time.sleep(0.6)  # the app notices the closed connection within its poll (0.25 s)
+    finally:
+        gate.set()
+        scheduler.decoder.step = real_step
+    deadline = time.monotonic() + 20
+    while (scheduler.running or scheduler.waiting) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not scheduler.running and scheduler.pool.used == 0
+    assert scheduler.counters.steps - steps < 10  # dropped, not decoded to its 100 tokens
+
+
 def test_metrics_are_prometheus_text(setup, client):
     client.completions.create(model="tiny", prompt="from", max_tokens=3, temperature=0)
     text = httpx.get(setup[0].url + "/metrics").text

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serving_setup import greedy_reference, make_decoder, one_thread, tiny_model
+from serving_setup import MLA, greedy_reference, make_decoder, one_thread, tiny_model
 
 from tabula.runtime.serving.protocol import GenerationRequest, QueueFull, SamplingParams, TooLong
 from tabula.runtime.serving.scheduler import Scheduler, SchedulerConfig
@@ -53,7 +53,18 @@ def run_until_idle(scheduler, limit=500):
     raise AssertionError("the scheduler did not finish")
 
 
-def test_sequences_join_and_leave_and_each_equals_its_single_request_greedy_output(model):
+@pytest.fixture(scope="module", params=["gqa", "window", "mla"])
+def any_model(request, model):
+    """The scheduler's batch over every cache the inference core keeps: keys and values, a rolling window, MLA's latent."""
+    if request.param == "gqa":
+        yield model
+        return
+    with one_thread():
+        yield tiny_model(VOCAB, max_seq_len=64, window=6) if request.param == "window" else tiny_model(VOCAB, max_seq_len=64, attention=MLA)
+
+
+def test_sequences_join_and_leave_and_each_equals_its_single_request_greedy_output(any_model):
+    model = any_model
     scheduler = Scheduler(make_decoder(model), lambda ids: "", SchedulerConfig(max_batch=4))
     lengths = [9, 4, 14, 6, 2, 11]
     outs = [submit(scheduler, p, n) for p, n in zip(prompts(2), lengths)]  # two start together

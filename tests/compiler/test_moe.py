@@ -19,6 +19,15 @@ from tabula.schemas.model import MoEMLP as MoESpec
 D = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads and lose much to OpenMP spin-waits on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def moe(**fields) -> MoEMLP:
     spec = MoESpec.model_validate({"kind": "moe", "n_experts": 4, "top_k": 2, "hidden": 16} | fields)
     module = MoEMLP(spec, D)
@@ -121,3 +130,28 @@ def test_the_bias_moves_a_skewed_router_toward_uniform_load_without_gradients():
     assert stats is not None and stats.load.shape == (1, 4)
     assert module.expert_bias[0] < 0 and before > 1.8 and imbalance(module, x) < 0.75 * before
     assert module.aux_loss is not None and float(module.aux_loss) == 0.0  # no auxiliary loss: the bias balances
+
+
+def test_aim_records_the_routing_event(monkeypatch):
+    """The tracker's record of a routing event: the balancing loss, the imbalance, each layer's busiest
+    share, and each expert's share while (layers x experts) is small."""
+    import sys
+    import types
+
+    from tabula.runtime.tracking import AimTracker
+
+    monkeypatch.setitem(sys.modules, "aim", types.SimpleNamespace(Text=str))  # _record imports aim; only Text is used
+
+    class Run:
+        def __init__(self):
+            self.tracked = []
+
+        def track(self, value, *, name, step, context):
+            self.tracked.append((name, value, context.get("moe_layer"), context.get("expert")))
+
+    run = Run()
+    AimTracker._record(run, {"kind": "routing", "step": 3, "tokens": 10, "balance_loss": 1.1, "imbalance": 1.4,
+                             "load": [[0.5, 0.25, 0.25, 0.0]]})
+    names = [name for name, *_ in run.tracked]
+    assert names[:3] == ["balance_loss", "expert_imbalance", "busiest_expert_share"] and names.count("expert_load") == 4
+    assert ("expert_load", 0.5, 0, 0) in run.tracked

@@ -5,8 +5,8 @@ one launch (DeepSpeed's start-up costs tens of seconds a launch on a small CPU m
 
 MODE stages (2 ranks): for ZeRO 0-3, 5 steps, a checkpoint, a resume for 5 more (run folders z0..z3);
 then the 2-rank moves of the ZeRO-2 checkpoint at step 10 into ZeRO-1 and ZeRO-3 (z2-to-z1, z2-to-z3),
-and the local engine's step-8 checkpoint (the test's reference run) into 2 ranks of ZeRO-2 (local-to-z2);
-then a mixture-of-experts model 3 steps under each stage (moe-z0..moe-z3).
+and the local engine's step-8 checkpoint (the test's reference run) into 2 ranks of ZeRO-2 (local-to-z2).
+MODE moe (2 ranks): a mixture-of-experts model 3 steps under each ZeRO stage (moe-z0..moe-z3).
 MODE one-rank (1 rank): the step-10 checkpoints of z0..z3 resumed on 1 rank at the same stage, and z2's
 into ZeRO-1 (z0-to-1r ... z2-to-1r-z1). Every resumed run trains 5 steps; the test reads the events.
 """
@@ -67,7 +67,8 @@ def main(work: Path, mode: str) -> None:
         run("z2-to-z1", 1, resume_from=step10("z2"))
         run("z2-to-z3", 3, resume_from=step10("z2"))
         run("local-to-z2", 2, resume_from=work / "local" / "checkpoints" / "step-000008")
-        for stage in (0, 1, 2, 3):  # a mixture of experts (DeepSeek-V3's bias balancing, a shared expert) under each stage
+    elif mode == "moe":  # a mixture of experts (DeepSeek-V3's bias balancing, a shared expert) under each stage
+        for stage in (0, 1, 2, 3):
             run(f"moe-z{stage}", stage, steps=3, model=(MOE,))
     else:
         for stage in (0, 1, 2, 3):

@@ -113,11 +113,18 @@ def test_zero_stage_matches_local_engine_through_a_checkpoint_and_resume(two_ran
     assert (layout["zero_stage"], layout["world_size"]) == (stage, 2)
 
 
-def test_a_mixture_of_experts_trains_alike_under_every_zero_stage(two_ranks):
+@pytest.fixture(scope="module")
+def moe_runs(work) -> Path:
+    launch_worker(work, "moe", 2)
+    return work
+
+
+def test_a_mixture_of_experts_trains_alike_under_every_zero_stage(moe_runs):
     """The same MoE steps under ZeRO 0-3: the same losses, routing events from rank 0, and the balancing bias,
     moved by the load summed over both ranks, saved alike."""
     from safetensors.torch import load_file
 
+    two_ranks = moe_runs
     losses = [train_losses(two_ranks / f"moe-z{stage}") for stage in range(4)]
     assert sorted(losses[0]) == [1, 2, 3]
     assert all(max(abs(got[s] - losses[0][s]) for s in got) < TOLERANCE for got in losses[1:]), losses

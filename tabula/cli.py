@@ -19,7 +19,7 @@ from tabula import __version__
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
 COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "generate",
-            "runs", "compare", "lr-find", "eval"]
+            "runs", "compare", "lr-find", "eval", "inspect"]
 # A command whose name is not its module's (`import` is a Python keyword).
 MODULES = {"import": "import_model", "lr-find": "lr_find"}
 

@@ -58,7 +58,7 @@ class TabulaLM(LM):
         self._device = device
         self.max_length = max_length or (model.max_seq_len - getattr(model, "n_virtual", 0))
         self.name = name
-        self._generator = None  # the inference Generator, made at the first generate_until
+        self._generator: Any = None  # the inference Generator, made at the first generate_until
 
     @property
     def tokenizer_name(self) -> str:

@@ -40,11 +40,13 @@ def recording_attention() -> Iterator[list[torch.Tensor]]:
         recorded.append(attention_weights(q, k, mask))
         return original(q, k, v, mask, dropout)
 
-    attention_module.attend, mla_module.attend = attend, attend
+    for module in (attention_module, mla_module):
+        setattr(module, "attend", attend)
     try:
         yield recorded
     finally:
-        attention_module.attend, mla_module.attend = original, original
+        for module in (attention_module, mla_module):
+            setattr(module, "attend", original)
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -61,7 +61,7 @@ def set_in_text(text: str, path: tuple[str, ...], value: Any) -> str:
 _SCALAR = re.compile(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|[^\s,}\]#]+""")
 
 
-def _yaml():
+def _yaml() -> Any:
     from ruamel.yaml import YAML
 
     yaml = YAML()  # round trip

@@ -18,7 +18,7 @@ import sys
 from tabula.version import version_line
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
-COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "generate", "chat", "serve", "runs", "compare", "lr-find", "eval"]
+COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "generate", "chat", "serve", "runs", "compare", "lr-find", "eval", "inspect"]
 # A command whose name is not its module's (`import` is a Python keyword).
 MODULES = {"import": "import_model", "lr-find": "lr_find"}
 

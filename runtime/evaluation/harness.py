@@ -2,7 +2,8 @@
 evaluation of named tasks with the results kept as plain numbers.
 
 `TabulaLM(model, tokenizer, ...)`: loglikelihood and loglikelihood_rolling are scored from plain forward
-passes, batched by length (`scoring.py`); generate_until decodes greedily (`decode.py`). A text is
+passes, batched by length (`scoring.py`); generate_until decodes greedily with the inference
+package's Generator (KV cache, batched). A text is
 tokenized without special tokens, as the model was trained; a request with an empty context is
 conditioned on the end-of-text token.
 
@@ -57,6 +58,7 @@ class TabulaLM(LM):
         self._device = device
         self.max_length = max_length or (model.max_seq_len - getattr(model, "n_virtual", 0))
         self.name = name
+        self._generator: Any = None  # the inference Generator, made at the first generate_until
 
     @property
     def tokenizer_name(self) -> str:
@@ -90,18 +92,30 @@ class TabulaLM(LM):
         return [result.total for result in self._score([([self.eos_id] + self.encode(r.args[0]), 1) for r in requests])]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from .decode import greedy_until
+        """Greedy continuations through the inference package's Generator (KV cache), batched: requests
+        sharing their stop strings and length go together, `batch_size` at a time. A context longer than
+        the model's keeps its last tokens."""
+        from tabula.runtime.inference.generator import Generator
+        from tabula.runtime.inference.sampling import SamplingParams
 
-        out = []
-        for request in requests:
+        if self._generator is None:
+            self._generator = Generator(self.model, self.tokenizer, eos_id=self.eos_id)
+        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+        prompts = []
+        for index, request in enumerate(requests):
             context, options = request.args[0], dict(request.args[1] or {})
             until = options.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(options.get("max_gen_toks", 128))
-            ids = [self.eos_id] + self.encode(context)
-            text = greedy_until(self.model, ids, self.decode, until=until, max_new_tokens=max_new,
-                                stop_ids={self.eos_id}, device=self._device)
-            out.append(text)
+            until = (until,) if isinstance(until, str) else tuple(until)
+            groups.setdefault((until, int(options.get("max_gen_toks", 128))), []).append(index)
+            prompts.append([self.eos_id] + self.encode(context))
+        out = [""] * len(requests)
+        for (until, max_new), indices in groups.items():
+            params = SamplingParams(max_new_tokens=max_new, temperature=0.0, stop=until)
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                completions = self._generator.generate([prompts[i] for i in chunk], params, on_long_prompt="truncate")
+                for index, completion in zip(chunk, completions):
+                    out[index] = cut_at_stops(completion.text, until)
         return out
 
     def _score(self, sequences: list[tuple[list[int], int]]) -> list[Scored]:
@@ -118,6 +132,12 @@ class TabulaLM(LM):
         for owner, part in zip(owners, parts):
             grouped[owner].append(part)
         return [join(group) for group in grouped]
+
+
+def cut_at_stops(text: str, until: Sequence[str]) -> str:
+    """`text` up to the earliest stop string."""
+    cuts = [text.index(stop) for stop in until if stop and stop in text]
+    return text[: min(cuts)] if cuts else text
 
 
 def task_manager(include: Sequence[str | Path] = (), *, defaults: bool = True):

@@ -5,11 +5,11 @@ glance on its own. Torch-free; the caller prints the text."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tabula.schemas.units import format_count
 
-Series = dict[str, Sequence[tuple[float, float]]]  # legend name -> (x, y) points
+Series = Mapping[str, Sequence[tuple[float, float]]]  # legend name -> (x, y) points
 
 
 _MARKERS = ("•", "x", "+", "o", "*", "#")  # without colour, each series is told apart by its marker
@@ -35,9 +35,9 @@ def terminal_plot(series: Series, *, title: str, xlabel: str, ylabel: str, log_x
         plt.text(name, x=x, y=_top(series))
     if log_x:
         plt.xscale("log")
-    xs = [x for points in series.values() for x, _ in points]
-    if tokens_axis and xs:
-        ticks = [min(xs) + (max(xs) - min(xs)) * i / 4 for i in range(5)]
+    every_x = [x for points in series.values() for x, _ in points]
+    if tokens_axis and every_x:
+        ticks = [min(every_x) + (max(every_x) - min(every_x)) * i / 4 for i in range(5)]
         plt.xticks(ticks, [format_count(tick, binary=True) for tick in ticks])
     plt.title(title)
     plt.xlabel(xlabel)

@@ -89,8 +89,8 @@ def summarize_run(run_dir: str | Path, events: list[dict[str, Any]] | None = Non
     starts = [event for event in events if event["kind"] == "start"]
     first = starts[0] if starts else {}
     last = events[-1] if events else {}
-    best = [_number(event.get("best_val_loss")) for event in events if event["kind"] == "eval"]
-    best = [value for value in best if value is not None]
+    best = [value for value in (_number(event.get("best_val_loss")) for event in events if event["kind"] == "eval")
+            if value is not None]
     return RunSummary(
         path=path,
         name=_text(manifest.get("run_name")) or _text(first.get("run_name")) or path.name,

@@ -114,7 +114,7 @@ def _benchmarks(loaded: _Loaded, args, limit) -> int:
 
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
     cache = None
-    if loaded.run_dir is not None and not args.no_cache:
+    if loaded.run_dir is not None and loaded.checkpoint is not None and not args.no_cache:
         cache = loaded.run_dir / "eval" / "cache" / loaded.checkpoint.name
         cache.parent.mkdir(parents=True, exist_ok=True)
     results = evaluate_tasks(loaded.lm, names, include=args.include, limit=limit, num_fewshot=args.num_fewshot, cache=cache)

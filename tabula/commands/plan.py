@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-tflops", type=float, metavar="X",
                         help="peak TFLOP/s per rank for the time estimate (default: 989 bf16 / 67 fp32 on cuda, an H100; 0.1 on cpu)")
     parser.add_argument("--mfu", type=float, default=None, metavar="F", help="model FLOPs utilisation assumed, 0-1 (default 0.4)")
+    parser.add_argument("--measure", action="store_true",
+                        help="also run two training steps on this machine's device (random tokens) and print the measured "
+                             "peak memory beside the estimate (local backend)")
     parser.add_argument("--deepspeed-config", action="store_true",
                         help="print the DeepSpeed config JSON the plan lowers to (checked with DeepSpeed's own config classes)")
 
@@ -76,11 +79,38 @@ def run(args: argparse.Namespace) -> int:
         return _print_deepspeed_config(spec, plan)
     peak = args.peak_tflops * 1e12 if args.peak_tflops is not None else None
     est = estimate(spec, plan, peak_flops=peak, mfu=mfu, device_type=device)
+    measured = None
+    if args.measure:
+        if spec.parallel.backend != "local" or plan.world_size != 1:
+            return _bad("--measure runs one local process: parallel.backend must be local with one rank")
+        from tabula.runtime.evaluation.measure import measure_step
+
+        measured = measure_step(spec, plan, device)
     if args.json:
-        print(json.dumps(as_json(spec, plan, est, path), indent=2))
+        report = as_json(spec, plan, est, path)
+        if measured is not None:
+            report["measured"] = {**vars(measured), "estimate": est.memory_per_rank["total"],
+                                  "ratio": measured_ratio(est, measured)}
+        print(json.dumps(report, indent=2))
     else:
         print("\n".join(report_lines(spec, plan, est, path)))
+        if measured is not None:
+            print("\n".join(measured_lines(est, measured)))
     return 0
+
+
+def measured_ratio(est, measured) -> float:
+    """The estimate over the measurement (above 1: the plan is cautious)."""
+    return est.memory_per_rank["total"] / measured.peak_bytes if measured.peak_bytes > 0 else math.inf
+
+
+def measured_lines(est, measured) -> list[str]:
+    return ["", "measured (two training steps on random tokens, the second measured)",
+            f"  device {measured.device}, micro-batch {measured.micro_batch} x {measured.seq_len} tokens, "
+            f"{measured.step_seconds:.2f} s a step",
+            f"  peak memory {format_bytes(measured.peak_bytes)} ({measured.method})",
+            f"  estimate    {format_bytes(est.memory_per_rank['total'])} "
+            f"({measured_ratio(est, measured):.2f}x the measurement)"]
 
 
 def as_json(spec, plan, est, path: str) -> dict:

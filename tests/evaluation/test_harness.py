@@ -142,3 +142,22 @@ def test_perplexity_on_a_text_file(tiny_run, tmp_path, capsys):
     assert main(["eval", str(tiny_run), "--text", str(text), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["tokens"] > 64 and 1.0 < result["perplexity"] < 512 and result["bits_per_byte"] > 0
+
+
+def test_generate_until_is_the_models_greedy_continuation_cut_at_the_stop(tiny_run):
+    import torch
+
+    from tabula.runtime.evaluation.harness import cut_at_stops
+
+    lm = _lm(tiny_run)
+    contexts = ["import os\n", "def f(x):\n    return", "class A"]
+    texts = lm.generate_until([_Request(context, {"until": ["\n\n"], "max_gen_toks": 8}) for context in contexts])
+    for context, text in zip(contexts, texts):
+        ids = [lm.eos_id] + lm.encode(context)
+        new = []
+        with torch.no_grad():
+            for _ in range(8):  # the uncached reference: the whole context again for each token
+                new.append(int(lm.model(torch.tensor([ids + new]))[0, -1].argmax()))
+        new = new[: new.index(lm.eos_id)] if lm.eos_id in new else new
+        assert text == cut_at_stops(lm.decode(new), ["\n\n"])
+    assert cut_at_stops("a\nb\n\nc", ["\n\n", "b"]) == "a\n"

@@ -63,3 +63,11 @@ def test_series_stays_bounded_and_spans_the_whole_run():
     assert series.xs[0] == 0 and series.xs[-1] > 9000
     series.add(10_001, float("nan"))
     assert all(math.isfinite(y) for y in series.ys)
+
+
+def test_a_mixture_event_shows_the_weights_in_force_and_tokens_seen():
+    events = run_events(10)
+    mixture = {"kind": "mixture", "time": T0 + 11, "step": 10, "tokens": 10 * BATCH_TOKENS,
+               "weights": {"web": 0.7, "code": 0.3, "bad": "x"}, "tokens_seen": {"web": 700, "code": 300}, "losses": {"web": 3.1}}
+    state = folded(events + [mixture])
+    assert state.mix == {"web": 0.7, "code": 0.3} and state.tokens_seen == {"web": 700, "code": 300}

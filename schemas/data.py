@@ -235,6 +235,66 @@ class Stage(SpecModel):
         return mix
 
 
+# ---------------------------------------------------------------- transforms (augmentation)
+
+
+class _Transform(SpecModel):
+    rate: Fraction = Field(default=0.5, description="Share of the training documents this transform changes (drawn per document from the seed).")
+    sources: list[str] | None = Field(default=None, description="Names of the sources it applies to; null means all (validation documents never change).")
+
+
+class FimTransform(_Transform):
+    kind: Literal["fim"] = Field(
+        description="Fill-in-the-middle (Bavarian et al. 2022): a document cut at two random characters into prefix, middle and "
+                    "suffix is written as prefix, suffix then middle with sentinel tokens, so the model learns to infill."
+    )
+    spm_rate: Fraction = Field(
+        default=0.5,
+        description="Share of the transformed documents in SPM form (<pre><suf>suffix<mid>prefix middle); the rest in PSM form "
+                    "(<pre>prefix<suf>suffix<mid>middle).",
+    )
+    prefix_token: str = Field(default="<|fim_prefix|>", min_length=1, description="The prefix sentinel, added to the tokenizer as a special token.")
+    suffix_token: str = Field(default="<|fim_suffix|>", min_length=1, description="The suffix sentinel, added to the tokenizer as a special token.")
+    middle_token: str = Field(default="<|fim_middle|>", min_length=1, description="The middle sentinel, added to the tokenizer as a special token.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FimTransform:
+        if len({self.prefix_token, self.suffix_token, self.middle_token}) < 3:
+            raise field_error("middle_token", "prefix_token, suffix_token and middle_token must be three different tokens")
+        return self
+
+
+class SpanCorruptionTransform(_Transform):
+    kind: Literal["span_corruption"] = Field(
+        description="T5-style span corruption as an auxiliary objective: spans of words are replaced by sentinels "
+                    "<|span_0|>, <|span_1|> ..., and the document is followed by the separator and each sentinel with its span."
+    )
+    noise_density: float = Field(default=0.15, gt=0.0, lt=1.0, description="Share of the document's words inside corrupted spans.")
+    mean_span_words: float = Field(default=3.0, ge=1.0, description="Mean length of a corrupted span in words.")
+    max_spans: int = Field(default=32, ge=1, le=1000, description="At most this many spans a document (and sentinel tokens added to the tokenizer).")
+    separator_token: str = Field(default="<|targets|>", min_length=1, description="Token between the corrupted document and its spans (a special token).")
+
+
+class NoiseTransform(_Transform):
+    kind: Literal["noise"] = Field(
+        description="Noise for robustness, on the words (whitespace-separated pieces) of a document: dropout, replacement by "
+                    "another word of the same document, whitespace noise and case flips, each at its rate."
+    )
+    word_dropout: Fraction = Field(default=0.0, description="Share of words removed.")
+    word_replacement: Fraction = Field(default=0.0, description="Share of words replaced by a word drawn from the same document.")
+    whitespace: Fraction = Field(default=0.0, description="Share of the gaps between words that are doubled or removed.")
+    case: Fraction = Field(default=0.0, description="Share of words whose case is flipped (lower to upper and back).")
+
+    @model_validator(mode="after")
+    def _some_noise(self) -> NoiseTransform:
+        if not any((self.word_dropout, self.word_replacement, self.whitespace, self.case)):
+            raise field_error("word_dropout", "a noise transform needs at least one of word_dropout, word_replacement, whitespace, case above 0")
+        return self
+
+
+Transform = Annotated[Union[FimTransform, SpanCorruptionTransform, NoiseTransform], Field(discriminator="kind")]
+
+
 class TemperatureMixture(SpecModel):
     kind: Literal["temperature"] = Field(
         description="Weights by temperature over source sizes, as multilingual models sample languages: weight_i is "
@@ -296,6 +356,12 @@ class Data(SpecModel):
         default_factory=ChatFormat, description="How sources with chat or instruction records become tokens: template, maximum length, truncation."
     )
     workers: int | None = Field(default=None, ge=1, le=1024, description="Tokenizer worker processes (at most 1024); null uses the CPU count.")
+    transforms: list[Transform] = Field(
+        default_factory=list,
+        description="Augmentations of the training documents, in order (fill-in-the-middle, span corruption, noise), each "
+                    "deterministic per document and seed; applied after the filters and the validation split, to training "
+                    "documents of plain text only.",
+    )
     mixture: Mixture | None = Field(
         default=None,
         description="How sampling weights are set beyond each stage's mix: by temperature over source sizes, UniMax, or online "
@@ -304,7 +370,7 @@ class Data(SpecModel):
 
     # Fields left out of the canonical form (and so of the spec hash) while they hold their default:
     # specs written before they existed keep their hash.
-    canonical_optional: ClassVar[frozenset[str]] = frozenset({"mixture"})
+    canonical_optional: ClassVar[frozenset[str]] = frozenset({"mixture", "transforms"})
 
     @property
     def supervised_sources(self) -> list[str]:
@@ -343,6 +409,11 @@ class Data(SpecModel):
             if self.mixture.min_weight * len(names) > 1:
                 raise field_error(("mixture", "min_weight"), f"min_weight {self.mixture.min_weight:g} for each of {len(names)} sources "
                                   "adds up to more than the whole")
+        for index, transform in enumerate(self.transforms):
+            for position, name in enumerate(transform.sources or []):
+                if name not in names:
+                    raise field_error(("transforms", index, "sources", position), f"the transform names source {name!r}, which "
+                                      f"data.sources does not define (sources: {', '.join(sorted(names))})")
         supervised = self.supervised_sources
         if supervised and not self.packing.document_masking:
             source = self.sources[supervised[0]]

@@ -92,3 +92,15 @@ def test_a_mixture_enters_the_hash_only_when_set():
                       ("{kind: temperature, mix_temperature: 0}", "mix_temperature")]:
         with pytest.raises(SpecErrors, match=says):
             load_spec_text(MINIMAL, overrides=[f"data.mixture={bad}"])
+
+
+def test_transforms_enter_the_hash_only_when_set():
+    import pytest
+    from tabula.schemas.errors import SpecErrors
+
+    base = load_spec_text(MINIMAL)
+    assert "transforms" not in canonical_dict(base)["data"]
+    fim = load_spec_text(MINIMAL, overrides=["data.transforms=[{kind: fim, rate: 0.9, spm_rate: 0.5}, {kind: noise, case: 0.1}]"])
+    assert spec_hash(fim) != spec_hash(base) and load_spec_text(canonical_yaml(fim)) == fim
+    with pytest.raises(SpecErrors, match="'web'"):
+        load_spec_text(MINIMAL, overrides=["data.transforms=[{kind: fim, sources: [web]}]"])

@@ -270,7 +270,7 @@ class Trainer:
         grad_norm = engine.step(lr)
         assert step_loss is not None  # every stage has grad_accum >= 1
         if self.sampler.wants_losses():  # data.mixture: online, at its update: each source's loss on this batch
-            self.sampler.observe(source_losses(batch, engine.evaluate, stage.micro_batch))
+            self.sampler.observe(source_losses(batch, range(start, start + per_rank), self.sampler.sources, engine.evaluate, engine.reduce_mean))
             self.mixture_moved = True  # reported once the step is counted
         return step_loss / stage.grad_accum, grad_norm
 

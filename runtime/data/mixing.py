@@ -126,20 +126,26 @@ def _bounded(weights: dict[str, float], low: float, high: float) -> dict[str, fl
     return _normalised({name: fixed.get(name, free.get(name, 0.0)) for name in weights})
 
 
-def source_losses(batch: Any, evaluate: Any, chunk: int) -> dict[str, float]:
-    """Mean loss of each source's rows of a training `batch` (its `sources`), from `evaluate`
-    (input_ids, targets, document_ids) -> mean loss over `chunk` rows at a time; sources in
-    sorted order, so every rank makes the same calls (an engine's evaluate may be collective)."""
-    by_source: dict[str, list[int]] = {}
-    for row, name in enumerate(batch.sources or []):
-        by_source.setdefault(name, []).append(row)
-    losses = {}
-    for name in sorted(by_source):
-        rows = by_source[name]
-        parts = []
-        for first in range(0, len(rows), chunk):
-            index = rows[first : first + chunk]
-            documents = batch.document_ids[index] if batch.document_ids is not None else None
-            parts.append((float(evaluate(batch.input_ids[index], batch.targets[index], documents)), len(index)))
-        losses[name] = math.fsum(loss * n for loss, n in parts) / len(rows)
-    return losses
+def source_losses(batch: Any, rows: range, sources: list[str], evaluate: Any, reduce_mean: Any) -> dict[str, float]:
+    """Mean loss of each source's rows of a training `batch` (its `sources`) over all ranks: each rank
+    evaluates its own `rows` one at a time (so every rank makes the same number of calls: an engine's
+    evaluate may be collective), then `reduce_mean` (the engine's all-reduce) combines the sums and
+    counts, so every rank gets the same losses. `evaluate(input_ids, targets, document_ids)` returns
+    a row's mean loss as a tensor on the engine's device."""
+    import torch  # the runtime's; this module's weights stay torch-free
+
+    totals: torch.Tensor | None = None
+    n = len(sources)
+    for row in rows:
+        window = slice(row, row + 1)
+        documents = batch.document_ids[window] if batch.document_ids is not None else None
+        loss = evaluate(batch.input_ids[window], batch.targets[window], documents).float()
+        if totals is None:
+            totals = torch.zeros(2 * n, dtype=torch.float32, device=loss.device)
+        index = sources.index(batch.sources[row])
+        totals[index] += loss
+        totals[n + index] += 1
+    if totals is None:
+        return {}
+    totals = reduce_mean(totals).double().cpu()
+    return {name: float(totals[i] / totals[n + i]) for i, name in enumerate(sources) if totals[n + i] > 0}

@@ -31,6 +31,7 @@ from .compile_watch import CompileLog, eager_unless
 from . import trained_weights
 from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
 from .data.errors import DataError
+from .data.mixing import source_losses
 from .events import EventWriter
 from .faults import StopSignals, is_oom, oom_message
 from .mfu import measure_cpu_peak, peak_flops
@@ -138,7 +139,7 @@ class Trainer:
         self.checkpointer = Checkpointer(run.path, engine, keep_last=train.checkpoint.keep_last, keep_best=train.checkpoint.keep_best_by is not None)
         from .data import Sampler
 
-        self.sampler = Sampler(prepared, plan.stages, spec.seed)
+        self.sampler = Sampler(prepared, plan.stages, spec.seed, spec.data.mixture)
         self.progress = Progress()
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step: int | None = None
@@ -148,6 +149,7 @@ class Trainer:
         self.stop_error: str | None = None
         self.write_error: str | None = None  # the latest checkpoint the disk refused
         self.lr = 0.0
+        self.mixture_moved = False  # the online mixture updated in this step (data.mixture)
         self.peak: float | None = None
         self.flops: dict[int, float] = {}  # model FLOPs per token of each stage (set by `loop`)
         self.compiles = CompileLog(plan.compile, spec.name, run if engine.is_main else None, self.log)
@@ -275,7 +277,17 @@ class Trainer:
         grad_norm = engine.step(lr)
         self.routing = routing_step(engine.model, self.routers) if self.routers else None
         assert step_loss is not None  # every stage has grad_accum >= 1
+        if self.sampler.wants_losses():  # data.mixture: online, at its update: each source's loss on this batch
+            self.sampler.observe(source_losses(batch, range(start, start + per_rank), self.sampler.sources, engine.evaluate, engine.reduce_mean))
+            self.mixture_moved = True  # reported once the step is counted
         return step_loss / stage.grad_accum, grad_norm
+
+    def emit_mixture(self) -> None:
+        """Each source's sampling weight, training tokens seen and (online) latest loss, under data.mixture."""
+        if self.spec.data.mixture is not None:
+            online = self.sampler.online
+            self.emit("mixture", weights=self.sampler.weights(), tokens_seen=dict(self.sampler.cursors),
+                      losses=dict(online.losses) if online is not None else None)
 
     def on_nonfinite(self, loss: torch.Tensor) -> str:
         """Apply train.on_nonfinite after a step whose update was refused. Returns "go" or "stop"."""
@@ -363,11 +375,15 @@ class Trainer:
             if now_stage.index != stage.index:
                 stage = now_stage
                 self.emit("stage", index=stage.index, seq_len=stage.seq_len, mix=stage.mix)
+                self.emit_mixture()
             tokens_before = p.tokens
             loss, grad_norm = self.train_step(stage)
             p.step += 1
             self.compiles.note(f"at step {p.step} (stage {stage.index}, seq_len {stage.seq_len})")
             p.tokens += plan.batch_tokens
+            if self.mixture_moved:
+                self.mixture_moved = False
+                self.emit_mixture()
             steps_here += 1
             interval.steps += 1
             if self.routing is not None:
@@ -500,6 +516,7 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
                 seed_everything(spec.seed)
             stale = trainer.control.clear()  # before the start event: the dashboard sends nothing earlier
             trainer.start_event(resume_from, parameters)
+            trainer.emit_mixture()
             if stale:
                 trainer.log("warning", f"ignored the {' and '.join(stale)} request left in control/ by an earlier session")
             for warning in trainer.control.take_warnings():

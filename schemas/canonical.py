@@ -50,7 +50,9 @@ def spec_hash(spec: Spec) -> str:
 
 def _canonical(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        names = list(type(value).model_fields)
+        optional: frozenset[str] = getattr(type(value), "canonical_optional", frozenset())
+        defaults = {name: field.get_default(call_default_factory=True) for name, field in type(value).model_fields.items() if name in optional}
+        names = [name for name in type(value).model_fields if name not in optional or getattr(value, name) != defaults[name]]
         names.sort(key=lambda name: name != "kind")  # stable: kind first, then schema order
         # a field added later whose default keeps older specs' form (Model.layers, a block's default kind)
         omit = getattr(type(value), "canonical_omit", {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -235,6 +235,110 @@ class Stage(SpecModel):
         return mix
 
 
+# ---------------------------------------------------------------- transforms (augmentation)
+
+
+class _Transform(SpecModel):
+    rate: Fraction = Field(default=0.5, description="Share of the training documents this transform changes (drawn per document from the seed).")
+    sources: list[str] | None = Field(default=None, description="Names of the sources it applies to; null means all (validation documents never change).")
+
+
+class FimTransform(_Transform):
+    kind: Literal["fim"] = Field(
+        description="Fill-in-the-middle (Bavarian et al. 2022): a document cut at two random characters into prefix, middle and "
+                    "suffix is written as prefix, suffix then middle with sentinel tokens, so the model learns to infill."
+    )
+    spm_rate: Fraction = Field(
+        default=0.5,
+        description="Share of the transformed documents in SPM form (<pre><suf>suffix<mid>prefix middle); the rest in PSM form "
+                    "(<pre>prefix<suf>suffix<mid>middle).",
+    )
+    prefix_token: str = Field(default="<|fim_prefix|>", min_length=1, description="The prefix sentinel, added to the tokenizer as a special token.")
+    suffix_token: str = Field(default="<|fim_suffix|>", min_length=1, description="The suffix sentinel, added to the tokenizer as a special token.")
+    middle_token: str = Field(default="<|fim_middle|>", min_length=1, description="The middle sentinel, added to the tokenizer as a special token.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FimTransform:
+        if len({self.prefix_token, self.suffix_token, self.middle_token}) < 3:
+            raise field_error("middle_token", "prefix_token, suffix_token and middle_token must be three different tokens")
+        return self
+
+
+class SpanCorruptionTransform(_Transform):
+    kind: Literal["span_corruption"] = Field(
+        description="T5-style span corruption as an auxiliary objective: spans of words are replaced by sentinels "
+                    "<|span_0|>, <|span_1|> ..., and the document is followed by the separator and each sentinel with its span."
+    )
+    noise_density: float = Field(default=0.15, gt=0.0, lt=1.0, description="Share of the document's words inside corrupted spans.")
+    mean_span_words: float = Field(default=3.0, ge=1.0, description="Mean length of a corrupted span in words.")
+    max_spans: int = Field(default=32, ge=1, le=1000, description="At most this many spans a document (and sentinel tokens added to the tokenizer).")
+    separator_token: str = Field(default="<|targets|>", min_length=1, description="Token between the corrupted document and its spans (a special token).")
+
+
+class NoiseTransform(_Transform):
+    kind: Literal["noise"] = Field(
+        description="Noise for robustness, on the words (whitespace-separated pieces) of a document: dropout, replacement by "
+                    "another word of the same document, whitespace noise and case flips, each at its rate."
+    )
+    word_dropout: Fraction = Field(default=0.0, description="Share of words removed.")
+    word_replacement: Fraction = Field(default=0.0, description="Share of words replaced by a word drawn from the same document.")
+    whitespace: Fraction = Field(default=0.0, description="Share of the gaps between words that are doubled or removed.")
+    case: Fraction = Field(default=0.0, description="Share of words whose case is flipped (lower to upper and back).")
+
+    @model_validator(mode="after")
+    def _some_noise(self) -> NoiseTransform:
+        if not any((self.word_dropout, self.word_replacement, self.whitespace, self.case)):
+            raise field_error("word_dropout", "a noise transform needs at least one of word_dropout, word_replacement, whitespace, case above 0")
+        return self
+
+
+Transform = Annotated[Union[FimTransform, SpanCorruptionTransform, NoiseTransform], Field(discriminator="kind")]
+
+
+class TemperatureMixture(SpecModel):
+    kind: Literal["temperature"] = Field(
+        description="Weights by temperature over source sizes, as multilingual models sample languages: weight_i is "
+                    "proportional to stage_weight_i * tokens_i ** (1 / mix_temperature) (1: by size; large: towards equal)."
+    )
+    mix_temperature: float = Field(gt=0.0, le=1000.0, description="The temperature T (0 < T <= 1000); 1 samples by size, above 1 flattens.")
+
+
+class UniMaxMixture(SpecModel):
+    kind: Literal["unimax"] = Field(
+        description="UniMax (Chung et al. 2023): each stage's tokens spread as evenly as possible over its sources, no source "
+                    "repeated more than max_epochs times; what a capped source cannot take goes to the others."
+    )
+    max_epochs: float = Field(gt=0.0, description="The most epochs of any one source's training tokens within a stage.")
+
+
+class OnlineMixture(SpecModel):
+    kind: Literal["online"] = Field(
+        description="Reweights sources from their recent training loss (DoReMi-style): every every_tokens, each source's weight "
+                    "is multiplied by exp(step_size * excess loss), where excess is its loss minus its reference loss (or the "
+                    "loss itself without one), then smoothed towards equal and kept within [min_weight, max_weight]. "
+                    "Starts from the stages' mix."
+    )
+    every_tokens: PositiveTokenCount = Field(description="Training tokens between two updates of the weights.")
+    step_size: float = Field(default=1.0, gt=0.0, le=100.0, description="How far one update moves the log-weights per unit of excess loss.")
+    smoothing: Fraction = Field(default=0.1, description="Share of the equal mixture blended into the weights after an update (DoReMi's c).")
+    min_weight: Fraction = Field(default=0.0, description="No source's weight falls below this (of the total).")
+    max_weight: Fraction = Field(default=1.0, description="No source's weight rises above this (of the total).")
+    reference_loss: dict[str, float] | None = Field(
+        default=None, description="Loss of a reference run by source name (DoReMi's reference model); null: the excess is the loss itself."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> OnlineMixture:
+        if self.max_weight < self.min_weight:
+            raise field_error("max_weight", f"max_weight ({self.max_weight:g}) is below min_weight ({self.min_weight:g})")
+        if self.max_weight == 0:
+            raise field_error("max_weight", "max_weight 0 leaves no source to sample")
+        return self
+
+
+Mixture = Annotated[Union[TemperatureMixture, UniMaxMixture, OnlineMixture], Field(discriminator="kind")]
+
+
 class Data(SpecModel):
     tokenizer: Tokenizer = Field(description="How text becomes tokens.")
     sources: dict[Annotated[str, Field(pattern=SOURCE_NAME)], Source] = Field(
@@ -252,6 +356,21 @@ class Data(SpecModel):
         default_factory=ChatFormat, description="How sources with chat or instruction records become tokens: template, maximum length, truncation."
     )
     workers: int | None = Field(default=None, ge=1, le=1024, description="Tokenizer worker processes (at most 1024); null uses the CPU count.")
+    transforms: list[Transform] = Field(
+        default_factory=list,
+        description="Augmentations of the training documents, in order (fill-in-the-middle, span corruption, noise), each "
+                    "deterministic per document and seed; applied after the filters and the validation split, to training "
+                    "documents of plain text only.",
+    )
+    mixture: Mixture | None = Field(
+        default=None,
+        description="How sampling weights are set beyond each stage's mix: by temperature over source sizes, UniMax, or online "
+                    "from the training loss; null: the stages' mix as written.",
+    )
+
+    # Fields left out of the canonical form (and so of the spec hash) while they hold their default:
+    # specs written before they existed keep their hash.
+    canonical_optional: ClassVar[frozenset[str]] = frozenset({"mixture", "transforms"})
 
     @property
     def supervised_sources(self) -> list[str]:
@@ -282,6 +401,19 @@ class Data(SpecModel):
                         f"mixture names source {name!r}, which data.sources does not define (sources: {', '.join(sorted(names))})",
                         key=True,
                     )
+        if isinstance(self.mixture, OnlineMixture):
+            for name in self.mixture.reference_loss or {}:
+                if name not in names:
+                    raise field_error(("mixture", "reference_loss", name), f"reference_loss names source {name!r}, which data.sources "
+                                      f"does not define (sources: {', '.join(sorted(names))})", key=True)
+            if self.mixture.min_weight * len(names) > 1:
+                raise field_error(("mixture", "min_weight"), f"min_weight {self.mixture.min_weight:g} for each of {len(names)} sources "
+                                  "adds up to more than the whole")
+        for index, transform in enumerate(self.transforms):
+            for position, name in enumerate(transform.sources or []):
+                if name not in names:
+                    raise field_error(("transforms", index, "sources", position), f"the transform names source {name!r}, which "
+                                      f"data.sources does not define (sources: {', '.join(sorted(names))})")
         supervised = self.supervised_sources
         if supervised and not self.packing.document_masking:
             source = self.sources[supervised[0]]

@@ -68,6 +68,10 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "routing": ("balance_loss", "imbalance", "load"),
     "eval": ("val_loss", "val_ppl", "best_val_loss"),
     "stage": ("index", "seq_len", "mix"),
+    # under data.mixture, at the start, at each stage and at each online update: weights (normalised, by
+    # source), tokens_seen (training tokens drawn from each source), losses (online: each source's loss
+    # at the latest update, else null)
+    "mixture": ("weights", "tokens_seen", "losses"),
     "checkpoint": ("path", "best"),
     "sample": ("prompt", "text"),
     "log": ("level", "message"),

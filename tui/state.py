@@ -111,6 +111,8 @@ class RunState:
     stage_index: int | None = None
     seq_len: int | None = None
     mix: dict[str, float] | None = None
+    # `mixture` (data.mixture): `mix` then holds the weights in force
+    tokens_seen: dict[str, int] | None = None
     # `checkpoint`, `sample`
     last_checkpoint: str | None = None
     best_checkpoint: str | None = None
@@ -217,6 +219,15 @@ class RunState:
         self._set_stage(event)
         mix = ", ".join(f"{name} {weight:.2f}" for name, weight in (self.mix or {}).items())
         self.note(time, "info", f"stage {self.stage_label}: seq_len {self.seq_len}" + (f", mix {mix}" if mix else ""))
+
+    def _on_mixture(self, event: dict[str, Any], time: float) -> None:
+        weights, seen = event.get("weights"), event.get("tokens_seen")
+        if isinstance(weights, dict):
+            numbers = {str(name): _number(weight) for name, weight in weights.items()}
+            self.mix = {name: weight for name, weight in numbers.items() if weight is not None} or self.mix
+        if isinstance(seen, dict):
+            counts = {str(name): _int(count) for name, count in seen.items()}
+            self.tokens_seen = {name: count for name, count in counts.items() if count is not None}
 
     def _on_checkpoint(self, event: dict[str, Any], time: float) -> None:
         self.last_checkpoint = _text(event.get("path"))
@@ -352,6 +363,7 @@ _HANDLERS = {
     "routing": RunState._on_routing,
     "eval": RunState._on_eval,
     "stage": RunState._on_stage,
+    "mixture": RunState._on_mixture,
     "checkpoint": RunState._on_checkpoint,
     "sample": RunState._on_sample,
     "log": RunState._on_log,

@@ -33,6 +33,7 @@ from .records import Conversation, RecordError
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
 from .sources import bad_record, open_source
 from .tokenizer import LOADERS, TRAINERS, file_path, special_ids, tokenizer_hash
+from .transforms import Augmenter
 
 SPLITS = ("train", "val")
 CHUNK_BYTES = 1 << 20  # text per worker task: big enough to amortise, small enough to keep memory flat
@@ -196,6 +197,8 @@ def _fingerprint_parts(spec: Any, readers: dict, digests: FileDigests, base_dir:
     }
     if chat is not None:  # absent for plain text: data.chat changes no pretraining entry
         parts["chat"] = chat.key()
+    if data.transforms:  # absent without: entries prepared before data.transforms keep their key
+        parts["transforms"] = {"seed": spec.seed, "transforms": [t.model_dump(mode="json") for t in data.transforms]}
     return parts
 
 
@@ -259,6 +262,7 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
     fraction, cap = data.validation.fraction, data.validation.max_documents
     spools: dict[tuple[str, str], Spool] = {}
     report: dict[str, Any] = {"sources": {}}
+    augmenter = Augmenter(data.transforms, spec.seed, list(readers)) if data.transforms else None
 
     def warn(message: str) -> None:
         if len(warnings) < MAX_WARNINGS:
@@ -292,6 +296,8 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
                 continue
             # Every round(1/fraction)-th kept document is held out: an exact, spread-out share.
             to_val = math.floor((kept + 1) * fraction + 0.5) > math.floor(kept * fraction + 0.5) and (cap is None or held < cap)
+            if augmenter is not None and not to_val and not isinstance(document, Conversation):
+                entry = augmenter.apply(name, kept - held, entry)
             writers["val" if to_val else "train"].add(entry, characters)
             held += to_val
             kept += 1
@@ -319,6 +325,8 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
                for split in SPLITS},
         }
         report["sources"][name]["characters"] = sum(spools[s, name].characters for s in SPLITS)
+    if augmenter is not None:
+        report["transforms"] = augmenter.report()
     return spools, report
 
 
@@ -331,13 +339,22 @@ def _why_empty(reader: Any, skipped: SkipLog) -> str:
     return "it is empty"
 
 
+def _transform_tokens(spec: Any) -> list[str]:
+    """The special tokens data.transforms write (fill-in-the-middle and span sentinels)."""
+    return Augmenter(spec.data.transforms, spec.seed, list(spec.data.sources)).tokens if spec.data.transforms else []
+
+
 def _make_tokenizer(spec: Any, spools: dict, progress: Progress, chat: ChatData | None) -> Tokenizer:
     tokenizer_spec = spec.data.tokenizer
     if tokenizer_spec.kind in LOADERS:
         progress("loading tokenizer", 0, 1)
         tokenizer = LOADERS[tokenizer_spec.kind](tokenizer_spec, spec_base_dir(spec))
         progress("loading tokenizer", 1, 1)
-        return chat.add_special_tokens(tokenizer) if chat is not None else tokenizer
+        tokenizer = chat.add_special_tokens(tokenizer) if chat is not None else tokenizer
+        missing = [token for token in _transform_tokens(spec) if tokenizer.token_to_id(token) is None]
+        if missing:
+            tokenizer.add_special_tokens(missing)
+        return tokenizer
     names = tokenizer_spec.train_on or list(spec.data.sources)
     total = sum(spools["train", name].characters for name in names)
     share = min(1.0, tokenizer_spec.max_chars / max(total, 1))
@@ -359,7 +376,7 @@ def _make_tokenizer(spec: Any, spools: dict, progress: Progress, chat: ChatData 
 
     progress(f"training {tokenizer_spec.kind} tokenizer", 0, 1)
     # A template's special tokens are trained in as special tokens: vocab_size stays what the spec says.
-    specials = chat.template.special_tokens if chat is not None else ()
+    specials = [*(chat.template.special_tokens if chat is not None else ()), *_transform_tokens(spec)]
     tokenizer = TRAINERS[tokenizer_spec.kind](tokenizer_spec, sample(), min(total, tokenizer_spec.max_chars), specials)
     progress(f"training {tokenizer_spec.kind} tokenizer", 1, 1)
     return tokenizer

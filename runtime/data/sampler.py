@@ -30,7 +30,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ...schemas.data import OnlineMixture
 from .errors import DataError
+from .mixing import OnlineWeights, static_weights
 from .pipeline import PreparedData
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -46,13 +48,16 @@ class Batch:
     input_ids: torch.Tensor
     targets: torch.Tensor
     document_ids: torch.Tensor | None
+    sources: list[str] | None = None  # the source each row was drawn from (training batches)
 
 
 class Sampler:
     """Training batches over `prepared`'s training shards following `stages` (StagePlans:
-    start_tokens, end_tokens, seq_len, mix), seeded by `seed`."""
+    start_tokens, end_tokens, seq_len, mix), seeded by `seed`, weighted by `mixture` (data.mixture:
+    None keeps each stage's mix; temperature and unimax set weights from the sources' sizes; online
+    moves them with the losses given to `observe`)."""
 
-    def __init__(self, prepared: PreparedData, stages: Sequence[Any], seed: int):
+    def __init__(self, prepared: PreparedData, stages: Sequence[Any], seed: int, mixture: Any = None):
         if not stages:
             raise ValueError("a sampler needs at least one stage")
         self.prepared, self.stages, self.seed = prepared, list(stages), seed
@@ -71,6 +76,10 @@ class Sampler:
         # Each source's (first cursor, first epoch, block) segments; the last one is open-ended.
         self.segments = {name: [(0, 0, self.block)] for name in self.sources}
         self._permutations: dict[str, tuple[int, int, np.ndarray]] = {}
+        self.mixture = mixture
+        self.base = {stage.index: static_weights(stage.mix, self.lengths, stage.end_tokens - stage.start_tokens, mixture)
+                     for stage in self.stages}
+        self.online = OnlineWeights(mixture, self.sources) if isinstance(mixture, OnlineMixture) else None
 
     # ------------------------------------------------------------ the public contract
 
@@ -81,14 +90,16 @@ class Sampler:
 
     def next_batch(self, n_sequences: int, seq_len: int) -> Batch:
         """The next `n_sequences` windows of `seq_len` tokens; advances by n_sequences * seq_len."""
-        stage = self.stage_at()
-        names = list(stage.mix)
-        weights = np.cumsum([stage.mix[name] for name in names], dtype=np.float64)
+        mix = self.weights()
+        names = list(mix)
+        weights = np.cumsum([mix[name] for name in names], dtype=np.float64)
         positions = self.tokens + seq_len * np.arange(n_sequences, dtype=np.uint64)
         picks = np.searchsorted(weights / weights[-1], self._uniform(positions), side="right")
         rows = _Rows(n_sequences, seq_len, self.prepared)
+        rows.sources = []
         for row, pick in enumerate(picks.tolist()):
             name = names[min(pick, len(names) - 1)]
+            rows.sources.append(name)
             cursor = self.cursors[name]
             start, left = self._locate(name, cursor)
             if seq_len <= left and start + seq_len < self.lengths[name]:  # the usual case: one slice
@@ -98,6 +109,21 @@ class Sampler:
             self.cursors[name] = cursor + seq_len
         self.tokens += n_sequences * seq_len
         return rows.batch()
+
+    def weights(self, tokens: int | None = None) -> dict[str, float]:
+        """The sampling weights in force (normalised, by source name) after `tokens` (default: now)."""
+        base = self.base[self.stage_at(tokens).index]
+        return self.online.weights(base) if self.online is not None else base
+
+    def wants_losses(self) -> bool:
+        """True where the online mixture updates at this point: give `observe` each source's loss."""
+        return self.online is not None and self.online.due(self.tokens)
+
+    def observe(self, losses: dict[str, float]) -> None:
+        """The online mixture's update from the recent training loss of each source (by name); the
+        same losses on every rank keep the ranks' weights identical. No-op without an online mixture."""
+        if self.online is not None:
+            self.online.update(self.tokens, losses)
 
     @property
     def epochs(self) -> dict[str, float]:
@@ -110,6 +136,7 @@ class Sampler:
             "version": STATE_VERSION, "seed": self.seed, "fingerprint": self.prepared.fingerprint,
             "block": self.block, "tokens": self.tokens, "cursors": dict(self.cursors),
             "segments": {name: [list(segment) for segment in segments] for name, segments in self.segments.items()},
+            **({"mixture": self.online.state_dict()} if self.online is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> str | None:
@@ -131,6 +158,11 @@ class Sampler:
             }
             if block < 1 or any(not s or s[0][:2] != (0, 0) or any(len(x) != 3 or x[2] < 1 for x in s) for s in segments.values()):
                 raise ValueError("segments must start at cursor 0, epoch 0, with positive blocks")
+            online = None
+            if self.online is not None:
+                online = OnlineWeights(self.online.mixture, self.sources)
+                if "mixture" in state:  # absent: saved before the online mixture was set; it starts afresh
+                    online.load_state_dict(state["mixture"])
         except (KeyError, TypeError, ValueError, AttributeError) as error:  # a damaged or hand-edited state.json
             raise DataError(f"the sampler state is damaged ({type(error).__name__}: {error}): tokens and cursors are needed") from None
         note = None
@@ -141,6 +173,8 @@ class Sampler:
             note = (f"the curriculum's sequence lengths now tile blocks of {self.block} tokens (were {block}): each source "
                     "finishes its current epoch in the order it started, then continues in a new order")
         self.tokens, self.cursors, self.segments = tokens, cursors, segments
+        if online is not None:
+            self.online = online
         self._permutations.clear()
         return note
 
@@ -202,13 +236,15 @@ class Sampler:
         return cached[2]
 
 
-def planned_epochs(prepared: PreparedData, stages: Sequence[Any]) -> dict[str, float]:
-    """Epochs of each source's training tokens the stages will consume (above 1.0: data repeats)."""
+def planned_epochs(prepared: PreparedData, stages: Sequence[Any], mixture: Any = None) -> dict[str, float]:
+    """Epochs of each source's training tokens the stages will consume (above 1.0: data repeats);
+    an online mixture counts as its starting weights."""
     wanted = {name: 0.0 for name in prepared.train}
+    sizes = {name: shard.n_tokens for name, shard in prepared.train.items()}
     for stage in stages:
-        total = sum(stage.mix.values())
-        for name, weight in stage.mix.items():
-            wanted[name] += (stage.end_tokens - stage.start_tokens) * weight / total
+        span = stage.end_tokens - stage.start_tokens
+        for name, weight in static_weights(stage.mix, sizes, span, mixture).items():
+            wanted[name] += span * weight
     return {name: tokens / max(prepared.train[name].n_tokens, 1) for name, tokens in wanted.items()}
 
 
@@ -241,6 +277,7 @@ class _Rows:
         self.tokens = np.empty((n, seq_len + 1), dtype=np.int64)
         self.trained: np.ndarray | None = None  # made where a row comes from a shard with a loss mask
         self.documents = np.empty((n, seq_len + 1), dtype=np.int64) if self.masking else None
+        self.sources: list[str] | None = None
 
     def read(self, row: int, shard: Any, where: slice | np.ndarray) -> None:
         """Fill `row` from `shard` at stream positions `where` (a slice, or an array of positions)."""
@@ -264,7 +301,8 @@ class _Rows:
             # changes (at a document end, a block seam or the stream's wrap).
             changes = np.diff(self.documents[:, :-1], axis=1) != 0
             document_ids = torch.from_numpy(np.concatenate([np.zeros((self.n, 1), np.int64), np.cumsum(changes, axis=1)], axis=1))
-        return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), document_ids)
+        return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), document_ids,
+                     self.sources)
 
 
 def _circular(length: int, start: int, count: int) -> np.ndarray:

@@ -82,6 +82,14 @@ def _summary(report: dict) -> str:
         fitted = source.get("max_tokens")
         if fitted and (fitted["cut"] or fitted["dropped"]):
             lines.append(f"    max_tokens: {fitted['cut']:,} conversations cut, {fitted['dropped']:,} dropped (no trained token left)")
+    for transform in report.get("transforms", []):
+        lines.append(f"  transform {transform['index']} {transform['kind']}: {transform['documents']:,} training documents changed"
+                     + (f"; tokens added: {' '.join(transform['tokens'][:4])}{' ...' if len(transform['tokens']) > 4 else ''}"
+                        if transform["tokens"] else ""))
+        example = transform.get("example")
+        if example:
+            lines.append(f"    before ({example['source']}): {example['before']!r}")
+            lines.append(f"    after:  {example['after']!r}")
     totals = report.get("totals")
     if totals:
         share = totals["trained_tokens"] / max(totals["tokens"], 1)

@@ -191,3 +191,108 @@ def test_planned_epochs_show_repetition(two_sources):
     a, b = two_sources.train["a"].n_tokens, two_sources.train["b"].n_tokens
     stages = [Stage(0, 0, 3 * a, 16, {"a": 1.0}), Stage(1, 3 * a, 3 * a + b, 32, {"a": 1.0, "b": 1.0})]
     assert planned_epochs(two_sources, stages) == pytest.approx({"a": 3 + b / 2 / a, "b": 0.5})
+
+
+# ---------------------------------------------------------------- data.mixture
+
+
+def test_temperature_weights_follow_the_formula():
+    from tabula.runtime.data.mixing import temperature_weights
+    from tabula.schemas.data import TemperatureMixture
+
+    sizes = {"en": 9000, "fr": 900, "sw": 90}
+    for t in (1.0, 3.3, 100.0):
+        weights = temperature_weights({"en": 1.0, "fr": 1.0, "sw": 1.0}, sizes, 10**6, TemperatureMixture(kind="temperature", mix_temperature=t))
+        total = sum(n ** (1 / t) for n in sizes.values())
+        assert weights == pytest.approx({name: n ** (1 / t) / total for name, n in sizes.items()}, rel=1e-12)
+    weighted = temperature_weights({"en": 1.0, "fr": 2.0}, sizes, 1, TemperatureMixture(kind="temperature", mix_temperature=2.0))
+    assert weighted["fr"] / weighted["en"] == pytest.approx(2.0 * (900 / 9000) ** 0.5)
+
+
+def test_unimax_weights_cap_epochs_and_share_the_rest_evenly():
+    from tabula.runtime.data.mixing import unimax_weights
+    from tabula.schemas.data import UniMaxMixture
+
+    sizes = {"big": 100_000, "mid": 5_000, "small": 1_000}
+    weights = unimax_weights(dict.fromkeys(sizes, 1.0), sizes, 60_000, UniMaxMixture(kind="unimax", max_epochs=2.0))
+    # small capped at 2 x 1000; mid's fair share (29000) capped at 2 x 5000; big takes the rest.
+    assert weights == pytest.approx({"small": 2_000 / 60_000, "mid": 10_000 / 60_000, "big": 48_000 / 60_000})
+    even = unimax_weights(dict.fromkeys(sizes, 1.0), sizes, 2_400, UniMaxMixture(kind="unimax", max_epochs=4.0))
+    assert even == pytest.approx(dict.fromkeys(sizes, 1 / 3))  # no cap binds: uniform
+
+
+def _online(every=256, **extra):
+    from tabula.schemas.data import OnlineMixture
+
+    return OnlineMixture(kind="online", every_tokens=every, **{"step_size": 0.5, "smoothing": 0.1, "min_weight": 0.05, "max_weight": 0.9, **extra})
+
+
+def _planted_losses(batch):
+    """A planted setup: source a's rows are hard (loss 4), b's easy (loss 1)."""
+    return {name: (4.0 if name == "a" else 1.0) for name in sorted(set(batch.sources))}
+
+
+def test_online_mixture_moves_weight_to_the_high_loss_source_within_bounds(two_sources):
+    sampler = Sampler(two_sources, one_stage({"a": 1.0, "b": 1.0}), seed=5, mixture=_online())
+    assert sampler.weights() == pytest.approx({"a": 0.5, "b": 0.5})
+    updates = 0
+    for _ in range(40):
+        batch = sampler.next_batch(8, 16)
+        assert len(batch.sources) == 8
+        if sampler.wants_losses():
+            sampler.observe(_planted_losses(batch))
+            updates += 1
+    assert updates == 40 * 128 // 256
+    weights = sampler.weights()
+    assert weights["a"] == pytest.approx(0.9) and weights["b"] == pytest.approx(0.1)  # max_weight holds
+    before = dict(sampler.cursors)
+    for _ in range(20):
+        sampler.next_batch(8, 16)
+    assert (sampler.cursors["a"] - before["a"]) / (20 * 128) > 0.8
+    # A reference loss equal to the planted one leaves no excess: the weights stay where the stage put them.
+    flat = Sampler(two_sources, one_stage({"a": 1.0, "b": 1.0}), seed=5, mixture=_online(reference_loss={"a": 4.0, "b": 1.0}))
+    for _ in range(10):
+        batch = flat.next_batch(8, 16)
+        if flat.wants_losses():
+            flat.observe(_planted_losses(batch))
+    assert flat.weights() == pytest.approx({"a": 0.5, "b": 0.5})
+
+
+def test_online_mixture_resumes_bit_identically(two_sources):
+    stages = [Stage(0, 0, 512, 16, {"a": 1.0, "b": 1.0}), Stage(1, 512, 10**6, 32, {"a": 1.0, "b": 2.0})]
+
+    def run(sampler, steps):
+        out = []
+        for _ in range(steps):
+            batch = sampler.next_batch(8, 16 if sampler.tokens < 512 else 32)
+            if sampler.wants_losses():  # a loss that depends on the data drawn, as a model's would
+                sampler.observe({name: float(batch.input_ids[[i for i, s in enumerate(batch.sources) if s == name]].float().mean()) / 100
+                                 for name in sorted(set(batch.sources))})
+            out.append(batch)
+        return out
+
+    sampler = Sampler(two_sources, stages, seed=42, mixture=_online(every=200))
+    run(sampler, 6)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    assert state["mixture"]["last_update"] > 0
+    expected, weights = run(sampler, 8), sampler.weights()
+    restored = Sampler(two_sources, stages, seed=42, mixture=_online(every=200))
+    restored.load_state_dict(state)
+    again = run(restored, 8)
+    assert all(torch.equal(x.input_ids, y.input_ids) and x.sources == y.sources for x, y in zip(again, expected))
+    assert restored.weights() == weights and restored.state_dict() == sampler.state_dict()
+    with pytest.raises(DataError, match="damaged"):
+        Sampler(two_sources, stages, seed=42, mixture=_online(every=200)).load_state_dict({**state, "mixture": {"log_factors": {"a": "x"}}})
+
+
+def test_static_mixtures_weight_the_sampler_and_planned_epochs(two_sources):
+    from tabula.runtime.data import planned_epochs
+    from tabula.schemas.data import TemperatureMixture
+
+    mixture = TemperatureMixture(kind="temperature", mix_temperature=0.5)  # sharpens: the larger source dominates
+    a, b = two_sources.train["a"].n_tokens, two_sources.train["b"].n_tokens
+    sampler = Sampler(two_sources, one_stage({"a": 1.0, "b": 1.0}), seed=1, mixture=mixture)
+    assert sampler.weights() == pytest.approx({"a": a**2 / (a**2 + b**2), "b": b**2 / (a**2 + b**2)})
+    epochs = planned_epochs(two_sources, one_stage({"a": 1.0, "b": 1.0}, end=a + b), mixture)
+    assert epochs["a"] == pytest.approx((a + b) * sampler.weights()["a"] / a)
+    assert "mixture" not in sampler.state_dict()  # static weights: nothing to carry

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from planted_nan import plant_nan
-from runtime_helpers import one_thread_fixture, train_in, tiny_spec
+from runtime_helpers import one_thread_fixture, tiny_spec, tiny_spec_dict, train_in
 from tabula.runtime.checkpoint import list_checkpoints, read_state
 from tabula.runtime.engine import LocalEngine
 from tabula.schemas.rundir_protocol import COMMON_FIELDS, EVENT_FIELDS
@@ -231,3 +231,21 @@ def test_the_cpu_peak_is_measured_before_the_tracker_thread_starts(prepared, tmp
     monkeypatch.setattr(loop, "make_tracker", lambda *args, **kwargs: order.append("tracker"))
     _run(tiny_spec(), prepared, tmp_path / "run", max_steps=1)
     assert order == ["peak", "tracker"]
+
+
+def test_an_online_mixture_reports_its_weights_and_resumes_bit_identically(prepared, tmp_path):
+    raw = tiny_spec_dict()
+    raw["data"]["mixture"] = {"kind": "online", "every_tokens": "2k", "reference_loss": {"stdlib": 1.0}}
+    from tabula.schemas.spec import Spec
+
+    spec = Spec.model_validate(raw)
+    whole, whole_events = _run(spec, prepared, tmp_path / "whole", max_steps=12)
+    first, _ = _run(spec, prepared, tmp_path / "split", max_steps=6)
+    _, events = _run(spec, prepared, tmp_path / "split", resume_from=first.checkpoint, max_steps=6)
+    assert _losses(events) == _losses(whole_events)
+    mixture = [e for e in whole_events if e["kind"] == "mixture"]
+    assert [e["tokens"] for e in mixture] == [0, 2048, 4096, 6144]  # the start, then each update (after its step)
+    assert mixture[-1]["weights"] == {"stdlib": 1.0} and mixture[-1]["tokens_seen"] == {"stdlib": 6144}
+    assert mixture[-1]["losses"]["stdlib"] > 1.0 and mixture[0]["losses"] == {}
+    resumed = [e for e in events if e["kind"] == "mixture"][-1]
+    assert {k: v for k, v in resumed.items() if k != "time"} == {k: v for k, v in mixture[-1].items() if k != "time"}

@@ -74,3 +74,33 @@ def test_a_run_spec_keeps_its_relative_paths_against_the_spec_it_ran(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"spec_path": str(source)}))
     ran = load_run_spec(tmp_path)
     assert ran == spec and ran.base_dir == source.parent and ran.model.init.path == "../build/base"
+
+
+def test_a_mixture_enters_the_hash_only_when_set():
+    import pytest
+    from tabula.schemas.errors import SpecErrors
+
+    base = load_spec_text(MINIMAL)
+    assert "mixture" not in canonical_dict(base)["data"]  # specs written before data.mixture keep their hash
+    for mixture in ("{kind: temperature, mix_temperature: 3.3}", "{kind: unimax, max_epochs: 4}",
+                    "{kind: online, every_tokens: 64k, reference_loss: {stdlib: 2.5}, min_weight: 0.05, max_weight: 0.9}"):
+        mixed = load_spec_text(MINIMAL, overrides=[f"data.mixture={mixture}"])
+        assert spec_hash(mixed) != spec_hash(base)
+        assert load_spec_text(canonical_yaml(mixed)) == mixed
+    for bad, says in [("{kind: online, every_tokens: 1k, min_weight: 0.5, max_weight: 0.2}", "max_weight"),
+                      ("{kind: online, every_tokens: 1k, reference_loss: {web: 1.0}}", "'web'"),
+                      ("{kind: temperature, mix_temperature: 0}", "mix_temperature")]:
+        with pytest.raises(SpecErrors, match=says):
+            load_spec_text(MINIMAL, overrides=[f"data.mixture={bad}"])
+
+
+def test_transforms_enter_the_hash_only_when_set():
+    import pytest
+    from tabula.schemas.errors import SpecErrors
+
+    base = load_spec_text(MINIMAL)
+    assert "transforms" not in canonical_dict(base)["data"]
+    fim = load_spec_text(MINIMAL, overrides=["data.transforms=[{kind: fim, rate: 0.9, spm_rate: 0.5}, {kind: noise, case: 0.1}]"])
+    assert spec_hash(fim) != spec_hash(base) and load_spec_text(canonical_yaml(fim)) == fim
+    with pytest.raises(SpecErrors, match="'web'"):
+        load_spec_text(MINIMAL, overrides=["data.transforms=[{kind: fim, sources: [web]}]"])

@@ -76,3 +76,11 @@ def test_a_mixture_of_experts_routing_event_shows_in_the_stats_panel():
     assert (state.expert_imbalance, state.balance_loss, state.expert_load[0][0]) == (1.5, 1.02, 0.375)
     assert dict(stats_rows(state))["experts"] == "imbalance 1.5x, balance loss 1.02, busiest 37.5%"
     assert folded([{**routing, "load": "junk", "imbalance": "x"}]).expert_load is None  # a hostile event is ignored
+
+
+def test_a_mixture_event_shows_the_weights_in_force_and_tokens_seen():
+    events = run_events(10)
+    mixture = {"kind": "mixture", "time": T0 + 11, "step": 10, "tokens": 10 * BATCH_TOKENS,
+               "weights": {"web": 0.7, "code": 0.3, "bad": "x"}, "tokens_seen": {"web": 700, "code": 300}, "losses": {"web": 3.1}}
+    state = folded(events + [mixture])
+    assert state.mix == {"web": 0.7, "code": 0.3} and state.tokens_seen == {"web": 700, "code": 300}

@@ -57,7 +57,9 @@ def progress_texts(state: RunState, now: float) -> tuple[float | None, bool, Tex
     stage.append(str(state.seq_len or "-"))
     if state.mix:
         stage.append("   mix ", style="dim")
-        stage.append(", ".join(f"{name} {weight:.2f}" for name, weight in state.mix.items()))
+        seen = state.tokens_seen or {}
+        stage.append(", ".join(f"{name} {weight:.2f}" + (f" ({format_tokens(seen[name])})" if name in seen else "")
+                               for name, weight in state.mix.items()))
     counts = Text(no_wrap=True, overflow="ellipsis")
     if state.prepare is not None and state.last_time is None:
         step, done, total = state.prepare

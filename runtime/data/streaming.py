@@ -1,0 +1,95 @@
+"""Streaming a source instead of caching it: documents of local jsonl/parquet files (or any
+`datasets` iterable) read through `datasets` streaming, tokenized and packed into training windows
+on the fly, sharded so that every (rank, worker) reads distinct documents, with a position that
+a checkpoint holds.
+
+Sharding: shard `rank * workers + worker` of `world_size * workers`, by
+`datasets.distributed.split_dataset_by_node` (whole files per shard where the file count divides
+evenly, else every n-th document): shards never share a document.
+
+Resume guarantee: exact. The state holds the `datasets` iterator's own state_dict (its shard and
+example offset: local files seek to the record), the epoch, and the packed tokens not yet handed
+out, so a restored stream yields the same windows it would have.
+
+Not yet wired into `prepare`/`Sampler` (a `cache: false` source field): the loop's sampler draws one
+global batch on every rank from cached shards; a streamed source needs each rank to draw its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+STATE_VERSION = 1
+
+
+def shard_of(rank: int, world_size: int, worker: int = 0, workers: int = 1) -> tuple[int, int]:
+    """(shard index, shard count) of a data-loader worker of a rank."""
+    if not (0 <= rank < world_size and 0 <= worker < workers):
+        raise ValueError(f"rank {rank} of {world_size}, worker {worker} of {workers}: out of range")
+    return rank * workers + worker, world_size * workers
+
+
+def local_stream(paths: Sequence[str], format: str) -> Any:
+    """A `datasets` IterableDataset over local jsonl or parquet files (no network)."""
+    import datasets
+
+    builder = {"jsonl": "json", "parquet": "parquet"}.get(format)
+    if builder is None:
+        raise ValueError(f"format {format!r} does not stream; jsonl or parquet do")
+    return datasets.load_dataset(builder, data_files=sorted(str(p) for p in paths), split="train", streaming=True)
+
+
+class TokenStream:
+    """Windows of `seq_len + 1` tokens (inputs and the next token) from shard `shard` of `shards` of
+    `dataset`'s documents (their `text_field`), each document followed by `eos_id`; consecutive
+    windows share one token, as the cached sampler's do. Starts over (the next epoch) at the end."""
+
+    def __init__(self, dataset: Any, tokenizer: Any, eos_id: int, *, text_field: str = "text", shard: int = 0, shards: int = 1):
+        from datasets.distributed import split_dataset_by_node
+
+        self.dataset = split_dataset_by_node(dataset, rank=shard, world_size=shards) if shards > 1 else dataset
+        self.tokenizer, self.eos_id, self.text_field = tokenizer, eos_id, text_field
+        self.shard, self.shards = shard, shards
+        self.epoch = 0
+        self.documents = 0  # documents read by this shard, all epochs
+        self.buffer: list[int] = []
+        self._records: Iterator[dict] | None = None
+
+    def next_window(self, seq_len: int) -> np.ndarray:
+        """The next seq_len + 1 tokens (int64); the stream advances by seq_len."""
+        while len(self.buffer) < seq_len + 1:
+            self.buffer.extend(self._next_document())
+        window = np.asarray(self.buffer[: seq_len + 1], dtype=np.int64)
+        del self.buffer[:seq_len]
+        return window
+
+    def _next_document(self) -> list[int]:
+        for attempt in range(2):
+            if self._records is None:
+                self._records = iter(self.dataset)
+            record = next(self._records, None)
+            if record is not None:
+                self.documents += 1
+                return self.tokenizer.encode(str(record[self.text_field]), add_special_tokens=False).ids + [self.eos_id]
+            self._records, self.epoch = None, self.epoch + 1  # the end: the next epoch starts from the front
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch)
+        raise ValueError(f"shard {self.shard} of {self.shards} holds no documents")
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able: restores the stream exactly with load_state_dict."""
+        return {"version": STATE_VERSION, "shard": self.shard, "shards": self.shards, "epoch": self.epoch,
+                "documents": self.documents, "buffer": list(self.buffer), "dataset": self.dataset.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state.get("shard"), state.get("shards")) != (self.shard, self.shards):
+            raise ValueError(f"the stream state is for shard {state.get('shard')} of {state.get('shards')}, "
+                             f"not {self.shard} of {self.shards}")
+        self.epoch, self.documents = int(state["epoch"]), int(state["documents"])
+        self.buffer = [int(token) for token in state["buffer"]]
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        self.dataset.load_state_dict(state["dataset"])
+        self._records = None  # the next read starts where the state says

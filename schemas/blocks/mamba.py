@@ -96,12 +96,13 @@ class MambaMixer(SpecModel):
 
     def activation_bytes_per_token(self, d_model: int, storage: Storage) -> int:
         """Bytes per token the mixer keeps for the backward (its input is the norm's): in_proj's
-        output (x and z), the convolution's output and its SiLU, x_proj's output (dt, B, C), dt_proj's
-        output and its softplus, the scan's output, silu(z) and the gated product out_proj reads; the
-        scan itself keeps only its inputs and one d_state-wide state per channel a chunk."""
+        output (x and z), the convolution's padded input, its output and its SiLU, x_proj's output
+        (dt, B, C), dt_proj's output and its softplus, the scan's output, it plus the D skip, silu(z)
+        and the gated product out_proj reads; the scan itself keeps only its inputs and one
+        d_state-wide state per channel a chunk."""
         dims = self.dims(d_model)
         E, N, R = dims.d_inner, dims.d_state, dims.dt_rank
-        elements = 2 * E + 2 * E + (R + 2 * N) + 2 * E + 3 * E
+        elements = 2 * E + 3 * E + (R + 2 * N) + 2 * E + 4 * E
         norms = 2 * (R + 2 * N) * 4 if self.inner_norms else 0
         return elements * storage.matmul + norms + 4 * E * N // self.chunk
 

@@ -1,4 +1,7 @@
-"""The transformer: token embedding, n_layers pre-norm blocks, a final norm, the output head.
+"""The transformer: token embedding, n_layers blocks, a final norm, the output head.
+
+Each layer is built from its own block spec (model.block, or the model.layers override that holds
+it: a layer pattern); a transformer block (compiler/blocks/transformer.py) by default.
 
 Parameter names (stable: the runtime saves safetensors by them, the plan counts them):
 
@@ -32,10 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tabula.schemas.model import Block as BlockSpec
 from tabula.schemas.model import Model as ModelSpec
 
-from .blocks import build_attention, build_mlp, build_norm, build_position
+from .blocks import build_block, build_norm, build_position
 from .blocks.attention import attention_mask
 from .blocks.init import WeightInit
 
@@ -50,31 +52,6 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     targets = targets.reshape(-1)
     total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets, ignore_index=-100, reduction="sum")
     return total / (targets != -100).sum().clamp(min=1)
-
-
-class Block(nn.Module):
-    """x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)); dropout on both residual branches."""
-
-    def __init__(self, spec: BlockSpec, d_model: int, dropout: float) -> None:
-        super().__init__()
-        self.attn_norm = build_norm(spec.norm, d_model)
-        self.attn = build_attention(spec.attention, d_model=d_model, norm_eps=spec.norm.eps, dropout=dropout)
-        self.mlp_norm = build_norm(spec.norm, d_model)
-        self.mlp = build_mlp(spec.mlp, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.checkpoint_activations = False  # set by compile.apply_activation_checkpointing
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
-                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, prefix))
-        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
-        return x  # (B, T, C)
-
-    def init_weights(self, init: WeightInit) -> None:
-        self.attn_norm.init_weights(init.at("attn_norm"))
-        self.attn.init_weights(init.at("attn"))
-        self.mlp_norm.init_weights(init.at("mlp_norm"))
-        self.mlp.init_weights(init.at("mlp"))
 
 
 class Transformer(nn.Module):
@@ -97,10 +74,9 @@ class Transformer(nn.Module):
         self.max_seq_len = spec.max_seq_len
         self.n_layers = spec.n_layers
         self.init_scheme = spec.init
-        self.window = spec.block.attention.window
         self.embed = nn.Embedding(vocab_size, spec.d_model)
         self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=spec.rotary_dim, max_seq_len=spec.max_seq_len)
-        self.blocks = nn.ModuleList(Block(spec.block, spec.d_model, spec.dropout) for _ in range(spec.n_layers))
+        self.blocks = nn.ModuleList(build_block(block, d_model=spec.d_model, dropout=spec.dropout) for block in spec.layer_blocks)
         self.norm = build_norm(spec.block.norm, spec.d_model)
         self.tie_embeddings = spec.tie_embeddings
         self.lm_head = nn.Linear(spec.d_model, vocab_size, bias=False)
@@ -108,7 +84,7 @@ class Transformer(nn.Module):
             # A module of its own even when tied, so that sharded engines (ZeRO-3) gather the
             # weight around the head's forward as they do around the embedding's.
             self.lm_head.weight = self.embed.weight
-        self._masks: dict[tuple[int, torch.device, int], torch.Tensor | None] = {}
+        self._masks: dict[tuple[int, torch.device, int, int | None], torch.Tensor | None] = {}
         self.loss_fn = cross_entropy  # compile.apply_compile may swap in a compiled copy
         # Set by compiler/adapters.apply_finetune: what the fine-tuning method changed (None: nothing), and
         # prompt or prefix tuning's virtual tokens (compiler/virtual_tokens.py).
@@ -126,9 +102,9 @@ class Transformer(nn.Module):
             # prompt tuning: (B, n + T, C), no prefix; prefix tuning: x, each layer's (keys, values) (B, n_kv, n, hs)
             x, prefix = self.virtual_tokens(x)
         x, rope = self.pos_embed(x, offset=n if prefix is not None else 0)  # RoPE's (cos, sin) or None
-        mask = self.attention_mask(T, document_ids, input_ids.device)
+        masks = {window: self.attention_mask(T, document_ids, input_ids.device, window) for window in self.windows}
         for i, block in enumerate(self.blocks):
-            layer_prefix = prefix[i] if prefix is not None else None
+            layer_prefix, mask = prefix[i] if prefix is not None else None, masks[block.window]
             if block.checkpoint_activations and torch.is_grad_enabled():
                 x = checkpoint(block, x, rope, mask, layer_prefix, use_reentrant=False)
             else:
@@ -144,17 +120,28 @@ class Transformer(nn.Module):
         """Virtual token positions before every sequence (prompt or prefix tuning), else 0."""
         return 0 if self.virtual_tokens is None else self.virtual_tokens.n
 
-    def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-        """The mask every block shares: None (plain causal), or a boolean mask cached per length. With
+    @property
+    def windows(self) -> list[int | None]:
+        """The distinct attention windows of the layers (None: the whole causal context)."""
+        return list(dict.fromkeys(block.window for block in self.blocks))
+
+    @property
+    def window(self) -> int | None:
+        """The first layer's attention window (every layer's, unless a layer pattern varies it)."""
+        return self.blocks[0].window
+
+    def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device,
+                       window: int | None = None) -> torch.Tensor | None:
+        """The mask the layers with attention `window` share: None (plain causal), or a boolean mask cached per length. With
         virtual tokens, its keys include them (seen by every token) and its queries are the prompt's
         virtual tokens and the sequence, or the sequence alone after a prefix."""
         n = self.n_virtual
         prefix_only = self.virtual_tokens is not None and n > 0 and self.virtual_tokens.keys_only
         if document_ids is not None or torch.compiler.is_compiling():
-            return attention_mask(seq_len, self.window, document_ids, device, virtual=n, keys_only=prefix_only)
-        key = (seq_len, device, n)
+            return attention_mask(seq_len, window, document_ids, device, virtual=n, keys_only=prefix_only)
+        key = (seq_len, device, n, window)
         if key not in self._masks:
-            self._masks[key] = attention_mask(seq_len, self.window, None, device, virtual=n, keys_only=prefix_only)
+            self._masks[key] = attention_mask(seq_len, window, None, device, virtual=n, keys_only=prefix_only)
         return self._masks[key]
 
     # ------------------------------------------------------------ weights
@@ -178,7 +165,6 @@ class Transformer(nn.Module):
         init.weight_(self.embed.weight, "embed.weight", "embedding")
         self.pos_embed.init_weights(init.at("pos_embed"))
         for i, block in enumerate(self.blocks):
-            assert isinstance(block, Block)  # a ModuleList yields Modules, to a type checker
             block.init_weights(init.at(f"blocks.{i}"))
         self.norm.init_weights(init.at("norm"))
         if not self.tie_embeddings:

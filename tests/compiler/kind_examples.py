@@ -27,3 +27,8 @@ POSITION: dict[str, list[dict[str, Any]]] = {
     "learned": [{"kind": "learned"}],
     "none": [{"kind": "none"}],
 }
+BLOCK: dict[str, list[dict[str, Any]]] = {
+    "transformer": [{"attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "window": 8}, "mlp": {"kind": "swiglu", "hidden": 40}},
+                    {"kind": "transformer", "norm": {"kind": "layernorm"}, "attention": {"kind": "mha", "n_heads": 4},
+                     "mlp": {"kind": "gelu", "hidden": 48, "dropout": 0.1}}],
+}

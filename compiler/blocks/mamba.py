@@ -1,4 +1,5 @@
-"""Mamba-1's selective state-space mixer (Gu & Dao 2023) in plain PyTorch.
+"""Mamba-1's selective state-space mixer (Gu & Dao 2023) in plain PyTorch, and the `mamba` block
+(a layer kind): x + mixer(norm(x)), then, with an MLP, x + mlp(mlp_norm(x)) (Jamba's layers).
 
     x, z = in_proj(h)                       (B, T, E) each; E = expand x d_model
     u = silu(conv1d(x))                     causal depthwise convolution over d_conv taps
@@ -29,10 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tabula.schemas.blocks.mamba import MambaMixer as MambaSpec
+from tabula.schemas.model import MambaBlock as MambaBlockSpec
 
-from ..hf_mapping import HFMapping
+from ..hf_mapping import HFMapping, NoHF
 from .init import WeightInit
 from .norm import RMSNorm
+from .registry import BLOCK, MLP, NORM
 from .selective_scan import selective_scan
 
 DT_FLOOR = 1e-4  # Mamba's floor on the initial time steps
@@ -173,3 +176,43 @@ class Mixer(nn.Module):
         for norm in (self.dt_norm, self.b_norm, self.c_norm):
             if isinstance(norm, RMSNorm):
                 norm.init_weights()
+
+
+@BLOCK.register("mamba")
+class MambaBlock(nn.Module):
+    """x + mixer(norm(x)), then with an MLP x + mlp(mlp_norm(x)); dropout on the residual branches.
+    Parameters `norm`, `mixer` (Mixer's), and `mlp_norm`, `mlp` with an MLP. forward takes the
+    transformer block's arguments (rope tables, mask: unused; a Mamba layer has no attention) and,
+    while generating, the layer's MambaState."""
+
+    hf = NoHF("mamba has no Hugging Face equivalent of its own: it maps through its mixer, MLP and norm kinds")
+    window = None  # no attention: the model builds no mask for it
+
+    def __init__(self, spec: MambaBlockSpec, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = NORM[spec.norm.kind].build(spec.norm, d_model)
+        self.mixer = Mixer.build(spec.mixer, d_model, spec.norm.eps)
+        self.mlp_norm = NORM[spec.norm.kind].build(spec.norm, d_model) if spec.mlp is not None else None
+        self.mlp = MLP[spec.mlp.kind].build(spec.mlp, d_model) if spec.mlp is not None else None
+        self.dropout = nn.Dropout(dropout)
+        self.checkpoint_activations = False  # set by compile.apply_activation_checkpointing
+
+    @classmethod
+    def build(cls, spec: MambaBlockSpec, *, d_model: int, dropout: float) -> MambaBlock:
+        return cls(spec, d_model, dropout)
+
+    def forward(self, x: torch.Tensor, rope: Any = None, mask: Any = None, prefix: Any = None,
+                state: MambaState | None = None) -> torch.Tensor:
+        if prefix is not None:
+            raise ValueError("prefix tuning prepends keys and values to attention; a Mamba layer has none")
+        x = x + self.dropout(self.mixer(self.norm(x), state))
+        if self.mlp is not None:
+            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x  # (B, T, C)
+
+    def init_weights(self, init: WeightInit) -> None:
+        self.norm.init_weights(init.at("norm"))
+        self.mixer.init_weights(init.at("mixer"))
+        if self.mlp is not None:
+            self.mlp_norm.init_weights(init.at("mlp_norm"))
+            self.mlp.init_weights(init.at("mlp"))

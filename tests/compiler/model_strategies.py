@@ -1,6 +1,7 @@
 """Hypothesis strategies for small valid model specs over every kind and option: attention
 (mha, gqa, mqa, mla and their widths), biases (all, none, per projection), QK-norm, windows,
-MLPs (and their dropout), norms, positions, tying, dropout and init schemes."""
+MLPs (and their dropout), norms, positions, tying, dropout and init schemes; Mamba layers (alone or
+mixed with attention layers, with or without an MLP) as overrides of the default block."""
 
 from __future__ import annotations
 
@@ -55,6 +56,16 @@ def attention(draw: st.DrawFn, d_model: int, rotary: bool) -> dict[str, Any]:
 
 
 @st.composite
+def mamba_block(draw: st.DrawFn, norm: dict[str, Any], mlp: dict[str, Any]) -> dict[str, Any]:
+    """A Mamba layer's block: its mixer's widths and options, and an MLP or none."""
+    mixer = {"d_state": draw(st.sampled_from([2, 4, 8])), "d_conv": draw(st.sampled_from([1, 2, 4])),
+             "expand": draw(st.sampled_from([1, 2])), "dt_rank": draw(st.sampled_from(["auto", 3])),
+             "conv_bias": draw(st.booleans()), "bias": draw(st.booleans()), "inner_norms": draw(st.booleans()),
+             "chunk": draw(st.sampled_from([4, 16, 64]))}
+    return {"kind": "mamba", "norm": norm, "mixer": mixer, "mlp": draw(st.sampled_from([None, mlp]))}
+
+
+@st.composite
 def model_data(draw: st.DrawFn) -> dict[str, Any]:
     """The `model:` section of a small valid spec (d_model <= 64, n_layers <= 3)."""
     d_model = draw(st.sampled_from([16, 24, 32, 48, 64]))
@@ -64,6 +75,9 @@ def model_data(draw: st.DrawFn) -> dict[str, Any]:
     mlp = {"kind": draw(st.sampled_from(["gelu", "swiglu"])), "hidden": draw(st.sampled_from([16, 40, 96])),
            "bias": draw(st.booleans()), "dropout": draw(st.sampled_from([0.0, 0.0, 0.1]))}
     init = draw(st.sampled_from([{}, {"std": 0.05, "scale_residual": False}, {"kind": "tabulaprima"}]))
+    # Mamba layers: none, every layer (a Mamba model), or every other layer from 0 (a hybrid)
+    step = draw(st.sampled_from([None, None, 1, 2]))
+    layers = [] if step is None else [{"start": 0, "step": step, "block": draw(mamba_block(norm, mlp))}]
     return {
         "vocab_size": draw(st.sampled_from([61, 97, 128])),
         "d_model": d_model,
@@ -71,6 +85,7 @@ def model_data(draw: st.DrawFn) -> dict[str, Any]:
         "max_seq_len": 64,
         "position": position,
         "block": {"norm": norm, "attention": draw(attention(d_model, position["kind"] == "rope")), "mlp": mlp},
+        "layers": layers,
         "tie_embeddings": draw(st.booleans()),
         "dropout": draw(st.sampled_from([0.0, 0.0, 0.1])),
         "init": init,

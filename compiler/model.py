@@ -169,18 +169,3 @@ class Transformer(nn.Module):
         self.norm.init_weights(init.at("norm"))
         if not self.tie_embeddings:
             init.linear_(self.lm_head, "lm_head", "output")
-
-    # ------------------------------------------------------------ sampling
-
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy continuation: (B, T) prompt ids -> (B, T + max_new_tokens) ids. No KV cache; the
-        context is cropped to the last max_seq_len tokens (less the virtual tokens). Runs in eval mode, then restores it."""
-        was_training = self.training
-        self.eval()
-        ids = input_ids
-        for _ in range(max_new_tokens):
-            logits = self(ids[:, -(self.max_seq_len - self.n_virtual) :])
-            ids = torch.cat([ids, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
-        self.train(was_training)
-        return ids

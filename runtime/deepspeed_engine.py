@@ -175,8 +175,9 @@ class DeepSpeedEngine:
 
     @collective
     def generate(self, prompt_ids, max_new_tokens):
-        # every rank generates the same tokens (ZeRO-3 gathers each layer's weights collectively)
-        return greedy_continuation(self.model, prompt_ids, max_new_tokens, self.device)
+        # every rank generates the same tokens (ZeRO-3 gathers each layer's weights collectively, around the
+        # model's own forward: the uncached reference; stages 0-2 keep whole weights and take the cache)
+        return greedy_continuation(self.model, prompt_ids, max_new_tokens, self.device, cached=self.stage < 3)
 
     # ------------------------------------------------------------------ state
 

@@ -123,13 +123,20 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def greedy_continuation(model: Transformer, prompt_ids: list[int], max_new_tokens: int, device: torch.device,
-                        autocast: contextlib.AbstractContextManager[Any] | None = None) -> list[int]:
-    """`model.generate` from `prompt_ids` in eval mode, without gradients: the new token ids only."""
+                        autocast: contextlib.AbstractContextManager[Any] | None = None, *, cached: bool = True) -> list[int]:
+    """The greedy continuation of `prompt_ids` in eval mode, without gradients: the new token ids only
+    (runtime/inference's cached Generator; past the context each token is recomputed from the last
+    max_seq_len ids, as the uncached sample did). `cached` False: the uncached reference (every token
+    recomputed through the model's own forward), for engines that gather weights around module calls."""
+    from .inference import greedy_ids
+    from .inference.reference import recompute_greedy
+
     with torch.no_grad(), eval_mode(model), autocast or contextlib.nullcontext():
+        if cached:
+            return greedy_ids(model, prompt_ids, max_new_tokens)
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        out = model.generate(prompt, max_new_tokens)
-    new_ids: list[int] = out[0, len(prompt_ids):].tolist()
-    return new_ids
+        new_ids: list[int] = recompute_greedy(model, prompt, max_new_tokens)[0, len(prompt_ids):].tolist()
+        return new_ids
 
 
 class LocalEngine:

@@ -5,6 +5,7 @@ The small public API, imported lazily so that `import tabula` stays light:
     spec = tabula.load_spec("specs/quickstart.yaml", overrides=["model.n_layers=2"])
     model = tabula.build_model(spec)          # on the meta device; .materialize("cpu", seed)
     model = tabula.load_model("runs/quickstart-20261128-101500")
+    generator = tabula.load_generator("runs/quickstart-20261128-101500")   # .generate(text) / .stream(text)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ _EXPORTS = {
     "build_model": "tabula.compiler",
     "make_plan": "tabula.compiler",
     "load_model": "tabula.runtime.checkpoint",
+    "load_generator": "tabula.runtime.inference",
+    "SamplingParams": "tabula.runtime.inference",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -107,12 +107,16 @@ class Mixer(nn.Module):
         return MambaState(torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
                           torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32))
 
-    def forward(self, h: torch.Tensor, state: MambaState | None = None) -> torch.Tensor:
-        if state is not None and h.size(1) == 1:
+    def forward(self, h: torch.Tensor, state: MambaState | None = None, n_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """With a state, `n_valid` (B,) says how many of each row's T tokens are real: the state is
+        left after each row's last real token (the padding after it changes nothing)."""
+        if state is not None and h.size(1) == 1 and n_valid is None:
             return self.step(h, state)
         x, z = self.in_proj(h).chunk(2, dim=-1)  # (B, T, E) each
-        u = F.silu(self.convolve(x.transpose(1, 2), state).transpose(1, 2))  # (B, T, E)
+        u = F.silu(self.convolve(x.transpose(1, 2), state, n_valid).transpose(1, 2))  # (B, T, E)
         dt, B, C = self.selection(u)
+        if n_valid is not None:  # a time step of 0 leaves the state as it is: a = 1, b = 0
+            dt = dt * (torch.arange(h.size(1), device=h.device) < n_valid[:, None]).unsqueeze(-1)
         A = -torch.exp(self.A_log.float())  # (E, N)
         y, last = selective_scan(u, dt, A, B, C, None if state is None else state.ssm, self.chunk)  # (B, T, E)
         if state is not None:
@@ -120,12 +124,16 @@ class Mixer(nn.Module):
         y = y.to(h.dtype) + u * self.D
         return self.out_proj(y * F.silu(z))  # (B, T, C)
 
-    def convolve(self, x: torch.Tensor, state: MambaState | None) -> torch.Tensor:
-        """The causal depthwise convolution of x (B, E, T) after zeros or the state's last inputs."""
+    def convolve(self, x: torch.Tensor, state: MambaState | None, n_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The causal depthwise convolution of x (B, E, T) after zeros or the state's last inputs; the
+        state keeps the last d_conv - 1 inputs (up to each row's n_valid-th token)."""
         left = x.new_zeros(x.size(0), self.d_inner, self.d_conv - 1) if state is None else state.conv.to(x.dtype)
         window = torch.cat([left, x], dim=-1)  # (B, E, d_conv - 1 + T)
-        if state is not None:
+        if state is not None and n_valid is None:
             state.conv = window[:, :, window.size(-1) - (self.d_conv - 1):]
+        elif state is not None:  # row b's last real inputs are window[b, :, n : n + d_conv - 1], n = n_valid[b]
+            index = n_valid[:, None] + torch.arange(self.d_conv - 1, device=x.device)  # (B, d_conv - 1)
+            state.conv = window.gather(2, index[:, None, :].expand(-1, self.d_inner, -1))
         # tap by tap: d_conv multiply-adds a channel and token (no matmul; a grouped conv1d's backward
         # would be the same numbers, which torch's FLOP counter miscounts as a dense convolution's)
         T, weight = x.size(-1), self.conv1d.weight[:, 0]  # (E, d_conv)
@@ -182,9 +190,10 @@ class Mixer(nn.Module):
 class MambaBlock(nn.Module):
     """x + mixer(norm(x)), then with an MLP x + mlp(mlp_norm(x)); dropout on the residual branches.
     Parameters `norm`, `mixer` (Mixer's), and `mlp_norm`, `mlp` with an MLP. forward takes the
-    transformer block's arguments (rope tables, mask: unused; a Mamba layer has no attention) and,
-    while generating, the layer's MambaState."""
+    transformer block's arguments (rope tables, mask: unused; a Mamba layer has no attention).
+    Generation runs it through runtime/inference/recurrent.py (`cache_kind`), one MambaState a layer."""
 
+    cache_kind = "mamba"
     hf = NoHF("mamba has no Hugging Face equivalent of its own: it maps through its mixer, MLP and norm kinds")
     window = None  # no attention: the model builds no mask for it
 
@@ -201,11 +210,10 @@ class MambaBlock(nn.Module):
     def build(cls, spec: MambaBlockSpec, *, d_model: int, dropout: float) -> MambaBlock:
         return cls(spec, d_model, dropout)
 
-    def forward(self, x: torch.Tensor, rope: Any = None, mask: Any = None, prefix: Any = None,
-                state: MambaState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Any = None, mask: Any = None, prefix: Any = None) -> torch.Tensor:
         if prefix is not None:
             raise ValueError("prefix tuning prepends keys and values to attention; a Mamba layer has none")
-        x = x + self.dropout(self.mixer(self.norm(x), state))
+        x = x + self.dropout(self.mixer(self.norm(x)))
         if self.mlp is not None:
             x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x  # (B, T, C)

@@ -96,6 +96,10 @@ def test_presets_are_what_their_names_say():
     assert mistral.block.attention.window is not None and mistral.block.attention.window < mistral.max_seq_len
     mla = load_spec(SPECS / "presets" / "mla-tiny.yaml").model
     assert mla.block.attention.kind == "mla" and mla.block.attention.latent_norm
+    jamba = load_spec(SPECS / "presets" / "jamba-tiny.yaml").model
+    kinds = [block.kind for block in jamba.layer_blocks]
+    assert kinds == ["mamba", "mamba", "mamba", "transformer"] * 2 and jamba.position.kind == "none"
+    assert all(block.mlp is not None for block in jamba.layer_blocks)  # Jamba: an MLP after every mixer
 
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "mistral-tiny", "mla-tiny"])

@@ -10,7 +10,7 @@
 
 Parameters (transformers' MambaMixer names and shapes, so the export copies them): `in_proj`,
 `conv1d` (E, 1, d_conv), `x_proj`, `dt_proj`, `A_log` (E, N), `D` (E,), `out_proj`; Jamba's
-`dt_norm`, `b_norm`, `c_norm` with inner_norms. A_log and D are marked `_no_weight_decay`, as
+`dt_norm`, `b_norm`, `c_norm` with inner_norms. A_log and D are named in `no_weight_decay`, as
 Mamba trains them (runtime/optimizers.py honours it).
 
 Generation carries a `MambaState` per layer instead of a KV cache: the last d_conv - 1 inputs of
@@ -79,6 +79,7 @@ class Mixer(nn.Module):
     and leaves it after the last token."""
 
     hf = MambaToHF()
+    no_weight_decay = ("A_log", "D")  # runtime/optimizers.param_groups keeps them out of weight decay, as Mamba does
 
     def __init__(self, spec: MambaSpec, d_model: int, norm_eps: float) -> None:
         super().__init__()
@@ -94,8 +95,6 @@ class Mixer(nn.Module):
         self.dt_norm, self.b_norm, self.c_norm = norms
         self.A_log = nn.Parameter(torch.empty(E, N))
         self.D = nn.Parameter(torch.empty(E))
-        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
-        self.D._no_weight_decay = True  # type: ignore[attr-defined]
         self.out_proj = nn.Linear(E, d_model, bias=spec.bias)
 
     @classmethod

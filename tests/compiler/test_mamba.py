@@ -100,10 +100,14 @@ def test_the_mixer_is_transformers_mamba_mixer():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
 
 
-def test_a_and_d_take_no_weight_decay():
+def test_a_and_d_take_no_weight_decay_in_a_model_built_on_the_meta_device():
+    from compiler_specs import tiny_spec
+
+    from tabula.compiler import build_model
     from tabula.runtime.optimizers import param_groups
 
-    m = mixer()
-    groups = {g["name"]: {id(p) for p in g["params"]} for g in param_groups(m, 0.1)}
-    assert id(m.A_log) in groups["no_decay"] and id(m.D) in groups["no_decay"]
-    assert id(m.x_proj.weight) in groups["decay"]
+    model = build_model(tiny_spec(layers=[{"start": 0, "stop": 1, "block": {"kind": "mamba"}}])).materialize("cpu", 0)
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = {g["name"]: {names[id(p)] for p in g["params"]} for g in param_groups(model, 0.1)}
+    assert {"blocks.0.mixer.A_log", "blocks.0.mixer.D"} <= groups["no_decay"]
+    assert {"blocks.0.mixer.x_proj.weight", "blocks.0.mixer.conv1d.weight"} <= groups["decay"]

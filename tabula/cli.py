@@ -18,7 +18,7 @@ import sys
 from tabula import __version__
 from tabula.exit_codes import INTERRUPTED, ExitCode
 
-COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache"]
+COMMANDS = ["run", "validate", "plan", "prepare", "schema", "diff", "new", "watch", "export", "import", "cache", "generate"]
 # A command whose name is not its module's (`import` is a Python keyword).
 MODULES = {"import": "import_model"}
 

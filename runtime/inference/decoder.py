@@ -51,21 +51,22 @@ class Decoder:
     absorb: MLA decoding with absorbed up-projections (True), expanded keys and values (False), or where it
             can (None). slack: rolling-window slots beyond the window, the most a caller may roll back."""
 
-    def __init__(self, model: nn.Module, *, absorb: bool | None = None, slack: int = 16) -> None:
-        self.model = model
+    def __init__(self, model: Any, *, absorb: bool | None = None, slack: int = 16) -> None:
+        self.model: Any = model  # a Transformer (typed loosely: nn.Module's attributes are Tensor | Module to mypy)
         self.options = Options(absorb=absorb, slack=slack)
         self.layers: list[Layer] = []
-        for block in model.blocks:
+        for block in self.model.blocks:
             whole = kind_of(block) in LAYERS
             mixer = block if whole else block.attn
             kind = layer_kind(mixer)
             self.layers.append(Layer(block, mixer, kind, kind.prepare(mixer, self.options), layer_window(model, block), whole))
-        self.max_len = int(model.max_seq_len)  # positions, virtual ones included
-        self.n_virtual = int(model.n_virtual)
+        self.max_len = int(self.model.max_seq_len)  # positions, virtual ones included
+        self.n_virtual = int(self.model.n_virtual)
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed.weight.device
+        device: torch.device = self.model.embed.weight.device
+        return device
 
     # ------------------------------------------------------------ caches
 

@@ -139,17 +139,17 @@ class Generator:
     absorb, slack: the Decoder's; on_context_full: "stop" (finish_reason "context") or "slide" (each
     further token recomputed from the last max_seq_len ids, as the uncached greedy sample always did)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, *, eos_id: int | None = None, start_ids: list[int] | None = None,
+    def __init__(self, model: Any, tokenizer: Any = None, *, eos_id: int | None = None, start_ids: list[int] | None = None,
                  absorb: bool | None = None, slack: int = 16, on_context_full: str = "stop") -> None:
         if on_context_full not in ("stop", "slide"):
             raise ValueError(f"on_context_full must be stop or slide, not {on_context_full!r}")
-        self.model = model.eval()
+        self.model: Any = model.eval()
         self.tokenizer = tokenizer
         self.eos_id = eos_id
         self.start_ids = list(start_ids or [])
         self.decoder = Decoder(model, absorb=absorb, slack=slack)
         self.on_context_full = on_context_full
-        self.vocab_size = int(model.vocab_size)
+        self.vocab_size = int(self.model.vocab_size)
 
     @property
     def context(self) -> int:

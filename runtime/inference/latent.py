@@ -28,9 +28,9 @@ from .cache import KVState
 from .layers import LAYERS, Options, StepContext, key_mask, rotate
 
 
-def dense_weight(linear: nn.Module) -> torch.Tensor:
+def dense_weight(linear: Any) -> torch.Tensor:
     """A Linear's weight as a plain tensor (a quantized weight dequantized)."""
-    weight = linear.weight
+    weight: torch.Tensor = linear.weight
     dequantize = getattr(weight, "dequantize", None)
     return dequantize() if callable(dequantize) and type(weight) is not torch.nn.Parameter and type(weight) is not torch.Tensor else weight
 

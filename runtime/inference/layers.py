@@ -11,6 +11,10 @@ no arguments, once per layer, by the Decoder) with
                                             x (B, T, C) the normed input of the layer's T new tokens,
                                             y (B, T, C) its output; reads and extends `state`
 
+Padding: a step's T tokens may include padding at a row's end (`ctx.n_valid[b]` real ones): a kind must
+compute over them but never let them into its state (a recurrent state is the one after the last real
+token). Rows are independent: a state must support `select` and `concat_with` (rows leaving and joining).
+
 A module's kind is `kind_of(module)`: its `cache_kind` attribute when it has one, else the kind its
 class is registered under in the compiler's block registries (compiler/blocks: mha/gqa/mqa ->
 CausalSelfAttention, mla -> LatentAttention), else its class name. So a new layer (a Mamba mixer) is
@@ -21,7 +25,7 @@ model's global spec, so layers of different kinds and windows mix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -86,7 +90,7 @@ def kind_of(module: nn.Module) -> str:
 
     for family in (blocks.ATTENTION, blocks.MLP, blocks.NORM, blocks.POSITION):
         for kind, cls in family.items():
-            if type(module) is cls and kind in LAYERS:
+            if type(module) is cast(Any, cls) and kind in LAYERS:
                 return kind
     return type(module).__name__
 

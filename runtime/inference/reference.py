@@ -6,12 +6,13 @@ exist inside the model's own forward (DeepSpeed ZeRO-3 gathers them around modul
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import nn
 
 
 @torch.no_grad()
-def recompute_greedy(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+def recompute_greedy(model: Any, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Greedy continuation: (B, T) prompt ids -> (B, T + max_new_tokens) ids, no cache; the context is
     cropped to the last max_seq_len tokens (less the virtual tokens). Runs in eval mode, then restores it."""
     was_training = model.training

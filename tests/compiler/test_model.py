@@ -127,15 +127,6 @@ VARIANT_PARAMETERS = {  # (names that must exist, names that must not), block 0'
 }
 
 
-def test_generate_is_greedy_and_crops_to_the_context():
-    model = build_model(tiny_spec(max_seq_len=8), device="cpu").train()
-    prompt = torch.randint(0, 97, (2, 6))
-    out = model.generate(prompt, max_new_tokens=5)
-    assert out.shape == (2, 11) and torch.equal(out[:, :6], prompt)
-    assert model.training
-    with torch.no_grad():
-        expected = model.eval()(out[:, 2:10])[:, -1].argmax(-1)
-    assert torch.equal(out[:, 10], expected)
 
 
 def old_rule_weights(model: torch.nn.Module, seed: int, std: float, n_layers: int) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tabula.schemas.model import Model as ModelSpec
+from tabula.schemas.model import TransformerBlock
 
 from .blocks import ATTENTION, MLP, NORM, POSITION
 from . import hf_mamba
@@ -35,6 +36,8 @@ __all__ = ["ExportError", "hf_modules", "hf_architecture", "hf_problems", "hf_co
 def _kinds(spec: ModelSpec) -> list[tuple[str, Any, BlockClass]]:
     """(spec path, kind spec, registered class) of each kind the model is made of."""
     block = spec.block
+    if not isinstance(block, TransformerBlock):  # a Mamba model maps through hf_mamba
+        raise ExportError([f"model.block.kind: {block.kind} does not map through the transformer architectures"])
     return [
         ("model.block.attention", block.attention, ATTENTION[block.attention.kind]),
         ("model.block.mlp", block.mlp, MLP[block.mlp.kind]),
@@ -68,8 +71,9 @@ def hf_architecture(spec: ModelSpec) -> str:
     attention kind has no equivalent."""
     if hf_mamba.is_mamba(spec):
         return hf_mamba.ARCHITECTURE
-    if hf_mamba.hybrid_problem(spec):
-        raise ExportError([hf_mamba.hybrid_problem(spec)])
+    hybrid = hf_mamba.hybrid_problem(spec)
+    if hybrid is not None:
+        raise ExportError([hybrid])
     path, attention, registered = _kinds(spec)[0]
     architecture = _mapping(path, registered).architecture(attention, spec)
     if architecture is None:

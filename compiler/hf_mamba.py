@@ -12,10 +12,11 @@ never imports transformers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from tabula.schemas.model import MambaBlock
 from tabula.schemas.model import Model as ModelSpec
 
 from .blocks.mamba import Mixer
@@ -64,7 +65,7 @@ def config(spec: ModelSpec, vocab_size: int, ids: dict[str, int | None]) -> dict
     found = problems(spec)
     if found:
         raise ExportError(found)
-    block = spec.block
+    block = cast(MambaBlock, spec.block)  # every layer is (problems() refused the rest)
     return {
         "architectures": [ARCHITECTURE],
         "model_type": "mamba",
@@ -96,7 +97,7 @@ def state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, tor
         elif name.startswith("blocks."):
             _, layer, module, rest = name.split(".", 3)
             if module == "mixer":
-                [(theirs, tensor)] = Mixer.hf.tensors(spec.block.mixer, {rest: tensor}).items()
+                [(theirs, tensor)] = Mixer.hf.tensors(cast(MambaBlock, spec.block).mixer, {rest: tensor}).items()
                 out[f"backbone.layers.{layer}.mixer.{theirs}"] = tensor
             elif module == "norm":
                 out[f"backbone.layers.{layer}.norm.{rest}"] = tensor

@@ -91,7 +91,7 @@ class Mixer(nn.Module):
         self.conv1d = nn.Conv1d(E, E, K, groups=E, bias=spec.conv_bias)  # its parameters; applied by `convolve`
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
-        norms = (RMSNorm(R, norm_eps), RMSNorm(N, norm_eps), RMSNorm(N, norm_eps)) if spec.inner_norms else (nn.Identity(),) * 3
+        norms: tuple[nn.Module, ...] = (RMSNorm(R, norm_eps), RMSNorm(N, norm_eps), RMSNorm(N, norm_eps)) if spec.inner_norms else (nn.Identity(),) * 3
         self.dt_norm, self.b_norm, self.c_norm = norms
         self.A_log = nn.Parameter(torch.empty(E, N))
         self.D = nn.Parameter(torch.empty(E))
@@ -130,14 +130,16 @@ class Mixer(nn.Module):
         window = torch.cat([left, x], dim=-1)  # (B, E, d_conv - 1 + T)
         if state is not None and n_valid is None:
             state.conv = window[:, :, window.size(-1) - (self.d_conv - 1):]
-        elif state is not None:  # row b's last real inputs are window[b, :, n : n + d_conv - 1], n = n_valid[b]
+        elif state is not None and n_valid is not None:  # row b's last real inputs: window[b, :, n : n + d_conv - 1], n = n_valid[b]
             index = n_valid[:, None] + torch.arange(self.d_conv - 1, device=x.device)  # (B, d_conv - 1)
             state.conv = window.gather(2, index[:, None, :].expand(-1, self.d_inner, -1))
         # tap by tap: d_conv multiply-adds a channel and token (no matmul; a grouped conv1d's backward
         # would be the same numbers, which torch's FLOP counter miscounts as a dense convolution's)
-        T, weight = x.size(-1), self.conv1d.weight[:, 0]  # (E, d_conv)
-        y = sum(window[:, :, k : k + T] * weight[:, k, None] for k in range(self.d_conv))
-        return y + self.conv1d.bias[:, None] if self.conv1d.bias is not None else y  # (B, E, T)
+        T, weight, bias = x.size(-1), self.conv1d.weight[:, 0], self.conv1d.bias  # weight (E, d_conv)
+        y = window[:, :, :T] * weight[:, 0, None]
+        for k in range(1, self.d_conv):
+            y = y + window[:, :, k : k + T] * weight[:, k, None]
+        return y if bias is None else y + bias[:, None]  # (B, E, T)
 
     def selection(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The input-dependent dt (.., E) (after softplus), B and C (.., N) from u (.., E)."""
@@ -213,13 +215,13 @@ class MambaBlock(nn.Module):
         if prefix is not None:
             raise ValueError("prefix tuning prepends keys and values to attention; a Mamba layer has none")
         x = x + self.dropout(self.mixer(self.norm(x)))
-        if self.mlp is not None:
+        if self.mlp is not None and self.mlp_norm is not None:
             x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x  # (B, T, C)
 
     def init_weights(self, init: WeightInit) -> None:
         self.norm.init_weights(init.at("norm"))
         self.mixer.init_weights(init.at("mixer"))
-        if self.mlp is not None:
+        if self.mlp is not None and self.mlp_norm is not None:
             self.mlp_norm.init_weights(init.at("mlp_norm"))
             self.mlp.init_weights(init.at("mlp"))

@@ -43,7 +43,7 @@ def scan_chunk(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     return y, h[:, -1].clone()  # a copy: a view would keep the chunk's every state alive
 
 
-@torch.compiler.disable  # eager under torch.compile: its chunk loop would unroll into a graph per sequence length
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # eager under torch.compile: its chunk loop would unroll into a graph per sequence length
 def selective_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    h0: torch.Tensor | None = None, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The selective scan over a sequence: x, dt (B, T, E); A (E, N); B, C (B, T, N); h0 (B, E, N)

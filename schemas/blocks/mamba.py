@@ -8,8 +8,8 @@ dt_proj), B and C (d_state each), and the selective scan
 runs per channel over a d_state-wide state; y is gated by silu(z) and out_proj writes it back.
 transformers' MambaMixer has the same parameters under the same names.
 
-MambaMixer is the fields and facts; the block kind that uses it (schemas/blocks/mamba_block.py)
-adds its norm and optional MLP.
+MambaMixer is the fields and facts; the block kind that uses it (`MambaBlock`, kind mamba, in
+schemas/model.py beside the unions it draws on) adds its norm and optional MLP.
 """
 
 from __future__ import annotations

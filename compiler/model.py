@@ -40,6 +40,7 @@ from tabula.schemas.model import Model as ModelSpec
 from .blocks import build_block, build_norm, build_position
 from .blocks.attention import attention_mask
 from .blocks.init import WeightInit
+from .blocks.moe import MoEMLP
 
 if TYPE_CHECKING:
     from .adapters import Applied
@@ -58,7 +59,8 @@ class Transformer(nn.Module):
     """A decoder-only transformer built from the `model:` section of a spec.
 
     forward(input_ids (B, T), targets (B, T) or None, *, document_ids (B, T) or None)
-      -> logits (B, T, vocab), or (logits, loss) with targets (mean cross-entropy over
+      -> logits (B, T, vocab), or (logits, loss) with targets (in training mode, a mixture of
+         experts' weighted balancing and z-losses added to the mean cross-entropy over
          targets != -100). With document_ids, tokens attend only within their document
          (positions keep counting across documents, as in Llama 3's document masking).
 
@@ -86,6 +88,8 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed.weight
         self._masks: dict[tuple[int, torch.device, int, int | None], torch.Tensor | None] = {}
         self.loss_fn = cross_entropy  # compile.apply_compile may swap in a compiled copy
+        # the mixture-of-experts MLPs (compiler/blocks/moe.py): their aux_loss joins the training loss
+        self.routers = [module for module in self.blocks.modules() if isinstance(module, MoEMLP)]
         # Set by compiler/adapters.apply_finetune: what the fine-tuning method changed (None: nothing), and
         # prompt or prefix tuning's virtual tokens (compiler/virtual_tokens.py).
         self.finetune: Applied | None = None
@@ -113,7 +117,10 @@ class Transformer(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits
-        return logits, self.loss_fn(logits, targets)
+        loss = self.loss_fn(logits, targets)
+        if self.training and self.routers:  # a mixture of experts' balancing and z-losses join the training loss
+            loss = loss + sum(router.aux_loss for router in self.routers if router.aux_loss is not None)
+        return logits, loss
 
     @property
     def n_virtual(self) -> int:

@@ -34,6 +34,7 @@ from .blocks.attention import GQA, MHA, MQA, AttentionBias, AttentionDims, Atten
 from .blocks.mamba import MambaDims, MambaMixer
 from .blocks.mla import MLA, LatentAttentionBias
 from .blocks.mlp import GeluMLP, MLPSpec, SwigluMLP
+from .blocks.moe import MoEMLP
 from .blocks.norm import LayerNorm, NormSpec, RMSNorm
 from .blocks.position import LearnedPositions, NoPositions, PositionSpec, Rope, RopeScaling
 from .init import FromWeights, GPT2Init, Init, TabulaPrimaInit
@@ -42,12 +43,12 @@ from .init import FromWeights, GPT2Init, Init, TabulaPrimaInit
 Attention = Annotated[Union[MHA, GQA, MQA, MLA], Field(discriminator="kind")]
 Position = Annotated[Union[Rope, LearnedPositions, NoPositions], Field(discriminator="kind")]
 Norm = Annotated[Union[RMSNorm, LayerNorm], Field(discriminator="kind")]
-MLP = Annotated[Union[GeluMLP, SwigluMLP], Field(discriminator="kind")]
+MLP = Annotated[Union[GeluMLP, SwigluMLP, MoEMLP], Field(discriminator="kind")]
 
 __all__ = [
     "MHA", "GQA", "MQA", "MLA", "AttentionBias", "LatentAttentionBias", "AttentionDims", "AttentionSpec", "Attention",
     "Rope", "RopeScaling", "LearnedPositions", "NoPositions", "PositionSpec", "Position",
-    "RMSNorm", "LayerNorm", "NormSpec", "Norm", "GeluMLP", "SwigluMLP", "MLPSpec", "MLP",
+    "RMSNorm", "LayerNorm", "NormSpec", "Norm", "GeluMLP", "SwigluMLP", "MoEMLP", "MLPSpec", "MLP",
     "GPT2Init", "TabulaPrimaInit", "FromWeights", "Init", "BlockSpec", "TransformerBlock", "MambaBlock", "MambaMixer", "MambaDims", "Block", "Layers", "Compile", "Model",
 ]
 

@@ -87,3 +87,23 @@ def test_bad_ranges_and_blocks_are_refused_at_their_spec_path(layers, path, word
 def test_stepped_ranges_that_interleave_do_not_overlap():
     spec = patterned(n_layers=8, layers=[{"start": 0, "step": 2, "block": DENSE}, {"start": 1, "step": 4, "block": DENSE}])
     assert [spec.model.block_path(i) for i in range(4)] == ["model.layers.0.block", "model.layers.1.block", "model.layers.0.block", "model.block"]
+
+
+def test_the_wizard_offers_layer_overrides_as_rows_of_ranges_and_blocks():
+    from tabula.schemas.model import Layers, Model
+    from tabula.tui.schema_form import LIST, UNION, form_fields
+
+    layers = next(field for field in form_fields(Model) if field.name == "layers")
+    assert layers.widget == LIST and layers.item.model is Layers and not layers.required
+    assert [(f.name, f.widget) for f in form_fields(Layers)][-1] == ("block", UNION)  # a block kind to choose: transformer, mamba
+
+
+def test_a_run_resumes_across_an_overrides_window_but_not_a_new_block_shape():
+    from tabula.compiler.impact import resume_compatibility
+
+    base = patterned()
+    window = patterned(layers=[{"start": 0, "stop": 2, "block": DENSE | {"attention": DENSE["attention"] | {"window": 5}}}])
+    wider = patterned(layers=[{"start": 0, "stop": 2, "block": DENSE | {"mlp": {"kind": "gelu", "hidden": 48}}}])
+    assert resume_compatibility(base, window) == (True, [])
+    ok, reasons = resume_compatibility(base, wider)
+    assert not ok and reasons == ["model.layers.0.block.mlp.hidden reshapes the weights, so a checkpoint does not load"]

@@ -6,6 +6,7 @@
     Mixtral  mha / gqa / mqa (no biases) with a moe MLP (softmax router, no shared experts)
     DeepSeek-V3  mla with latent_norm, rope, rmsnorm, swiglu or moe (sigmoid router, shared experts),
              dense first layers (a model.layers pattern) then MoE layers
+    Mamba    every layer a mamba block without MLP, no positions, rmsnorm (compiler/hf_mamba.py)
 
 Each kind says how it maps in its own module (its class's `hf`: an HFMapping, or NoHF; see
 hf_mapping.py); this module asks the model's kinds and assembles their answers: the attention
@@ -25,6 +26,7 @@ import torch
 
 from tabula.schemas.model import Model as ModelSpec
 
+from . import hf_mamba
 from .blocks import ATTENTION, BLOCK, MLP, NORM, POSITION
 from .blocks.registry import BlockClass
 from .hf_mapping import ExportError, HFMapping, NoHF
@@ -103,7 +105,13 @@ def _mapping(path: str, registered: BlockClass) -> HFMapping:
 
 def hf_architecture(spec: ModelSpec) -> str:
     """The architecture the attention kind implies (LlamaForCausalLM, MistralForCausalLM,
-    Qwen2ForCausalLM, DeepseekV3ForCausalLM). Raises ExportError when the attention kind has no equivalent."""
+    Qwen2ForCausalLM, DeepseekV3ForCausalLM; MambaForCausalLM for a Mamba model). Raises ExportError when the
+    attention kind has no equivalent."""
+    if hf_mamba.is_mamba(spec):
+        return hf_mamba.ARCHITECTURE
+    hybrid = hf_mamba.hybrid_problem(spec)
+    if hybrid is not None:
+        raise ExportError([hybrid])
     path, attention, registered = _kinds(spec)[0]
     architecture = _mapping(path, registered).architecture(attention, spec)
     if architecture is None:
@@ -116,6 +124,8 @@ def hf_architecture(spec: ModelSpec) -> str:
 
 def hf_problems(spec: ModelSpec) -> list[str]:
     """What in the model graph has no Hugging Face equivalent, as 'model.<path>: why' lines."""
+    if hf_mamba.is_mamba(spec):
+        return hf_mamba.problems(spec)
     try:
         architecture = hf_architecture(spec)
     except ExportError as error:
@@ -131,6 +141,8 @@ def hf_problems(spec: ModelSpec) -> list[str]:
 
 def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None) -> dict[str, Any]:
     """config.json contents for the model. Raises ExportError where the graph does not map."""
+    if hf_mamba.is_mamba(spec):
+        return hf_mamba.config(spec, vocab_size, {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id})
     problems = hf_problems(spec)
     if problems:
         raise ExportError(problems)
@@ -180,6 +192,8 @@ def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, 
     """tabula's state dict (names as in compiler/model.py) renamed and reshaped for hf_config's
     architecture, each kind naming its module's tensors. Tensors are made contiguous and never
     shared (safetensors refuses aliases)."""
+    if hf_mamba.is_mamba(spec):
+        return hf_mamba.state_dict(spec, state)
     modules = hf_modules(spec)
     out = {"model.embed_tokens.weight": state["embed.weight"]}
     if not spec.tie_embeddings:  # tied, transformers ties it to the embedding itself

@@ -77,7 +77,7 @@ class Transformer(nn.Module):
         self.n_layers = spec.n_layers
         self.init_scheme = spec.init
         self.embed = nn.Embedding(vocab_size, spec.d_model)
-        self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=spec.rotary_dim, max_seq_len=spec.max_seq_len)
+        self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=spec.rotary_dim if spec.position.rotary else 0, max_seq_len=spec.max_seq_len)
         self.blocks = nn.ModuleList(build_block(block, d_model=spec.d_model, dropout=spec.dropout) for block in spec.layer_blocks)
         self.norm = build_norm(spec.block.norm, spec.d_model)
         self.tie_embeddings = spec.tie_embeddings

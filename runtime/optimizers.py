@@ -1,7 +1,9 @@
 """Optimizers by `kind`: AdamW, Lion, Adafactor, SGD, with weight decay only where it belongs.
 
 Norm scales, biases and embeddings (every parameter with fewer than two dimensions, and every
-`nn.Embedding` weight, tied output projections included) go in a group without weight decay.
+`nn.Embedding` weight, tied output projections included) go in a group without weight decay, as
+do the parameters a module names in its class attribute `no_weight_decay` (Mamba's A_log and D, as
+Mamba trains them).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: `decay` (matrices) and `no_decay` (norms, biases, embeddings). Shared (tied)
     parameters appear once; empty groups are dropped."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    undecayed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    undecayed |= {id(getattr(m, name)) for m in model.modules() for name in getattr(type(m), "no_weight_decay", ())}
     decay, no_decay = [], []
     for _, param in model.named_parameters():  # named_parameters yields a tied parameter once
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or id(param) in embeddings:
+        if param.ndim < 2 or id(param) in undecayed:
             no_decay.append(param)
         else:
             decay.append(param)

@@ -214,10 +214,13 @@ class PrefixTuning(_Method):
                 (prefix + "transform.0.bias", (hidden,)), (prefix + "transform.2.weight", (out, hidden)), (prefix + "transform.2.bias", (out,))]
 
     def check(self, model: Model, shapes: Shapes) -> None:
-        dims = model.attention_dims
-        if model.block.attention.kind == "mla" or dims.head_dim != dims.v_head_dim:
+        if any(block.kind != "transformer" for block in model.layer_blocks):
+            raise field_error(("train", "finetune", "kind"), "prefix tuning prepends keys and values to every layer's attention; "
+                              "this model has layers without attention (Mamba)")
+        dims, attention = model.attention_dims, getattr(model.block, "attention")
+        if attention.kind == "mla" or dims.head_dim != dims.v_head_dim:
             raise field_error(("train", "finetune", "kind"), f"prefix tuning needs keys and values of one width (mha, gqa, mqa attention); "
-                              f"model.block.attention is {model.block.attention.kind}")
+                              f"model.block.attention is {attention.kind}")
 
 
 class Full(_Method):

@@ -38,8 +38,12 @@ def weight_shapes(spec: Any) -> Iterator[tuple[str, list[Factor], bool]]:
     """(what, factors, in every block) for the largest tensors of `spec`'s model: the embeddings and
     each block's biggest matrices, as the factors of their element counts. The vocabulary is left
     out where only the tokenizer file knows it."""
-    model, attn = spec.model, spec.model.block.attention
+    model = spec.model
     d_model: Factor = (model.d_model, "d_model", ("model", "d_model"))
+    if model.block.kind == "mamba":
+        yield from _mamba_shapes(spec, d_model)
+        return
+    attn = model.block.attention
     heads: Factor = (attn.n_heads, "n_heads", ("model", "block", "attention", "n_heads"))
     if attn.head_dim is not None:
         width: Factor = (attn.head_dim, "head_dim", ("model", "block", "attention", "head_dim"))
@@ -73,6 +77,27 @@ def weight_shapes(spec: Any) -> Iterator[tuple[str, list[Factor], bool]]:
         yield "the key/value latent", [kv_latent, d_model], True
         if attn.q_latent is not None:
             yield "the query latent up-projection", [heads, width, (attn.q_latent, "q_latent", ("model", "block", "attention", "q_latent"))], True
+
+
+def _mamba_shapes(spec: Any, d_model: Factor) -> Iterator[tuple[str, list[Factor], bool]]:
+    """weight_shapes for a model whose default block is a Mamba layer (no attention, no rotary table
+    unless an override has attention: its width is then the model's head width)."""
+    model, mixer = spec.model, spec.model.block.mixer
+    vocab = spec.vocab_size
+    if vocab is not None:
+        named = isinstance(model.vocab_size, int)
+        yield "the token embedding", [(vocab, "vocab_size", ("model", "vocab_size") if named else ("data", "tokenizer", "vocab_size")),
+                                      d_model], False
+    seq: Factor = (model.max_seq_len, "max_seq_len", ("model", "max_seq_len"))
+    if model.position.kind == "learned":
+        yield "the position embedding", [seq, d_model], False
+    elif model.position.kind == "rope":
+        yield "the rotary table", [seq, (model.head_dim, "the head width", ("model", "d_model"))], False
+    expand: Factor = (mixer.expand, "expand", ("model", "block", "mixer", "expand"))
+    yield "the Mamba input projection", [(2, "x and z", expand[2]), expand, d_model, d_model], True
+    yield "the Mamba state matrix A", [expand, d_model, (mixer.d_state, "d_state", ("model", "block", "mixer", "d_state"))], True
+    if model.block.mlp is not None:
+        yield "the MLP", [(model.block.mlp.hidden, "hidden", ("model", "block", "mlp", "hidden")), d_model], True
 
 
 def elements(factors: list[Factor]) -> int:

@@ -31,6 +31,7 @@ from .base import SpecModel, field_error, kind_with_default
 from .blocks.block import BlockSpec, norm_bytes
 from .blocks.costs import Shapes, Storage
 from .blocks.attention import GQA, MHA, MQA, AttentionBias, AttentionDims, AttentionSpec
+from .blocks.mamba import MambaDims, MambaMixer
 from .blocks.mla import MLA, LatentAttentionBias
 from .blocks.mlp import GeluMLP, MLPSpec, SwigluMLP
 from .blocks.moe import MoEMLP
@@ -48,7 +49,7 @@ __all__ = [
     "MHA", "GQA", "MQA", "MLA", "AttentionBias", "LatentAttentionBias", "AttentionDims", "AttentionSpec", "Attention",
     "Rope", "RopeScaling", "LearnedPositions", "NoPositions", "PositionSpec", "Position",
     "RMSNorm", "LayerNorm", "NormSpec", "Norm", "GeluMLP", "SwigluMLP", "MoEMLP", "MLPSpec", "MLP",
-    "GPT2Init", "TabulaPrimaInit", "FromWeights", "Init", "BlockSpec", "TransformerBlock", "Block", "Layers", "Compile", "Model",
+    "GPT2Init", "TabulaPrimaInit", "FromWeights", "Init", "BlockSpec", "TransformerBlock", "MambaBlock", "MambaMixer", "MambaDims", "Block", "Layers", "Compile", "Model",
 ]
 
 
@@ -98,8 +99,53 @@ class TransformerBlock(BlockSpec):
         return f"{self.attention.kind}{window} + {self.mlp.summary()}"
 
 
+class MambaBlock(BlockSpec):
+    """A Mamba layer: x + mixer(norm(x)), then, with an MLP, x + mlp(norm(x)) (Jamba's layers).
+    The mixer's widths and facts are schemas/blocks/mamba.py's; it has no attention (no positions)."""
+
+    kind: Literal["mamba"] = Field(
+        description="A Mamba-1 layer: the selective state-space mixer in place of attention (Mamba; Jamba's non-attention layers).")
+    norm: Norm = Field(default_factory=lambda: RMSNorm(kind="rmsnorm"), description="The norm before the mixer and before the MLP.")
+    mixer: MambaMixer = Field(default_factory=MambaMixer, description="The selective state-space mixer: state width, convolution, expansion.")
+    mlp: MLP | None = Field(
+        default=None, description="A feed-forward network after the mixer (Jamba's layers have one); null: none, as Mamba's layers.")
+
+    def parameter_shapes(self, prefix: str, d_model: int) -> Shapes:
+        shapes = self.norm.parameter_shapes(prefix + "norm.", d_model) + self.mixer.parameter_shapes(prefix + "mixer.", d_model)
+        if self.mlp is not None:
+            shapes += self.norm.parameter_shapes(prefix + "mlp_norm.", d_model) + self.mlp.parameter_shapes(prefix + "mlp.", d_model)
+        return shapes
+
+    def active_parameters(self, d_model: int) -> int:
+        if self.mlp is None:
+            return self.parameters(d_model)
+        return self.parameters(d_model) - self.mlp.parameters(d_model) + self.mlp.active_parameters(d_model)
+
+    def flops_per_token(self, d_model: int, seq_len: int) -> int:
+        """The norm's, the mixer's (no term grows with seq_len) and the MLP's."""
+        mlp = self.norm.flops_per_token(d_model) + self.mlp.flops_per_token(d_model) if self.mlp is not None else 0
+        return self.norm.flops_per_token(d_model) + self.mixer.flops_per_token(d_model) + mlp
+
+    def activation_bytes_per_token(self, d_model: int, seq_len: int, storage: Storage, dropout: float) -> int:
+        """Its norms, mixer and MLP kinds' bytes, and dropout's one-byte mask on each residual branch."""
+        total = norm_bytes(self.norm, d_model, storage, 1) + self.mixer.activation_bytes_per_token(d_model, storage)
+        if self.mlp is not None:
+            total += norm_bytes(self.norm, d_model, storage, self.mlp.input_readers) + self.mlp.activation_bytes_per_token(d_model, storage)
+        branches = 1 if self.mlp is None else 2
+        return total + (branches * d_model if dropout > 0 else 0)
+
+    def mamba_dims(self, d_model: int) -> MambaDims:
+        """The mixer's derived widths."""
+        return self.mixer.dims(d_model)
+
+    def summary(self) -> str:
+        mlp = f" + {self.mlp.summary()}" if self.mlp is not None else ""
+        return f"mamba d_state {self.mixer.d_state} x{self.mixer.expand}{mlp}"
+
+
 # A new block kind is one class in schemas/blocks/ (a BlockSpec) and one member here.
-Block = Annotated[Union[Annotated[TransformerBlock, Tag("transformer")]], kind_with_default("transformer")]
+Block = Annotated[Union[Annotated[TransformerBlock, Tag("transformer")], Annotated[MambaBlock, Tag("mamba")]],
+                  kind_with_default("transformer")]
 
 
 class Layers(SpecModel):
@@ -179,6 +225,9 @@ class Model(SpecModel):
             except PydanticCustomError as error:
                 raise _repath(error, path) from None
         rotary = {dims.rotary_dim for block, _ in self._distinct_blocks() if (dims := block.attention_dims(self.d_model)) is not None}
+        if self.position.rotary and not rotary:
+            raise field_error(("position", "kind"), "rope positions rotate attention's queries and keys, and no layer has attention: "
+                                                    "set position kind none (Mamba layers need no positions)")
         if len(rotary) > 1:
             raise field_error("layers", f"every attention layer shares the model's RoPE tables: their rotary widths differ ({sorted(rotary)})")
         return self

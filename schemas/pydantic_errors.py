@@ -309,6 +309,10 @@ def _pick(annotation: Any, value: Any) -> Any:
         for model in models:
             if kind in _kind_values(model):
                 return model
+        if kind is None:  # a union whose default kind may be left out (the transformer block, gpt2 init)
+            defaults = [model for model in models if "kind" in model.model_fields and not model.model_fields["kind"].is_required()]
+            if len(defaults) == 1:
+                return defaults[0]
         return models[0] if len(models) == 1 else None
     containers = [member for member in members if typing.get_origin(member) in (list, tuple, dict)]
     return containers[0] if containers else (members[0] if len(members) == 1 else None)

@@ -114,6 +114,10 @@ def test_presets_are_what_their_names_say():
     deepseek = load_spec(SPECS / "presets" / "deepseek-v3-tiny.yaml").model
     assert (deepseek.block.attention.kind, deepseek.block.mlp.kind, deepseek.block.mlp.balance) == ("mla", "moe", "bias")
     assert [block.mlp.kind for block in deepseek.layer_blocks] == ["swiglu", "moe", "moe", "moe"]
+    jamba = load_spec(SPECS / "presets" / "jamba-tiny.yaml").model
+    kinds = [block.kind for block in jamba.layer_blocks]
+    assert kinds == ["mamba", "mamba", "mamba", "transformer"] * 2 and jamba.position.kind == "none"
+    assert all(block.mlp is not None for block in jamba.layer_blocks)  # Jamba: an MLP after every mixer
 
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "mistral-tiny", "mla-tiny", "mixtral-tiny", "deepseek-v3-tiny"])

@@ -115,6 +115,13 @@ def kind_of(model: type[BaseModel]) -> str | None:
     return typing.get_args(info.annotation)[0]
 
 
+def default_kind(members: dict[str, type[BaseModel]]) -> str | None:
+    """The kind a union value without `kind` is: the one member whose `kind` may be left out (the
+    transformer block), else None."""
+    defaults = [kind for kind, member in members.items() if not member.model_fields["kind"].is_required()]
+    return defaults[0] if len(defaults) == 1 else None
+
+
 def _kind_members(args: list[Any]) -> dict[str, type[BaseModel]]:
     if not all(isinstance(arg, type) and issubclass(arg, BaseModel) and kind_of(arg) for arg in args):
         return {}

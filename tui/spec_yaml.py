@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from .schema_form import DICT, LIST, MODEL, UNION, FormField, form_fields
+from .schema_form import DICT, LIST, MODEL, UNION, FormField, default_kind, form_fields
 
 COMMENT_CHARS = 60
 
@@ -89,7 +89,7 @@ def _value(value: Any, form_field: FormField | None, indent: int) -> Any:
             return _SKIP
         return _model_map(value, form_fields(form_field.model), indent)
     if form_field.widget == UNION and isinstance(value, dict):
-        member = form_field.members.get(value.get("kind"))
+        member = form_field.members.get(value.get("kind", default_kind(form_field.members)))
         return _model_map(value, form_fields(member), indent) if member else value
     if form_field.widget in (LIST, DICT) and form_field.item is not None:
         if form_field.widget == LIST and isinstance(value, list):
@@ -109,7 +109,7 @@ def _flow_item(item: Any, form_field: FormField) -> Any:
     """A list item or dict entry: one flow mapping ({kind: length, min_chars: 64}) in schema order."""
     if not isinstance(item, dict):
         return item
-    model = form_field.members.get(item.get("kind")) if form_field.widget == UNION else form_field.model
+    model = form_field.members.get(item.get("kind", default_kind(form_field.members))) if form_field.widget == UNION else form_field.model
     names = [f.name for f in form_fields(model)] if model else []
     ordered = [key for key in names if key in item] + [key for key in item if key not in names]
     return _flow({key: item[key] for key in ordered})

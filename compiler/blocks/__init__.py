@@ -4,6 +4,7 @@
     position.py   rope, learned, none (Rope, ...)         norm.py  rmsnorm, layernorm
     mlp.py        gelu, swiglu                            registry.py  kind -> class
     moe.py        moe (a mixture of experts MLP)          transformer.py  the transformer block (a layer kind)
+    mamba.py      the Mamba-1 mixer and the mamba block (a layer kind); selective_scan.py its scan
     init.py       WeightInit, what init_weights draws with
 
 Each registered class builds from its narrow sub-spec and the widths it needs, never the root

@@ -37,6 +37,13 @@ class WeightInit:
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{self.prefix}{name}".encode()))
         param.copy_(torch.empty(param.shape).normal_(0.0, std, generator=generator))
 
+    @torch.no_grad()
+    def uniform_(self, param: torch.Tensor, name: str, low: float, high: float) -> None:
+        """Fills `param` (called `name` below this module) uniformly in [low, high), drawn on the CPU
+        from the generator of (seed, full name)."""
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{self.prefix}{name}".encode()))
+        param.copy_(torch.empty(param.shape).uniform_(low, high, generator=generator))
+
     def weight_(self, param: torch.Tensor, name: str, role: Role, *, residual: bool = False, head_dim: int = 0) -> None:
         """A weight of `role` (a matrix (out, in): fan-in is its width), by the scheme;
         `residual`: it writes into the residual stream; `head_dim`: an attention head's width."""

@@ -133,4 +133,4 @@ def key_mask(key_positions: torch.Tensor, positions: torch.Tensor, window: int |
 
 
 # The kinds register themselves when their modules are imported.
-from . import attention, latent  # noqa: E402,F401
+from . import attention, latent, recurrent  # noqa: E402,F401

@@ -4,6 +4,7 @@
     mla.py        mla
     mlp.py        gelu, swiglu              norm.py      rmsnorm, layernorm
     position.py   rope, learned, none       costs.py     shapes and activation storage
+    mamba.py      the Mamba-1 mixer (the mamba block kind's)   block.py  what every block kind answers
 
 Each kind is one frozen spec class: its fields (documented for the JSON Schema and the wizard),
 its derived widths, its parameter shapes, FLOPs and activation bytes, its checks. Its module,

@@ -34,4 +34,7 @@ BLOCK: dict[str, list[dict[str, Any]]] = {
     "transformer": [{"attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "window": 8}, "mlp": {"kind": "swiglu", "hidden": 40}},
                     {"kind": "transformer", "norm": {"kind": "layernorm"}, "attention": {"kind": "mha", "n_heads": 4},
                      "mlp": {"kind": "gelu", "hidden": 48, "dropout": 0.1}}],
+    "mamba": [{"kind": "mamba"},
+              {"kind": "mamba", "norm": {"kind": "layernorm"}, "mixer": {"d_state": 4, "d_conv": 2, "expand": 1, "dt_rank": 5,
+               "conv_bias": False, "bias": True, "inner_norms": True, "chunk": 8}, "mlp": {"kind": "swiglu", "hidden": 40}}],
 }

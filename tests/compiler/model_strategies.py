@@ -1,6 +1,7 @@
 """Hypothesis strategies for small valid model specs over every kind and option: attention
 (mha, gqa, mqa, mla and their widths), biases (all, none, per projection), QK-norm, windows,
-MLPs (and their dropout), norms, positions, tying, dropout and init schemes."""
+MLPs (and their dropout), norms, positions, tying, dropout and init schemes; Mamba layers (alone or
+mixed with attention layers, with or without an MLP) as overrides of the default block."""
 
 from __future__ import annotations
 
@@ -55,6 +56,16 @@ def attention(draw: st.DrawFn, d_model: int, rotary: bool) -> dict[str, Any]:
 
 
 @st.composite
+def mamba_block(draw: st.DrawFn, norm: dict[str, Any], mlp: dict[str, Any]) -> dict[str, Any]:
+    """A Mamba layer's block: its mixer's widths and options, and an MLP or none."""
+    mixer = {"d_state": draw(st.sampled_from([2, 4, 8])), "d_conv": draw(st.sampled_from([1, 2, 4])),
+             "expand": draw(st.sampled_from([1, 2])), "dt_rank": draw(st.sampled_from(["auto", 3])),
+             "conv_bias": draw(st.booleans()), "bias": draw(st.booleans()), "inner_norms": draw(st.booleans()),
+             "chunk": draw(st.sampled_from([4, 16, 64]))}
+    return {"kind": "mamba", "norm": norm, "mixer": mixer, "mlp": draw(st.sampled_from([None, mlp]))}
+
+
+@st.composite
 def mlp_data(draw: st.DrawFn) -> dict[str, Any]:
     """An MLP: gelu, swiglu or a mixture of experts."""
     kind = draw(st.sampled_from(["gelu", "swiglu", "moe"]))
@@ -84,6 +95,8 @@ def model_data(draw: st.DrawFn) -> dict[str, Any]:
         attn = {**block["attention"], "window": draw(st.sampled_from([None, 4]))}
         layers = [{"start": draw(st.integers(0, n_layers - 1)), "step": draw(st.integers(1, 2)),
                    "block": {"norm": norm, "attention": attn, "mlp": draw(mlp_data())}}]
+    if not layers and draw(st.booleans()):  # Mamba layers: every layer (a Mamba model) or every other one from 0 (a hybrid)
+        layers = [{"start": 0, "step": draw(st.sampled_from([1, 2])), "block": draw(mamba_block(norm, mlp))}]
     return {
         "vocab_size": draw(st.sampled_from([61, 97, 128])),
         "d_model": d_model,

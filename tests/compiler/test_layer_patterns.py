@@ -91,11 +91,11 @@ def test_stepped_ranges_that_interleave_do_not_overlap():
 
 def test_the_wizard_offers_layer_overrides_as_rows_of_ranges_and_blocks():
     from tabula.schemas.model import Layers, Model
-    from tabula.tui.schema_form import LIST, MODEL, form_fields
+    from tabula.tui.schema_form import LIST, UNION, form_fields
 
     layers = next(field for field in form_fields(Model) if field.name == "layers")
     assert layers.widget == LIST and layers.item.model is Layers and not layers.required
-    assert [(f.name, f.widget) for f in form_fields(Layers)][-1] == ("block", MODEL)
+    assert [(f.name, f.widget) for f in form_fields(Layers)][-1] == ("block", UNION)  # a block kind to choose: transformer, mamba
 
 
 def test_a_run_resumes_across_an_overrides_window_but_not_a_new_block_shape():

@@ -135,3 +135,36 @@ def test_graphs_without_an_equivalent_name_what_does_not_map(change, field):
     assert any(problem.startswith(field) for problem in problems), problems
     with pytest.raises(ExportError):
         hf_config(spec.model, 97)
+
+
+@pytest.mark.parametrize("mixer", [{}, {"bias": True, "conv_bias": False, "dt_rank": 3, "expand": 1, "d_conv": 3}],
+                         ids=["mamba", "mamba-biased-narrow"])
+def test_mamba_parity(mixer):
+    """Every layer a Mamba block: transformers' MambaForCausalLM (its slow path, no kernels) gives the
+    same logits for the same weights."""
+    import copy
+
+    from compiler_specs import BASE
+    from tabula.schemas.spec import Spec
+
+    raw = copy.deepcopy(BASE)
+    raw["model"].update(position={"kind": "none"}, n_layers=3, block={"kind": "mamba", "mixer": {"d_state": 8, "chunk": 8, **mixer}},
+                        tie_embeddings=False, max_seq_len=40)
+    hf = assert_same_logits(Spec.model_validate(raw), seq_len=40)  # 5 chunks of the scan
+    assert type(hf).__name__ == "MambaForCausalLM"
+
+
+def test_a_mamba_model_names_what_does_not_map_and_a_hybrid_is_refused():
+    import copy
+
+    from compiler_specs import BASE
+    from tabula.schemas.spec import Spec
+
+    raw = copy.deepcopy(BASE)
+    raw["model"].update(position={"kind": "learned"}, block={"kind": "mamba", "norm": {"kind": "layernorm"}, "mlp": {"kind": "swiglu", "hidden": 32}})
+    problems = hf_problems(Spec.model_validate(raw).model)
+    assert [p.split(":")[0] for p in problems] == ["model.position.kind", "model.block.norm.kind", "model.block.mlp"]
+    hybrid = copy.deepcopy(BASE)
+    hybrid["model"]["layers"] = [{"start": 1, "block": {"kind": "mamba"}}]
+    problems = hf_problems(Spec.model_validate(hybrid).model)
+    assert problems and problems[0].startswith("model.layers: a model mixing Mamba and attention layers")

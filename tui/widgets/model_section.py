@@ -10,7 +10,7 @@ from textual.message import Message
 from textual.widgets import Collapsible, Label, Select, Static, Switch
 
 from ..form_data import MISSING
-from ..schema_form import UNION, form_fields
+from ..schema_form import UNION, default_kind, form_fields
 from .form_section import FormSection
 
 
@@ -81,6 +81,8 @@ class ModelSection(FormSection):
         default = self.form_field.default
         if isinstance(default, dict) and default.get("kind") in self.form_field.members:
             return default["kind"]
+        if isinstance(value, dict) and "kind" not in value:  # a union whose default kind may be left out
+            return default_kind(self.form_field.members)
         return None
 
     def _head(self):

@@ -28,7 +28,7 @@ module's weights to `<module>.base_layer.weight` beside `<module>.lora_A.default
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from .blocks import build_block, build_norm, build_position
 from .blocks.attention import attention_mask
 from .blocks.init import WeightInit
 from .blocks.moe import MoEMLP
+from .blocks.registry import LayerModule
 
 if TYPE_CHECKING:
     from .adapters import Applied
@@ -53,6 +54,12 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     targets = targets.reshape(-1)
     total = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets, ignore_index=-100, reduction="sum")
     return total / (targets != -100).sum().clamp(min=1)
+
+
+def _module(layer: LayerModule) -> nn.Module:
+    """A built layer as the nn.Module every layer kind is (the model's ModuleList holds modules)."""
+    assert isinstance(layer, nn.Module), f"a layer kind built a {type(layer).__name__}, not an nn.Module"
+    return layer
 
 
 class Transformer(nn.Module):
@@ -78,7 +85,7 @@ class Transformer(nn.Module):
         self.init_scheme = spec.init
         self.embed = nn.Embedding(vocab_size, spec.d_model)
         self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=spec.rotary_dim if spec.position.rotary else 0, max_seq_len=spec.max_seq_len)
-        self.blocks = nn.ModuleList(build_block(block, d_model=spec.d_model, dropout=spec.dropout) for block in spec.layer_blocks)
+        self.blocks = nn.ModuleList(_module(build_block(block, d_model=spec.d_model, dropout=spec.dropout)) for block in spec.layer_blocks)
         self.norm = build_norm(spec.block.norm, spec.d_model)
         self.tie_embeddings = spec.tie_embeddings
         self.lm_head = nn.Linear(spec.d_model, vocab_size, bias=False)
@@ -107,7 +114,7 @@ class Transformer(nn.Module):
             x, prefix = self.virtual_tokens(x)
         x, rope = self.pos_embed(x, offset=n if prefix is not None else 0)  # RoPE's (cos, sin) or None
         masks = {window: self.attention_mask(T, document_ids, input_ids.device, window) for window in self.windows}
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self._layers()):
             layer_prefix, mask = prefix[i] if prefix is not None else None, masks[block.window]
             if block.checkpoint_activations and torch.is_grad_enabled():
                 x = checkpoint(block, x, rope, mask, layer_prefix, use_reentrant=False)
@@ -127,15 +134,19 @@ class Transformer(nn.Module):
         """Virtual token positions before every sequence (prompt or prefix tuning), else 0."""
         return 0 if self.virtual_tokens is None else self.virtual_tokens.n
 
+    def _layers(self) -> list[LayerModule]:
+        """The blocks, typed as the layers they are (build_block checked each one)."""
+        return cast("list[LayerModule]", list(self.blocks))
+
     @property
     def windows(self) -> list[int | None]:
         """The distinct attention windows of the layers (None: the whole causal context)."""
-        return list(dict.fromkeys(block.window for block in self.blocks))
+        return list(dict.fromkeys(block.window for block in self._layers()))
 
     @property
     def window(self) -> int | None:
         """The first layer's attention window (every layer's, unless a layer pattern varies it)."""
-        return self.blocks[0].window
+        return self._layers()[0].window
 
     def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device,
                        window: int | None = None) -> torch.Tensor | None:
@@ -171,7 +182,7 @@ class Transformer(nn.Module):
         init = WeightInit(self.init_scheme, seed, self.n_layers)
         init.weight_(self.embed.weight, "embed.weight", "embedding")
         self.pos_embed.init_weights(init.at("pos_embed"))
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self._layers()):
             block.init_weights(init.at(f"blocks.{i}"))
         self.norm.init_weights(init.at("norm"))
         if not self.tie_embeddings:

@@ -38,17 +38,19 @@ import importlib
 import pkgutil
 from typing import Any
 
-from .registry import ATTENTION, BLOCK, MLP, NORM, POSITION, BlockModule
+from .registry import ATTENTION, BLOCK, MLP, NORM, POSITION, BlockModule, LayerModule
 
 # Every module of the package registers its kinds when imported.
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build_block(spec: Any, *, d_model: int, dropout: float) -> BlockModule:
+def build_block(spec: Any, *, d_model: int, dropout: float) -> LayerModule:
     """One layer of the model: the block kind `spec` describes (forward(x, rope, mask, prefix) -> x;
     `window`: the sliding window its attention masks with, None for the whole context or none)."""
-    return BLOCK[spec.kind].build(spec, d_model=d_model, dropout=dropout)
+    layer = BLOCK[spec.kind].build(spec, d_model=d_model, dropout=dropout)
+    assert isinstance(layer, LayerModule), f"block kind {spec.kind} built a {type(layer).__name__} without window/checkpoint_activations"
+    return layer
 
 
 def build_attention(spec: Any, *, d_model: int, norm_eps: float, dropout: float) -> BlockModule:

@@ -12,7 +12,7 @@ one every family of kinds shares (tabula.schemas.registry).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tabula.schemas.registry import Registry
 
@@ -27,6 +27,15 @@ class BlockModule(Protocol):
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def init_weights(self, init: WeightInit) -> None: ...
+
+
+@runtime_checkable
+class LayerModule(BlockModule, Protocol):
+    """What a layer kind (the BLOCK registry) builds: forward(x, rope, mask, prefix) -> x, and what
+    the model reads of each layer (build_block checks that a built layer has them)."""
+
+    window: int | None  # the sliding window its attention masks with; None for the whole context or none
+    checkpoint_activations: bool  # set by compile.apply_activation_checkpointing
 
 
 class BlockClass(Protocol):
@@ -44,4 +53,4 @@ MLP: Registry[BlockClass] = Registry("mlp")
 NORM: Registry[BlockClass] = Registry("norm")
 POSITION: Registry[BlockClass] = Registry("position")
 
-__all__ = ["BLOCK", "ATTENTION", "MLP", "NORM", "POSITION", "BlockClass", "BlockModule", "Registry"]
+__all__ = ["BLOCK", "ATTENTION", "MLP", "NORM", "POSITION", "BlockClass", "BlockModule", "LayerModule", "Registry"]

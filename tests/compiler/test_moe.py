@@ -150,8 +150,9 @@ def test_aim_records_the_routing_event(monkeypatch):
             self.tracked.append((name, value, context.get("moe_layer"), context.get("expert")))
 
     run = Run()
-    AimTracker._record(run, {"kind": "routing", "step": 3, "tokens": 10, "balance_loss": 1.1, "imbalance": 1.4,
-                             "load": [[0.5, 0.25, 0.25, 0.0]]})
+    tracker = object.__new__(AimTracker)  # _record reads nothing of the tracker: no repo, no thread
+    tracker._record(run, {"kind": "routing", "step": 3, "tokens": 10, "balance_loss": 1.1, "imbalance": 1.4,
+                          "load": [[0.5, 0.25, 0.25, 0.0]]})
     names = [name for name, *_ in run.tracked]
     assert names[:3] == ["balance_loss", "expert_imbalance", "busiest_expert_share"] and names.count("expert_load") == 4
     assert ("expert_load", 0.5, 0, 0) in run.tracked

@@ -39,6 +39,7 @@ EXPORTABLE = {
     "mlp": {"gelu", "swiglu"},
     "norm": {"rmsnorm", "layernorm"},
     "position": {"rope", "learned", "none"},
+    "block": {"transformer"},
 }
 
 
@@ -51,13 +52,22 @@ class OnnxExportError(Exception):
 
 
 def onnx_problems(spec: ModelSpec) -> list[str]:
-    """Why this model cannot be exported (empty where it can), before any weights are read."""
-    found = [("model.block.attention", "attention", spec.block.attention.kind),
-             ("model.block.mlp", "mlp", spec.block.mlp.kind),
-             ("model.block.norm", "norm", spec.block.norm.kind),
-             ("model.position", "position", spec.position.kind)]
-    return [f"{path}.kind: {kind}: no verified ONNX graph for this {family} kind (exportable: {', '.join(sorted(EXPORTABLE[family]))})"
-            for path, family, kind in found if kind not in EXPORTABLE[family]]
+    """Why this model cannot be exported (empty where it can), before any weights are read: every
+    layer's block (a layer pattern's overrides too) and the positions."""
+    from tabula.schemas.model import TransformerBlock
+
+    found: list[tuple[str, str, str]] = []
+    for layer, block in enumerate(spec.layer_blocks):
+        path = spec.block_path(layer)
+        if not isinstance(block, TransformerBlock):
+            found.append((f"{path}", "block", block.kind))
+            continue
+        found += [(f"{path}.attention", "attention", block.attention.kind), (f"{path}.mlp", "mlp", block.mlp.kind),
+                  (f"{path}.norm", "norm", block.norm.kind)]
+    found.append(("model.position", "position", spec.position.kind))
+    return list(dict.fromkeys(
+        f"{path}.kind: {kind}: no verified ONNX graph for this {family} kind (exportable: {', '.join(sorted(EXPORTABLE[family]))})"
+        for path, family, kind in found if kind not in EXPORTABLE[family]))
 
 
 class _Logits(nn.Module):

@@ -83,3 +83,14 @@ def test_an_exporter_failure_is_refused_with_its_reason(tmp_path, monkeypatch):
     with pytest.raises(OnnxExportError, match="could not trace the model: Unsupported: data-dependent control flow$"):
         export_onnx(build_model(tiny_spec(), device="cpu"), tmp_path)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_every_layer_of_a_pattern_is_checked_and_a_mamba_or_moe_layer_is_refused():
+    from tabula.schemas.loader import SPECS_DIR, load_spec
+
+    jamba = onnx_export.onnx_problems(load_spec(SPECS_DIR / "presets" / "jamba-tiny.yaml").model)
+    assert any(problem.startswith("model.block.kind: mamba") for problem in jamba), jamba
+    deepseek = onnx_export.onnx_problems(load_spec(SPECS_DIR / "presets" / "deepseek-v3-tiny.yaml").model)
+    # the default block's MoE is named once, not once a layer; the dense first layer (an override) exports
+    assert [p for p in deepseek if ".mlp.kind" in p] == [p for p in deepseek if p.startswith("model.block.mlp.kind: moe")]
+    assert len([p for p in deepseek if p.startswith("model.block.mlp.kind: moe")]) == 1

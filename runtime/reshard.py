@@ -161,7 +161,9 @@ def _ensure_universal(checkpoint_dir: Path, layout: dict, move: Move) -> None:
     tmp = target.with_name(f".tmp-{UNIVERSAL}")
     shutil.rmtree(tmp, ignore_errors=True)
     source = checkpoint_dir / DS_DIR / TAG
-    if move.from_stage is None:
+    if layout.get("pipeline_stages", 1) > 1:
+        _universal_from_pipeline(source, layout, tmp, weights)
+    elif move.from_stage is None:
         _universal_from_local(checkpoint_dir, layout, tmp)
     elif move.from_stage == 0:
         _universal_from_plain(source, layout, tmp)
@@ -257,6 +259,48 @@ def _universal_from_plain(source: Path, layout: dict, output: Path) -> None:
     states["optimizer"] = None  # the universal files hold it now
     states.setdefault("ds_version", deepspeed.__version__)
     torch.save(states, output / Z12_MODEL_STATES)
+
+
+def _universal_from_pipeline(source: Path, layout: dict, output: Path, weights: Path) -> None:
+    """The universal form of a pipeline checkpoint (ZeRO-0, fp32): each stage's `mp_rank_NN_model_states.pt`
+    holds its torch optimizer state, numbered in the stage's groups (layout "stage_groups", plain names);
+    the weights come from the consolidated file. A tied weight's state is the first stage's (the stages
+    hold equal copies)."""
+    import deepspeed
+
+    from .checkpoint import read_weights
+
+    if layout["zero_stage"] != 0 or layout.get("precision", "fp32") != "fp32" or layout["world_size"] != 1:
+        raise ReshardError("only a pipeline checkpoint at ZeRO-0 in fp32 on one data-parallel rank converts to another "
+                           f"layout (this one: ZeRO {layout['zero_stage']}, {layout.get('precision')}, "
+                           f"{layout['world_size']} data-parallel ranks); resume it on the same pipeline")
+    module = read_weights(weights)
+    zero = output / "zero"
+    step, by_name = 0.0, {}
+    for stage, stage_groups in enumerate(layout["stage_groups"]):
+        states = torch.load(source / f"mp_rank_{stage:02d}_model_states.pt", map_location="cpu", weights_only=False)
+        optimizer = states["optimizer"]
+        if stage == 0:
+            torch.save({**states, "optimizer": None}, output.parent / ".tmp-states.pt")
+        for g in optimizer["param_groups"]:
+            by_name.setdefault(g.get("name"), {k: v for k, v in g.items() if k != "params"})
+        names = [name for group in stage_groups for name in group]
+        for index, name in enumerate(names):
+            folder = zero / name
+            if folder.is_dir():
+                continue  # the tied weight, written by the first stage
+            folder.mkdir(parents=True)
+            torch.save(_wrapped(module[name].float()), folder / "fp32.pt")
+            for key, value in optimizer["state"].get(index, {}).items():
+                if key == "step":
+                    step = float(value)
+                    continue
+                torch.save(_wrapped(value.float()), folder / f"{key}.pt")
+    for folder in zero.iterdir():
+        torch.save(torch.tensor(step), folder / "step.pt")
+    (output.parent / ".tmp-states.pt").rename(output / Z12_MODEL_STATES)
+    ordered = [by_name[kind] for kind in layout["group_kinds"]]
+    torch.save({"param_groups": ordered, "ds_version": deepspeed.__version__, "clip_grad": 0.0}, zero / "optimizer_state.pt")
 
 
 def _universal_from_local(checkpoint_dir: Path, layout: dict, output: Path) -> None:

@@ -20,6 +20,8 @@ others return 0), so the loop's sum / grad_accum is the step's loss. Document ma
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -123,6 +125,11 @@ class PipelineDeepSpeedEngine(DeepSpeedEngine):
         self.ds._take_model_step = lambda *args, **kwargs: None  # taken in step(lr), after the loop sets lr
         owned = {id(p) for p in module.parameters()}
         self.owned_names = [n for n, p in model.named_parameters() if id(p) in owned]
+        # per stage, its optimizer groups as the plain model's names (what reshard.py needs to convert a checkpoint)
+        plain = {id(p): n for n, p in model.named_parameters()}
+        mine = [[plain[id(p)] for p in g["params"]] for g in self.ds.optimizer.param_groups]
+        self.stage_groups: list = [None] * self._dist.get_world_size()
+        torch.distributed.all_gather_object(self.stage_groups, (self.stage_id, [s["name"] for s in self.group_settings], mine))
         # the tied weight lives on two stages with the same gradient: counted once in the norm
         self._norm_params = [p for n, p in module.named_parameters()
                              if not (n.startswith("tied_modules.") and not self.ds.is_first_stage())]
@@ -214,5 +221,35 @@ class PipelineDeepSpeedEngine(DeepSpeedEngine):
         return total / self._dist.get_world_size()
 
     def layout(self) -> dict:
-        return {**super().layout(), "pipeline_stages": self.stages}
+        """The checkpoint's layout: besides DeepSpeed's, the pipeline's stages, each stage's optimizer groups
+        (plain parameter names, the order of its `mp_rank_NN_model_states.pt` optimizer state) and the
+        groups of the whole model in its own order (the local engine's numbering)."""
+        by_stage: dict[int, tuple[list[str], list[list[str]]]] = {}
+        for stage, names, groups in self.stage_groups:  # the first data-parallel rank of each stage
+            by_stage.setdefault(stage, (names, groups))
+        order = [n for n, _ in self.model.named_parameters()]
+        kinds: dict[str, set[str]] = {}
+        for names, groups in by_stage.values():
+            for kind, group in zip(names, groups):
+                kinds.setdefault(kind, set()).update(group)
+        return {**super().layout(), "pipeline_stages": self.stages,
+                "stage_groups": [by_stage[s][1] for s in sorted(by_stage)],
+                "groups": [[n for n in order if n in members] for members in kinds.values()],
+                "group_kinds": list(kinds)}
+
+    @collective
+    def load(self, checkpoint_dir):
+        from .. import reshard
+
+        saved = reshard.read_layout(checkpoint_dir)
+        found = (saved.get("pipeline_stages", 1), saved["zero_stage"], saved["world_size"])
+        if found != (self.stages, self.stage, self.world_size):
+            raise reshard.ReshardError(
+                f"{checkpoint_dir}: saved by {found[0]} pipeline stage(s) at ZeRO {found[1]} on {found[2]} data-parallel "
+                f"rank(s); this run has {self.stages} at ZeRO {self.stage} on {self.world_size}. A pipeline checkpoint "
+                f"resumes on the same pipeline, or on the local engine (reshard.prepare_local_resume)")
+        self.ds.load_checkpoint(str(Path(checkpoint_dir) / reshard.DS_DIR), tag=reshard.TAG, load_lr_scheduler_states=False)
+        for group, settings in zip(self.ds.optimizer.param_groups, self.group_settings):
+            group.update(settings)
+        self._pending = []
 

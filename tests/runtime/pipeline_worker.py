@@ -40,10 +40,7 @@ def main(work: Path) -> None:
         outcome = train(spec, plan, engine, RunDir(path), prepared, spec_hash=spec_hash(spec), max_steps=4,
                         resume_from=resume, parameters=parameters)
         assert outcome.reason == "stopped", outcome
-        if rank == 0:
-            (work / f"stage-{engine.stage_id}.json").write_text(json.dumps({"owned": engine.owned_names}))
-        else:
-            (work / f"stage-{engine.stage_id}.json").write_text(json.dumps({"owned": engine.owned_names}))
+        (work / f"stage-{engine.stage_id}.json").write_text(json.dumps({"owned": engine.owned_names}))
     if rank == 0:
         (work / "pipeline.done").write_text(json.dumps({"world_size": world}))
 

@@ -122,7 +122,7 @@ def universal_folder(checkpoint_dir: Path) -> Path:
     return Path(checkpoint_dir) / DS_DIR / UNIVERSAL
 
 
-def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=None) -> Move:
+def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=None, pipeline_stages: int = 1) -> Move:
     """Before the ranks start: make `checkpoint_dir` loadable at ZeRO `to_stage` on `to_world` ranks with
     its optimizer state. Writes the universal folder beside DeepSpeed's own (atomically: a crash leaves
     none) when the move needs it. `spec` (the resumed spec) is needed for a local run's checkpoint, whose
@@ -130,6 +130,18 @@ def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=N
     the state."""
     checkpoint_dir = Path(checkpoint_dir)
     layout = read_layout(checkpoint_dir)
+    saved_stages = int(layout.get("pipeline_stages", 1))
+    if saved_stages > 1 or pipeline_stages > 1:
+        # a pipeline resumes on the same pipeline only (or, through prepare_local_resume, on the local engine)
+        data_world = to_world // pipeline_stages
+        saved = (saved_stages, layout["zero_stage"], int(layout["world_size"]))
+        if saved != (pipeline_stages, to_stage, data_world):
+            what = ("a local run" if layout["zero_stage"] is None else
+                    f"{saved_stages} pipeline stage(s) at ZeRO {saved[1]} on {saved[2]} data-parallel rank(s)")
+            raise ReshardError(f"the checkpoint was saved by {what}; this run has {pipeline_stages} pipeline stage(s) at "
+                               f"ZeRO {to_stage} on {data_world}: a pipeline checkpoint resumes on the same pipeline or "
+                               f"on the local engine (parallel.backend: local)")
+        return Move(to_stage, data_world, to_stage, data_world)
     if layout["zero_stage"] is None:
         if spec is None:
             raise ReshardError(f"{checkpoint_dir} is a local run's checkpoint: its spec is needed to move it")

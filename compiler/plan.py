@@ -163,6 +163,9 @@ def make_plan(
                     f"micro_batches ({pipe.micro_batches}) must equal curriculum stage {s.index}'s gradient accumulation "
                     f"steps ({s.grad_accum}: sequences per rank / train.micro_batch)", str(s.grad_accum), str(pipe.micro_batches))
                    for s in stages if s.grad_accum != pipe.micro_batches][:1]
+        if spec.data.packing.document_masking:
+            errors.append((("data", "packing", "document_masking"), "document masking is not lowered to pipeline stages "
+                           "(they pass one activation tensor): set it false, or train without parallel.pipeline", "false", "true"))
     if errors:
         raise _errors(spec, errors)
     total = sum(stage.steps for stage in stages)

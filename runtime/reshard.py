@@ -288,7 +288,7 @@ def _universal_from_pipeline(source: Path, layout: dict, output: Path, weights: 
                            f"{layout['world_size']} data-parallel ranks); resume it on the same pipeline")
     module = read_weights(weights)
     zero = output / "zero"
-    step, by_name = 0.0, {}
+    step, by_name = 0.0, {}  # type: float, dict[str | None, dict]
     for stage, stage_groups in enumerate(layout["stage_groups"]):
         states = torch.load(source / f"mp_rank_{stage:02d}_model_states.pt", map_location="cpu", weights_only=False)
         optimizer = states["optimizer"]

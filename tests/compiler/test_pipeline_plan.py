@@ -123,3 +123,9 @@ def test_tabula_plan_shows_each_stage_and_the_bubble():
     assert "embed .. block 1" in lines[3] and "block 2 .. head" in lines[4]
     shown = _pipeline_json(s, plan)
     assert shown["bounds"] == [0, 3, 7] and shown["bubble"] == pytest.approx(0.2)
+
+
+def test_document_masking_is_refused_with_a_pipeline():
+    with pytest.raises(SpecErrors) as caught:
+        make_plan(spec("data.packing.document_masking=true"), vocab_size=320)
+    assert [e.path for e in caught.value.errors] == [("data", "packing", "document_masking")]

@@ -20,6 +20,9 @@ others return 0), so the loop's sum / grad_accum is the step's loss. Document ma
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from pathlib import Path
 
 import torch
@@ -103,7 +106,8 @@ def pipeline_module(model, bounds: list[int]):
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return model.loss_fn(logits, targets)
 
-    return Staged(layers=layer_specs(model), num_stages=len(bounds) - 1, loss_fn=loss_fn, dynamic_shape=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints its seed settings and topology
+        return Staged(layers=layer_specs(model), num_stages=len(bounds) - 1, loss_fn=loss_fn, dynamic_shape=True)
 
 
 class PipelineDeepSpeedEngine(DeepSpeedEngine):
@@ -144,7 +148,11 @@ class PipelineDeepSpeedEngine(DeepSpeedEngine):
         if len(self._pending) < accum_steps:
             return torch.zeros((), device=self.device)
         batches, self._pending = self._pending, []
-        loss = self.ds.train_batch(iter(batches))  # forward and backward of every micro-batch, the step held back
+        # forward and backward of every micro-batch, the step held back; quiet: DeepSpeed prints a loss line
+        # at its step 0, and torch warns that the tied weights' broadcast has no autograd kernel (it needs none)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"c10d::broadcast_")
+            loss = self.ds.train_batch(iter(batches))
         return loss.detach().float() * accum_steps
 
     @collective

@@ -31,9 +31,9 @@ model:
   max_seq_len: 32
   block: {{mlp: {{kind: swiglu, hidden: 64}}}}
 data:
-  tokenizer: {{kind: bpe, vocab_size: 320, max_chars: 128k}}
+  tokenizer: {{kind: bpe, vocab_size: 320, max_chars: 64k}}
   sources:
-    stdlib: {{kind: python_stdlib, max_files: 20}}
+    stdlib: {{kind: python_stdlib, max_files: 8}}
   curriculum:
     - {{seq_len: 32, mix: {{stdlib: 1.0}}}}
 train:

@@ -127,6 +127,9 @@ def make_plan(
     world = world_size or spec.parallel.world_size
     if spec.parallel.backend == "fsdp" and spec.parallel.tensor.size > 1:
         world = max(1, world // spec.parallel.tensor.size)
+    pipe = spec.parallel.pipeline
+    if pipe.stages > 1:  # the ranks of one pipeline share their sequences: data-parallel ranks only
+        world = max(1, world // pipe.stages)
     notes: list[str] = []
     vocab = _vocab_size(spec, vocab_size)
     precision = _precision(spec, device_type, notes)
@@ -155,6 +158,14 @@ def make_plan(
             stages.append(planned)
             if planned.steps == 0:
                 notes.append(f"curriculum stage {index} is shorter than one batch ({batch} tokens): it runs no step")
+    if pipe.stages > 1:
+        errors += [(("parallel", "pipeline", "micro_batches"),
+                    f"micro_batches ({pipe.micro_batches}) must equal curriculum stage {s.index}'s gradient accumulation "
+                    f"steps ({s.grad_accum}: sequences per rank / train.micro_batch)", str(s.grad_accum), str(pipe.micro_batches))
+                   for s in stages if s.grad_accum != pipe.micro_batches][:1]
+        if spec.data.packing.document_masking:
+            errors.append((("data", "packing", "document_masking"), "document masking is not lowered to pipeline stages "
+                           "(they pass one activation tensor): set it false, or train without parallel.pipeline", "false", "true"))
     if errors:
         raise _errors(spec, errors)
     total = sum(stage.steps for stage in stages)

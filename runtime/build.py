@@ -5,6 +5,7 @@
     build_local_engine(spec, plan, device) -> LocalEngine
     build_deepspeed_engine(spec, plan, *, errors_dir=None) -> (DeepSpeedEngine, parameters)
     build_fsdp_engine(spec, plan, *, errors_dir=None) -> (FsdpEngine, parameters)
+    build_pipeline_engine(spec, plan, *, errors_dir=None) -> (PipelineDeepSpeedEngine, parameters)
 
 The training model is built on the meta device, materialised on `device` with the spec's seed (the
 same weights on every rank), given its pretrained weights where model.init is `from` (every rank reads
@@ -86,6 +87,8 @@ def build_deepspeed_engine(spec: Spec, plan: Plan, *, errors_dir: Path | None = 
     from .deepspeed_engine import DeepSpeedEngine, rank_device
     from .optimizers import build_optimizer
 
+    if spec.parallel.pipeline.stages > 1:
+        return build_pipeline_engine(spec, plan, errors_dir=errors_dir)
     device = rank_device()
     model = build_training_model(spec, plan, device)
     parameters = sum(p.numel() for p in model.parameters())
@@ -128,5 +131,37 @@ def build_fsdp_engine(spec: Spec, plan: Plan, *, errors_dir: Path | None = None)
     apply_fsdp(model, mesh["dp"], policy)
     optimizer = build_optimizer(spec.train.optimizer, model, device)
     engine = FsdpEngine(model, optimizer, mesh=mesh, device=device, precision=plan.precision, grad_clip=spec.train.grad_clip)
+    engine.errors_dir = errors_dir
+    return engine, parameters
+
+
+def build_pipeline_engine(spec: Spec, plan: Plan, *, errors_dir: Path | None = None):
+    """This rank's pipeline stage (parallel.pipeline, deepspeed backend; the process group must be
+    initialised): the training model on the rank's device, lowered to DeepSpeed's PipelineModule with
+    the plan's stage boundaries (compiler/pipeline_plan.py), tabula's optimizer over the stage's
+    parameters, DeepSpeed's pipeline engine around them. Raises LaunchError for a model the stages cannot
+    run. Returns the engine and the model's parameter count."""
+    from tabula.compiler.deepspeed_config import deepspeed_config
+    from tabula.compiler.pipeline_plan import plan_pipeline
+
+    from .deepspeed_engine import rank_device
+    from .errors import LaunchError
+    from .optimizers import build_optimizer
+    from .parallel.pipeline import PipelineDeepSpeedEngine, pipeline_module
+
+    device = rank_device()
+    model = build_training_model(spec, plan, device)
+    parameters = sum(p.numel() for p in model.parameters())
+    stages = plan_pipeline(spec, plan.vocab_size, plan.stages[0].seq_len, plan.precision)
+    try:
+        module = pipeline_module(model, stages.bounds)
+    except ValueError as error:
+        raise LaunchError(f"parallel.pipeline: {error}") from error
+    optimizer = build_optimizer(spec.train.optimizer, module, device)
+    config = deepspeed_config(spec, plan)
+    if spec.parallel.zero.stage == 0:
+        config["gradient_clipping"] = 0.0  # the engine measures the norm over every stage and clips as the local engine does
+    engine = PipelineDeepSpeedEngine(model, module, optimizer, config, device=device, precision=plan.precision,
+                                     grad_clip=spec.train.grad_clip)
     engine.errors_dir = errors_dir
     return engine, parameters

@@ -212,6 +212,9 @@ class DeepSpeedEngine:
         folder = Path(checkpoint_dir) / DS_DIR
         check_finetune(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)  # the same method over the same base
         saved = reshard.read_layout(Path(checkpoint_dir))
+        if saved.get("pipeline_stages", 1) > 1:
+            raise reshard.ReshardError(f"{checkpoint_dir}: a pipeline checkpoint ({saved['pipeline_stages']} stages) resumes on "
+                                       "the same pipeline or on the local engine, not on ZeRO ranks")
         move = reshard.describe_move(saved, self.stage, self.world_size)
         if not move.changes:
             # a fine-tuning checkpoint holds no frozen parameter: the base is the one built from the spec

@@ -134,7 +134,9 @@ class Trainer:
         self.tracker: AimTracker | None = None  # the Aim tracker, rank 0 (set by `train`)
         self.tensorboard: TensorBoardTracker | None = None  # track.tensorboard's, rank 0 (set by `train`)
         self.control = ctl.ControlFolder(run.path if engine.is_main else None)
-        self.control_every = 1 if engine.world_size == 1 else spec.train.log.every_steps
+        # processes: every rank (a pipeline's stages share one data-parallel rank, engine.world_size counts those)
+        self.processes = getattr(engine, "processes", engine.world_size)
+        self.control_every = 1 if self.processes == 1 else spec.train.log.every_steps
         train = spec.train
         self.checkpointer = Checkpointer(run.path, engine, keep_last=train.checkpoint.keep_last, keep_best=train.checkpoint.keep_best_by is not None)
         from .data import Sampler
@@ -358,7 +360,7 @@ class Trainer:
         every_ckpt = plan.checkpoint_every_tokens
         log_every = spec.train.log.every_steps
         # ranks decide alone when to log, and the log reads a collective: the clock only for one process
-        log_seconds = spec.train.log.every_seconds if engine.world_size == 1 else None
+        log_seconds = spec.train.log.every_seconds if self.processes == 1 else None
         self.flops = {s.index: flops_per_token(spec.model, plan.vocab_size, s.seq_len) for s in plan.stages}
         stage = plan.stage_at(p.tokens)
         interval = self.new_interval()
@@ -457,7 +459,7 @@ class Trainer:
         elapsed = time.perf_counter() - interval.started - interval.paused
         flops_per_tok = self.flops[stage.index]
         tokens_per_s = steps * self.plan.batch_tokens / max(elapsed, 1e-9)
-        achieved = tokens_per_s * flops_per_tok / self.engine.world_size
+        achieved = tokens_per_s * flops_per_tok / self.processes
         if self.peak and achieved > self.peak and self.engine.device.type == "cpu":
             # the start-up measurement met a busy CPU: measure again, keep the best seen
             self.peak = max(self.peak, measure_cpu_peak())

@@ -122,7 +122,7 @@ def universal_folder(checkpoint_dir: Path) -> Path:
     return Path(checkpoint_dir) / DS_DIR / UNIVERSAL
 
 
-def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=None) -> Move:
+def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=None, pipeline_stages: int = 1) -> Move:
     """Before the ranks start: make `checkpoint_dir` loadable at ZeRO `to_stage` on `to_world` ranks with
     its optimizer state. Writes the universal folder beside DeepSpeed's own (atomically: a crash leaves
     none) when the move needs it. `spec` (the resumed spec) is needed for a local run's checkpoint, whose
@@ -130,6 +130,18 @@ def prepare_resume(checkpoint_dir: Path, to_stage: int, to_world: int, *, spec=N
     the state."""
     checkpoint_dir = Path(checkpoint_dir)
     layout = read_layout(checkpoint_dir)
+    saved_stages = int(layout.get("pipeline_stages", 1))
+    if saved_stages > 1 or pipeline_stages > 1:
+        # a pipeline resumes on the same pipeline only (or, through prepare_local_resume, on the local engine)
+        data_world = to_world // pipeline_stages
+        saved = (saved_stages, layout["zero_stage"], int(layout["world_size"]))
+        if saved != (pipeline_stages, to_stage, data_world):
+            what = ("a local run" if layout["zero_stage"] is None else
+                    f"{saved_stages} pipeline stage(s) at ZeRO {saved[1]} on {saved[2]} data-parallel rank(s)")
+            raise ReshardError(f"the checkpoint was saved by {what}; this run has {pipeline_stages} pipeline stage(s) at "
+                               f"ZeRO {to_stage} on {data_world}: a pipeline checkpoint resumes on the same pipeline or "
+                               f"on the local engine (parallel.backend: local)")
+        return Move(to_stage, data_world, to_stage, data_world)
     if layout["zero_stage"] is None:
         if spec is None:
             raise ReshardError(f"{checkpoint_dir} is a local run's checkpoint: its spec is needed to move it")
@@ -161,7 +173,9 @@ def _ensure_universal(checkpoint_dir: Path, layout: dict, move: Move) -> None:
     tmp = target.with_name(f".tmp-{UNIVERSAL}")
     shutil.rmtree(tmp, ignore_errors=True)
     source = checkpoint_dir / DS_DIR / TAG
-    if move.from_stage is None:
+    if layout.get("pipeline_stages", 1) > 1:
+        _universal_from_pipeline(source, layout, tmp, weights)
+    elif move.from_stage is None:
         _universal_from_local(checkpoint_dir, layout, tmp)
     elif move.from_stage == 0:
         _universal_from_plain(source, layout, tmp)
@@ -257,6 +271,48 @@ def _universal_from_plain(source: Path, layout: dict, output: Path) -> None:
     states["optimizer"] = None  # the universal files hold it now
     states.setdefault("ds_version", deepspeed.__version__)
     torch.save(states, output / Z12_MODEL_STATES)
+
+
+def _universal_from_pipeline(source: Path, layout: dict, output: Path, weights: Path) -> None:
+    """The universal form of a pipeline checkpoint (ZeRO-0, fp32): each stage's `mp_rank_NN_model_states.pt`
+    holds its torch optimizer state, numbered in the stage's groups (layout "stage_groups", plain names);
+    the weights come from the consolidated file. A tied weight's state is the first stage's (the stages
+    hold equal copies)."""
+    import deepspeed
+
+    from .checkpoint import read_weights
+
+    if layout["zero_stage"] != 0 or layout.get("precision", "fp32") != "fp32" or layout["world_size"] != 1:
+        raise ReshardError("only a pipeline checkpoint at ZeRO-0 in fp32 on one data-parallel rank converts to another "
+                           f"layout (this one: ZeRO {layout['zero_stage']}, {layout.get('precision')}, "
+                           f"{layout['world_size']} data-parallel ranks); resume it on the same pipeline")
+    module = read_weights(weights)
+    zero = output / "zero"
+    step, by_name = 0.0, {}  # type: float, dict[str | None, dict]
+    for stage, stage_groups in enumerate(layout["stage_groups"]):
+        states = torch.load(source / f"mp_rank_{stage:02d}_model_states.pt", map_location="cpu", weights_only=False)
+        optimizer = states["optimizer"]
+        if stage == 0:
+            torch.save({**states, "optimizer": None}, output.parent / ".tmp-states.pt")
+        for g in optimizer["param_groups"]:
+            by_name.setdefault(g.get("name"), {k: v for k, v in g.items() if k != "params"})
+        names = [name for group in stage_groups for name in group]
+        for index, name in enumerate(names):
+            folder = zero / name
+            if folder.is_dir():
+                continue  # the tied weight, written by the first stage
+            folder.mkdir(parents=True)
+            torch.save(_wrapped(module[name].float()), folder / "fp32.pt")
+            for key, value in optimizer["state"].get(index, {}).items():
+                if key == "step":
+                    step = float(value)
+                    continue
+                torch.save(_wrapped(value.float()), folder / f"{key}.pt")
+    for folder in zero.iterdir():
+        torch.save(torch.tensor(step), folder / "step.pt")
+    (output.parent / ".tmp-states.pt").rename(output / Z12_MODEL_STATES)
+    ordered = [by_name[kind] for kind in layout["group_kinds"]]
+    torch.save({"param_groups": ordered, "ds_version": deepspeed.__version__, "clip_grad": 0.0}, zero / "optimizer_state.pt")
 
 
 def _universal_from_local(checkpoint_dir: Path, layout: dict, output: Path) -> None:

@@ -193,7 +193,8 @@ def _reshard(spec: Spec, checkpoint: Path, ranks: Ranks | None) -> Move | None:
         if has_fsdp_state(checkpoint):  # to DeepSpeed or the local engine: its optimizer.pt first
             write_local_optimizer(checkpoint)
         if ranks is not None:
-            move = prepare_resume(checkpoint, spec.parallel.zero.stage, ranks.world_size, spec=spec)
+            move = prepare_resume(checkpoint, spec.parallel.zero.stage, ranks.world_size, spec=spec,
+                                  pipeline_stages=spec.parallel.pipeline.stages)
             return move if move.changes else None
         if not (checkpoint / DS_DIR).is_dir():
             return None  # a local checkpoint: the local engine reads it as it is

@@ -44,6 +44,33 @@ class TensorParallel(SpecModel):
     )
 
 
+class Pipeline(SpecModel):
+    stages: int = Field(
+        default=1, ge=1, le=1024,
+        description="Pipeline stages the layers (embedding, blocks, final norm, head) are split over (DeepSpeed's "
+                    "PipelineModule, deepspeed backend); world_size / stages ranks are data parallel.",
+    )
+    micro_batches: int = Field(
+        default=1, ge=1, le=65536,
+        description="Micro-batches each pipeline step runs through the stages; must equal the plan's gradient "
+                    "accumulation steps. The bubble (idle fraction) is (stages-1)/(micro_batches+stages-1).",
+    )
+    partition: Literal["parameters", "flops"] | list[int] = Field(
+        default="parameters",
+        description="Stage boundaries: balanced by parameters, by the plan's training FLOPs, or the index of the first "
+                    "layer of each stage after the first (layers: 0 embedding, 1..n_layers the blocks, then final norm, head).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Pipeline:
+        if isinstance(self.partition, list):
+            if len(self.partition) != self.stages - 1:
+                raise field_error("partition", f"{self.stages} stages need {self.stages - 1} boundary layer indices, found {len(self.partition)}")
+            if any(b <= a for a, b in zip([0, *self.partition], self.partition)):
+                raise field_error("partition", f"boundary layer indices must increase from 1: {self.partition}")
+        return self
+
+
 class Parallel(SpecModel):
     backend: Literal["local", "deepspeed", "fsdp"] = Field(
         default="local",
@@ -61,6 +88,7 @@ class Parallel(SpecModel):
     fsdp: Fsdp = Field(default_factory=Fsdp, description="FSDP2 sharding policies (fsdp backend only).")
     tensor: TensorParallel = Field(default_factory=TensorParallel, description="Tensor parallelism (fsdp backend only).")
     zero: Zero = Field(default_factory=Zero, description="ZeRO sharding and offload (deepspeed only).")
+    pipeline: Pipeline = Field(default_factory=Pipeline, description="Pipeline parallelism (deepspeed backend only).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
         description="auto: bf16 where the device computes it fast (most GPUs), fp32 on CPUs; fp16 uses loss scaling.",
@@ -82,6 +110,16 @@ class Parallel(SpecModel):
                 raise field_error(("zero", "stage"), f"ZeRO stage {self.zero.stage} needs backend: deepspeed")
             if self.hostfile is not None:
                 raise field_error("hostfile", "a hostfile needs backend: deepspeed")
+        if self.pipeline.stages > 1:
+            if self.backend != "deepspeed":
+                raise field_error(("pipeline", "stages"), f"pipeline parallelism ({self.pipeline.stages} stages) needs backend: deepspeed")
+            if self.zero.stage > 1:
+                raise field_error(("zero", "stage"), f"ZeRO stage {self.zero.stage} cannot run with pipeline parallelism "
+                                  "(DeepSpeed's pipeline engine allows ZeRO 0 or 1)")
+            if self.world_size % self.pipeline.stages:
+                raise field_error(("pipeline", "stages"), f"{self.pipeline.stages} stages must divide world_size {self.world_size}")
+        elif self.pipeline != Pipeline():
+            raise field_error("pipeline", "pipeline settings need parallel.pipeline.stages above 1")
         if self.backend != "fsdp":
             if self.tensor.size > 1:
                 raise field_error(("tensor", "size"), f"tensor parallelism (size {self.tensor.size}) needs backend: fsdp")

@@ -134,6 +134,7 @@ def as_json(spec, plan, est, path: str) -> dict:
         "world_size": _ranks(spec, plan),
         "data_parallel": plan.world_size,
         "tensor_parallel": _tensor(spec),
+        "pipeline": _pipeline_json(spec, plan),
         "backend": spec.parallel.backend,
         "vocab_size": plan.vocab_size,
         "parameters": vars(est.parameters).copy(),
@@ -199,6 +200,7 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
                      "  (against training every parameter: no gradients and no optimizer state for frozen weights)")
     if est.host_memory_per_rank:
         lines.append(f"  {'host (offloaded)':<19}{_bytes(est.host_memory_per_rank['total']):>16}")
+    lines += _pipeline_lines(spec, plan)
     policy = spec.parallel.activation_checkpointing
     lines += ["", f"activations per micro-batch (checkpointing: {policy})"]
     for stage, cost in zip(plan.stages, est.stages):
@@ -287,7 +289,42 @@ def _trainable_lines(est) -> list[str]:
 
 
 def _tensor(spec) -> int:
-    return spec.parallel.tensor.size if spec.parallel.backend == "fsdp" else 1
+    """Ranks that share one data-parallel rank: tensor-parallel ranks (fsdp) or pipeline stages (deepspeed)."""
+    if spec.parallel.backend == "fsdp":
+        return spec.parallel.tensor.size
+    return spec.parallel.pipeline.stages if spec.parallel.backend == "deepspeed" else 1
+
+
+def _stages(spec, plan):
+    """The pipeline's stages (compiler/pipeline_plan.py) at the first curriculum stage's seq_len, or None."""
+    if spec.parallel.pipeline.stages <= 1:
+        return None
+    from tabula.compiler.pipeline_plan import plan_pipeline
+
+    return plan_pipeline(spec, plan.vocab_size, plan.stages[0].seq_len, plan.precision, _ranks(spec, plan))
+
+
+def _pipeline_json(spec, plan) -> dict | None:
+    pipe = _stages(spec, plan)
+    if pipe is None:
+        return None
+    return {"partition": pipe.partition, "micro_batches": pipe.micro_batches, "bubble": pipe.bubble, "bounds": pipe.bounds,
+            "stages": [{"index": s.index, "layers": list(s.layers), "parameters": s.parameters,
+                        "flops_per_token": s.flops_per_token, "state_bytes": s.state_bytes} for s in pipe.stages]}
+
+
+def _pipeline_lines(spec, plan) -> list[str]:
+    pipe = _stages(spec, plan)
+    if pipe is None:
+        return []
+    lines = ["", f"pipeline ({len(pipe.stages)} stages balanced by {pipe.partition}, {pipe.micro_batches} micro-batches"
+                 f", bubble {pipe.bubble:.1%} = (stages-1)/(micro_batches+stages-1))",
+             "  #   layers                      parameters      FLOPs/token   weights+grads+optimizer"]
+    for stage in pipe.stages:
+        names = stage.layers[0] if len(stage.layers) == 1 else f"{stage.layers[0]} .. {stage.layers[-1]}"
+        lines.append(f"  {stage.index:<3} {names:<25} {stage.parameters:>13,}  {_si(stage.flops_per_token):>14}   "
+                     f"{_bytes(stage.state_bytes):>12}")
+    return lines
 
 
 def _ranks(spec, plan) -> int:

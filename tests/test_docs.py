@@ -75,6 +75,7 @@ def test_the_docs_show_commands():
 def scratch(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("doc-commands")
     (folder / "specs").symlink_to(ROOT / "specs")
+    (folder / "runs").mkdir()  # `tabula runs` lists it whatever ran before (an empty folder: "no runs")
     return folder
 
 

@@ -36,7 +36,7 @@ from tabula.schemas.model import Block as BlockSpec
 from tabula.schemas.model import Model as ModelSpec
 
 from .blocks import build_attention, build_mlp, build_norm, build_position
-from .blocks.attention import attention_mask
+from .blocks.masks import Mask, attention_mask, runs_flex
 from .blocks.init import WeightInit
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.checkpoint_activations = False  # set by compile.apply_activation_checkpointing
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: Mask | None,
                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, prefix))
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
@@ -97,7 +97,8 @@ class Transformer(nn.Module):
         self.max_seq_len = spec.max_seq_len
         self.n_layers = spec.n_layers
         self.init_scheme = spec.init
-        self.window = spec.block.attention.window
+        self.pattern = spec.block.attention.pattern  # window and sparse patterns: which keys a query sees
+        self.attention_backend = spec.block.attention.backend
         self.embed = nn.Embedding(vocab_size, spec.d_model)
         self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=spec.rotary_dim, max_seq_len=spec.max_seq_len)
         self.blocks = nn.ModuleList(Block(spec.block, spec.d_model, spec.dropout) for _ in range(spec.n_layers))
@@ -108,7 +109,7 @@ class Transformer(nn.Module):
             # A module of its own even when tied, so that sharded engines (ZeRO-3) gather the
             # weight around the head's forward as they do around the embedding's.
             self.lm_head.weight = self.embed.weight
-        self._masks: dict[tuple[int, torch.device, int], torch.Tensor | None] = {}
+        self._masks: dict[tuple[int, torch.device, int, bool], Mask | None] = {}
         self.loss_fn = cross_entropy  # compile.apply_compile may swap in a compiled copy
         # Set by compiler/adapters.apply_finetune: what the fine-tuning method changed (None: nothing), and
         # prompt or prefix tuning's virtual tokens (compiler/virtual_tokens.py).
@@ -144,17 +145,18 @@ class Transformer(nn.Module):
         """Virtual token positions before every sequence (prompt or prefix tuning), else 0."""
         return 0 if self.virtual_tokens is None else self.virtual_tokens.n
 
-    def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-        """The mask every block shares: None (plain causal), or a boolean mask cached per length. With
-        virtual tokens, its keys include them (seen by every token) and its queries are the prompt's
-        virtual tokens and the sequence, or the sequence alone after a prefix."""
+    def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device) -> Mask | None:
+        """The mask every block shares: None (plain causal), a boolean mask or a FlexAttention block mask
+        (blocks/masks.py), cached per length. With virtual tokens, its keys include them (seen by every
+        token) and its queries are the prompt's virtual tokens and the sequence, or the sequence alone after a prefix."""
         n = self.n_virtual
         prefix_only = self.virtual_tokens is not None and n > 0 and self.virtual_tokens.keys_only
+        options = {"backend": self.attention_backend, "virtual": n, "keys_only": prefix_only}
         if document_ids is not None or torch.compiler.is_compiling():
-            return attention_mask(seq_len, self.window, document_ids, device, virtual=n, keys_only=prefix_only)
-        key = (seq_len, device, n)
+            return attention_mask(seq_len, self.pattern, document_ids, device, **options)
+        key = (seq_len, device, n, runs_flex(self.attention_backend, device))
         if key not in self._masks:
-            self._masks[key] = attention_mask(seq_len, self.window, None, device, virtual=n, keys_only=prefix_only)
+            self._masks[key] = attention_mask(seq_len, self.pattern, None, device, **options)
         return self._masks[key]
 
     # ------------------------------------------------------------ weights

@@ -17,7 +17,9 @@ from .blocks.mla import MLA, LatentAttentionBias
 from .blocks.mlp import GeluMLP, MLPSpec, SwigluMLP
 from .blocks.norm import LayerNorm, NormSpec, RMSNorm
 from .blocks.position import LearnedPositions, NoPositions, PositionSpec, Rope, RopeScaling
+from .blocks.sparsity import MaskPattern, SparseAttention
 from .init import FromWeights, GPT2Init, Init, TabulaPrimaInit
+from .kernels import Kernels
 
 # A new kind is one class in schemas/blocks/ and one member here.
 Attention = Annotated[Union[MHA, GQA, MQA, MLA], Field(discriminator="kind")]
@@ -30,6 +32,7 @@ __all__ = [
     "Rope", "RopeScaling", "LearnedPositions", "NoPositions", "PositionSpec", "Position",
     "RMSNorm", "LayerNorm", "NormSpec", "Norm", "GeluMLP", "SwigluMLP", "MLPSpec", "MLP",
     "GPT2Init", "TabulaPrimaInit", "FromWeights", "Init", "Block", "Compile", "Model",
+    "SparseAttention", "MaskPattern", "Kernels",
 ]
 
 
@@ -84,6 +87,7 @@ class Model(SpecModel):
                     "or from: every weight loaded from a pretrained model (a Hugging Face checkpoint, hf:org/name, a tabula run).",
     )
     compile: Compile = Field(default_factory=Compile, description="torch.compile policy.")
+    kernels: Kernels = Field(default_factory=Kernels, description="Which implementation computes the loss, norms, RoPE and SwiGLU (same results; memory and speed differ).")
 
     @model_validator(mode="after")
     def _shapes_agree(self) -> Model:
@@ -92,6 +96,9 @@ class Model(SpecModel):
         if isinstance(self.init, FromWeights) and not isinstance(self.vocab_size, int):
             raise field_error("vocab_size", "with init kind from, vocab_size must be the pretrained model's (a number), not auto")
         self.block.attention.check(self.d_model, rotary=self.position.rotary)
+        if self.block.attention.backend == "flex" and self.dropout > 0:
+            raise field_error(("block", "attention", "backend"), f"FlexAttention has no attention dropout and model.dropout is "
+                                                                 f"{self.dropout}: set dropout to 0, or backend sdpa")
         return self
 
     @property

@@ -38,6 +38,7 @@ from tabula.schemas.model import Model as ModelSpec
 from .blocks import build_attention, build_mlp, build_norm, build_position
 from .blocks.masks import Mask, attention_mask, runs_flex
 from .blocks.init import WeightInit
+from .kernels import loss_kernel
 
 if TYPE_CHECKING:
     from .adapters import Applied
@@ -82,7 +83,8 @@ class Transformer(nn.Module):
 
     forward(input_ids (B, T), targets (B, T) or None, *, document_ids (B, T) or None)
       -> logits (B, T, vocab), or (logits, loss) with targets (mean cross-entropy over
-         targets != -100). With document_ids, tokens attend only within their document
+         targets != -100); (None, loss) where model.kernels.cross_entropy computes the loss
+         without the logits (chunked, liger). With document_ids, tokens attend only within their document
          (positions keep counting across documents, as in Llama 3's document masking).
 
     Prompt and prefix tuning (compiler/adapters.py) set `virtual_tokens`: n positions before every
@@ -111,6 +113,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed.weight
         self._masks: dict[tuple[int, torch.device, int, bool], Mask | None] = {}
         self.loss_fn = cross_entropy  # compile.apply_compile may swap in a compiled copy
+        self.loss_kernel = loss_kernel(spec.kernels)  # None: logits, then loss_fn
         # Set by compiler/adapters.apply_finetune: what the fine-tuning method changed (None: nothing), and
         # prompt or prefix tuning's virtual tokens (compiler/virtual_tokens.py).
         self.finetune: Applied | None = None
@@ -118,7 +121,7 @@ class Transformer(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, document_ids: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
         T, n = input_ids.size(1), self.n_virtual
         if T + n > self.max_seq_len:
             raise ValueError(f"sequence of {T} tokens{f' and {n} virtual tokens' if n else ''} is longer than max_seq_len ({self.max_seq_len})")
@@ -135,6 +138,10 @@ class Transformer(nn.Module):
             else:
                 x = block(x, rope, mask, layer_prefix)
         x = self.norm(x[:, -T:])  # a prompt's virtual positions predict nothing
+        if targets is not None and self.loss_kernel is not None and type(self.lm_head) is nn.Linear:
+            # model.kernels.cross_entropy: projection and loss fused, the full logits never materialised
+            # (a head a fine-tuning method wrapped takes the standard path, which sees its adapters)
+            return None, self.loss_kernel(x, self.lm_head.weight, targets)
         logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits

@@ -183,6 +183,10 @@ class CausalSelfAttention(nn.Module):
             if isinstance(norm, RMSNorm):
                 norm.init_weights()
 
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE on (B, T, nh, hs) queries and (B, T, n_kv, hs) keys (model.kernels.rope: liger overrides it)."""
+        return apply_rope(q, *rope), apply_rope(k, *rope)
+
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: Mask | None,
                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -190,7 +194,7 @@ class CausalSelfAttention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim))  # (B, T, n_kv, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = self.rotate(q, k, rope)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, T, hs)
         if prefix is not None:  # prefix tuning: learned keys and values before the sequence's, (B, n_kv, n, hs)
             k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)

@@ -51,9 +51,12 @@ class AttentionToHF(HFMapping):
     """What every attention kind's mapping shares: QK-norm maps nowhere; attention-only dropout neither."""
 
     def problems(self, spec: Any, model: ModelSpec, architecture: str, path: str) -> list[str]:
+        problems = []
         if spec.qk_norm:
-            return [f"{path}.qk_norm: QK-norm does not map to Llama, Mistral, Qwen2 or DeepSeek-V3"]
-        return []
+            problems.append(f"{path}.qk_norm: QK-norm does not map to Llama, Mistral, Qwen2 or DeepSeek-V3")
+        if spec.sparse is not None:
+            problems.append(f"{path}.sparse: global tokens and strided blocks do not map to Llama, Mistral, Qwen2 or DeepSeek-V3")
+        return problems
 
     def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:
         if config.get("attention_dropout"):

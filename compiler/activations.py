@@ -69,13 +69,14 @@ def head_bytes_per_token(model: ModelSpec, vocab_size: int, precision: str, auto
 
 def loss_workspace_bytes(model: ModelSpec, vocab_size: int, tokens: int, precision: str, autocast: bool = True) -> int:
     """Peak bytes a fused loss holds for a micro-batch of `tokens` (0 for the standard loss, whose
-    logits are counted per token): chunked, one chunk's logits, their fp32 copy and softmax
+    logits are counted per token): chunked, one chunk's logits and their fp32 softmax (and fp32 copy)
     (compiler/kernels/chunked_ce.py); liger, its chunk of tokens / ceil(vocab / d_model) rows (a power
     of two) likewise, and the input and weight gradients it computes in the forward, in fp32."""
     kernel = model.kernels.cross_entropy
     if kernel == "standard":
         return 0
-    per_row = vocab_size * (Storage.of(precision, autocast).matmul + 4 + 4)
+    matmul = Storage.of(precision, autocast).matmul
+    per_row = vocab_size * (matmul + 4 + (4 if matmul < 4 else 0))  # logits, fp32 (log-)softmax, and their fp32 copy in half precision
     if kernel == "chunked":
         return min(model.kernels.chunk_tokens, tokens) * per_row
     rows = 1 << max(0, math.ceil(tokens / math.ceil(vocab_size / model.d_model)) - 1).bit_length()

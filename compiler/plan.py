@@ -128,7 +128,8 @@ def make_plan(
     precision = _precision(spec, device_type, notes)
     if spec.model.block.attention.backend == "flex" and device_type in ("cpu", "mps"):
         notes.append(f"attention backend flex: FlexAttention has no backward on the {device_type} (torch 2.13): training computes "
-                     "the same pattern with the dense mask; evaluation and sampling run FlexAttention")
+                     "the same pattern with the dense mask; evaluation and sampling run FlexAttention eagerly, several times slower "
+                     "than the dense mask there (7x at 2048 tokens, bench/bench_flex.py): sdpa suits CPU runs")
     budget = _budget(spec, vocab)
     train = spec.train
     batch = train.batch_tokens

@@ -68,7 +68,9 @@ def block_mask(seq_len: int, pattern: MaskPattern, document_ids: torch.Tensor | 
         return allowed
 
     batch = None if documents is None else documents.size(0)
-    return create_block_mask(mask_mod, batch, None, total - offset, total, device=device)
+    # On GPUs the mask is compiled: eagerly it is evaluated over the whole (B, Q, K) grid at once
+    compiled = device.type == "cuda" and not torch.compiler.is_compiling()
+    return create_block_mask(mask_mod, batch, None, total - offset, total, device=device, _compile=compiled)
 
 
 def attention_mask(seq_len: int, pattern: MaskPattern, document_ids: torch.Tensor | None, device: torch.device, *,

@@ -41,13 +41,15 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             rows, target = x[lo : lo + ctx.chunk], targets[lo : lo + ctx.chunk]
             with torch.autocast(device, dtype=dtype, enabled=enabled):
                 logits = F.linear(rows, weight)  # (n, V), as the forward computed them
+            compute = logits.dtype
             probs = torch.softmax(logits.float(), dim=-1)  # d loss / d logits = softmax - one_hot
+            del logits  # one chunk's (n, V) at a time: the probabilities are modified in place
             kept = target != IGNORE
             probs[kept, target[kept]] -= 1.0
             probs[~kept] = 0.0
-            probs = (probs * grad).to(logits.dtype)
-            grad_x[lo : lo + ctx.chunk] = (probs @ weight.to(logits.dtype)).to(x.dtype)  # (n, C)
-            grad_w += (probs.t() @ rows.to(logits.dtype)).float()  # (V, C)
+            probs = probs.mul_(grad).to(compute)
+            grad_x[lo : lo + ctx.chunk] = (probs @ weight.to(compute)).to(x.dtype)  # (n, C)
+            grad_w += (probs.t() @ rows.to(compute)).float()  # (V, C)
         return grad_x, grad_w.to(weight.dtype), None, None
 
 

@@ -26,7 +26,8 @@ BACKEND_DESCRIPTION = (
     "(torch.nn.attention.flex_attention; compiled to Triton kernels on CUDA): shared heads stay shared and blocks nobody "
     "sees are skipped. Plain causal attention (no window, no documents) uses sdpa's causal kernel with either. FlexAttention "
     "has no backward on the CPU (torch 2.13): CPU training computes the same pattern with the dense mask; evaluation "
-    "and sampling use flex. No attention dropout with flex."
+    "and sampling run eager FlexAttention there, several times slower than the dense mask unless compiled: flex is for GPUs. "
+    "No attention dropout with flex."
 )
 
 

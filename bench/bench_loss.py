@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=None, help="tokens a step (default: 8 x 512 on CUDA, 2048 on a CPU)")
     parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--chunk", type=int, default=None, help="tokens a chunk (default: an eighth of the tokens)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--side", choices=["standard", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv if argv is not None else [])
     tokens = args.tokens or (8 * 512 if torch.cuda.is_available() else 2048)
+    args.chunk = args.chunk or max(1, tokens // 8)
     if args.side:
         print(json.dumps(side(args.side, tokens, args.d_model, args.chunk, args.steps)))
         return

@@ -158,12 +158,12 @@ class Transformer(nn.Module):
         token) and its queries are the prompt's virtual tokens and the sequence, or the sequence alone after a prefix."""
         n = self.n_virtual
         prefix_only = self.virtual_tokens is not None and n > 0 and self.virtual_tokens.keys_only
-        options = {"backend": self.attention_backend, "virtual": n, "keys_only": prefix_only}
+        backend = self.attention_backend
         if document_ids is not None or torch.compiler.is_compiling():
-            return attention_mask(seq_len, self.pattern, document_ids, device, **options)
-        key = (seq_len, device, n, runs_flex(self.attention_backend, device))
+            return attention_mask(seq_len, self.pattern, document_ids, device, backend=backend, virtual=n, keys_only=prefix_only)
+        key = (seq_len, device, n, runs_flex(backend, device))
         if key not in self._masks:
-            self._masks[key] = attention_mask(seq_len, self.pattern, None, device, **options)
+            self._masks[key] = attention_mask(seq_len, self.pattern, None, device, backend=backend, virtual=n, keys_only=prefix_only)
         return self._masks[key]
 
     # ------------------------------------------------------------ weights

@@ -13,13 +13,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from tabula.schemas.model import GQA, MHA, MQA
 from tabula.schemas.model import Model as ModelSpec
 
 from ..hf_mapping import HFConfig, HFMapping
 from .init import WeightInit
-from .masks import BlockMask, Mask, dense_mask, flex
+from .masks import Mask, dense_mask, flex
 from .norm import RMSNorm
 from .position import apply_rope
 from .registry import ATTENTION

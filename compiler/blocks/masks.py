@@ -15,7 +15,9 @@ gradients takes the dense mask of the same pattern; evaluation and sampling take
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
@@ -101,15 +103,18 @@ def flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask) -> 
     inside a compiled region the region's compile covers it; eager on the CPU, where compiling a
     forward-only kernel costs more than it saves."""
     gqa = k.size(1) != q.size(1)
+    out: torch.Tensor
     if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
-    if q.device.type in FORWARD_ONLY:
+        out = flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+    elif q.device.type in FORWARD_ONLY:
         with warnings.catch_warnings():  # "called without torch.compile": known, and what the CPU wants
             warnings.simplefilter("ignore", UserWarning)
-            return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
-    return _compiled_flex()(q, k, v, block_mask=mask, enable_gqa=gqa)
+            out = flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+    else:
+        out = _compiled_flex()(q, k, v, block_mask=mask, enable_gqa=gqa)
+    return out  # (B, nh, Q, hv)
 
 
 @cache
-def _compiled_flex():
+def _compiled_flex() -> Callable[..., Any]:
     return torch.compile(flex_attention, dynamic=False)

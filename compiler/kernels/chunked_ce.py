@@ -9,6 +9,8 @@ autocast the backward recomputes in the forward's precision, so both see the sam
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +21,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum over tokens of cross_entropy(x @ weight.T, targets) (targets == -100 left out), chunked."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
         # x (N, C), weight (V, C), targets (N,)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for lo in range(0, x.size(0), chunk):
@@ -32,7 +34,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, targets = ctx.saved_tensors
         device, enabled, dtype = ctx.autocast
         grad_x = torch.empty_like(x)
@@ -58,5 +60,5 @@ def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets:
     targets, over targets != -100; 0 with zero gradients where every target is -100 (as
     compiler.model.cross_entropy of the full logits)."""
     flat_targets = targets.reshape(-1)
-    total = ChunkedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), weight, flat_targets, chunk_tokens)
+    total: torch.Tensor = ChunkedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), weight, flat_targets, chunk_tokens)  # type: ignore[no-untyped-call]
     return total / (flat_targets != IGNORE).sum().clamp(min=1)

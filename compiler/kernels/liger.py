@@ -9,6 +9,9 @@ parameters, names and checkpoints stay the same.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import torch
 
 from ..blocks.attention import CausalSelfAttention
@@ -20,16 +23,15 @@ class LigerUnavailable(RuntimeError):
     """Liger Kernel cannot run here: not a CUDA tensor, or liger_kernel (or Triton) not installed."""
 
 
-def _functional(x: torch.Tensor, what: str):
+def _functional(x: torch.Tensor, what: str) -> Any:
     if x.device.type != "cuda":
         raise LigerUnavailable(f"model.kernels: {what} is liger, whose Triton kernels run on CUDA GPUs only, and this "
                                f"tensor is on {x.device.type}: choose torch (standard or chunked for cross_entropy)")
     try:
-        from liger_kernel.transformers import functional
+        return importlib.import_module("liger_kernel.transformers.functional")
     except ImportError as error:
         raise LigerUnavailable(f"model.kernels: {what} is liger and liger_kernel cannot be imported ({error}): "
                                f"pip install 'tabula[kernels]'") from error
-    return functional
 
 
 def liger_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -37,24 +39,28 @@ def liger_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: t
     (0 where every target is -100), without the full logits."""
     functional = _functional(x, "cross_entropy")
     flat = targets.reshape(-1)
-    total = functional.liger_fused_linear_cross_entropy(x.reshape(-1, x.size(-1)), weight, flat, ignore_index=-100, reduction="sum")
+    total: torch.Tensor = functional.liger_fused_linear_cross_entropy(x.reshape(-1, x.size(-1)), weight, flat, ignore_index=-100,
+                                                                      reduction="sum")
     return total.float() / (flat != -100).sum().clamp(min=1)
 
 
 class LigerRMSNorm(RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # llama casting (fp32 inverse rms); not in place: the gradient it would overwrite may be read again
-        return _functional(x, "rmsnorm").liger_rms_norm(x, self.weight, self.eps, 0.0, "llama", False)
+        normed: torch.Tensor = _functional(x, "rmsnorm").liger_rms_norm(x, self.weight, self.eps, 0.0, "llama", False)
+        return normed
 
 
 class LigerSwiglu(SwigluMLP):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gated = _functional(x, "swiglu").liger_swiglu(self.gate(x), self.up(x))  # (B, T, hidden)
-        return self.down(self.dropout(gated))
+        gated: torch.Tensor = _functional(x, "swiglu").liger_swiglu(self.gate(x), self.up(x))  # (B, T, hidden)
+        out: torch.Tensor = self.down(self.dropout(gated))
+        return out
 
 
 class LigerRopeAttention(CausalSelfAttention):
     def rotate(self, q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = rope  # (T, hs), halves layout as Llama's: liger's (1, T, hs)
-        q, k = _functional(q, "rope").liger_rope(q.transpose(1, 2), k.transpose(1, 2), cos[None].to(q.dtype), sin[None].to(q.dtype))
-        return q.transpose(1, 2), k.transpose(1, 2)  # (B, T, nh, hs), (B, T, n_kv, hs)
+        rotated: tuple[torch.Tensor, torch.Tensor] = _functional(q, "rope").liger_rope(
+            q.transpose(1, 2), k.transpose(1, 2), cos[None].to(q.dtype), sin[None].to(q.dtype))  # (B, nh, T, hs), (B, n_kv, T, hs)
+        return rotated[0].transpose(1, 2), rotated[1].transpose(1, 2)  # (B, T, nh, hs), (B, T, n_kv, hs)

@@ -31,31 +31,24 @@ from __future__ import annotations
 
 import math
 
+from tabula.schemas.blocks.block import norm_bytes
 from tabula.schemas.blocks.costs import Storage
 from tabula.schemas.model import Model as ModelSpec
-from tabula.schemas.model import NormSpec
 
 
-def _norm_bytes(norm: NormSpec, d: int, storage: Storage, readers: int) -> int:
-    """Bytes per token a norm over width d keeps, its output included (kept by the `readers`
-    matmuls that read it: one tensor, except under autocast, where each keeps its own copy)."""
-    return norm.activation_bytes_per_token(d, storage) + storage.matmul_input(d, readers)
+def layer_bytes_per_token(model: ModelSpec, seq_len: int, precision: str, autocast: bool = True, layer: int | None = None) -> int:
+    """Bytes block `layer` (default: the largest) keeps per token for the backward pass (`autocast`:
+    bf16/fp16 as autocast over fp32 weights, else weights and stream in 16 bits, as DeepSpeed runs
+    them): what its block kind reports (its norms, attention and MLP kinds, dropout's masks)."""
+    layers = _per_layer(model, seq_len, Storage.of(precision, autocast))
+    return max(layers) if layer is None else layers[layer]
 
 
-def layer_bytes_per_token(model: ModelSpec, seq_len: int, precision: str, autocast: bool = True) -> int:
-    """Bytes one transformer block keeps per token for the backward pass (`autocast`: bf16/fp16
-    as autocast over fp32 weights, else weights and stream in 16 bits, as DeepSpeed runs them):
-    what its norms, attention and MLP kinds report, and dropout's one-byte masks on both
-    residual branches."""
-    storage = Storage.of(precision, autocast)
-    d, block = model.d_model, model.block
-    total = _norm_bytes(block.norm, d, storage, block.attention.input_readers)
-    total += block.attention.activation_bytes_per_token(d, seq_len, storage, model.dropout)
-    total += _norm_bytes(block.norm, d, storage, block.mlp.input_readers)
-    total += block.mlp.activation_bytes_per_token(d, storage)
-    if model.dropout > 0:
-        total += 2 * d
-    return total
+def _per_layer(model: ModelSpec, seq_len: int, storage: Storage) -> list[int]:
+    """Each layer's bytes per token, computed once per distinct block spec (n_layers may be thousands)."""
+    distinct = {id(block): block for block in model.layer_blocks}
+    size = {key: block.activation_bytes_per_token(model.d_model, seq_len, storage, model.dropout) for key, block in distinct.items()}
+    return [size[id(block)] for block in model.layer_blocks]
 
 
 def head_bytes_per_token(model: ModelSpec, vocab_size: int, precision: str, autocast: bool = True) -> int:
@@ -64,7 +57,7 @@ def head_bytes_per_token(model: ModelSpec, vocab_size: int, precision: str, auto
     loss_workspace_bytes)."""
     storage = Storage.of(precision, autocast)
     logits = vocab_size * (storage.matmul + 4) if model.kernels.cross_entropy == "standard" else 0
-    return 16 + _norm_bytes(model.block.norm, model.d_model, storage, 1) + logits
+    return 16 + norm_bytes(model.block.norm, model.d_model, storage, 1) + logits
 
 
 def loss_workspace_bytes(model: ModelSpec, vocab_size: int, tokens: int, precision: str, autocast: bool = True) -> int:
@@ -91,11 +84,10 @@ def activation_bytes(
     with activation checkpointing `policy` (none | full | every_n: blocks 0, n, 2n... recompute);
     bf16/fp16 under autocast (one local process) or, with autocast=False, in 16 bits throughout."""
     tokens = micro_batch * seq_len
-    layer = layer_bytes_per_token(model, seq_len, precision, autocast)
-    L = model.n_layers
-    stream = Storage.of(precision, autocast).stream
-    checkpointed = {"none": 0, "full": L, "every_n": len(range(0, L, every_n))}[policy]
-    kept = (L - checkpointed) * layer + checkpointed * model.d_model * stream
-    recompute = layer if checkpointed else 0
+    storage = Storage.of(precision, autocast)
+    layers, L = _per_layer(model, seq_len, storage), model.n_layers
+    checkpointed = set({"none": range(0), "full": range(L), "every_n": range(0, L, every_n)}[policy])
+    kept = sum(b for i, b in enumerate(layers) if i not in checkpointed) + len(checkpointed) * model.d_model * storage.stream
+    recompute = max((layers[i] for i in checkpointed), default=0)
     head = head_bytes_per_token(model, vocab_size, precision, autocast)
     return tokens * (kept + recompute + head) + loss_workspace_bytes(model, vocab_size, tokens, precision, autocast)

@@ -65,12 +65,14 @@ def parameter_shapes(model: ModelSpec, vocab_size: int) -> Shapes:
 @dataclass(frozen=True)
 class Parameters:
     """Parameter counts. `embedding`: token embedding, learned positions and an untied output head;
-    `matmul`: the N of 6N (everything but the input embeddings, plus the output projection once)."""
+    `matmul`: the N of 6N (everything but the input embeddings, plus the output projection once);
+    `active`: the parameters one token runs through (all but a mixture of experts' unchosen experts)."""
 
     total: int
     embedding: int
     non_embedding: int
     matmul: int
+    active: int
 
 
 def count_parameters(model: ModelSpec, vocab_size: int) -> Parameters:
@@ -82,7 +84,8 @@ def count_parameters(model: ModelSpec, vocab_size: int) -> Parameters:
         if name in ("embed.weight", "pos_embed.weight", "lm_head.weight"):
             embedding += n
     non_embedding = total - embedding
-    return Parameters(total, embedding, non_embedding, non_embedding + vocab_size * model.d_model)
+    inactive = sum(block.parameters(model.d_model) - block.active_parameters(model.d_model) for block in model.layer_blocks)
+    return Parameters(total, embedding, non_embedding, non_embedding + vocab_size * model.d_model, total - inactive)
 
 
 @dataclass(frozen=True)
@@ -123,10 +126,10 @@ def flops_per_token(model: ModelSpec, vocab_size: int, seq_len: int) -> int:
     """Training FLOPs per token (forward and backward) at sequence length `seq_len`: what each
     kind reports (6 per parameter, and attention's scores), and the output projection's 6 x
     vocab x d_model, tied or not (the token and position embeddings are lookups)."""
-    d, block = model.d_model, model.block
-    layer = 2 * block.norm.flops_per_token(d) + block.attention.flops_per_token(d, seq_len) + block.mlp.flops_per_token(d)
-    outside = model.position.flops_per_token(d) + block.norm.flops_per_token(d) + FLOPS_PER_PARAMETER * vocab_size * d
-    return model.n_layers * layer + outside
+    d = model.d_model
+    layers = sum(block.flops_per_token(d, seq_len) for block in model.layer_blocks)
+    outside = model.position.flops_per_token(d) + model.block.norm.flops_per_token(d) + FLOPS_PER_PARAMETER * vocab_size * d
+    return layers + outside
 
 
 # ---------------------------------------------------------------- memory of model states

@@ -3,7 +3,9 @@
     Llama    mha / gqa / mqa, rope, rmsnorm, swiglu, attention biases on all four projections or none
     Mistral  the same with a sliding window and no biases
     Qwen2    the same with biases on q, k and v only (and a window on every layer or none)
-    DeepSeek-V3  mla with latent_norm (MoE off: every layer dense), rope, rmsnorm, swiglu
+    Mixtral  mha / gqa / mqa (no biases) with a moe MLP (softmax router, no shared experts)
+    DeepSeek-V3  mla with latent_norm, rope, rmsnorm, swiglu or moe (sigmoid router, shared experts),
+             dense first layers (a model.layers pattern) then MoE layers
 
 Each kind says how it maps in its own module (its class's `hf`: an HFMapping, or NoHF; see
 hf_mapping.py); this module asks the model's kinds and assembles their answers: the attention
@@ -23,34 +25,73 @@ import torch
 
 from tabula.schemas.model import Model as ModelSpec
 
-from .blocks import ATTENTION, MLP, NORM, POSITION
+from .blocks import ATTENTION, BLOCK, MLP, NORM, POSITION
 from .blocks.registry import BlockClass
 from .hf_mapping import ExportError, HFMapping, NoHF
 
 __all__ = ["ExportError", "hf_modules", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "hf_linear", "special_token_ids", "write_hf"]
 
 
+def _block_kinds(path: str, block: Any) -> list[tuple[str, Any, BlockClass]]:
+    """(spec path, kind spec, registered class) of the kinds a layer's block is made of: a transformer
+    block's attention, MLP and norm; a block kind without those parts maps through its own class."""
+    if not all(hasattr(block, part) for part in ("attention", "mlp", "norm")):
+        return [(path, block, BLOCK[block.kind])]
+    return [(f"{path}.attention", block.attention, ATTENTION[block.attention.kind]), (f"{path}.mlp", block.mlp, MLP[block.mlp.kind]),
+            (f"{path}.norm", block.norm, NORM[block.norm.kind])]
+
+
+def _distinct_blocks(spec: ModelSpec) -> list[tuple[str, Any]]:
+    """(spec path, block) of model.block and of each model.layers override."""
+    return [("model.block", spec.block)] + [(f"model.layers.{j}.block", o.block) for j, o in enumerate(spec.layers)]
+
+
 def _kinds(spec: ModelSpec) -> list[tuple[str, Any, BlockClass]]:
-    """(spec path, kind spec, registered class) of each kind the model is made of."""
-    block = spec.block
-    return [
-        ("model.block.attention", block.attention, ATTENTION[block.attention.kind]),
-        ("model.block.mlp", block.mlp, MLP[block.mlp.kind]),
-        ("model.block.norm", block.norm, NORM[block.norm.kind]),
-        ("model.position", spec.position, POSITION[spec.position.kind]),
-    ]
+    """(spec path, kind spec, registered class) of each kind the model is made of: model.block's, the
+    position's, then each layer override's."""
+    (path, block), *overrides = _distinct_blocks(spec)
+    kinds = _block_kinds(path, block) + [("model.position", spec.position, POSITION[spec.position.kind])]
+    for path, block in overrides:
+        kinds += _block_kinds(path, block)
+    return kinds
 
 
 def hf_modules(spec: ModelSpec) -> list[tuple[str, str, tuple[str, Any, BlockClass]]]:
     """(tabula module prefix, Hugging Face module prefix, (spec path, kind spec, class)) of every
-    module below the embedding: the one table both directions map through."""
-    attention, mlp, norm, position = _kinds(spec)
+    module below the embedding: the one table both directions map through. Each layer maps through
+    its own block's kinds."""
+    position = ("model.position", spec.position, POSITION[spec.position.kind])
+    norm = _block_kinds("model.block", spec.block)[-1]
     modules = [("pos_embed.", "model.pos_embed.", position), ("norm.", "model.norm.", norm)]
-    for i in range(spec.n_layers):
+    for i, block in enumerate(spec.layer_blocks):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        modules += [(ours + "attn_norm.", theirs + "input_layernorm.", norm), (ours + "attn.", theirs + "self_attn.", attention),
-                    (ours + "mlp_norm.", theirs + "post_attention_layernorm.", norm), (ours + "mlp.", theirs + "mlp.", mlp)]
+        kinds = _block_kinds(spec.block_path(i), block)
+        if len(kinds) == 1:
+            modules.append((ours, theirs, kinds[0]))
+            continue
+        attention, mlp, norm_i = kinds
+        modules += [(ours + "attn_norm.", theirs + "input_layernorm.", norm_i), (ours + "attn.", theirs + "self_attn.", attention),
+                    (ours + "mlp_norm.", theirs + "post_attention_layernorm.", norm_i), (ours + "mlp.", theirs + "mlp.", mlp)]
     return modules
+
+
+def _pattern_problems(spec: ModelSpec, architecture: str) -> list[str]:
+    """What a layer pattern varies that `architecture` keeps the same on every layer: the attention and
+    norm always; the MLP too, except DeepSeek-V3's dense first layers before its mixture-of-experts ones."""
+    problems = []
+    (_, first), *overrides = _distinct_blocks(spec)
+    for path, block in overrides:
+        for part in ("attention", "norm"):
+            if getattr(block, part, None) != getattr(first, part, None):
+                problems.append(f"{path}.{part}: {architecture} has one {part} on every layer; this layer pattern varies it")
+    mlps = [getattr(block, "mlp", None) for block in spec.layer_blocks]
+    sparse = [getattr(mlp, "kind", None) == "moe" for mlp in mlps]
+    dense_first = architecture == "DeepseekV3ForCausalLM" and sparse == sorted(sparse)  # dense layers, then MoE ones
+    groups = ([mlp for mlp, moe in zip(mlps, sparse) if not moe], [mlp for mlp, moe in zip(mlps, sparse) if moe]) if dense_first else (mlps,)
+    if any(mlp != group[0] for group in groups for mlp in group):
+        where = "its dense first layers, then its mixture-of-experts layers, each" if architecture == "DeepseekV3ForCausalLM" else "every layer"
+        problems.append(f"model.layers: {architecture} has one MLP on {where}; this layer pattern varies it")
+    return problems
 
 
 def _mapping(path: str, registered: BlockClass) -> HFMapping:
@@ -67,6 +108,9 @@ def hf_architecture(spec: ModelSpec) -> str:
     architecture = _mapping(path, registered).architecture(attention, spec)
     if architecture is None:
         raise ExportError([f"{path}.kind: {attention.kind} implies no Hugging Face architecture"])
+    for path, kind, registered in _kinds(spec):  # an MLP kind may imply one of its own (a mixture of experts: Mixtral)
+        if path.endswith(".mlp") and not isinstance(registered.hf, NoHF):
+            architecture = registered.hf.architecture(kind, spec) or architecture
     return architecture
 
 
@@ -76,7 +120,7 @@ def hf_problems(spec: ModelSpec) -> list[str]:
         architecture = hf_architecture(spec)
     except ExportError as error:
         return error.problems
-    problems = []
+    problems = _pattern_problems(spec, architecture)
     for path, kind, registered in _kinds(spec):
         if isinstance(registered.hf, NoHF):
             problems.append(f"{path}.kind: {registered.hf.reason}")
@@ -106,7 +150,9 @@ def hf_config(spec: ModelSpec, vocab_size: int, *, bos_token_id: int | None = No
         "torch_dtype": "float32",
         "use_cache": True,
     }
-    for path, kind, registered in _kinds(spec):
+    # kinds that imply the architecture (a mixture of experts) last: their keys win over a dense layer's
+    kinds = sorted(_kinds(spec), key=lambda k: k[0].endswith(".mlp") and _mapping(k[0], k[2]).architecture(k[1], spec) is not None)
+    for path, kind, registered in kinds:
         config |= _mapping(path, registered).config(kind, spec, architecture)
     return config
 

@@ -18,6 +18,7 @@ parallelism and tracking changes: they act on what happens next.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,11 +88,12 @@ def _resume_checks(a: Spec, b: Spec) -> tuple[list[tuple[str, str]], list[tuple[
     retrained = methods[0] != methods[1] or trainable_shapes(a, vocab) != trainable_shapes(b, vocab)
     for path in changed_paths(a, b):
         if path.startswith("model."):
-            if path == "model.vocab_size" or path.startswith(SILENT_MODEL_PATHS):
+            kind_path = _as_default_block(path)
+            if path == "model.vocab_size" or kind_path.startswith(SILENT_MODEL_PATHS):
                 continue
             if path == "model.max_seq_len" and not learned:
                 continue  # no weight depends on it unless positions are learned
-            if reshaped and not path.startswith(COMPUTE_ONLY):
+            if reshaped and not kind_path.startswith(COMPUTE_ONLY):
                 breaks.append((path, RESHAPES))
             else:
                 warnings.append((path, COMPUTES_DIFFERENTLY))
@@ -105,6 +107,11 @@ def _resume_checks(a: Spec, b: Spec) -> tuple[list[tuple[str, str]], list[tuple[
             elif not path.endswith((".dropout", ".init")):
                 warnings.append((path, COMPUTES_DIFFERENTLY))
     return breaks, warnings
+
+
+def _as_default_block(path: str) -> str:
+    """A path inside a layer override's block (model.layers.<j>.block.x) as the same path in model.block."""
+    return re.sub(r"^model\.layers\.\d+\.block\.", "model.block.", path)
 
 
 QUANTITIES = (

@@ -1,4 +1,7 @@
-"""The transformer: token embedding, n_layers pre-norm blocks, a final norm, the output head.
+"""The transformer: token embedding, n_layers blocks, a final norm, the output head.
+
+Each layer is built from its own block spec (model.block, or the model.layers override that holds
+it: a layer pattern); a transformer block (compiler/blocks/transformer.py) by default.
 
 Parameter names (stable: the runtime saves safetensors by them, the plan counts them):
 
@@ -25,19 +28,21 @@ module's weights to `<module>.base_layer.weight` beside `<module>.lora_A.default
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tabula.schemas.model import Block as BlockSpec
+from tabula.schemas.blocks.sparsity import Backend, MaskPattern
 from tabula.schemas.model import Model as ModelSpec
 
-from .blocks import build_attention, build_mlp, build_norm, build_position
-from .blocks.masks import Mask, attention_mask, runs_flex
+from .blocks import build_block, build_norm, build_position
 from .blocks.init import WeightInit
+from .blocks.masks import Mask, attention_mask, runs_flex
+from .blocks.moe import MoEMLP
+from .blocks.registry import BlockModule
 from .kernels import loss_kernel
 
 if TYPE_CHECKING:
@@ -53,38 +58,14 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return total / (targets != -100).sum().clamp(min=1)
 
 
-class Block(nn.Module):
-    """x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)); dropout on both residual branches."""
-
-    def __init__(self, spec: BlockSpec, d_model: int, dropout: float) -> None:
-        super().__init__()
-        self.attn_norm = build_norm(spec.norm, d_model)
-        self.attn = build_attention(spec.attention, d_model=d_model, norm_eps=spec.norm.eps, dropout=dropout)
-        self.mlp_norm = build_norm(spec.norm, d_model)
-        self.mlp = build_mlp(spec.mlp, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.checkpoint_activations = False  # set by compile.apply_activation_checkpointing
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: Mask | None,
-                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, prefix))
-        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
-        return x  # (B, T, C)
-
-    def init_weights(self, init: WeightInit) -> None:
-        self.attn_norm.init_weights(init.at("attn_norm"))
-        self.attn.init_weights(init.at("attn"))
-        self.mlp_norm.init_weights(init.at("mlp_norm"))
-        self.mlp.init_weights(init.at("mlp"))
-
-
 class Transformer(nn.Module):
     """A decoder-only transformer built from the `model:` section of a spec.
 
     forward(input_ids (B, T), targets (B, T) or None, *, document_ids (B, T) or None)
       -> logits (B, T, vocab), or (logits, loss) with targets (mean cross-entropy over
-         targets != -100); (None, loss) where model.kernels.cross_entropy computes the loss
-         without the logits (chunked, liger). With document_ids, tokens attend only within their document
+         targets != -100; in training mode, a mixture of experts' weighted balancing and z-losses
+         added); (None, loss) where model.kernels.cross_entropy computes the loss without the logits
+         (chunked, liger). With document_ids, tokens attend only within their document
          (positions keep counting across documents, as in Llama 3's document masking).
 
     Prompt and prefix tuning (compiler/adapters.py) set `virtual_tokens`: n positions before every
@@ -99,11 +80,9 @@ class Transformer(nn.Module):
         self.max_seq_len = spec.max_seq_len
         self.n_layers = spec.n_layers
         self.init_scheme = spec.init
-        self.pattern = spec.block.attention.pattern  # window and sparse patterns: which keys a query sees
-        self.attention_backend = spec.block.attention.backend
         self.embed = nn.Embedding(vocab_size, spec.d_model)
         self.pos_embed = build_position(spec.position, d_model=spec.d_model, rotary_dim=spec.rotary_dim, max_seq_len=spec.max_seq_len)
-        self.blocks = nn.ModuleList(Block(spec.block, spec.d_model, spec.dropout) for _ in range(spec.n_layers))
+        self.blocks = nn.ModuleList(cast(nn.Module, build_block(block, d_model=spec.d_model, dropout=spec.dropout)) for block in spec.layer_blocks)
         self.norm = build_norm(spec.block.norm, spec.d_model)
         self.tie_embeddings = spec.tie_embeddings
         self.lm_head = nn.Linear(spec.d_model, vocab_size, bias=False)
@@ -111,9 +90,13 @@ class Transformer(nn.Module):
             # A module of its own even when tied, so that sharded engines (ZeRO-3) gather the
             # weight around the head's forward as they do around the embedding's.
             self.lm_head.weight = self.embed.weight
-        self._masks: dict[tuple[int, torch.device, int, bool], Mask | None] = {}
+        # each layer's mask: its attention's pattern (window, sparse) and backend; one mask per distinct pair
+        self.layer_masks: list[tuple[MaskPattern, Backend]] = [(block.pattern, block.attention_backend) for block in spec.layer_blocks]
+        self._masks: dict[tuple[int, torch.device, int, MaskPattern, bool], Mask | None] = {}
         self.loss_fn = cross_entropy  # compile.apply_compile may swap in a compiled copy
         self.loss_kernel = loss_kernel(spec.kernels)  # None: logits, then loss_fn
+        # the mixture-of-experts MLPs (compiler/blocks/moe.py): their aux_loss joins the training loss
+        self.routers = [module for module in self.blocks.modules() if isinstance(module, MoEMLP)]
         # Set by compiler/adapters.apply_finetune: what the fine-tuning method changed (None: nothing), and
         # prompt or prefix tuning's virtual tokens (compiler/virtual_tokens.py).
         self.finetune: Applied | None = None
@@ -130,40 +113,58 @@ class Transformer(nn.Module):
             # prompt tuning: (B, n + T, C), no prefix; prefix tuning: x, each layer's (keys, values) (B, n_kv, n, hs)
             x, prefix = self.virtual_tokens(x)
         x, rope = self.pos_embed(x, offset=n if prefix is not None else 0)  # RoPE's (cos, sin) or None
-        mask = self.attention_mask(T, document_ids, input_ids.device)
+        masks = {key: self.attention_mask(T, document_ids, input_ids.device, *key) for key in dict.fromkeys(self.layer_masks)}
         for i, block in enumerate(self.blocks):
-            layer_prefix = prefix[i] if prefix is not None else None
+            layer_prefix, mask = prefix[i] if prefix is not None else None, masks[self.layer_masks[i]]
             if block.checkpoint_activations and torch.is_grad_enabled():
                 x = checkpoint(block, x, rope, mask, layer_prefix, use_reentrant=False)
             else:
                 x = block(x, rope, mask, layer_prefix)
         x = self.norm(x[:, -T:])  # a prompt's virtual positions predict nothing
+        logits: torch.Tensor | None = None
         if targets is not None and self.loss_kernel is not None and type(self.lm_head) is nn.Linear:
             # model.kernels.cross_entropy: projection and loss fused, the full logits never materialised
             # (a head a fine-tuning method wrapped takes the standard path, which sees its adapters)
-            return None, self.loss_kernel(x, self.lm_head.weight, targets)
-        logits = self.lm_head(x)  # (B, T, vocab)
-        if targets is None:
-            return logits
-        return logits, self.loss_fn(logits, targets)
+            loss = self.loss_kernel(x, self.lm_head.weight, targets)
+        else:
+            logits = self.lm_head(x)  # (B, T, vocab)
+            if targets is None:
+                return logits
+            loss = self.loss_fn(logits, targets)
+        if self.training and self.routers:  # a mixture of experts' balancing and z-losses join the training loss
+            loss = loss + sum(router.aux_loss for router in self.routers if router.aux_loss is not None)
+        return logits, loss
 
     @property
     def n_virtual(self) -> int:
         """Virtual token positions before every sequence (prompt or prefix tuning), else 0."""
         return 0 if self.virtual_tokens is None else self.virtual_tokens.n
 
-    def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device) -> Mask | None:
-        """The mask every block shares: None (plain causal), a boolean mask or a FlexAttention block mask
-        (blocks/masks.py), cached per length. With virtual tokens, its keys include them (seen by every
-        token) and its queries are the prompt's virtual tokens and the sequence, or the sequence alone after a prefix."""
+    @property
+    def windows(self) -> list[int | None]:
+        """The distinct attention windows of the layers (None: the whole causal context)."""
+        return list(dict.fromkeys(pattern.window for pattern, _ in self.layer_masks))
+
+    @property
+    def window(self) -> int | None:
+        """The first layer's attention window (every layer's, unless a layer pattern varies it)."""
+        return self.layer_masks[0][0].window
+
+    def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device,
+                       pattern: MaskPattern | None = None, backend: Backend | None = None) -> Mask | None:
+        """The mask the layers with attention `pattern` and `backend` share (default: the first layer's): None
+        (plain causal), a boolean mask or a FlexAttention block mask (blocks/masks.py), cached per length.
+        With virtual tokens, its keys include them (seen by every token) and its queries are the prompt's
+        virtual tokens and the sequence, or the sequence alone after a prefix."""
+        pattern = self.layer_masks[0][0] if pattern is None else pattern
+        backend = self.layer_masks[0][1] if backend is None else backend
         n = self.n_virtual
         prefix_only = self.virtual_tokens is not None and n > 0 and self.virtual_tokens.keys_only
-        backend = self.attention_backend
         if document_ids is not None or torch.compiler.is_compiling():
-            return attention_mask(seq_len, self.pattern, document_ids, device, backend=backend, virtual=n, keys_only=prefix_only)
-        key = (seq_len, device, n, runs_flex(backend, device))
+            return attention_mask(seq_len, pattern, document_ids, device, backend=backend, virtual=n, keys_only=prefix_only)
+        key = (seq_len, device, n, pattern, runs_flex(backend, device))
         if key not in self._masks:
-            self._masks[key] = attention_mask(seq_len, self.pattern, None, device, backend=backend, virtual=n, keys_only=prefix_only)
+            self._masks[key] = attention_mask(seq_len, pattern, None, device, backend=backend, virtual=n, keys_only=prefix_only)
         return self._masks[key]
 
     # ------------------------------------------------------------ weights
@@ -187,8 +188,7 @@ class Transformer(nn.Module):
         init.weight_(self.embed.weight, "embed.weight", "embedding")
         self.pos_embed.init_weights(init.at("pos_embed"))
         for i, block in enumerate(self.blocks):
-            assert isinstance(block, Block)  # a ModuleList yields Modules, to a type checker
-            block.init_weights(init.at(f"blocks.{i}"))
+            cast(BlockModule, block).init_weights(init.at(f"blocks.{i}"))
         self.norm.init_weights(init.at("norm"))
         if not self.tie_embeddings:
             init.linear_(self.lm_head, "lm_head", "output")

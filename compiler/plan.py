@@ -126,7 +126,7 @@ def make_plan(
     notes: list[str] = []
     vocab = _vocab_size(spec, vocab_size)
     precision = _precision(spec, device_type, notes)
-    if spec.model.block.attention.backend == "flex" and device_type in ("cpu", "mps"):
+    if any(block.attention_backend == "flex" for block in spec.model.layer_blocks) and device_type in ("cpu", "mps"):
         notes.append(f"attention backend flex: FlexAttention has no backward on the {device_type} (torch 2.13): training computes "
                      "the same pattern with the dense mask; evaluation and sampling run FlexAttention eagerly, several times slower "
                      "than the dense mask there (7x at 2048 tokens, bench/bench_flex.py): sdpa suits CPU runs")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from tabula.compiler.estimate import flops_per_token
+from tabula.compiler.routing import imbalance, moe_layers, routing_step
 
 from tabula.schemas import rundir_protocol as ctl
 from .compile_watch import CompileLog, eager_unless
@@ -87,6 +88,8 @@ class Interval:
     steps: int = 0
     started: float = field(default_factory=time.perf_counter)
     paused: float = 0.0  # seconds in evaluations and checkpoints, left out of the step time
+    load: torch.Tensor | None = None  # a mixture of experts' expert shares (layers, experts), summed over the steps
+    balance: torch.Tensor | None = None  # its balancing losses (layers,), summed over the steps
 
 
 def seed_everything(seed: int) -> None:
@@ -146,6 +149,8 @@ class Trainer:
         self.peak: float | None = None
         self.flops: dict[int, float] = {}  # model FLOPs per token of each stage (set by `loop`)
         self.compiles = CompileLog(plan.compile, spec.name, run if engine.is_main else None, self.log)
+        self.routers = moe_layers(engine.model)  # mixture-of-experts layers: routing_step after each update
+        self.routing = None  # the last step's RoutingStats
 
     # ------------------------------------------------------------------ events
 
@@ -266,6 +271,7 @@ class Trainer:
                    self.plan.budget_tokens, self.plan.warmup_tokens)
         self.lr = lr
         grad_norm = engine.step(lr)
+        self.routing = routing_step(engine.model, self.routers) if self.routers else None
         assert step_loss is not None  # every stage has grad_accum >= 1
         return step_loss / stage.grad_accum, grad_norm
 
@@ -362,6 +368,9 @@ class Trainer:
             p.tokens += plan.batch_tokens
             steps_here += 1
             interval.steps += 1
+            if self.routing is not None:
+                interval.load = self.routing.load if interval.load is None else interval.load + self.routing.load
+                interval.balance = self.routing.balance_loss if interval.balance is None else interval.balance + self.routing.balance_loss
             if bool(torch.isfinite(grad_norm)):  # the engine has synced for this already
                 interval.loss_sum += loss
                 interval.applied += 1
@@ -447,6 +456,10 @@ class Trainer:
             stage=stage.index,
             skipped=steps - applied,
         )
+        if interval.load is not None and interval.balance is not None:
+            load = interval.load / steps  # (layers, experts): each expert's share of the assignments
+            experts = tuple(router.spec.n_experts for router in self.routers)
+            self.emit("routing", balance_loss=float(interval.balance.mean()) / steps, imbalance=float(imbalance(load, experts).mean()), load=[[round(x, 5) for x in row] for row in load.tolist()])
         return self.new_interval()
 
 

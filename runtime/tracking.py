@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .rundir import RunDir
 
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory", "step_time")
+MAX_TRACKED_EXPERTS = 256  # (layer, expert) series Aim records each expert's load for; beyond, the busiest a layer
 _STOP = object()
 
 
@@ -133,6 +134,16 @@ class AimTracker:
                 if value is not None:
                     run.track(value, name=name, step=step, context=context)
             run.track(event["tokens"], name="tokens", step=step, context=context)
+        elif kind == "routing":  # a mixture of experts: balancing loss, imbalance, each layer's expert shares
+            context = {"subset": "train"}
+            run.track(event["balance_loss"], name="balance_loss", step=step, context=context)
+            run.track(event["imbalance"], name="expert_imbalance", step=step, context=context)
+            shares = event["load"]
+            for layer, row in enumerate(shares):  # the busiest expert's share a layer; each expert's where they are few
+                run.track(max(row), name="busiest_expert_share", step=step, context={"subset": "train", "moe_layer": layer})
+                if sum(len(r) for r in shares) <= MAX_TRACKED_EXPERTS:
+                    for expert, share in enumerate(row):
+                        run.track(share, name="expert_load", step=step, context={"subset": "train", "moe_layer": layer, "expert": expert})
         elif kind == "eval":
             context = {"subset": "val"}
             if event.get("val_loss") is not None:

@@ -52,7 +52,9 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, BaseModel):
         names = list(type(value).model_fields)
         names.sort(key=lambda name: name != "kind")  # stable: kind first, then schema order
-        return {name: _canonical(getattr(value, name)) for name in names}
+        # a field added later whose default keeps older specs' form (Model.layers, a block's default kind)
+        omit = getattr(type(value), "canonical_omit", {})
+        return {name: _canonical(getattr(value, name)) for name in names if name not in omit or getattr(value, name) != omit[name]}
     if isinstance(value, dict):  # user-named keys: sources, mix
         return {str(key): _canonical(value[key]) for key in sorted(value, key=str)}
     if isinstance(value, (list, tuple)):

@@ -56,7 +56,16 @@ def weight_shapes(spec: Any) -> Iterator[tuple[str, list[Factor], bool]]:
     elif model.position.kind == "rope":
         yield "the rotary table", [seq, width], False
     yield "the query projection", [heads, width, d_model], True
-    yield "the MLP", [(model.block.mlp.hidden, "hidden", ("model", "block", "mlp", "hidden")), d_model], True
+    blocks = [(model.block, ("model", "block"))] + [(o.block, ("model", "layers", j, "block")) for j, o in enumerate(model.layers)]
+    for block, path in blocks:
+        mlp = getattr(block, "mlp", None)
+        if mlp is None:
+            continue
+        hidden: Factor = (mlp.hidden, "hidden", (*path, "mlp", "hidden"))
+        yield "the MLP", [hidden, d_model], True
+        if mlp.kind == "moe":  # the experts' stacked projections: one tensor of n_experts x 2 hidden x d_model
+            yield "the experts' gate and up projections", [(mlp.n_experts, "n_experts", (*path, "mlp", "n_experts")), hidden,
+                                                          (2, "gate and up", (*path, "mlp", "hidden")), d_model], True
     if attn.kind == "mla":
         v_width = attn.v_head_dim if attn.v_head_dim is not None else model.head_dim
         kv_latent: Factor = (attn.kv_latent, "kv_latent", ("model", "block", "attention", "kv_latent"))

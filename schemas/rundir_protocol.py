@@ -60,6 +60,10 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # skipped: steps of the interval whose update was refused (a non-finite loss or gradient); loss is
     # the mean over the others (null when every step was skipped)
     "train": ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mfu", "memory", "stage", "skipped"),
+    # a mixture of experts (model.block.mlp kind moe), after each train event: balance_loss the layers' mean
+    # balancing loss (1 when uniform), imbalance the layers' mean of the busiest expert's share over the
+    # uniform share (1 when uniform), load each MoE layer's share of assignments per expert; over the interval
+    "routing": ("balance_loss", "imbalance", "load"),
     "eval": ("val_loss", "val_ppl", "best_val_loss"),
     "stage": ("index", "seq_len", "mix"),
     "checkpoint": ("path", "best"),

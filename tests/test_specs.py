@@ -41,7 +41,8 @@ def _not_json(constant: str):
 def test_every_spec_is_found():
     names = {p.relative_to(SPECS).as_posix() for p in ALL}
     assert {"quickstart.yaml", "tabulaprima-278m.yaml", "tabulaprima-1.3b.yaml", "zero2.yaml", "zero3-offload.yaml",
-            "finetune-chat.yaml", "finetune-lora.yaml", "presets/llama-tiny.yaml", "presets/mistral-tiny.yaml", "presets/mla-tiny.yaml"} <= names
+            "finetune-chat.yaml", "finetune-lora.yaml", "presets/llama-tiny.yaml", "presets/mistral-tiny.yaml", "presets/mla-tiny.yaml",
+            "presets/mixtral-tiny.yaml", "presets/deepseek-v3-tiny.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.relative_to(SPECS).as_posix())
@@ -61,6 +62,18 @@ def test_plan_runs_on_every_spec(path, capsys):
     assert plan["parameters"]["total"] > plan["parameters"]["embedding"] > 0
     assert plan["steps"]["total"] == sum(stage["steps"] for stage in plan["stages"]) > 0
     assert plan["memory_per_rank"]["total"] == sum(v for k, v in plan["memory_per_rank"].items() if k != "total")
+
+
+def test_plan_lists_the_layers_and_counts_a_tokens_active_parameters(capsys):
+    plan = plan_in_process(SPECS / "presets" / "deepseek-v3-tiny.yaml", capsys)
+    assert [(run["layers"], run["block"]) for run in plan["layers"]] == [("0", "model.layers.0.block"), ("1-3", "model.block")]
+    assert plan["layers"][1]["active_parameters"] < plan["layers"][1]["parameters"]
+    assert plan["parameters"]["active"] < plan["parameters"]["total"]
+    from tabula.cli import main
+
+    assert main(["plan", str(SPECS / "presets" / "deepseek-v3-tiny.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "active a token" in text and "model.layers.0.block   mla + swiglu 688" in text
 
 
 def test_tabulaprima_278m_has_the_original_size(capsys):
@@ -96,9 +109,14 @@ def test_presets_are_what_their_names_say():
     assert mistral.block.attention.window is not None and mistral.block.attention.window < mistral.max_seq_len
     mla = load_spec(SPECS / "presets" / "mla-tiny.yaml").model
     assert mla.block.attention.kind == "mla" and mla.block.attention.latent_norm
+    mixtral = load_spec(SPECS / "presets" / "mixtral-tiny.yaml").model
+    assert (mixtral.block.mlp.kind, mixtral.block.mlp.router, mixtral.block.mlp.n_shared, mixtral.layers) == ("moe", "softmax", 0, [])
+    deepseek = load_spec(SPECS / "presets" / "deepseek-v3-tiny.yaml").model
+    assert (deepseek.block.attention.kind, deepseek.block.mlp.kind, deepseek.block.mlp.balance) == ("mla", "moe", "bias")
+    assert [block.mlp.kind for block in deepseek.layer_blocks] == ["swiglu", "moe", "moe", "moe"]
 
 
-@pytest.mark.parametrize("preset", ["llama-tiny", "mistral-tiny", "mla-tiny"])
+@pytest.mark.parametrize("preset", ["llama-tiny", "mistral-tiny", "mla-tiny", "mixtral-tiny", "deepseek-v3-tiny"])
 def test_presets_are_usable_with_extends(tmp_path, preset):
     path = tmp_path / "mine.yaml"
     path.write_text(f"name: mine\nextends: {preset}\nmodel:\n  n_layers: 2\n")

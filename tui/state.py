@@ -99,6 +99,10 @@ class RunState:
     mfu: float | None = None
     memory: int | None = None
     skipped: int | None = None  # updates refused as non-finite, over the train events read (None: none said)
+    # `routing` (a mixture of experts)
+    balance_loss: float | None = None  # the layers' mean balancing loss (1 when uniform)
+    expert_imbalance: float | None = None  # the layers' mean busiest share over the uniform share (1 when uniform)
+    expert_load: list[list[float]] | None = None  # each MoE layer's share of assignments per expert
     # `eval`
     val_loss: float | None = None
     val_ppl: float | None = None
@@ -191,6 +195,13 @@ class RunState:
         self.train_loss.add(self.tokens, loss)
         self.lr_series.add(self.tokens, self.lr)
         self.tokens_per_s_series.add(self.tokens, self.tokens_per_s)
+
+    def _on_routing(self, event: dict[str, Any], time: float) -> None:
+        self.balance_loss = _number(event.get("balance_loss"))
+        self.expert_imbalance = _number(event.get("imbalance"))
+        load = event.get("load")
+        rows = load if isinstance(load, list) and all(isinstance(row, list) for row in load) else None
+        self.expert_load = [[_number(x) or 0.0 for x in row] for row in rows] if rows is not None else None
 
     def _on_eval(self, event: dict[str, Any], time: float) -> None:
         self.val_loss = _number(event.get("val_loss"))
@@ -329,6 +340,7 @@ class RunState:
 _HANDLERS = {
     "start": RunState._on_start,
     "train": RunState._on_train,
+    "routing": RunState._on_routing,
     "eval": RunState._on_eval,
     "stage": RunState._on_stage,
     "checkpoint": RunState._on_checkpoint,

@@ -3,6 +3,7 @@
     attention.py  mha, gqa, mqa (CausalSelfAttention)     mla.py   mla (LatentAttention)
     position.py   rope, learned, none (Rope, ...)         norm.py  rmsnorm, layernorm
     mlp.py        gelu, swiglu                            registry.py  kind -> class
+    moe.py        moe (a mixture of experts MLP)          transformer.py  the transformer block (a layer kind)
     init.py       WeightInit, what init_weights draws with
 
 Each registered class builds from its narrow sub-spec and the widths it needs, never the root
@@ -36,11 +37,17 @@ import importlib
 import pkgutil
 from typing import Any
 
-from .registry import ATTENTION, MLP, NORM, POSITION, BlockModule
+from .registry import ATTENTION, BLOCK, MLP, NORM, POSITION, BlockModule
 
 # Every module of the package registers its kinds when imported.
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def build_block(spec: Any, *, d_model: int, dropout: float) -> BlockModule:
+    """One layer of the model: the block kind `spec` describes (forward(x, rope, mask, prefix) -> x;
+    `window`: the sliding window its attention masks with, None for the whole context or none)."""
+    return BLOCK[spec.kind].build(spec, d_model=d_model, dropout=dropout)
 
 
 def build_attention(spec: Any, *, d_model: int, norm_eps: float, dropout: float) -> BlockModule:
@@ -65,4 +72,4 @@ def build_position(spec: Any, *, d_model: int, rotary_dim: int, max_seq_len: int
     return POSITION[spec.kind].build(spec, d_model=d_model, rotary_dim=rotary_dim, max_seq_len=max_seq_len)
 
 
-__all__ = ["ATTENTION", "MLP", "NORM", "POSITION", "build_attention", "build_mlp", "build_norm", "build_position"]
+__all__ = ["BLOCK", "build_block", "ATTENTION", "MLP", "NORM", "POSITION", "build_attention", "build_mlp", "build_norm", "build_position"]

@@ -88,6 +88,8 @@ class HeadsToHF(AttentionToHF):
         biases = set(spec.projection_biases().values())
         if architecture == "MistralForCausalLM" and True in biases:
             problems.append(f"{path}.bias: Mistral (sliding window) has no biases; set bias: false")
+        elif architecture == "MixtralForCausalLM" and True in biases:
+            problems.append(f"{path}.bias: Mixtral has no attention biases; set bias: false")
         elif architecture == "LlamaForCausalLM" and len(biases) > 1:
             problems.append(f"{path}.bias: Llama biases all four projections or none (attention_bias); Qwen2 biases q, k and v")
         return problems
@@ -98,8 +100,8 @@ class HeadsToHF(AttentionToHF):
         if architecture == "Qwen2ForCausalLM":  # every layer slides (max_window_layers 0) or none does
             window = {"use_sliding_window": True, "sliding_window": spec.window, "max_window_layers": 0} if spec.window else {}
             return config | {"model_type": "qwen2", "use_sliding_window": False, "max_window_layers": model.n_layers} | window
-        if architecture == "MistralForCausalLM":
-            return config | {"model_type": "mistral", "sliding_window": spec.window}
+        if architecture in ("MistralForCausalLM", "MixtralForCausalLM"):
+            return config | {"model_type": "mistral" if architecture == "MistralForCausalLM" else "mixtral", "sliding_window": spec.window}
         return config | {"model_type": "llama", "attention_bias": spec.projection_biases()["q"]}
 
     def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:

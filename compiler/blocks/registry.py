@@ -1,4 +1,4 @@
-"""The four block registries: a spec `kind` -> the module class that implements it.
+"""The block registries (a layer's kind, and the four kinds a transformer block is made of): a spec `kind` -> the module class that implements it.
 
 A registered class provides:
 
@@ -38,9 +38,10 @@ class BlockClass(Protocol):
     def build(self, spec: Any, *args: Any, **kwargs: Any) -> BlockModule: ...
 
 
+BLOCK: Registry[BlockClass] = Registry("block")  # a layer: build(spec, d_model=, dropout=); forward(x, rope, mask, prefix)
 ATTENTION: Registry[BlockClass] = Registry("attention")
 MLP: Registry[BlockClass] = Registry("mlp")
 NORM: Registry[BlockClass] = Registry("norm")
 POSITION: Registry[BlockClass] = Registry("position")
 
-__all__ = ["ATTENTION", "MLP", "NORM", "POSITION", "BlockClass", "BlockModule", "Registry"]
+__all__ = ["BLOCK", "ATTENTION", "MLP", "NORM", "POSITION", "BlockClass", "BlockModule", "Registry"]

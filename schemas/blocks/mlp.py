@@ -23,9 +23,21 @@ class MLPSpec(SpecModel):
     def parameter_shapes(self, prefix: str, d_model: int) -> Shapes:
         raise NotImplementedError
 
+    def parameters(self, d_model: int) -> int:
+        """How many parameters the MLP holds."""
+        return count(self.parameter_shapes("", d_model))
+
+    def active_parameters(self, d_model: int) -> int:
+        """Parameters one token runs through (a mixture of experts: its router, top-k and shared experts)."""
+        return self.parameters(d_model)
+
     def flops_per_token(self, d_model: int) -> int:
-        """6 per parameter (forward and backward of its matmuls)."""
-        return FLOPS_PER_PARAMETER * count(self.parameter_shapes("", d_model))
+        """6 per active parameter (forward and backward of its matmuls)."""
+        return FLOPS_PER_PARAMETER * self.active_parameters(d_model)
+
+    def summary(self) -> str:
+        """A few words for the plan's layer table."""
+        return f"{self.kind} {self.hidden}"
 
     def activation_bytes_per_token(self, d_model: int, storage: Storage) -> int:
         raise NotImplementedError

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
 def as_json(spec, plan, est, path: str) -> dict:
     """The plan and estimate as one JSON-able object."""
+    from tabula.compiler.layer_table import layer_runs
+
     stages = []
     for stage, cost in zip(plan.stages, est.stages):
         stages.append({
@@ -103,6 +105,8 @@ def as_json(spec, plan, est, path: str) -> dict:
         "backend": spec.parallel.backend,
         "vocab_size": plan.vocab_size,
         "parameters": vars(est.parameters).copy(),
+        "layers": [{"layers": run.span, "block": run.path, "kinds": run.summary, "parameters": run.parameters, "active_parameters": run.active}
+                   for run in layer_runs(spec.model)],
         "trainable": vars(est.trainable).copy() if est.trainable else None,
         "memory_saved_by_finetune": est.memory_saved,
         "memory_saved_by_kernels": est.kernel_memory_saved,
@@ -143,9 +147,12 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         f"    embedding        {params.embedding:>16,}  {_si(params.embedding)}"
         + ("  (tied with the output head, counted once)" if spec.model.tie_embeddings else ""),
         f"    non-embedding    {params.non_embedding:>16,}  {_si(params.non_embedding)}",
+        *([f"    active a token   {params.active:>16,}  {_si(params.active)}  (a mixture of experts runs top_k experts a token)"]
+          if params.active != params.total else []),
         *_trainable_lines(est),
         f"  FLOPs per token    {est.flops_per_token:>16,}  {_si(est.flops_per_token)}"
-        f"  (6N + attention at seq_len {est.flops_per_token_seq_len}, forward + backward)",
+        f"  (6N{' (active)' if params.active != params.total else ''} + attention at seq_len {est.flops_per_token_seq_len}, forward + backward)",
+        *_layer_lines(spec.model),
         "",
         f"memory per rank ({plan.precision}, ZeRO stage {spec.parallel.zero.stage})",
     ]
@@ -201,6 +208,18 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         notes.append("planned for a CPU: `--device cuda` plans the same spec for a GPU (bf16 where precision is auto)")
     if notes:
         lines += ["", "notes"] + [f"  {note}" for note in notes]
+    return lines
+
+
+def _layer_lines(model) -> list[str]:
+    """The layers, a run of equal consecutive layers a line (one line when every layer is model.block)."""
+    from tabula.compiler.layer_table import layer_runs
+
+    runs = layer_runs(model)
+    lines = [f"  layers             {model.n_layers:>16,}  (block: where each layer's spec is; parameters per layer)"]
+    for run in runs:
+        active = f" ({_si(run.active)} active)" if run.active != run.parameters else ""
+        lines.append(f"    {run.span:<9} {run.path:<22} {run.summary:<34} {run.parameters:>12,}{active}")
     return lines
 
 

@@ -17,6 +17,9 @@ ATTENTION: dict[str, list[dict[str, Any]]] = {
 MLP: dict[str, list[dict[str, Any]]] = {
     "gelu": [{"kind": "gelu", "hidden": 48}, {"kind": "gelu", "hidden": 48, "bias": False, "dropout": 0.1}],
     "swiglu": [{"kind": "swiglu", "hidden": 40}, {"kind": "swiglu", "hidden": 40, "bias": True}],
+    "moe": [{"kind": "moe", "n_experts": 4, "top_k": 2, "hidden": 16},
+            {"kind": "moe", "n_experts": 4, "top_k": 2, "hidden": 16, "n_shared": 1, "router": "sigmoid", "balance": "bias",
+             "scale": 2.5, "z_loss_weight": 0.001, "capacity_factor": 1.25, "dropout": 0.1}],
 }
 NORM: dict[str, list[dict[str, Any]]] = {
     "rmsnorm": [{"kind": "rmsnorm"}],
@@ -26,4 +29,9 @@ POSITION: dict[str, list[dict[str, Any]]] = {
     "rope": [{"kind": "rope"}, {"kind": "rope", "scaling": {"kind": "linear", "factor": 2.0}}],
     "learned": [{"kind": "learned"}],
     "none": [{"kind": "none"}],
+}
+BLOCK: dict[str, list[dict[str, Any]]] = {
+    "transformer": [{"attention": {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "window": 8}, "mlp": {"kind": "swiglu", "hidden": 40}},
+                    {"kind": "transformer", "norm": {"kind": "layernorm"}, "attention": {"kind": "mha", "n_heads": 4},
+                     "mlp": {"kind": "gelu", "hidden": 48, "dropout": 0.1}}],
 }

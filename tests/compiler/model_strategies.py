@@ -55,22 +55,43 @@ def attention(draw: st.DrawFn, d_model: int, rotary: bool) -> dict[str, Any]:
 
 
 @st.composite
+def mlp_data(draw: st.DrawFn) -> dict[str, Any]:
+    """An MLP: gelu, swiglu or a mixture of experts."""
+    kind = draw(st.sampled_from(["gelu", "swiglu", "moe"]))
+    hidden, dropout = draw(st.sampled_from([16, 40, 96])), draw(st.sampled_from([0.0, 0.0, 0.1]))
+    if kind != "moe":
+        return {"kind": kind, "hidden": hidden, "bias": draw(st.booleans()), "dropout": dropout}
+    n_experts = draw(st.sampled_from([2, 4]))
+    return {"kind": "moe", "n_experts": n_experts, "top_k": draw(st.integers(1, n_experts)), "hidden": hidden, "dropout": dropout,
+            "n_shared": draw(st.integers(0, 1)), "router": draw(st.sampled_from(["softmax", "sigmoid"])),
+            "balance": draw(st.sampled_from(["aux_loss", "bias"])), "z_loss_weight": draw(st.sampled_from([0.0, 0.001]))}
+
+
+@st.composite
 def model_data(draw: st.DrawFn) -> dict[str, Any]:
     """The `model:` section of a small valid spec (d_model <= 64, n_layers <= 3)."""
     d_model = draw(st.sampled_from([16, 24, 32, 48, 64]))
     position = draw(st.sampled_from([{"kind": "rope"}, {"kind": "rope", "scaling": {"kind": "ntk", "factor": 2.0}},
                                      {"kind": "learned"}, {"kind": "none"}]))
     norm = draw(st.sampled_from([{"kind": "rmsnorm"}, {"kind": "layernorm"}, {"kind": "layernorm", "bias": False}]))
-    mlp = {"kind": draw(st.sampled_from(["gelu", "swiglu"])), "hidden": draw(st.sampled_from([16, 40, 96])),
-           "bias": draw(st.booleans()), "dropout": draw(st.sampled_from([0.0, 0.0, 0.1]))}
+    mlp = draw(mlp_data())
     init = draw(st.sampled_from([{}, {"std": 0.05, "scale_residual": False}, {"kind": "tabulaprima"}]))
+    n_layers = draw(st.integers(1, 3))
+    rope = position["kind"] == "rope"
+    block = {"norm": norm, "attention": draw(attention(d_model, rope)), "mlp": mlp}
+    layers = []
+    if n_layers > 1 and draw(st.booleans()):  # a layer pattern: another MLP (and window) on some layers
+        attn = {**block["attention"], "window": draw(st.sampled_from([None, 4]))}
+        layers = [{"start": draw(st.integers(0, n_layers - 1)), "step": draw(st.integers(1, 2)),
+                   "block": {"norm": norm, "attention": attn, "mlp": draw(mlp_data())}}]
     return {
         "vocab_size": draw(st.sampled_from([61, 97, 128])),
         "d_model": d_model,
-        "n_layers": draw(st.integers(1, 3)),
+        "n_layers": n_layers,
         "max_seq_len": 64,
         "position": position,
-        "block": {"norm": norm, "attention": draw(attention(d_model, position["kind"] == "rope")), "mlp": mlp},
+        "block": block,
+        "layers": layers,
         "tie_embeddings": draw(st.booleans()),
         "dropout": draw(st.sampled_from([0.0, 0.0, 0.1])),
         "init": init,

@@ -78,6 +78,38 @@ def test_flex_training_on_the_cpu_takes_the_dense_mask_of_the_same_pattern():
     torch.testing.assert_close(loss, expected)
 
 
+def _layered(backends: tuple[str, str]):
+    """Three layers: a window of 4 with global tokens (layers 0 and 2, backend backends[0]) and a
+    whole-context layer 1 (backends[1]), in eval mode; same seed, same weights."""
+    windowed = {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "window": 4, "sparse": {"global_tokens": 2}, "backend": backends[0]}
+    full = {"kind": "gqa", "n_heads": 4, "n_kv_heads": 2, "backend": backends[1]}
+    layer = {"norm": {"kind": "rmsnorm", "eps": 1e-5}, "attention": full, "mlp": {"kind": "swiglu", "hidden": 96}}
+    spec = tiny_spec(block={"attention": windowed}, n_layers=3, layers=[{"start": 1, "stop": 2, "block": layer}])
+    return build_model(spec).materialize("cpu", spec.seed).eval()
+
+
+@pytest.mark.parametrize("documents", [False, True])
+def test_a_layer_pattern_masks_each_layer_by_its_own_pattern_and_backend(documents):
+    """Each layer's window, sparse pattern and backend come from its own block: flex everywhere, or
+    flex on some layers only, gives the dense path's logits; and the layers' patterns differ (the
+    whole-context layer is not windowed)."""
+    reference = _layered(("sdpa", "sdpa"))
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 97, (2, T), generator=g)
+    docs = torch.randint(0, 3, (2, T), generator=g).sort(dim=1).values if documents else None
+    with torch.no_grad():
+        expected = reference(ids, document_ids=docs)
+        for backends in (("flex", "flex"), ("flex", "sdpa"), ("sdpa", "flex")):
+            model = _layered(backends)
+            assert len(set(model.layer_masks)) == 2 and model.layer_masks[0] == model.layer_masks[2] != model.layer_masks[1]
+            torch.testing.assert_close(model(ids, document_ids=docs), expected, atol=1e-5, rtol=1e-5, msg=str(backends))
+        mask = model.attention_mask(T, docs, ids.device, *model.layer_masks[1])  # the whole-context layer, flex
+        assert (mask is None) != documents and (mask is None or isinstance(mask, BlockMask))
+        all_windowed = _layered(("sdpa", "sdpa"))
+        all_windowed.layer_masks[1] = all_windowed.layer_masks[0]
+        assert not torch.allclose(all_windowed(ids, document_ids=docs), expected, atol=1e-3)
+
+
 def test_block_mask_skips_the_blocks_nobody_sees():
     long = 1024
     window = block_mask(long, MaskPattern(128), None, torch.device("cpu"))

@@ -51,6 +51,28 @@ def test_chunked_cross_entropy_equals_the_standard_loss_and_gradients(untied):
     assert chunked(ids).shape == (2, 24, VOCAB)  # without targets: logits, as ever
 
 
+def test_a_mixture_of_experts_aux_loss_joins_the_chunked_loss_in_training():
+    """The fused loss returns (None, loss): the MoE balancing and z-losses are still added (training mode only)."""
+    moe = {"mlp": {"kind": "moe", "n_experts": 4, "top_k": 2, "hidden": 16, "aux_loss_weight": 0.5, "z_loss_weight": 0.1}}
+    models = []
+    for kernels in ({}, {"cross_entropy": "chunked", "chunk_tokens": 7}):
+        spec = tiny_spec(block=moe, kernels=kernels)
+        models.append(build_model(spec).materialize("cpu", spec.seed))
+    standard, chunked = models
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
+    _, loss, grads = _grads(chunked, ids, ids)
+    _, expected, expected_grads = _grads(standard, ids, ids)
+    aux = sum(block.mlp.aux_loss for block in chunked.blocks)
+    assert float(aux.detach()) > 0.5
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    assert grads["blocks.0.mlp.router"].abs().sum() > 0  # the router learns from the aux loss
+    chunked.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(ids, ids)[1], loss - aux, atol=1e-5, rtol=1e-5)
+
+
 def test_chunked_cross_entropy_of_all_ignored_targets_is_zero_with_zero_gradients():
     x = torch.randn(3, 5, 8, requires_grad=True)
     weight = torch.randn(11, 8, requires_grad=True)

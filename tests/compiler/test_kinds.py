@@ -6,6 +6,7 @@ parameter it registers, and a Hugging Face mapping or an explicit "no equivalent
 from __future__ import annotations
 
 import math
+import types
 import typing
 from typing import Any
 
@@ -29,6 +30,7 @@ D_MODEL, ROTARY, SEQ_LEN = 64, 16, 32
 
 # family: (the spec's union, the registry, the examples, the widths a builder takes, where in the model)
 FAMILIES: dict[str, tuple[Any, Registry, dict, dict, str]] = {
+    "block": (model_spec.Block, blocks.BLOCK, kind_examples.BLOCK, {"d_model": D_MODEL, "dropout": 0.0}, "block"),
     "attention": (model_spec.Attention, blocks.ATTENTION, kind_examples.ATTENTION,
                   {"d_model": D_MODEL, "norm_eps": 1e-5, "dropout": 0.0}, "block.attention"),
     "mlp": (model_spec.MLP, blocks.MLP, kind_examples.MLP, {"d_model": D_MODEL}, "block.mlp"),
@@ -40,13 +42,19 @@ FAMILIES: dict[str, tuple[Any, Registry, dict, dict, str]] = {
 
 def union_kinds(union: Any) -> dict[str, type]:
     """kind -> spec class of each member of a discriminated union."""
-    members = typing.get_args(typing.get_args(union)[0])
+    inner = typing.get_args(union)[0]
+    members = typing.get_args(inner) if typing.get_origin(inner) in (typing.Union, types.UnionType) else (inner,)
+    members = tuple(typing.get_args(m)[0] if typing.get_origin(m) is typing.Annotated else m for m in members)  # Tag()ged members
     return {typing.get_args(member.model_fields["kind"].annotation)[0]: member for member in members}
 
 
 def facts(family: str, spec: Any) -> dict[str, Any]:
     """What the plan asks a kind's spec class, by part; raises where a part is missing."""
     storage = Storage("fp32")
+    if family == "block":
+        return {"shapes": spec.parameter_shapes("", D_MODEL), "flops": spec.flops_per_token(D_MODEL, SEQ_LEN),
+                "activation bytes": spec.activation_bytes_per_token(D_MODEL, SEQ_LEN, storage, 0.1), "widths": spec.attention_dims(D_MODEL),
+                "active": spec.active_parameters(D_MODEL), "summary": spec.summary()}
     if family == "attention":
         return {"shapes": spec.parameter_shapes("", D_MODEL), "flops": spec.flops_per_token(D_MODEL, SEQ_LEN),
                 "activation bytes": spec.activation_bytes_per_token(D_MODEL, SEQ_LEN, storage, 0.1), "widths": spec.dims(D_MODEL)}
@@ -117,7 +125,9 @@ def test_every_kind_builds_what_its_spec_reports_and_initialises_all_of_it(famil
     reported = facts(family, spec)
     module = built(family, registry[kind], spec)
     assert [(name, tuple(p.shape)) for name, p in module.named_parameters()] == reported["shapes"]
-    matmul_parameters = 0 if family == "position" else count(reported["shapes"])  # positions are lookups
+    # positions are lookups; a mixture of experts runs a token through its active parameters only
+    active = getattr(spec, "active_parameters", None)
+    matmul_parameters = 0 if family == "position" else active(D_MODEL) if active else count(reported["shapes"])
     assert reported["flops"] >= 6 * matmul_parameters and reported["activation bytes"] >= 0
     module.to_empty(device="cpu")
     for scheme in (GPT2Init(), TabulaPrimaInit(kind="tabulaprima")):

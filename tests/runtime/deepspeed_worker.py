@@ -6,6 +6,7 @@ one launch (DeepSpeed's start-up costs tens of seconds a launch on a small CPU m
 MODE stages (2 ranks): for ZeRO 0-3, 5 steps, a checkpoint, a resume for 5 more (run folders z0..z3);
 then the 2-rank moves of the ZeRO-2 checkpoint at step 10 into ZeRO-1 and ZeRO-3 (z2-to-z1, z2-to-z3),
 and the local engine's step-8 checkpoint (the test's reference run) into 2 ranks of ZeRO-2 (local-to-z2).
+MODE moe (2 ranks): a mixture-of-experts model 3 steps under each ZeRO stage (moe-z0..moe-z3).
 MODE one-rank (1 rank): the step-10 checkpoints of z0..z3 resumed on 1 rank at the same stage, and z2's
 into ZeRO-1 (z0-to-1r ... z2-to-1r-z1). Every resumed run trains 5 steps; the test reads the events.
 """
@@ -15,6 +16,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+
+MOE = ("model.block.mlp={kind: moe, n_experts: 4, top_k: 2, hidden: 32, n_shared: 1, router: sigmoid, balance: bias, "
+       "bias_rate: 0.01, z_loss_weight: 0.001}")
 
 
 def main(work: Path, mode: str) -> None:
@@ -33,8 +38,9 @@ def main(work: Path, mode: str) -> None:
     init_distributed(timeout_minutes=2)
     rank, world = dist.get_rank(), dist.get_world_size()
 
-    def run(name: str, stage: int, *, resume_from: Path | None = None, steps: int = 5, fresh: bool = True) -> RunDir:
-        spec = load_spec(work / "tiny.yaml", overrides=["parallel.backend=deepspeed", f"parallel.zero.stage={stage}"])
+    def run(name: str, stage: int, *, resume_from: Path | None = None, steps: int = 5, fresh: bool = True,
+            model: tuple[str, ...] = ()) -> RunDir:
+        spec = load_spec(work / "tiny.yaml", overrides=["parallel.backend=deepspeed", f"parallel.zero.stage={stage}", *model])
         prepared = prepare(spec)
         plan = make_plan(spec, world_size=world, vocab_size=prepared.vocab_size)
         path = work / name
@@ -61,6 +67,9 @@ def main(work: Path, mode: str) -> None:
         run("z2-to-z1", 1, resume_from=step10("z2"))
         run("z2-to-z3", 3, resume_from=step10("z2"))
         run("local-to-z2", 2, resume_from=work / "local" / "checkpoints" / "step-000008")
+    elif mode == "moe":  # a mixture of experts (DeepSeek-V3's bias balancing, a shared expert) under each stage
+        for stage in (0, 1, 2, 3):
+            run(f"moe-z{stage}", stage, steps=3, model=(MOE,))
     else:
         for stage in (0, 1, 2, 3):
             run(f"z{stage}-to-1r", stage, resume_from=step10(f"z{stage}"))

@@ -113,6 +113,29 @@ def test_zero_stage_matches_local_engine_through_a_checkpoint_and_resume(two_ran
     assert (layout["zero_stage"], layout["world_size"]) == (stage, 2)
 
 
+@pytest.fixture(scope="module")
+def moe_runs(work) -> Path:
+    launch_worker(work, "moe", 2)
+    return work
+
+
+def test_a_mixture_of_experts_trains_alike_under_every_zero_stage(moe_runs):
+    """The same MoE steps under ZeRO 0-3: the same losses, routing events from rank 0, and the balancing bias,
+    moved by the load summed over both ranks, saved alike."""
+    from safetensors.torch import load_file
+
+    two_ranks = moe_runs
+    losses = [train_losses(two_ranks / f"moe-z{stage}") for stage in range(4)]
+    assert sorted(losses[0]) == [1, 2, 3]
+    assert all(max(abs(got[s] - losses[0][s]) for s in got) < TOLERANCE for got in losses[1:]), losses
+    events = [json.loads(line) for line in (two_ranks / "moe-z3" / "events.jsonl").read_text().splitlines()]
+    routing = [e for e in events if e["kind"] == "routing"]
+    assert len(routing) == 3 and all(len(e["load"]) == 2 and abs(sum(e["load"][0]) - 1) < 1e-3 for e in routing)
+    biases = [load_file(str(two_ranks / f"moe-z{stage}" / "checkpoints" / "step-000003" / "model.safetensors"))["blocks.0.mlp.expert_bias"]
+              for stage in range(4)]
+    assert biases[0].abs().sum() > 0 and all(bias.allclose(biases[0], atol=1e-6) for bias in biases)
+
+
 def test_consolidated_weights_load_as_on_local_runs(two_ranks):
     import torch
 

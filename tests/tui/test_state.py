@@ -63,3 +63,16 @@ def test_series_stays_bounded_and_spans_the_whole_run():
     assert series.xs[0] == 0 and series.xs[-1] > 9000
     series.add(10_001, float("nan"))
     assert all(math.isfinite(y) for y in series.ys)
+
+
+def test_a_mixture_of_experts_routing_event_shows_in_the_stats_panel():
+    from tabula.tui.widgets.stats_panel import stats_rows
+
+    plain = folded(run_events(3))
+    assert "experts" not in dict(stats_rows(plain))  # no row for a model without experts
+    routing = {"kind": "routing", "time": T0 + 1, "step": 1, "tokens": BATCH_TOKENS, "balance_loss": 1.02, "imbalance": 1.5,
+               "load": [[0.375, 0.25, 0.25, 0.125], [0.25, 0.25, 0.25, 0.25]]}
+    state = folded([*run_events(3), routing])
+    assert (state.expert_imbalance, state.balance_loss, state.expert_load[0][0]) == (1.5, 1.02, 0.375)
+    assert dict(stats_rows(state))["experts"] == "imbalance 1.5x, balance loss 1.02, busiest 37.5%"
+    assert folded([{**routing, "load": "junk", "imbalance": "x"}]).expert_load is None  # a hostile event is ignored

@@ -64,7 +64,17 @@ def stats_rows(state: RunState) -> list[tuple[str, str]]:
         ("memory", format_bytes(state.memory)),
         ("checkpoint", _short(state.last_checkpoint)),
         ("best ckpt", _short(state.best_checkpoint)),
-    ]
+    ] + _experts(state)
+
+
+def _experts(state: RunState) -> list[tuple[str, str]]:
+    """A mixture of experts' routing, once a routing event said it (no row for other models): the busiest
+    expert's share over the uniform one, the balancing loss (both 1 when uniform), the busiest share."""
+    if state.expert_imbalance is None:
+        return []
+    busiest = max((max(row) for row in state.expert_load or [] if row), default=None)
+    shown = f"imbalance {format_float(state.expert_imbalance, 3)}x, balance loss {format_float(state.balance_loss, 3)}"
+    return [("experts", shown + (f", busiest {format_percent(busiest)}" if busiest is not None else ""))]
 
 
 def _skipped(state: RunState) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tabula.compiler.blocks import ATTENTION, MLP, NORM, POSITION
+from tabula.compiler.blocks import ATTENTION, BLOCK, MLP, NORM, POSITION
 from tabula.compiler.blocks.attention import attend, attention_mask
 from tabula.compiler.blocks.position import Rope, apply_rope
 from tabula.compiler.blocks.registry import Registry
@@ -32,7 +32,8 @@ def qkv(B=2, H=4, T=12, D=8, kv_heads=None, seed=0):
 
 def test_registry_knows_every_spec_kind_and_refuses_duplicates():
     assert ATTENTION.kinds() == ["gqa", "mha", "mla", "mqa"]
-    assert MLP.kinds() == ["gelu", "swiglu"]
+    assert MLP.kinds() == ["gelu", "moe", "swiglu"]
+    assert "transformer" in BLOCK.kinds()  # the default layer kind (others: a Mamba block...)
     assert NORM.kinds() == ["layernorm", "rmsnorm"]
     assert POSITION.kinds() == ["learned", "none", "rope"]
     registry = Registry("thing")

@@ -19,6 +19,15 @@ from tabula.schemas.model import MoEMLP as MoESpec
 D = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads and lose much to OpenMP spin-waits on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def moe(**fields) -> MoEMLP:
     spec = MoESpec.model_validate({"kind": "moe", "n_experts": 4, "top_k": 2, "hidden": 16} | fields)
     module = MoEMLP(spec, D)

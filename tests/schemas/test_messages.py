@@ -20,7 +20,7 @@ def only_error(old: str, new: str):
 
 @pytest.mark.parametrize("old, new, path, line, column, message, expected", [
     ("mlp: {kind: swiglu, hidden: 128}", "mlp: {hidden: 128}", "model.block.mlp", 8, 10,
-     "missing 'kind': say which one (gelu, swiglu)", "kind: one of gelu, swiglu"),
+     "missing 'kind': say which one (gelu, swiglu, moe)", "kind: one of gelu, swiglu, moe"),
     ("lr: 1.0e-3}", "lr: 1.0e-3, betas: [0.9]}", "train.optimizer.betas", 15, 47,
      "train.optimizer.betas has too few items (item 1 is missing)", None),
     ("name: tiny", "name: 'my run'", "name", 1, 7, "'my run' is not a valid name",

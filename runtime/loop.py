@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tabula.compiler.estimate import flops_per_token
-from tabula.compiler.routing import imbalance, moe_layers, routing_step
+from tabula.compiler.routing import RoutingStats, imbalance, moe_layers, routing_step
 
 from tabula.schemas import rundir_protocol as ctl
 from .compile_watch import CompileLog, eager_unless
@@ -150,7 +150,7 @@ class Trainer:
         self.flops: dict[int, float] = {}  # model FLOPs per token of each stage (set by `loop`)
         self.compiles = CompileLog(plan.compile, spec.name, run if engine.is_main else None, self.log)
         self.routers = moe_layers(engine.model)  # mixture-of-experts layers: routing_step after each update
-        self.routing = None  # the last step's RoutingStats
+        self.routing: RoutingStats | None = None  # the last step's RoutingStats
 
     # ------------------------------------------------------------------ events
 

@@ -202,7 +202,7 @@ class Model(SpecModel):
         return self
 
     def _check_layers(self) -> None:
-        ranges = []
+        ranges: list[range] = []
         for j, override in enumerate(self.layers):
             stop = self.n_layers if override.stop is None else override.stop
             if override.start >= self.n_layers:

@@ -33,6 +33,9 @@ class MoEMLP(nn.Module):
 
     hf = MoEToHF()
 
+    expert_bias: torch.Tensor | None  # buffers, declared for the type checker
+    load: torch.Tensor
+
     def __init__(self, spec: MoESpec, d_model: int) -> None:
         super().__init__()
         self.spec = spec
@@ -93,7 +96,7 @@ class MoEMLP(nn.Module):
             order, token, counts = order[keep], token[keep], counts.clamp(max=capacity)
         gathered = x[token]  # (A, C), grouped by expert
         outputs = []
-        for e, chunk in enumerate(gathered.split(counts.tolist())):  # a loop over experts, not tokens
+        for e, chunk in enumerate(torch.split(gathered, counts.tolist())):  # a loop over experts, not tokens
             if chunk.numel() == 0:
                 outputs.append(chunk)
                 continue

@@ -14,6 +14,7 @@ class MLPSpec(SpecModel):
     """What every MLP kind has and answers, for a d_model -> d_model network."""
 
     if TYPE_CHECKING:  # every kind has these fields (declared there, in the order its YAML shows)
+        kind: str
         hidden: int
         dropout: float
 

@@ -46,8 +46,11 @@ def build_model(spec: Spec, *, vocab_size: int | None = None, device: torch.devi
             "model.vocab_size is auto and the tokenizer's size is known only once it is loaded: "
             "pass vocab_size=tokenizer vocabulary size, or set model.vocab_size in the spec"
         )
+    from .kernels import apply_kernels
+
     with torch.device(device):
         model = Transformer(spec.model, vocab)
+    apply_kernels(model, spec.model.kernels)  # Liger's modules, where model.kernels asks for them
     if torch.device(device).type != "meta":
         model.init_weights(spec.seed)
     return model

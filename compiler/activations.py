@@ -14,7 +14,8 @@ this module adds them up over the model:
                       and, with its dropout, a one-byte mask            + hidden
     dropout (p > 0)   a one-byte mask on each residual branch, and attention's T x T softmax,
                       mask and dropped probabilities where dropout is not fused (CPUs)
-    head              final norm, logits (returned to the caller) and their fp32 log-softmax
+    head              final norm, logits (returned to the caller) and their fp32 log-softmax;
+                      with a fused loss (model.kernels.cross_entropy) one chunk's logits instead
 
 Mixed precision under autocast (one local process): matmul inputs and outputs are 2 bytes, each
 matmul keeps its own half-precision copy of a norm's output, the residual stream and the norms'
@@ -27,6 +28,8 @@ saved tensors and holds this within 25%.
 """
 
 from __future__ import annotations
+
+import math
 
 from tabula.schemas.blocks.block import norm_bytes
 from tabula.schemas.blocks.costs import Storage
@@ -50,9 +53,27 @@ def _per_layer(model: ModelSpec, seq_len: int, storage: Storage) -> list[int]:
 
 def head_bytes_per_token(model: ModelSpec, vocab_size: int, precision: str, autocast: bool = True) -> int:
     """Bytes per token outside the blocks: token ids and targets, the final norm, the logits and
-    the fp32 log-softmax the loss keeps."""
+    the fp32 log-softmax the loss keeps (not with a fused loss, model.kernels.cross_entropy: see
+    loss_workspace_bytes)."""
     storage = Storage.of(precision, autocast)
-    return 16 + norm_bytes(model.block.norm, model.d_model, storage, 1) + vocab_size * (storage.matmul + 4)
+    logits = vocab_size * (storage.matmul + 4) if model.kernels.cross_entropy == "standard" else 0
+    return 16 + norm_bytes(model.block.norm, model.d_model, storage, 1) + logits
+
+
+def loss_workspace_bytes(model: ModelSpec, vocab_size: int, tokens: int, precision: str, autocast: bool = True) -> int:
+    """Peak bytes a fused loss holds for a micro-batch of `tokens` (0 for the standard loss, whose
+    logits are counted per token): chunked, one chunk's logits and their fp32 softmax (and fp32 copy)
+    (compiler/kernels/chunked_ce.py); liger, its chunk of tokens / ceil(vocab / d_model) rows (a power
+    of two) likewise, and the input and weight gradients it computes in the forward, in fp32."""
+    kernel = model.kernels.cross_entropy
+    if kernel == "standard":
+        return 0
+    matmul = Storage.of(precision, autocast).matmul
+    per_row = vocab_size * (matmul + 4 + (4 if matmul < 4 else 0))  # logits, fp32 (log-)softmax, and their fp32 copy in half precision
+    if kernel == "chunked":
+        return min(model.kernels.chunk_tokens, tokens) * per_row
+    rows = 1 << max(0, math.ceil(tokens / math.ceil(vocab_size / model.d_model)) - 1).bit_length()
+    return min(rows, tokens) * per_row + (tokens + vocab_size) * model.d_model * 4
 
 
 def activation_bytes(
@@ -68,4 +89,5 @@ def activation_bytes(
     checkpointed = set({"none": range(0), "full": range(L), "every_n": range(0, L, every_n)}[policy])
     kept = sum(b for i, b in enumerate(layers) if i not in checkpointed) + len(checkpointed) * model.d_model * storage.stream
     recompute = max((layers[i] for i in checkpointed), default=0)
-    return tokens * (kept + recompute + head_bytes_per_token(model, vocab_size, precision, autocast))
+    head = head_bytes_per_token(model, vocab_size, precision, autocast)
+    return tokens * (kept + recompute + head) + loss_workspace_bytes(model, vocab_size, tokens, precision, autocast)

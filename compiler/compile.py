@@ -79,7 +79,7 @@ def _block_dims(x, rope=None, mask=None, *_, **__) -> list[tuple[Any, tuple[int,
     marked = [(x, (0, 1))]  # (B, T, C)
     if rope is not None:
         marked += [(table, (0,)) for table in rope]  # (T, rotary dim)
-    if mask is not None:
+    if isinstance(mask, torch.Tensor):  # a FlexAttention BlockMask is not marked
         marked.append((mask, (0, 1) if mask.dim() == 2 else (0, 2, 3)))  # (T, T) or (B, 1, T, T)
     return marked
 

@@ -163,9 +163,9 @@ def _session_stages(stages: tuple[StagePlan, ...], max_steps: int | None) -> lis
 
 
 def _graph_variants(spec: Spec, stages: tuple[StagePlan, ...], dynamic_shapes: bool) -> int:
-    """How many sets of training graphs the stages need: one a structure (a sliding window masking or
-    not at that length), and without dynamic shapes, torch's automatic recompile for a second shape."""
-    windows = {block.window for block in spec.model.layer_blocks}
-    structures = {tuple(w is not None and w < stage.seq_len for w in sorted(windows, key=str)) for stage in stages if stage.steps}
+    """How many sets of training graphs the stages need: one a structure (each layer's window or sparse pattern
+    masking or not at that length), and without dynamic shapes, torch's automatic recompile for a second shape."""
+    patterns = sorted({block.pattern for block in spec.model.layer_blocks}, key=repr)
+    structures = {tuple(not pattern.plain(stage.seq_len) for pattern in patterns) for stage in stages if stage.steps}
     shapes = {(stage.micro_batch, stage.seq_len) for stage in stages if stage.steps}
     return max(1, len(structures)) + (0 if dynamic_shapes or len(shapes) < 2 else 1)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tabula.schemas.blocks.costs import FLOPS_PER_PARAMETER, Shapes
 from tabula.schemas.finetune import QLora, linear_modules
+from tabula.schemas.kernels import Kernels
 from tabula.schemas.model import Model as ModelSpec
 from tabula.schemas.spec import Spec
 
@@ -290,6 +291,7 @@ class Estimate:
     notes: tuple[str, ...] = field(default=())
     trainable: Trainable | None = None  # what the optimizer updates (train.finetune's share)
     memory_saved: int = 0  # device bytes per rank a fine-tuning method saves against training every parameter
+    kernel_memory_saved: int = 0  # activation bytes per rank model.kernels' fused loss saves against the standard one (largest stage)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -322,6 +324,11 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
         }
         largest = max(largest, acts["chosen"])
         stages.append(StageCost(stage.index, stage.seq_len, tokens, per_token, acts))
+    kernel_saved = 0
+    if model.kernels.cross_entropy != "standard":
+        standard = model.model_copy(update={"kernels": Kernels()})
+        kernel_saved = max(activation_bytes(standard, vocab, stage.micro_batch, stage.seq_len, plan.precision, policy, every_n,
+                                            autocast=spec.parallel.backend == "local") for stage in plan.stages) - largest
     memory = {**device, "activations": largest}
     memory["total"] = sum(memory.values())
     if host:
@@ -348,4 +355,5 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
         notes=tuple(notes),
         trainable=count_trainable(spec, vocab),
         memory_saved=saved,
+        kernel_memory_saved=kernel_saved,
     )

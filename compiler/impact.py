@@ -9,9 +9,9 @@ a model change that changes the weights' shapes or names (the parameter list of
 resolved vocabulary size, a change of the optimizer's kind (its saved state has another
 layout), and a change of train.finetune that changes what trains (its method, or the trained
 parameters' names or shapes: a fine-tuning checkpoint holds those alone); a fine-tuning change
-that keeps them (alpha, rslora, a QLoRA format) resumes with a warning, its dropout and init silently. Model changes that keep every shape (RoPE theta or scaling, a sliding window, norm eps,
+that keeps them (alpha, rslora, a QLoRA format) resumes with a warning, its dropout and init silently. Model changes that keep every shape (RoPE theta or scaling, a sliding window or sparse pattern, norm eps,
 a norm or attention kind with the same parameters) resume with a warning: the weights load but
-compute differently. Dropout (the model's and the MLP's), compile, init and max_seq_len (without learned positions) resume
+compute differently. Dropout (the model's and the MLP's), compile, kernels, the attention backend, init and max_seq_len (without learned positions) resume
 silently, as do schedule, budget, mixture, curriculum, batch, interval, evaluation, checkpoint,
 parallelism and tracking changes: they act on what happens next.
 """
@@ -28,9 +28,12 @@ from tabula.schemas.spec import Spec
 from tabula.schemas.units import format_bytes, format_count
 
 # model.* paths (prefixes) that act only at the start, or only on how the model is run
-SILENT_MODEL_PATHS = ("model.dropout", "model.block.mlp.dropout", "model.compile", "model.init")
+# (model.kernels and the attention backend compute the same function another way)
+SILENT_MODEL_PATHS = ("model.dropout", "model.block.mlp.dropout", "model.compile", "model.init", "model.kernels",
+                      "model.block.attention.backend")
 # model.* leaves that never change a weight's shape
-COMPUTE_ONLY = ("model.position.theta", "model.position.scaling", "model.block.attention.window", "model.block.norm.eps")
+COMPUTE_ONLY = ("model.position.theta", "model.position.scaling", "model.block.attention.window", "model.block.attention.sparse",
+                "model.block.norm.eps")
 
 # why a change breaks resuming, or resumes with a caveat: short, since `tabula diff` shows it under
 # each change it applies to and once more, with the paths, in its summary

@@ -35,13 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tabula.schemas.blocks.sparsity import Backend, MaskPattern
 from tabula.schemas.model import Model as ModelSpec
 
 from .blocks import build_block, build_norm, build_position
-from .blocks.attention import attention_mask
 from .blocks.init import WeightInit
+from .blocks.masks import Mask, attention_mask, runs_flex
 from .blocks.moe import MoEMLP
 from .blocks.registry import LayerModule
+from .kernels import loss_kernel
 
 if TYPE_CHECKING:
     from .adapters import Applied
@@ -66,9 +68,10 @@ class Transformer(nn.Module):
     """A decoder-only transformer built from the `model:` section of a spec.
 
     forward(input_ids (B, T), targets (B, T) or None, *, document_ids (B, T) or None)
-      -> logits (B, T, vocab), or (logits, loss) with targets (in training mode, a mixture of
-         experts' weighted balancing and z-losses added to the mean cross-entropy over
-         targets != -100). With document_ids, tokens attend only within their document
+      -> logits (B, T, vocab), or (logits, loss) with targets (mean cross-entropy over
+         targets != -100; in training mode, a mixture of experts' weighted balancing and z-losses
+         added); (None, loss) where model.kernels.cross_entropy computes the loss without the logits
+         (chunked, liger). With document_ids, tokens attend only within their document
          (positions keep counting across documents, as in Llama 3's document masking).
 
     Prompt and prefix tuning (compiler/adapters.py) set `virtual_tokens`: n positions before every
@@ -93,8 +96,11 @@ class Transformer(nn.Module):
             # A module of its own even when tied, so that sharded engines (ZeRO-3) gather the
             # weight around the head's forward as they do around the embedding's.
             self.lm_head.weight = self.embed.weight
-        self._masks: dict[tuple[int, torch.device, int, int | None], torch.Tensor | None] = {}
+        # each layer's mask: its attention's pattern (window, sparse) and backend; one mask per distinct pair
+        self.layer_masks: list[tuple[MaskPattern, Backend]] = [(block.pattern, block.attention_backend) for block in spec.layer_blocks]
+        self._masks: dict[tuple[int, torch.device, int, MaskPattern, bool], Mask | None] = {}
         self.loss_fn = cross_entropy  # compile.apply_compile may swap in a compiled copy
+        self.loss_kernel = loss_kernel(spec.kernels)  # None: logits, then loss_fn
         # the mixture-of-experts MLPs (compiler/blocks/moe.py): their aux_loss joins the training loss
         self.routers = [module for module in self.blocks.modules() if isinstance(module, MoEMLP)]
         # Set by compiler/adapters.apply_finetune: what the fine-tuning method changed (None: nothing), and
@@ -104,7 +110,7 @@ class Transformer(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, document_ids: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
         T, n = input_ids.size(1), self.n_virtual
         if T + n > self.max_seq_len:
             raise ValueError(f"sequence of {T} tokens{f' and {n} virtual tokens' if n else ''} is longer than max_seq_len ({self.max_seq_len})")
@@ -113,18 +119,24 @@ class Transformer(nn.Module):
             # prompt tuning: (B, n + T, C), no prefix; prefix tuning: x, each layer's (keys, values) (B, n_kv, n, hs)
             x, prefix = self.virtual_tokens(x)
         x, rope = self.pos_embed(x, offset=n if prefix is not None else 0)  # RoPE's (cos, sin) or None
-        masks = {window: self.attention_mask(T, document_ids, input_ids.device, window) for window in self.windows}
+        masks = {key: self.attention_mask(T, document_ids, input_ids.device, *key) for key in dict.fromkeys(self.layer_masks)}
         for i, block in enumerate(self._layers()):
-            layer_prefix, mask = prefix[i] if prefix is not None else None, masks[block.window]
+            layer_prefix, mask = prefix[i] if prefix is not None else None, masks[self.layer_masks[i]]
             if block.checkpoint_activations and torch.is_grad_enabled():
                 x = checkpoint(block, x, rope, mask, layer_prefix, use_reentrant=False)
             else:
                 x = block(x, rope, mask, layer_prefix)
         x = self.norm(x[:, -T:])  # a prompt's virtual positions predict nothing
-        logits = self.lm_head(x)  # (B, T, vocab)
-        if targets is None:
-            return logits
-        loss = self.loss_fn(logits, targets)
+        logits: torch.Tensor | None = None
+        if targets is not None and self.loss_kernel is not None and type(self.lm_head) is nn.Linear:
+            # model.kernels.cross_entropy: projection and loss fused, the full logits never materialised
+            # (a head a fine-tuning method wrapped takes the standard path, which sees its adapters)
+            loss = self.loss_kernel(x, self.lm_head.weight, targets)
+        else:
+            logits = self.lm_head(x)  # (B, T, vocab)
+            if targets is None:
+                return logits
+            loss = self.loss_fn(logits, targets)
         if self.training and self.routers:  # a mixture of experts' balancing and z-losses join the training loss
             loss = loss + sum(router.aux_loss for router in self.routers if router.aux_loss is not None)
         return logits, loss
@@ -141,25 +153,28 @@ class Transformer(nn.Module):
     @property
     def windows(self) -> list[int | None]:
         """The distinct attention windows of the layers (None: the whole causal context)."""
-        return list(dict.fromkeys(block.window for block in self._layers()))
+        return list(dict.fromkeys(pattern.window for pattern, _ in self.layer_masks))
 
     @property
     def window(self) -> int | None:
         """The first layer's attention window (every layer's, unless a layer pattern varies it)."""
-        return self._layers()[0].window
+        return self.layer_masks[0][0].window
 
     def attention_mask(self, seq_len: int, document_ids: torch.Tensor | None, device: torch.device,
-                       window: int | None = None) -> torch.Tensor | None:
-        """The mask the layers with attention `window` share: None (plain causal), or a boolean mask cached per length. With
-        virtual tokens, its keys include them (seen by every token) and its queries are the prompt's
+                       pattern: MaskPattern | None = None, backend: Backend | None = None) -> Mask | None:
+        """The mask the layers with attention `pattern` and `backend` share (default: the first layer's): None
+        (plain causal), a boolean mask or a FlexAttention block mask (blocks/masks.py), cached per length.
+        With virtual tokens, its keys include them (seen by every token) and its queries are the prompt's
         virtual tokens and the sequence, or the sequence alone after a prefix."""
+        pattern = self.layer_masks[0][0] if pattern is None else pattern
+        backend = self.layer_masks[0][1] if backend is None else backend
         n = self.n_virtual
         prefix_only = self.virtual_tokens is not None and n > 0 and self.virtual_tokens.keys_only
         if document_ids is not None or torch.compiler.is_compiling():
-            return attention_mask(seq_len, window, document_ids, device, virtual=n, keys_only=prefix_only)
-        key = (seq_len, device, n, window)
+            return attention_mask(seq_len, pattern, document_ids, device, backend=backend, virtual=n, keys_only=prefix_only)
+        key = (seq_len, device, n, pattern, runs_flex(backend, device))
         if key not in self._masks:
-            self._masks[key] = attention_mask(seq_len, window, None, device, virtual=n, keys_only=prefix_only)
+            self._masks[key] = attention_mask(seq_len, pattern, None, device, backend=backend, virtual=n, keys_only=prefix_only)
         return self._masks[key]
 
     # ------------------------------------------------------------ weights

@@ -133,6 +133,10 @@ def make_plan(
     notes: list[str] = []
     vocab = _vocab_size(spec, vocab_size)
     precision = _precision(spec, device_type, notes)
+    if any(block.attention_backend == "flex" for block in spec.model.layer_blocks) and device_type in ("cpu", "mps"):
+        notes.append(f"attention backend flex: FlexAttention has no backward on the {device_type} (torch 2.13): training computes "
+                     "the same pattern with the dense mask; evaluation and sampling run FlexAttention eagerly, several times slower "
+                     "than the dense mask there (7x at 2048 tokens, bench/bench_flex.py): sdpa suits CPU runs")
     budget = _budget(spec, vocab)
     train = spec.train
     batch = train.batch_tokens
@@ -149,6 +153,7 @@ def make_plan(
 
     spans = _spans(spec, budget, notes)
     errors = _indivisible(spec, world, [seq_len for _, _, _, seq_len, _ in spans]) + _finetune_refusals(spec, device_type)
+    errors += _kernel_refusals(spec, device_type)
     if errors:
         raise _errors(spec, errors)
     stages = []
@@ -201,6 +206,19 @@ def _finetune_refusals(spec: Spec, device_type: str) -> list[Problem]:
         return [(path, "qlora runs on the local engine (parallel.backend: local): DeepSpeed does not partition 4-bit weights",
                  "parallel.backend: local", "deepspeed")]
     return []
+
+
+def _kernel_refusals(spec: Spec, device_type: str) -> list[Problem]:
+    """model.kernels choices that cannot run here: Liger Kernel off CUDA; a fused loss under ZeRO-3, which
+    gathers the output head's weight only around the head's own forward (the fused loss reads it directly)."""
+    kernels = spec.model.kernels
+    problems: list[Problem] = [(("model", "kernels", name), message, "a CUDA GPU", "liger")
+                               for name, message in kernels.device_problems(device_type)]
+    if kernels.cross_entropy != "standard" and spec.parallel.backend == "deepspeed" and spec.parallel.zero.stage == 3:
+        problems.append((("model", "kernels", "cross_entropy"), f"{kernels.cross_entropy} cross-entropy reads the output head's weight "
+                         "outside the head's forward, where ZeRO-3 has not gathered it: use standard, or ZeRO stage 2 or below",
+                         "standard (or zero.stage <= 2)", kernels.cross_entropy))
+    return problems
 
 
 def _vocab_size(spec: Spec, tokenizer_size: int | None) -> int:

@@ -37,7 +37,9 @@ from .blocks.mlp import GeluMLP, MLPSpec, SwigluMLP
 from .blocks.moe import MoEMLP
 from .blocks.norm import LayerNorm, NormSpec, RMSNorm
 from .blocks.position import LearnedPositions, NoPositions, PositionSpec, Rope, RopeScaling
+from .blocks.sparsity import Backend, MaskPattern, SparseAttention
 from .init import FromWeights, GPT2Init, Init, TabulaPrimaInit
+from .kernels import Kernels
 
 # A new kind is one class in schemas/blocks/ and one member here.
 Attention = Annotated[Union[MHA, GQA, MQA, MLA], Field(discriminator="kind")]
@@ -50,6 +52,7 @@ __all__ = [
     "Rope", "RopeScaling", "LearnedPositions", "NoPositions", "PositionSpec", "Position",
     "RMSNorm", "LayerNorm", "NormSpec", "Norm", "GeluMLP", "SwigluMLP", "MoEMLP", "MLPSpec", "MLP",
     "GPT2Init", "TabulaPrimaInit", "FromWeights", "Init", "BlockSpec", "TransformerBlock", "MambaBlock", "MambaMixer", "MambaDims", "Block", "Layers", "Compile", "Model",
+    "SparseAttention", "MaskPattern", "Kernels",
 ]
 
 
@@ -91,12 +94,22 @@ class TransformerBlock(BlockSpec):
     def window(self) -> int | None:
         return self.attention.window
 
+    @property
+    def pattern(self) -> MaskPattern:
+        return self.attention.pattern
+
+    @property
+    def attention_backend(self) -> Backend:
+        return self.attention.backend
+
     def attention_dims(self, d_model: int) -> AttentionDims:
         return self.attention.dims(d_model)
 
     def summary(self) -> str:
         window = f" window {self.attention.window}" if self.attention.window else ""
-        return f"{self.attention.kind}{window} + {self.mlp.summary()}"
+        sparse = " + sparse" if self.attention.sparse is not None else ""
+        flex = " (flex)" if self.attention.backend == "flex" else ""
+        return f"{self.attention.kind}{window}{sparse}{flex} + {self.mlp.summary()}"
 
 
 class MambaBlock(BlockSpec):
@@ -209,6 +222,7 @@ class Model(SpecModel):
                     "or from: every weight loaded from a pretrained model (a Hugging Face checkpoint, hf:org/name, a tabula run).",
     )
     compile: Compile = Field(default_factory=Compile, description="torch.compile policy.")
+    kernels: Kernels = Field(default_factory=Kernels, description="Which implementation computes the loss, norms, RoPE and SwiGLU (same results; memory and speed differ).")
 
     canonical_omit: ClassVar[dict[str, Any]] = {"layers": []}  # a spec without overrides keeps its canonical form
 
@@ -230,6 +244,10 @@ class Model(SpecModel):
                                                     "set position kind none (Mamba layers need no positions)")
         if len(rotary) > 1:
             raise field_error("layers", f"every attention layer shares the model's RoPE tables: their rotary widths differ ({sorted(rotary)})")
+        for block, path in self._distinct_blocks():
+            if block.attention_backend == "flex" and self.dropout > 0:
+                raise field_error((*path, "attention", "backend"), f"FlexAttention has no attention dropout and model.dropout is "
+                                                                   f"{self.dropout}: set dropout to 0, or backend sdpa")
         return self
 
     def _check_layers(self) -> None:

@@ -1,8 +1,9 @@
 """Causal self-attention with one, some or all key/value heads per query head (MQA, GQA, MHA).
 
 Computed with torch's scaled_dot_product_attention, so the device's flash or memory-efficient
-kernel runs where it exists. A plain causal pass uses `is_causal`; a sliding window or
-document masking passes a boolean mask built once per forward by the model (`attention_mask`).
+kernel runs where it exists. A plain causal pass uses `is_causal`; a sliding window, sparse
+patterns or document masking pass a mask built once per forward by the model (compiler/blocks/
+masks.py): a dense boolean mask (backend sdpa), or FlexAttention's block mask (backend flex).
 """
 
 from __future__ import annotations
@@ -12,22 +13,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from tabula.schemas.model import GQA, MHA, MQA
 from tabula.schemas.model import Model as ModelSpec
 
 from ..hf_mapping import HFConfig, HFMapping
 from .init import WeightInit
+from .masks import Mask, dense_mask, flex
 from .norm import RMSNorm
 from .position import apply_rope
 from .registry import ATTENTION
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask | None, dropout: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs)) v over (B, nh, T, hs) queries and (B, n_kv, T, hs) keys/values.
 
-    `mask` is None for plain causal attention, else a boolean (T, T) or (B, 1, T, T) mask where
-    True means "may attend". Fewer key/value heads than query heads are shared in groups."""
+    `mask` is None for plain causal attention, a FlexAttention BlockMask (masks.block_mask; no
+    dropout), or a boolean (T, T) or (B, 1, T, T) mask where True means "may attend". Fewer
+    key/value heads than query heads are shared in groups."""
+    if isinstance(mask, BlockMask):
+        return flex(q, k, v, mask)
     if mask is None:
         gqa = k.size(1) != q.size(1)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
@@ -38,42 +44,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
-def attention_mask(seq_len: int, window: int | None, document_ids: torch.Tensor | None, device: torch.device, *,
-                   virtual: int = 0, keys_only: bool = False) -> torch.Tensor | None:
-    """The boolean mask (True: may attend) for causal attention with an optional sliding window
-    (each token sees itself and the window-1 tokens before it) and optional document ids (B, T)
-    (tokens see only their own document). None where plain causal attention suffices.
-    Returns (T, T) or, with document ids, (B, 1, T, T).
-
-    `virtual` positions before the T tokens (prompt or prefix tuning) are keys every token may see,
-    whatever its document (the window still counts them); they are queries too unless `keys_only`
-    (a prefix). The mask is then (Q, n + T), Q = n + T or T (keys_only)."""
-    windowed = window is not None and window < seq_len + virtual
-    if not windowed and document_ids is None and not keys_only:
-        return None
-    total = virtual + seq_len
-    query = torch.arange(total, device=device)[:, None]
-    key = torch.arange(total, device=device)[None, :]
-    mask = key <= query  # (n + T, n + T)
-    if windowed:
-        assert window is not None  # as windowed says
-        mask = mask & (query - key < window)
-    if document_ids is not None:
-        if virtual:  # virtual positions: a document of their own that every document sees
-            seen = torch.full((document_ids.size(0), virtual), -1, dtype=document_ids.dtype, device=device)
-            document_ids = torch.cat([seen, document_ids], dim=1)
-        same_document = (document_ids[:, :, None] == document_ids[:, None, :]) | (key < virtual)  # (B, n + T, n + T)
-        mask = (mask & same_document)[:, None]  # (B, 1, n + T, n + T)
-    return mask[..., virtual:, :] if keys_only else mask
+# The dense mask of a window (or a whole MaskPattern): masks.dense_mask, by its earlier name.
+attention_mask = dense_mask
 
 
 class AttentionToHF(HFMapping):
     """What every attention kind's mapping shares: QK-norm maps nowhere; attention-only dropout neither."""
 
     def problems(self, spec: Any, model: ModelSpec, architecture: str, path: str) -> list[str]:
+        problems = []
         if spec.qk_norm:
-            return [f"{path}.qk_norm: QK-norm does not map to Llama, Mistral, Qwen2 or DeepSeek-V3"]
-        return []
+            problems.append(f"{path}.qk_norm: QK-norm does not map to Llama, Mistral, Qwen2 or DeepSeek-V3")
+        if spec.sparse is not None:
+            problems.append(f"{path}.sparse: global tokens and strided blocks do not map to Llama, Mistral, Qwen2 or DeepSeek-V3")
+        return problems
 
     def read_config(self, config: HFConfig, architecture: str) -> tuple[dict[str, Any], list[str]]:
         if config.get("attention_dropout"):
@@ -205,14 +189,18 @@ class CausalSelfAttention(nn.Module):
             if isinstance(norm, RMSNorm):
                 norm.init_weights()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE on (B, T, nh, hs) queries and (B, T, n_kv, hs) keys (model.kernels.rope: liger overrides it)."""
+        return apply_rope(q, *rope), apply_rope(k, *rope)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: Mask | None,
                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim))  # (B, T, nh, hs)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim))  # (B, T, n_kv, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = self.rotate(q, k, rope)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, T, hs)
         if prefix is not None:  # prefix tuning: learned keys and values before the sequence's, (B, n_kv, n, hs)
             k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)

@@ -25,6 +25,7 @@ from tabula.schemas.model import Model as ModelSpec
 
 from ..hf_mapping import ExportError, HFConfig
 from .attention import AttentionToHF, attend
+from .masks import Mask
 from .init import WeightInit
 from .norm import RMSNorm
 from .position import apply_rope
@@ -168,7 +169,7 @@ class LatentAttention(nn.Module):
             return self.q_proj(x)
         return self.q_up(self.q_latent_norm(self.q_down(x)))  # through the (B, T, q_latent) latent
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: Mask | None,
                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if prefix is not None:
             raise ValueError("prefix tuning needs keys and values of one width; MLA's differ (the spec check refuses it)")

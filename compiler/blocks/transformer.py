@@ -9,6 +9,7 @@ from tabula.schemas.model import TransformerBlock as TransformerSpec
 
 from ..hf_mapping import NoHF
 from .init import WeightInit
+from .masks import Mask
 from .registry import ATTENTION, BLOCK, MLP, NORM
 
 
@@ -26,14 +27,14 @@ class TransformerBlock(nn.Module):
         self.mlp_norm = NORM[spec.norm.kind].build(spec.norm, d_model)
         self.mlp = MLP[spec.mlp.kind].build(spec.mlp, d_model)
         self.dropout = nn.Dropout(dropout)
-        self.window = spec.attention.window  # the model builds one mask per distinct window
+        self.window = spec.attention.window  # the sliding window (the model builds its masks from the spec's patterns)
         self.checkpoint_activations = False  # set by compile.apply_activation_checkpointing
 
     @classmethod
     def build(cls, spec: TransformerSpec, *, d_model: int, dropout: float) -> TransformerBlock:
         return cls(spec, d_model, dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: Mask | None,
                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, prefix))
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))

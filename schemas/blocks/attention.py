@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from ..base import SpecModel, field_error
 from .costs import FLOPS_PER_PARAMETER, Shapes, Storage, count, linear
+from .sparsity import BACKEND_DESCRIPTION, Backend, MaskPattern, SparseAttention
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,27 @@ class AttentionSpec(SpecModel):
         description="Sliding-window attention: each token sees at most this many previous tokens (itself included); null attends to the whole context.",
     )
     qk_norm: bool = Field(default=False, description="RMS-normalise queries and keys per head before the dot product (stabilises large learning rates).")
+    sparse: SparseAttention | None = Field(
+        default=None,
+        description="Sparse patterns added to the sliding window (which they require): global tokens (Longformer, BigBird) "
+        "and block-sparse strides. null: the window alone.",
+    )
+    backend: Backend = Field(default="sdpa", description=BACKEND_DESCRIPTION)
 
     # How many matmuls read the attention's input (its norm's output): q, k, v (mla: the query
     # path, the kv latent and the rotary key). Under autocast each keeps its own copy.
     input_readers: ClassVar[int] = 3
+
+    @model_validator(mode="after")
+    def _sparse_needs_window(self) -> AttentionSpec:
+        if self.sparse is not None and self.window is None:
+            raise field_error("sparse", "sparse patterns add keys to a sliding window: set window (without one every token sees the whole context)")
+        return self
+
+    @property
+    def pattern(self) -> MaskPattern:
+        """Which keys each query sees (window and sparse patterns)."""
+        return MaskPattern.of(self)
 
     def dims(self, d_model: int) -> AttentionDims:
         """The derived widths over a `d_model`-wide stream."""
@@ -65,9 +83,13 @@ class AttentionSpec(SpecModel):
     def flops_per_token(self, d_model: int, seq_len: int) -> int:
         """Training FLOPs of one token: 6 per parameter, and the scores and weighted values,
         6 T nh (qk + v) (the PaLM appendix's 12 H Q T with Q split into the query/key and value
-        head widths). Kernels compute the whole causal square, so T is all of seq_len, window or not."""
+        head widths). sdpa's kernels compute the whole causal square, so T is all of seq_len, window or not;
+        FlexAttention computes the pattern's pairs: T times the share of the causal square the window and
+        sparse patterns keep (`MaskPattern.density`; documents, known only from the data, not counted)."""
         dims = self.dims(d_model)
         scores = FLOPS_PER_PARAMETER * seq_len * dims.n_heads * (dims.head_dim + dims.v_head_dim)
+        if self.backend == "flex":
+            scores = round(scores * self.pattern.density(seq_len))
         return FLOPS_PER_PARAMETER * count(self.parameter_shapes("", d_model)) + scores
 
     def activation_bytes_per_token(self, d_model: int, seq_len: int, storage: Storage, dropout: float) -> int:
@@ -142,8 +164,8 @@ class _HeadsAttention(AttentionSpec):
 
     def kernel_bytes_per_token(self, dims: AttentionDims, seq_len: int, storage: Storage) -> int:
         nh, hd = dims.n_heads, dims.head_dim
-        windowed = self.window is not None and self.window < seq_len
-        kv = nh if windowed else dims.n_kv_heads  # a mask repeats shared key/value heads
+        masked = not self.pattern.plain(seq_len) and self.backend == "sdpa"
+        kv = nh if masked else dims.n_kv_heads  # sdpa's mask repeats shared key/value heads; flex shares them
         return (2 * nh * hd + 2 * kv * hd + nh * hd) * storage.matmul  # q, k, v, output, its re-laid copy
 
 

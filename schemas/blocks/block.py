@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..base import SpecModel
 from .costs import Shapes, Storage, count
+from .sparsity import Backend, MaskPattern
 
 if TYPE_CHECKING:
     from .attention import AttentionDims
@@ -53,6 +54,17 @@ class BlockSpec(SpecModel):
     def window(self) -> int | None:
         """The sliding attention window of the layer (None: the whole causal context, or no attention)."""
         return None
+
+    @property
+    def pattern(self) -> MaskPattern:
+        """Which keys the layer's attention lets each query see (window and sparse patterns; plain causal
+        for a layer without attention). The model builds one mask per distinct (pattern, backend)."""
+        return MaskPattern(self.window)
+
+    @property
+    def attention_backend(self) -> Backend:
+        """How the layer's masked attention is computed (block.attention.backend; sdpa without attention)."""
+        return "sdpa"
 
     def attention_dims(self, d_model: int) -> AttentionDims | None:
         """The layer's attention widths, or None for a layer without attention."""

@@ -142,6 +142,7 @@ def as_json(spec, plan, est, path: str) -> dict:
                    for run in layer_runs(spec.model)],
         "trainable": vars(est.trainable).copy() if est.trainable else None,
         "memory_saved_by_finetune": est.memory_saved,
+        "memory_saved_by_kernels": est.kernel_memory_saved,
         "flops_per_token": est.flops_per_token,
         "flops_per_token_seq_len": est.flops_per_token_seq_len,
         "memory_per_rank": est.memory_per_rank,
@@ -198,6 +199,9 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
     if spec.train.finetune is not None:
         lines.append(f"  {'saved by ' + spec.train.finetune.kind:<19}{_bytes(est.memory_saved):>16}"
                      "  (against training every parameter: no gradients and no optimizer state for frozen weights)")
+    if est.kernel_memory_saved:
+        lines.append(f"  {'saved by ' + spec.model.kernels.cross_entropy + ' CE':<19}{_bytes(est.kernel_memory_saved):>16}"
+                     "  (activations, against the full logits: model.kernels.cross_entropy)")
     if est.host_memory_per_rank:
         lines.append(f"  {'host (offloaded)':<19}{_bytes(est.host_memory_per_rank['total']):>16}")
     lines += _pipeline_lines(spec, plan)

@@ -77,8 +77,8 @@ def pipeline_layers(model: ModelSpec, vocab_size: int, seq_len: int) -> list[Pip
         params[index] += math.prod(shape)
     if model.tie_embeddings:
         params[-1] += vocab_size * d  # the head's stage holds its own copy of the tied weight
-    layer_flops = 2 * block.norm.flops_per_token(d) + block.attention.flops_per_token(d, seq_len) + block.mlp.flops_per_token(d)
-    flops = [model.position.flops_per_token(d)] + [layer_flops] * n_layers
+    # each layer's own block (a layer pattern's overrides, MoE's active experts, Mamba's mixer)
+    flops = [model.position.flops_per_token(d)] + [layer.flops_per_token(d, seq_len) for layer in model.layer_blocks]
     flops += [block.norm.flops_per_token(d), FLOPS_PER_PARAMETER * vocab_size * d]
     names = ["embed"] + [f"block {i}" for i in range(n_layers)] + ["norm", "head"]
     return [PipeLayer(n, p, f) for n, p, f in zip(names, params, flops)]

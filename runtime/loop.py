@@ -155,6 +155,7 @@ class Trainer:
         self.compiles = CompileLog(plan.compile, spec.name, run if engine.is_main else None, self.log)
         self.routers = moe_layers(engine.model)  # mixture-of-experts layers: routing_step after each update
         self.routing = None  # the last step's RoutingStats
+        self.benchmarks: Any = None  # train.eval.benchmarks' runner, made at the first evaluation
 
     # ------------------------------------------------------------------ events
 
@@ -242,6 +243,7 @@ class Trainer:
             p.best_val_loss = val_loss
         self.emit("eval", val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)), best_val_loss=p.best_val_loss)
         self.sample()
+        self.benchmark()
         self.compiles.note("for evaluation and sampling", training=False)
 
     def sample(self) -> None:
@@ -255,6 +257,30 @@ class Trainer:
         with eager_unless(compiled=False):  # a batch of one growing token by token: graphs would cost more than they save
             new_ids = self.engine.generate(prompt_ids, sample.max_new_tokens)
         self.emit("sample", prompt=sample.prompt, text=tokenizer.decode(new_ids))
+
+    def benchmark(self) -> None:
+        """train.eval.benchmarks: lm-eval tasks on the model as it is now (evaluation/in_training.py)."""
+        assert self.spec.train.eval is not None
+        wanted = self.spec.train.eval.benchmarks
+        if wanted is None or not self.engine.is_main:
+            return
+        if self.engine.world_size > 1:
+            if self.benchmarks is None:
+                self.benchmarks = False
+                self.log("warning", "train.eval.benchmarks runs in one process only: no benchmarks in this run of several")
+            return
+        if self.benchmarks is None:
+            from .evaluation.in_training import TrainingBenchmarks
+
+            self.benchmarks = TrainingBenchmarks(wanted, self.spec.base_dir, self.prepared.tokenizer, self.prepared.eos_id)
+        if not self.benchmarks:
+            return
+        with eager_unless(compiled=False):
+            results, problem = self.benchmarks.run(self.engine.model, self.engine.device)
+        if problem:
+            self.log("warning", problem)
+        if results is not None:
+            self.emit("benchmark", results=results.scores, checkpoint=None, limit=results.limit)
 
     # ------------------------------------------------------------------ the step
 

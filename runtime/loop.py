@@ -41,6 +41,7 @@ from .tracking import AimTracker, make_tracker
 
 if TYPE_CHECKING:
     from tabula.compiler.plan import Plan, StagePlan
+    from .evaluation.in_training import TrainingBenchmarks
     from tabula.schemas.spec import Spec
 
     from .data.pipeline import PreparedData
@@ -155,7 +156,7 @@ class Trainer:
         self.compiles = CompileLog(plan.compile, spec.name, run if engine.is_main else None, self.log)
         self.routers = moe_layers(engine.model)  # mixture-of-experts layers: routing_step after each update
         self.routing = None  # the last step's RoutingStats
-        self.benchmarks: Any = None  # train.eval.benchmarks' runner, made at the first evaluation
+        self.benchmarks: TrainingBenchmarks | None = None  # train.eval.benchmarks, made at the first evaluation
 
     # ------------------------------------------------------------------ events
 
@@ -260,21 +261,10 @@ class Trainer:
 
     def benchmark(self) -> None:
         """train.eval.benchmarks: lm-eval tasks on the model as it is now (evaluation/in_training.py)."""
-        assert self.spec.train.eval is not None
-        wanted = self.spec.train.eval.benchmarks
-        if wanted is None or not self.engine.is_main:
-            return
-        if self.engine.world_size > 1:
-            if self.benchmarks is None:
-                self.benchmarks = False
-                self.log("warning", "train.eval.benchmarks runs in one process only: no benchmarks in this run of several")
-            return
         if self.benchmarks is None:
             from .evaluation.in_training import TrainingBenchmarks
 
-            self.benchmarks = TrainingBenchmarks(wanted, self.spec.base_dir, self.prepared.tokenizer, self.prepared.eos_id)
-        if not self.benchmarks:
-            return
+            self.benchmarks = TrainingBenchmarks.for_run(self.spec, self.prepared, self.engine)
         with eager_unless(compiled=False):
             results, problem = self.benchmarks.run(self.engine.model, self.engine.device)
         if problem:

@@ -42,17 +42,28 @@ class TrainingBenchmarks:
     """`spec` is a `train.eval.benchmarks` section; `base_dir` the spec file's folder (its `include` is
     relative to it); `tokenizer` the run's `tokenizers.Tokenizer` and `eos_id` its end-of-text id."""
 
-    def __init__(self, spec: Any, base_dir: str | Path, tokenizer: Any, eos_id: int | None) -> None:
+    def __init__(self, spec: Any, base_dir: str | Path, tokenizer: Any, eos_id: int | None, *, ranks: int = 1) -> None:
         self.spec = spec
-        self.include = [Path(base_dir) / spec.include] if spec.include else []
+        self.include = [Path(base_dir) / spec.include] if spec is not None and spec.include else []
         self.tokenizer, self.eos_id = tokenizer, eos_id
+        self.ranks = ranks
         self.manager: Any = None  # lm-eval's TaskManager, indexed once for the run
-        self.off: str | None = None  # why the benchmarks stopped, once they did
+        self.off: str | None = None if spec is not None else "none asked"  # why the benchmarks stopped, once they did
+
+    @classmethod
+    def for_run(cls, spec: Any, prepared: Any, engine: Any) -> "TrainingBenchmarks":
+        """The runner of a training: its spec's `train.eval.benchmarks` (None: a runner that does nothing), on
+        rank 0 only (other ranks get one that does nothing)."""
+        wanted = spec.train.eval.benchmarks if spec.train.eval is not None and engine.is_main else None
+        return cls(wanted, spec.base_dir, prepared.tokenizer, prepared.eos_id, ranks=engine.world_size)
 
     def run(self, model: torch.nn.Module, device: torch.device | str) -> tuple[BenchmarkResults | None, str | None]:
         """(results, None); or (None, a warning) the first time the tasks cannot run, then (None, None)."""
         if self.off is not None:
             return None, None
+        if self.ranks > 1:
+            self.off = "train.eval.benchmarks runs in one process only: no benchmarks in this run of several"
+            return None, self.off
         try:
             from .harness import BenchmarkError, TabulaLM, evaluate_tasks, manager_for
         except ImportError as error:

@@ -87,3 +87,14 @@ def test_a_task_that_cannot_run_turns_the_benchmarks_off_with_one_warning(tiny_r
     results, problem = runner.run(load_model(tiny_run), "cpu")
     assert results is None and "hub_task" in problem and "no benchmarks for the rest of this run" in problem
     assert runner.run(load_model(tiny_run), "cpu") == (None, None)
+
+
+def test_benchmarks_are_refused_once_in_a_run_of_several_processes_and_absent_when_not_asked():
+    from tabula.runtime.evaluation.in_training import TrainingBenchmarks
+    from tabula.schemas.train import Benchmarks
+
+    several = TrainingBenchmarks(Benchmarks(tasks=["tabula_mc"]), "/", None, 0, ranks=2)
+    results, problem = several.run(None, "cpu")  # type: ignore[arg-type]
+    assert results is None and "one process only" in problem
+    assert several.run(None, "cpu") == (None, None)  # type: ignore[arg-type]
+    assert TrainingBenchmarks(None, "/", None, 0).run(None, "cpu") == (None, None)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ from .tracking import AimTracker, make_tracker
 
 if TYPE_CHECKING:
     from tabula.compiler.plan import Plan, StagePlan
+    from .evaluation.in_training import TrainingBenchmarks
     from tabula.schemas.spec import Spec
 
     from .data.pipeline import PreparedData
@@ -157,6 +158,7 @@ class Trainer:
         self.compiles = CompileLog(plan.compile, spec.name, run if engine.is_main else None, self.log)
         self.routers = moe_layers(engine.model)  # mixture-of-experts layers: routing_step after each update
         self.routing: RoutingStats | None = None  # the last step's RoutingStats
+        self.benchmarks: TrainingBenchmarks | None = None  # train.eval.benchmarks, made at the first evaluation
 
     # ------------------------------------------------------------------ events
 
@@ -244,6 +246,7 @@ class Trainer:
             p.best_val_loss = val_loss
         self.emit("eval", val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)), best_val_loss=p.best_val_loss)
         self.sample()
+        self.benchmark()
         self.compiles.note("for evaluation and sampling", training=False)
 
     def sample(self) -> None:
@@ -257,6 +260,19 @@ class Trainer:
         with eager_unless(compiled=False):  # a batch of one growing token by token: graphs would cost more than they save
             new_ids = self.engine.generate(prompt_ids, sample.max_new_tokens)
         self.emit("sample", prompt=sample.prompt, text=tokenizer.decode(new_ids))
+
+    def benchmark(self) -> None:
+        """train.eval.benchmarks: lm-eval tasks on the model as it is now (evaluation/in_training.py)."""
+        if self.benchmarks is None:
+            from .evaluation.in_training import TrainingBenchmarks
+
+            self.benchmarks = TrainingBenchmarks.for_run(self.spec, self.prepared, self.engine)
+        with eager_unless(compiled=False):
+            results, problem = self.benchmarks.run(self.engine.model, self.engine.device)
+        if problem:
+            self.log("warning", problem)
+        if results is not None:
+            self.emit("benchmark", results=results.scores, checkpoint=None, limit=results.limit)
 
     # ------------------------------------------------------------------ the step
 

@@ -1,4 +1,5 @@
-"""The Textual apps: the run dashboard (`tabula watch`, `tabula run` in a terminal) and the spec wizard.
+"""The Textual apps: the run dashboard (`tabula watch`, `tabula run` in a terminal), the spec wizard, the
+chat playground and the inspection screen (`tabula inspect`).
 
 Thin on purpose: each app pushes its one screen and returns what the screen answered.
 """
@@ -14,6 +15,7 @@ from textual.screen import Screen
 
 from .chat import ChatScreen, ChatSession
 from .dashboard import DashboardScreen, Process
+from .inspect import InspectData, InspectScreen
 
 
 class DashboardApp(App[str | None]):
@@ -68,3 +70,17 @@ class ChatApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(ChatScreen(self.session))
+
+
+class InspectApp(App[None]):
+    """Attention, per-token loss and the logit lens of one text (`tabula inspect`), from plain data."""
+
+    TITLE = "tabula inspect"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, data: InspectData) -> None:
+        super().__init__()
+        self.data = data
+
+    def on_mount(self) -> None:
+        self.push_screen(InspectScreen(self.data))

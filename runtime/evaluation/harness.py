@@ -184,14 +184,16 @@ def build_tasks(names: Sequence[str], manager) -> dict[str, Any]:
 
 
 def evaluate_tasks(lm: LM, names: Sequence[str], *, include: Sequence[str | Path] = (), limit: int | float | None = None,
-                   num_fewshot: int | None = None, cache: str | Path | None = None, seed: int = 1234) -> BenchmarkResults:
+                   num_fewshot: int | None = None, cache: str | Path | None = None, seed: int = 1234,
+                   manager: Any = None) -> BenchmarkResults:
     """Evaluate `lm` on the tasks `names` (lm-eval's names, or those of local YAML under `include`).
     `limit`: at most this many examples a task (a fraction below 1). `cache`: lm-eval's request cache
-    (a path prefix for its sqlite file; one a model, since the cache does not know the model)."""
+    (a path prefix for its sqlite file; one a model, since the cache does not know the model). `manager`:
+    a TaskManager made before (`manager_for`), kept between evaluations of a training."""
     import lm_eval
 
     logging.getLogger("lm-eval").setLevel(logging.WARNING)
-    manager = manager_for(names, include)
+    manager = manager if manager is not None else manager_for(names, include)
     tasks = build_tasks(names, manager)
     raw = lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=limit, num_fewshot=num_fewshot,
                                   use_cache=str(cache) if cache else None, task_manager=manager, log_samples=False,

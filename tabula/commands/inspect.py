@@ -1,6 +1,7 @@
 """Look inside a trained model on a text: attention heatmaps per layer and head (PNG), the loss of each
 token given the ones before it (which tokens surprise the model), and a logit lens (the top next-token
-guesses after each layer). The attention weights are recomputed for this one forward from the queries
+guesses after each layer). In a terminal the three open in a screen (layer and head chosen with keys);
+with --no-tui, or when the output is not a terminal, they are printed. The attention weights are recomputed for this one forward from the queries
 and keys each attention module computes (MHA, GQA, MQA, sliding windows, MLA); training never does.
 
   tabula inspect runs/quickstart-20261128-101500 --prompt "import os" --out inspect/
@@ -21,6 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prompt", required=True, help="the text to inspect (cut to the model's context)")
     parser.add_argument("--out", metavar="DIR", help="where the PNGs go (default: RUN_DIR/inspect/)")
     parser.add_argument("--top", type=int, default=3, help="guesses a layer in the logit lens (default 3)")
+    parser.add_argument("--no-tui", action="store_true", help="print the per-token loss and the logit lens instead of opening the screen")
 
 
 def run(args) -> int:
@@ -48,6 +50,15 @@ def run(args) -> int:
     title = run_dir.name
     paths = write_heatmaps(result, out, title=title)
     paths.append(write_token_loss(result, out / "token-loss.png", title=title))
+    if not args.no_tui and sys.stdin.isatty() and sys.stdout.isatty():
+        from tabula.tui.app import InspectApp
+        from tabula.tui.inspect import InspectData
+
+        note = f"{len(paths)} PNGs in {out}"
+        InspectApp(InspectData(title=title, tokens=result.tokens, attention=[w.tolist() for w in result.attention],
+                               token_loss=result.token_loss, lens=result.lens, note=note)).run()
+        print(f"wrote {note}")
+        return 0
     print("per-token loss (nats; the first token is the start of text)")
     for token, loss in zip(result.tokens, result.token_loss):
         print(f"  {repr(token):<20} {'-' if loss is None else f'{loss:7.3f}'}")

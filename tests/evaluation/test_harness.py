@@ -11,60 +11,6 @@ import pytest
 
 from tabula.cli import main
 
-MC = [
-    {"question": "import os\nimport", "choices": [" sys", " zzzq", " 12345"], "answer": 0},
-    {"question": "def __init__(self", "choices": ["):", " ]]]", " @@@"], "answer": 0},
-    {"question": "for i in", "choices": [" range(", " ;;;;", " ^^^"], "answer": 0},
-    {"question": "class Foo", "choices": ["(object):", " !!!!", " $$$$"], "answer": 0},
-]
-GEN = [{"prompt": "import os\nimport", "target": " sys"}, {"prompt": "def f(x):\n    return", "target": " x"}]
-
-
-@pytest.fixture(scope="module")
-def tasks(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tasks")
-    (folder / "mc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in MC))
-    (folder / "gen.jsonl").write_text("".join(json.dumps(row) + "\n" for row in GEN))
-    (folder / "tabula_mc.yaml").write_text(f"""\
-task: tabula_mc
-dataset_path: json
-dataset_kwargs:
-  data_files: {{test: {folder / 'mc.jsonl'}}}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-""")
-    (folder / "tabula_gen.yaml").write_text(f"""\
-task: tabula_gen
-dataset_path: json
-dataset_kwargs:
-  data_files: {{test: {folder / 'gen.jsonl'}}}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{prompt}}}}"
-doc_to_target: "{{{{target}}}}"
-generation_kwargs: {{until: ["\\n"], max_gen_toks: 6}}
-metric_list:
-  - metric: exact_match
-""")
-    (folder / "hub_task.yaml").write_text("""\
-task: hub_task
-dataset_path: allenai/ai2_arc
-dataset_name: ARC-Easy
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{question}}"
-doc_to_choice: "{{choices.text}}"
-doc_to_target: 0
-""")
-    return folder
-
-
 def _lm(run):
     from tokenizers import Tokenizer
 

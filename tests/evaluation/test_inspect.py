@@ -67,3 +67,21 @@ def test_tabula_inspect_writes_heatmaps_loss_and_lens(tiny_run, tmp_path, capsys
     assert "per-token loss" in printed and "layer  1:" in printed
     losses = [float(line.split()[-1]) for line in printed.splitlines()[2:] if line.startswith("  '") and line.split()[-1] != "-"]
     assert losses and all(0 <= loss < 3 * math.log(512) for loss in losses)
+
+
+def test_tabula_inspect_in_a_terminal_opens_the_screen_with_plain_data(tiny_run, tmp_path, monkeypatch, capsys):
+    from tabula.tui.app import InspectApp
+
+    shown = []
+    monkeypatch.setattr(InspectApp, "run", lambda app: shown.append(app.data))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main(["inspect", str(tiny_run), "--prompt", "import os", "--out", str(tmp_path / "out")]) == 0
+    assert "per-token loss" not in capsys.readouterr().out  # the screen showed it, not the terminal
+    (data,) = shown
+    assert data.token_loss[0] is None and len(data.token_loss) == len(data.tokens) >= 3
+    assert len(data.attention) == len(data.lens) == 2  # the tiny model's two layers
+    head = data.attention[0][0]
+    assert isinstance(head, list) and isinstance(head[0][0], float)  # plain numbers: the screen needs no torch
+    assert all(abs(sum(row) - 1) < 1e-4 for row in head)
+    assert "PNGs in" in data.note and sorted(p.name for p in (tmp_path / "out").iterdir())[0] == "attention-layer-00.png"

@@ -63,14 +63,7 @@ def run(args) -> int:
         from tabula.runtime.serving.scheduler import SchedulerConfig
         from tabula.runtime.serving.server import build_server, chat_template_of
 
-        generator = load_generator(source, device=device)
-        if args.quantize:
-            try:
-                from tabula.runtime.inference import quantize  # type: ignore[attr-defined]
-            except ImportError:
-                sys.stderr.write(f"tabula serve: --quantize {args.quantize}: this build's inference core has no quantization yet\n")
-                return 2
-            quantize(generator.model, args.quantize)
+        generator = load_generator(source, device=device, quantize=args.quantize)  # RunInputError where the device cannot
         template = chat_template_of(source)
         config = SchedulerConfig(max_batch=args.max_batch, max_queue=args.max_queue, cache_tokens=args.cache_tokens)
         name = args.name or (source.stem if source.is_file() else source.resolve().name)

@@ -25,7 +25,7 @@ from torch import nn
 from .attention import attend
 from .buffer import TokenBuffer
 from .cache import KVState
-from .layers import LAYERS, Options, StepContext, rotate, step_mask
+from .layers import LAYERS, Options, StepContext, rotate
 
 
 def dense_weight(linear: Any) -> torch.Tensor:
@@ -85,7 +85,7 @@ class LatentKind:
         else:
             buffer.write(new, ctx.lengths, ctx.n_valid)
             held, key_positions = buffer.attend_view(new, ctx.lengths)
-        mask = step_mask(key_positions, ctx.positions, ctx.window, buffer.rolling)
+        mask = ctx.mask(key_positions, buffer.rolling)
         q_nope, q_rot = q.split([nope, rope_dim], dim=-1)
         q_rot = rotate(q_rot, *ctx.rope)
         if aux is not None:

@@ -67,11 +67,11 @@ class HeadsKind:
         new = {"k": k, "v": v}
         buffer = state.buffer
         if buffer.rolling:
-            keys, key_positions = buffer.attend_view(new, ctx.lengths)
-            buffer.write(new, ctx.lengths, ctx.n_valid)
+            keys, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
+            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
         else:
-            buffer.write(new, ctx.lengths, ctx.n_valid)
-            keys, key_positions = buffer.attend_view(new, ctx.lengths)
+            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
+            keys, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
         mask = ctx.mask(key_positions, buffer.rolling)
         y = attend(q.transpose(1, 2), keys["k"].transpose(1, 2), keys["v"].transpose(1, 2), mask)  # (B, nh, T, hs)
         return module.o_proj(y.transpose(1, 2).reshape(B, T, H * hs))

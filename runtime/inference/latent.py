@@ -80,11 +80,11 @@ class LatentKind:
         new = {"latent": latent, "k_rope": k_rope}
         buffer = state.buffer
         if buffer.rolling:
-            held, key_positions = buffer.attend_view(new, ctx.lengths)
-            buffer.write(new, ctx.lengths, ctx.n_valid)
+            held, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
+            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
         else:
-            buffer.write(new, ctx.lengths, ctx.n_valid)
-            held, key_positions = buffer.attend_view(new, ctx.lengths)
+            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
+            held, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
         mask = ctx.mask(key_positions, buffer.rolling)
         q_nope, q_rot = q.split([nope, rope_dim], dim=-1)
         q_rot = rotate(q_rot, *ctx.rope)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .buffer import TokenBuffer
 from .cache import KVState
-from .layers import LAYERS, Options, StepContext, rotate, step_mask
+from .layers import LAYERS, Options, StepContext, rotate
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, *,
@@ -23,11 +23,16 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     """softmax(q k^T * scale) v: q (B, nh, T, d), keys (B, n_kv, S, d), values (B, n_kv, S, dv), mask
     (B, 1, T, S) or None (every key visible) -> (B, nh, T, dv). Key/value heads are shared by groups of query heads."""
     if keys.size(1) != q.size(1):
-        repeats = q.size(1) // keys.size(1)
         if keys.size(1) == 1:
             keys, values = keys.expand(-1, q.size(1), -1, -1), values.expand(-1, q.size(1), -1, -1)
-        else:
-            keys, values = keys.repeat_interleave(repeats, dim=1), values.repeat_interleave(repeats, dim=1)
+        else:  # query head h reads key head h // g: fold each group's g heads into the query axis (no copy of the keys)
+            B, nh, T, d = q.shape
+            n_kv = keys.size(1)
+            g = nh // n_kv
+            grouped = q.reshape(B, n_kv, g * T, d)  # row j*T + t: head kv*g + j, token t
+            mask = None if mask is None else mask.repeat(1, 1, g, 1)  # (B, 1, g*T, S)
+            y = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)  # (B, n_kv, g*T, dv)
+            return y.reshape(B, nh, T, values.size(-1))
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
 
 
@@ -62,11 +67,11 @@ class HeadsKind:
         new = {"k": k, "v": v}
         buffer = state.buffer
         if buffer.rolling:
-            keys, key_positions = buffer.attend_view(new, ctx.lengths)
-            buffer.write(new, ctx.lengths, ctx.n_valid)
+            keys, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
+            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
         else:
-            buffer.write(new, ctx.lengths, ctx.n_valid)
-            keys, key_positions = buffer.attend_view(new, ctx.lengths)
-        mask = step_mask(key_positions, ctx.positions, ctx.window, buffer.rolling)
+            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
+            keys, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
+        mask = ctx.mask(key_positions, buffer.rolling)
         y = attend(q.transpose(1, 2), keys["k"].transpose(1, 2), keys["v"].transpose(1, 2), mask)  # (B, nh, T, hs)
         return module.o_proj(y.transpose(1, 2).reshape(B, T, H * hs))

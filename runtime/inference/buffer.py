@@ -38,14 +38,15 @@ class TokenBuffer:
 
     # ------------------------------------------------------------ reading
 
-    def attend_view(self, new: Fields, lengths: torch.Tensor) -> tuple[Fields, torch.Tensor]:
+    def attend_view(self, new: Fields, lengths: torch.Tensor, *, longest: int | None = None) -> tuple[Fields, torch.Tensor]:
         """The keys T new tokens of each row attend to: {name: (B, S, *feature)} and their absolute
         positions (B, S) (-1: no key). The new tokens (at positions lengths[b] + t) are included.
-        Linear: call after `write` (the buffer holds them); rolling: before (they are appended)."""
+        Linear: call after `write` (the buffer holds them); rolling: before (they are appended). `longest`:
+        max(lengths) when the caller knows it (saves reading it again)."""
         T = next(iter(new.values())).size(1)
         device = lengths.device
         if not self.rolling:
-            end = int(lengths.max()) + T if len(lengths) else T
+            end = (_longest(lengths) if longest is None else longest) + T
             keys = {name: tensor[:, :end] for name, tensor in self.fields.items()}
             positions = torch.arange(end, device=device).expand(self.batch, end)
             return keys, positions
@@ -68,15 +69,19 @@ class TokenBuffer:
             self.fields[name] = fresh
         self.capacity = capacity
 
-    def write(self, new: Fields, lengths: torch.Tensor, n_valid: torch.Tensor) -> None:
-        """Stores each row's first n_valid[b] new tokens at positions lengths[b] + t."""
+    def write(self, new: Fields, lengths: torch.Tensor, n_valid: torch.Tensor, *, longest: int | None = None,
+              uniform: bool | None = None) -> None:
+        """Stores each row's first n_valid[b] new tokens at positions lengths[b] + t. `longest` (max(lengths))
+        and `uniform` (every row has that length): what the caller already read, to save reading it again."""
         T = next(iter(new.values())).size(1)
         if not self.rolling:
-            end = int(lengths.max()) + T if len(lengths) else T
+            start = _longest(lengths) if longest is None else longest
+            end = start + T
             if not self.fields or end > self.capacity:
                 self._allocate(new, max(end, 2 * self.capacity, 16))
-            if bool((lengths == lengths[0]).all()):  # the common case: one slice for every row
-                start = int(lengths[0])
+            if uniform is None:
+                uniform = len(lengths) > 0 and bool((lengths == lengths[0]).all())
+            if uniform:  # the common case: one slice for every row
                 for name, tensor in new.items():
                     self.fields[name][:, start : start + T] = tensor
                 return
@@ -154,3 +159,8 @@ class TokenBuffer:
     def bytes_per_token(self) -> int:
         """Bytes one token of one row takes (0 before the first write)."""
         return sum(t[0, 0].numel() * t.element_size() for t in self.fields.values())
+
+
+def _longest(lengths: torch.Tensor) -> int:
+    """max(lengths), 0 for no rows."""
+    return int(lengths.max()) if len(lengths) else 0

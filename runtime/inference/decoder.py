@@ -144,17 +144,21 @@ class Decoder:
         if B != cache.batch:
             raise ValueError(f"{B} rows of input for a cache of {cache.batch}")
         lengths = cache.lengths
-        valid = (torch.full_like(lengths, T) if n_valid is None
-                 else torch.as_tensor(n_valid, dtype=torch.long).to(lengths.device).view(B))
-        if bool(((valid < 0) | (valid > T)).any()):
-            raise ValueError(f"n_valid {valid.tolist()} outside 0..{T}")
+        if n_valid is None:  # every token real
+            valid = torch.full_like(lengths, T)
+        else:
+            valid = torch.as_tensor(n_valid, dtype=torch.long).to(lengths.device).view(B)
+            if bool(((valid < 0) | (valid > T)).any()):
+                raise ValueError(f"n_valid {valid.tolist()} outside 0..{T}")
         ends = lengths + valid
+        longest, shortest = (int(lengths.max()), int(lengths.min())) if B else (0, 0)  # one read of the lengths a step
         if B and int(ends.max()) > self.max_len:
             raise ContextFull(f"a row would hold {int(ends.max())} positions, past the model's context of {self.max_len} "
                               f"(max_seq_len{f', {self.n_virtual} virtual' if self.n_virtual else ''})")
         positions = lengths[:, None] + torch.arange(T, device=lengths.device)  # (B, T)
         x, rope, tables = self._positions(x, positions)
-        ctx = StepContext(positions=positions, lengths=lengths, n_valid=valid, rope=rope, rope_tables=tables, options=self.options)
+        ctx = StepContext(positions=positions, lengths=lengths, n_valid=valid, rope=rope, rope_tables=tables, options=self.options,
+                          longest=longest, uniform=B > 0 and longest == shortest)
         for layer, state in zip(self.layers, cache.states):
             ctx.window = layer.window
             block: Any = layer.block

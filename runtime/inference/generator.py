@@ -88,6 +88,11 @@ class Sequence:
         return self.finish_reason is not None
 
     @property
+    def plain_greedy(self) -> bool:
+        """The argmax of the raw logits, no top log-probabilities: rows like this are chosen together (choose_rows)."""
+        return self.params.greedy and self.params.repetition_penalty == 1.0 and not self.params.top_logprobs
+
+    @property
     def ids(self) -> list[int]:
         """Prompt and output ids."""
         return self.prompt_ids + self.tokens
@@ -224,15 +229,14 @@ class Generator:
         cache = self.decoder.new_cache(len(active))
         logits = self.decoder.prefill(cache, [s.prompt_ids for s in active])
         while active:
-            chunks = [s.choose(logits[row]) for row, s in enumerate(active)]
-            yield from chunks
+            yield from choose_rows(active, logits)
             keep = [row for row, s in enumerate(active) if not s.finished]
             if not keep:
                 return
             if len(keep) < len(active):
                 cache, logits = cache.select(keep), logits[keep]
                 active = [active[row] for row in keep]
-            full = [row for row, s in enumerate(active) if int(cache.lengths[row]) >= self.decoder.max_len]
+            full = [row for row, length in enumerate(cache.lengths.tolist()) if length >= self.decoder.max_len]
             if full and self.on_context_full == "stop":
                 for row in full:
                     yield active[row].end("context")
@@ -260,6 +264,29 @@ class Generator:
             parts.append(fresh)
             order.append(row)
         return Cache.concat(parts), torch.cat(logits), [active[row] for row in order]
+
+
+def choose_rows(sequences: list[Sequence], logits: torch.Tensor) -> list[Chunk]:
+    """Each sequence's next token from its row of logits (B, vocab): the plain-greedy rows together (one
+    argmax, one log_softmax and one transfer for the batch: the same tokens `Sequence.choose` picks), the
+    others through their own Sampler."""
+    plain = [row for row, s in enumerate(sequences) if s.plain_greedy]
+    picked: dict[int, tuple[int, float]] = {}
+    if plain:
+        rows = logits if len(plain) == len(sequences) else logits[plain]
+        rows = rows.float()
+        tokens = rows.argmax(dim=-1)  # (P,)
+        logprobs = torch.log_softmax(rows, dim=-1).gather(1, tokens[:, None])[:, 0]
+        picked = dict(zip(plain, zip(tokens.tolist(), logprobs.tolist())))
+    chunks = []
+    for row, s in enumerate(sequences):
+        if row in picked:
+            token, logprob = picked[row]
+            s.sampler.seen.append(token)
+            chunks.append(s.accept(token, logprob))
+        else:
+            chunks.append(s.choose(logits[row]))
+    return chunks
 
 
 def _single(prompts: Any) -> bool:

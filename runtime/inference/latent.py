@@ -25,7 +25,7 @@ from torch import nn
 from .attention import attend
 from .buffer import TokenBuffer
 from .cache import KVState
-from .layers import LAYERS, Options, StepContext, rotate, step_mask
+from .layers import LAYERS, Options, StepContext, rotate
 
 
 def dense_weight(linear: Any) -> torch.Tensor:
@@ -80,12 +80,12 @@ class LatentKind:
         new = {"latent": latent, "k_rope": k_rope}
         buffer = state.buffer
         if buffer.rolling:
-            held, key_positions = buffer.attend_view(new, ctx.lengths)
-            buffer.write(new, ctx.lengths, ctx.n_valid)
+            held, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
+            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
         else:
-            buffer.write(new, ctx.lengths, ctx.n_valid)
-            held, key_positions = buffer.attend_view(new, ctx.lengths)
-        mask = step_mask(key_positions, ctx.positions, ctx.window, buffer.rolling)
+            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
+            held, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
+        mask = ctx.mask(key_positions, buffer.rolling)
         q_nope, q_rot = q.split([nope, rope_dim], dim=-1)
         q_rot = rotate(q_rot, *ctx.rope)
         if aux is not None:

@@ -56,7 +56,10 @@ class StepContext:
     lengths:   (B,) tokens each row's cache held before the step; n_valid: (B,) new tokens that are real
                (the rest of the T are padding: computed, never stored);
     rope:      the model's (cos, sin) tables gathered at `positions`, each (B, T, rotary_dim), or None;
-    window:    this layer's sliding window (None: full attention), set by the Decoder per layer.
+    window:    this layer's sliding window (None: full attention), set by the Decoder per layer;
+    masks:     the step's masks over linear buffers, built once a step and shared by the layers (mask());
+    longest, uniform: max(lengths) and whether every row has that length, read once a step (None: the
+               buffers read them from `lengths`).
     """
 
     positions: torch.Tensor
@@ -67,6 +70,20 @@ class StepContext:
     options: Options
     window: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    masks: dict[tuple[int | None, int], torch.Tensor | None] = field(default_factory=dict)
+    longest: int | None = None
+    uniform: bool | None = None
+
+    def mask(self, key_positions: torch.Tensor, rolling: bool) -> torch.Tensor | None:
+        """step_mask for this layer's keys. A linear buffer's keys are positions 0..S-1 in every layer of the
+        step, so its mask depends on (window, S) only and is built once a step; a rolling buffer's is its own."""
+        if rolling:
+            return step_mask(key_positions, self.positions, self.window, rolling)
+        key = (self.window, key_positions.size(1))
+        if key not in self.masks:
+            every_key = self.uniform and self.window is None and self.positions.size(1) == 1  # step_mask's None case
+            self.masks[key] = None if every_key else step_mask(key_positions, self.positions, self.window, rolling)
+        return self.masks[key]
 
 
 class LayerKind(Protocol):

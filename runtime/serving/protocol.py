@@ -20,13 +20,17 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """One sequence's sampling: temperature 0 is greedy; top_k 0 and top_p 1 keep every token.
-    `seed` makes a sampled sequence reproducible (None: drawn from the scheduler's generator)."""
+    """One sequence's sampling, as the inference core's SamplingParams (runtime/inference/sampling.py) reads
+    it: temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 keep every token; repetition_penalty > 1 makes
+    the prompt's and the output's tokens less likely (1: off). `seed` makes a sampled sequence
+    reproducible (None: torch's default generator)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()

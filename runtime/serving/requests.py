@@ -1,7 +1,11 @@
 """The OpenAI request bodies the server takes, validated: a bad field is a 400 with the field's name.
 
-Fields OpenAI defines that the server cannot honour (n > 1, logprobs, penalties, echo, best_of) are
-refused with the reason rather than ignored. `top_k` is not OpenAI's; vLLM and others take it, so do we.
+Fields OpenAI defines that the server cannot honour (n > 1, logprobs, echo, best_of, logit_bias, and
+presence/frequency penalties: OpenAI's are additive, per occurrence, and no processor of the inference
+core computes them) are refused with the reason rather than ignored or mapped onto something else.
+`top_k`, `min_p` and `repetition_penalty` (CTRL's multiplicative penalty, as transformers and vLLM take
+it) are not OpenAI's; vLLM and others take them as extra body fields, so do we (the openai client sends
+them with `extra_body={...}`). Sampling itself is the inference core's (runtime/inference/sampling.py).
 Torch-free.
 """
 
@@ -20,15 +24,20 @@ class _Sampling(BaseModel):
     model: str = Field(description="The served model's name (GET /v1/models lists it).")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: the smallest set of tokens reaching this probability.")
-    top_k: int = Field(0, ge=0, description="Only the k most likely tokens (0: all).")
+    top_k: int = Field(0, ge=0, description="Only the k most likely tokens (0: all). Not OpenAI's: an extra body field.")
+    min_p: float = Field(0.0, ge=0.0, lt=1.0, description="Drops tokens less likely than min_p x the likeliest's "
+                         "probability (0: none). Not OpenAI's: an extra body field.")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 makes the prompt's and the output's tokens less likely "
+                                      "(CTRL's: a positive logit divided by it, a negative one multiplied; 1: off). "
+                                      "Not OpenAI's: an extra body field.")
     seed: int | None = Field(None, description="Makes a sampled answer reproducible.")
     stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer (not included).")
     stream: bool = Field(False, description="Server-sent events, one a token.")
     stream_options: dict[str, Any] | None = Field(None, description="{include_usage: true}: a last chunk with the usage.")
     n: int = Field(1, description="Answers a request: 1 only.")
     user: str | None = Field(None, description="The end user's id (accepted, unused).")
-    presence_penalty: float = Field(0.0, description="Not supported: 0 only.")
-    frequency_penalty: float = Field(0.0, description="Not supported: 0 only.")
+    presence_penalty: float = Field(0.0, description="Not supported: 0 only (see repetition_penalty).")
+    frequency_penalty: float = Field(0.0, description="Not supported: 0 only (see repetition_penalty).")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: null or {} only.")
 
     @field_validator("stop")
@@ -43,7 +52,8 @@ class _Sampling(BaseModel):
         if self.n != 1:
             raise ValueError(f"n: {self.n} answers a request are not supported: send n=1")
         if self.presence_penalty or self.frequency_penalty:
-            raise ValueError("presence_penalty and frequency_penalty are not supported: leave them 0")
+            raise ValueError("presence_penalty and frequency_penalty (OpenAI's additive penalties) are not supported: leave "
+                             "them 0; repetition_penalty (multiplicative, > 1 penalises) is, as an extra body field")
         if self.logit_bias:
             raise ValueError("logit_bias is not supported")
         return self
@@ -60,7 +70,8 @@ class _Sampling(BaseModel):
 
     def params(self, max_tokens: int, stop_token_ids: tuple[int, ...] = ()) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              seed=self.seed, stop=self.stops, stop_token_ids=stop_token_ids)
+                              min_p=self.min_p, repetition_penalty=self.repetition_penalty, seed=self.seed,
+                              stop=self.stops, stop_token_ids=stop_token_ids)
 
 
 class CompletionRequest(_Sampling):

@@ -13,7 +13,9 @@ Each turn of the loop:
     (finished sequences leave after each pass, before admission: their rows are dropped from the cache and
     their blocks freed, so a newcomer takes their place in the same turn).
 
-Every sequence samples with its own parameters and stops on its own tokens, strings and max_tokens. The
+Every sequence samples with its own parameters through the inference core's Sampler (runtime/inference/
+sampling.py: repetition penalty, temperature, top-k, top-p, min-p, seed; what `tabula generate` does) and
+stops on its own tokens, strings and max_tokens. The
 decoder is the inference core's (runtime/inference `Decoder`: new_cache, prefill, step; its `Cache` rows
 are selected and concatenated as sequences leave and join). Errors in a step finish the sequences of
 that step with finish_reason "error"; the loop goes on.
@@ -31,27 +33,30 @@ from typing import Any
 
 import torch
 
+from ..inference.sampling import Sampler
+from ..inference.sampling import SamplingParams as CoreParams
 from .blocks import BlockPool, PoolExhausted
-from .protocol import Event, FinishReason, GenerationRequest, Handle, QueueFull, TooLong
+from .protocol import Event, FinishReason, GenerationRequest, Handle, QueueFull, ServingError, TooLong
 from .text import TextStream
 
 
-def sample(logits: torch.Tensor, params: Any, generator: torch.Generator | None) -> int:
-    """One token from a row's logits (vocab,) under `params` (SamplingParams): temperature, then top-k,
-    then top-p (the smallest set of tokens whose probability reaches top_p)."""
-    if params.greedy:
-        return int(logits.argmax())
-    logits = logits.float() / params.temperature
-    if 0 < params.top_k < logits.numel():
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        outside = sorted_probs.cumsum(0) - sorted_probs >= params.top_p  # tokens past the nucleus
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+def sampler_for(params: Any, prompt: list[int]) -> Sampler:
+    """The inference core's Sampler for a request's params (protocol.SamplingParams): the same processors
+    (repetition penalty, temperature, top-k, top-p, min-p) and seeded generator as `tabula generate`.
+    Stops are the scheduler's own (stop ids, TextStream). Raises ServingError on values it refuses."""
+    try:
+        core = CoreParams(max_new_tokens=params.max_tokens, temperature=params.temperature, top_k=params.top_k,
+                          top_p=params.top_p, min_p=params.min_p, repetition_penalty=params.repetition_penalty,
+                          seed=params.seed, ignore_eos=True)
+    except ValueError as error:
+        raise ServingError(str(error)) from None
+    return Sampler(core, prompt)
+
+
+def plain_greedy(params: Any) -> bool:
+    """Greedy with nothing that changes the argmax (no repetition penalty): rows like this are sampled
+    together, one argmax over the batch."""
+    return bool(params.greedy and params.repetition_penalty == 1.0)
 
 
 @dataclass
@@ -63,7 +68,7 @@ class _Sequence:
     handle: Handle
     tokens: list[int]
     stream: TextStream
-    generator: torch.Generator | None
+    sampler: Sampler  # the inference core's: this sequence's processors, seeded generator, tokens seen
     stop_ids: frozenset[int] = frozenset()
     generated: int = 0
     admitted_at: int = 0  # admission order: the newest is preempted first
@@ -133,8 +138,8 @@ class Scheduler:
                           f"tokens; the cache pool has {self.pool.n_blocks}: lower max_tokens or the prompt")
         handle = Handle(request, on_event, prompt_tokens=len(prompt), submitted_at=time.monotonic())
         stop_ids = set(params.stop_token_ids) | set(self.config.stop_token_ids)
-        generator = torch.Generator().manual_seed(params.seed) if params.seed is not None and not params.greedy else None
-        seq = _Sequence(next(self._ids), handle, prompt, TextStream(self.decode, params.stop), generator, frozenset(stop_ids))
+        sampler = sampler_for(params, prompt)
+        seq = _Sequence(next(self._ids), handle, prompt, TextStream(self.decode, params.stop), sampler, frozenset(stop_ids))
         with self._wake:
             if len(self.waiting) >= self.config.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests already wait (--max-queue {self.config.max_queue}): try again later")
@@ -265,13 +270,19 @@ class Scheduler:
         return self._sample(admitted, logits)
 
     def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> set[int]:
-        """Each row's next token; returns the ids of the sequences that finished."""
-        greedy = logits.argmax(dim=-1).tolist()
+        """Each row's next token (plain greedy rows by one argmax over the batch, the others by their own
+        Sampler); returns the ids of the sequences that finished."""
+        plain = [plain_greedy(seq.params) for seq in seqs]
+        greedy = logits.argmax(dim=-1).tolist() if any(plain) else []
         finished = set()
         now = time.monotonic()
         for row, seq in enumerate(seqs):
             params = seq.params
-            token = greedy[row] if params.greedy else sample(logits[row], params, seq.generator)
+            if plain[row]:
+                token = greedy[row]
+                seq.sampler.seen.append(token)
+            else:
+                token = seq.sampler.sample(logits[row])[0]
             if seq.handle.first_token_at is None:
                 seq.handle.first_token_at = now
             if token in seq.stop_ids:

@@ -67,6 +67,21 @@ def test_streamed_completion_equals_the_whole_one(setup, client):
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
+def test_extra_sampling_fields_through_the_client(setup, client):
+    """top_k, min_p and repetition_penalty (extra body fields) reach the inference core's sampler: a seeded
+    request is reproducible and equals the Generator's tokens for the same parameters."""
+    from tabula.runtime.inference import Generator, SamplingParams
+
+    _, model, tokenizer = setup
+    knobs = {"top_k": 40, "min_p": 0.02, "repetition_penalty": 1.2}
+    ask = lambda: client.completions.create(model="tiny", prompt="x = ", max_tokens=6, temperature=0.9, top_p=0.9, seed=11,
+                                            extra_body=knobs).choices[0].text
+    first = ask()
+    params = SamplingParams(max_new_tokens=6, temperature=0.9, top_p=0.9, seed=11, stop_token_ids=(tokenizer.token_to_id("<|endoftext|>"),),
+                            **knobs)
+    assert first == ask() == Generator(model, tokenizer).generate(tokenizer.encode("x = ").ids, params).text
+
+
 def test_chat_uses_the_template_and_streams(setup, client):
     messages = [{"role": "system", "content": "be short"}, {"role": "user", "content": "class Reader:"}]
     answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
@@ -84,6 +99,9 @@ def test_chat_uses_the_template_and_streams(setup, client):
     ({"temperature": 5}, "temperature"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"n": 2}, "n: 2 answers"),
+    ({"presence_penalty": 0.5}, "repetition_penalty"),
+    ({"min_p": 1.0}, "min_p"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
     ({"frobnicate": 1}, "frobnicate: unknown field"),
     ({"prompt": [1, 2, 100000]}, "outside the vocabulary"),
     ({"prompt": "x" * 2000}, "the model's context is 128"),

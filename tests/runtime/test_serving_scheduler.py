@@ -163,3 +163,28 @@ def test_seeded_sampling_is_reproducible_whatever_runs_beside_it(model):
 
     alone = sampled(0)
     assert len(alone) == 8 and sampled(3) == alone
+
+
+def test_sampling_is_the_inference_cores(model):
+    """A sampled request (min_p, repetition penalty, top-k/p, seed) gives the tokens `tabula generate`'s
+    Generator gives for the same prompt and parameters: the server samples through the inference core."""
+    from tabula.runtime.inference import Generator
+    from tabula.runtime.inference import SamplingParams as CoreParams
+
+    prompt = prompts(2)[1]
+    knobs = dict(temperature=0.8, top_p=0.95, top_k=30, min_p=0.05, repetition_penalty=1.3, seed=5)
+    scheduler = Scheduler(make_decoder(model), lambda ids: "", SchedulerConfig(max_batch=4))
+    out = Collector()
+    scheduler.submit(GenerationRequest(tuple(prompt), SamplingParams(max_tokens=10, **knobs)), out)
+    submit(scheduler, prompts(1)[0], 6)  # company in the batch changes nothing
+    run_until_idle(scheduler)
+    expected = Generator(model).generate(prompt, CoreParams(max_new_tokens=10, ignore_eos=True, **knobs)).token_ids
+    assert out.tokens == expected and len(expected) == 10
+
+
+def test_refused_sampling_values_are_serving_errors(model):
+    from tabula.runtime.serving.protocol import ServingError
+
+    scheduler = Scheduler(make_decoder(model), lambda ids: "", SchedulerConfig(max_batch=2))
+    with pytest.raises(ServingError, match="min_p"):
+        scheduler.submit(GenerationRequest((1, 2), SamplingParams(max_tokens=4, min_p=1.5)), Collector())

@@ -12,19 +12,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # fake_runs.py
 
-TINY_RUN_OVERRIDES = (
-    "train.budget.tokens=4k",
-    "train.eval.every_tokens=2k",
-    "train.eval.tokens=512",
-    "train.checkpoint.every_tokens=4k",
-    "data.sources.stdlib.max_files=15",
-    "data.tokenizer.max_chars=96k",
-)
+from evaluation_helpers import TINY_RUN_OVERRIDES  # noqa: E402  (tests import it from there: every conftest is `conftest`)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny models gain nothing from two threads and lose much when other processes share the cores."""
+    """Tiny models gain nothing from two threads and lose much when other processes share the cores (per
+    module, so the tests of other folders keep their threads)."""
     import torch
 
     threads = torch.get_num_threads()

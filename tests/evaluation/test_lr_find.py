@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from conftest import TINY_RUN_OVERRIDES
+from evaluation_helpers import TINY_RUN_OVERRIDES
 from tabula.cli import main
 from tabula.runtime.evaluation.lr_find import schedule, smooth, steepest, valley
 from tiny_specs import QUICKSTART, tiny_spec_yaml

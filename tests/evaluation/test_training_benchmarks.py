@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from conftest import TINY_RUN_OVERRIDES
+from evaluation_helpers import TINY_RUN_OVERRIDES
 
 
 def test_benchmarks_run_at_each_evaluation_and_are_recorded(tmp_path, tiny_run, tiny_cache, tasks):

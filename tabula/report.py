@@ -20,6 +20,8 @@ Commands that take `SPEC [a.b=v ...]`:
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import sys
 from pathlib import Path
@@ -101,6 +103,17 @@ def print_errors(errors: Iterable[SpecError], stream: TextIO | None = None, colo
             stream.write("\n")
         stream.write(format_error(error, color=color) + "\n")
     stream.flush()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a flag's bad value is one clear line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, found {value}")
+    return value
 
 
 def add_spec_arguments(parser, *, many: bool = False) -> None:

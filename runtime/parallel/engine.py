@@ -27,29 +27,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..deepspeed_engine import RankFailed
+from ..deepspeed_engine import RankFailed, collective  # a rank's failure named the same way on every backend
 from ..engine import WEIGHTS_FILE, eval_mode, greedy_continuation, set_lr, to_device
 
 FSDP_DIR = "fsdp"
 STATE_DIR = "state"
 LAYOUT_FILE = "layout.json"
-
-
-def collective(method):
-    """A failure inside a collective is most often another rank's: name it (runtime/deepspeed_engine.py)."""
-    import functools
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as error:
-            peer = self.peer_failure(error)
-            if peer is None:
-                raise
-            raise RankFailed(peer) from error
-
-    return wrapper
 
 
 class FsdpEngine:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tabula.exit_codes import ExitCode, stopped_by
+from tabula.report import positive_int
 
 if TYPE_CHECKING:
     from tabula.runtime.loop import Outcome
@@ -35,26 +36,16 @@ if TYPE_CHECKING:
 HELP = "train a spec (dashboard in a terminal, progress lines with --headless)"
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, found {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tabula.report import add_spec_arguments
 
     add_spec_arguments(parser)
     parser.add_argument("--headless", action="store_true", help="print progress lines instead of opening the dashboard")
-    parser.add_argument("--max-steps", type=_positive, metavar="N", help="stop after N optimizer steps of this call, with a checkpoint")
+    parser.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N optimizer steps of this call, with a checkpoint")
     parser.add_argument("--run-dir", metavar="DIR", help="write the run here instead of track.runs_dir/<name>-<time>")
     parser.add_argument("--resume", metavar="DIR|auto", help="continue a run folder (or one checkpoint folder); auto: the newest run of this spec")
-    parser.add_argument("--nproc", type=_positive, metavar="N", help="ranks (DeepSpeed or fsdp; across every node for a multi-node fsdp run); default parallel.world_size")
-    parser.add_argument("--node-rank", type=_positive, metavar="K",
+    parser.add_argument("--nproc", type=positive_int, metavar="N", help="ranks (DeepSpeed or fsdp; across every node for a multi-node fsdp run); default parallel.world_size")
+    parser.add_argument("--node-rank", type=positive_int, metavar="K",
                         help="join a multi-node fsdp run as node K (1 .. parallel.nodes-1): start this node's ranks in node 0's "
                              "--run-dir (a shared file system) and meet at parallel.rendezvous")
     parser.add_argument("--cache-dir", metavar="DIR", help="token cache folder (default: TABULA_CACHE_DIR or the user's cache)")

@@ -21,17 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from tabula.report import positive_int
+
 HELP = "serve a run's or a Hugging Face export's model with an OpenAI-compatible HTTP API (continuous batching)"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, found {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, e.g. in a container)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--name", default=None, help="the model's name in the API (default: the folder's name)")
-    parser.add_argument("--max-batch", type=_positive, default=16, help="sequences decoded together at most")
-    parser.add_argument("--max-queue", type=_positive, default=64, help="requests waiting for a batch slot at most; more are answered 429")
-    parser.add_argument("--cache-tokens", type=_positive, default=None,
+    parser.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together at most")
+    parser.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting for a batch slot at most; more are answered 429")
+    parser.add_argument("--cache-tokens", type=positive_int, default=None,
                         help="the KV cache pool's size in tokens (default: max-batch x the model's context)")
     parser.add_argument("--quantize", choices=["int8", "int4"], default=None, help="weight-only quantization of the linear layers")
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/* (default: open)")

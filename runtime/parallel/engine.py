@@ -121,7 +121,9 @@ class FsdpEngine:
                     ids = torch.cat([ids, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
             new_ids: list[int] = ids[0, len(prompt_ids):].tolist()
             return new_ids
-        return greedy_continuation(self.model, prompt_ids, max_new_tokens, self.device)
+        # uncached: FSDP2 gathers each block's weights around its own forward, which the cached decoder
+        # (runtime/inference) does not call (it runs the attention's projections itself)
+        return greedy_continuation(self.model, prompt_ids, max_new_tokens, self.device, cached=False)
 
     # ------------------------------------------------------------------ state
 

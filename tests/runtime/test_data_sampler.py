@@ -56,12 +56,13 @@ def test_targets_are_the_next_tokens_of_the_stream(two_sources):
     stream = np.asarray(two_sources.train["b"].tokens, dtype=np.int64)
     batch = Sampler(two_sources, one_stage({"b": 1.0}, seq_len=32), seed=1).next_batch(8, 32)
     assert batch.input_ids.shape == batch.targets.shape == (8, 32) and batch.input_ids.dtype == torch.int64
+    ring = np.concatenate([stream, stream[:33]])  # a window may wrap past the stream's end (as np.roll does)
     for inputs, targets in zip(batch.input_ids.numpy(), batch.targets.numpy()):
-        # where the inputs occur in the stream (a window may occur more than once: short words of a small
-        # alphabet), the targets are the tokens after one of those occurrences
-        starts = [i for i in range(len(stream)) if np.array_equal(stream[i : i + 32], inputs)]
+        # where the inputs occur in the stream (a window may also occur more than once), the targets are
+        # the tokens after one of those occurrences
+        starts = [i for i in range(len(stream)) if np.array_equal(ring[i : i + 32], inputs)]
         assert starts, "the inputs are not a window of the stream"
-        assert any(np.array_equal(np.resize(np.roll(stream, -start - 1), 32), targets) for start in starts)
+        assert any(np.array_equal(ring[start + 1 : start + 33], targets) for start in starts)
 
 
 def test_stage_switches_at_its_token_count(two_sources):

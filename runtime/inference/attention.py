@@ -13,9 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .buffer import TokenBuffer
+from .buffer import Fields, TokenBuffer
 from .cache import KVState
 from .layers import LAYERS, Options, StepContext, rotate
+
+
+def store_and_view(buffer: TokenBuffer, new: Fields, ctx: StepContext) -> tuple[Fields, torch.Tensor]:
+    """Adds this step's per-token tensors to `buffer` and returns what the step attends to, with each
+    held token's position. A rolling buffer is viewed before the write (the write may overwrite the
+    oldest tokens the new ones still see); a growing one after it."""
+    if buffer.rolling:
+        held = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
+        buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
+        return held
+    buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
+    return buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, *,
@@ -65,13 +77,7 @@ class HeadsKind:
         if ctx.rope is not None:
             q, k = rotate(q, *ctx.rope), rotate(k, *ctx.rope)
         new = {"k": k, "v": v}
-        buffer = state.buffer
-        if buffer.rolling:
-            keys, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
-            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
-        else:
-            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
-            keys, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
-        mask = ctx.mask(key_positions, buffer.rolling)
+        keys, key_positions = store_and_view(state.buffer, new, ctx)
+        mask = ctx.mask(key_positions, state.buffer.rolling)
         y = attend(q.transpose(1, 2), keys["k"].transpose(1, 2), keys["v"].transpose(1, 2), mask)  # (B, nh, T, hs)
         return module.o_proj(y.transpose(1, 2).reshape(B, T, H * hs))

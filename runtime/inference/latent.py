@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import attend
+from .attention import attend, store_and_view
 from .buffer import TokenBuffer
 from .cache import KVState
 from .layers import LAYERS, Options, StepContext, rotate
@@ -78,14 +78,8 @@ class LatentKind:
         if aux is not None:
             k_rope = rotate(k_rope[:, :, None], *ctx.rope)[:, :, 0]  # stored rotated at its own position
         new = {"latent": latent, "k_rope": k_rope}
-        buffer = state.buffer
-        if buffer.rolling:
-            held, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
-            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
-        else:
-            buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
-            held, key_positions = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
-        mask = ctx.mask(key_positions, buffer.rolling)
+        held, key_positions = store_and_view(state.buffer, new, ctx)
+        mask = ctx.mask(key_positions, state.buffer.rolling)
         q_nope, q_rot = q.split([nope, rope_dim], dim=-1)
         q_rot = rotate(q_rot, *ctx.rope)
         if aux is not None:

@@ -49,16 +49,7 @@ def weight_shapes(spec: Any) -> Iterator[tuple[str, list[Factor], bool]]:
         width: Factor = (attn.head_dim, "head_dim", ("model", "block", "attention", "head_dim"))
     else:
         width = (model.head_dim, "the head width d_model / n_heads", ("model", "d_model"))
-    vocab = spec.vocab_size
-    if vocab is not None:
-        named = isinstance(model.vocab_size, int)
-        yield "the token embedding", [(vocab, "vocab_size", ("model", "vocab_size") if named else ("data", "tokenizer", "vocab_size")),
-                                      d_model], False
-    seq: Factor = (model.max_seq_len, "max_seq_len", ("model", "max_seq_len"))
-    if model.position.kind == "learned":
-        yield "the position embedding", [seq, d_model], False
-    elif model.position.kind == "rope":
-        yield "the rotary table", [seq, width], False
+    yield from _embedding_shapes(spec, d_model, width)
     yield "the query projection", [heads, width, d_model], True
     blocks = [(model.block, ("model", "block"))] + [(o.block, ("model", "layers", j, "block")) for j, o in enumerate(model.layers)]
     for block, path in blocks:
@@ -79,10 +70,9 @@ def weight_shapes(spec: Any) -> Iterator[tuple[str, list[Factor], bool]]:
             yield "the query latent up-projection", [heads, width, (attn.q_latent, "q_latent", ("model", "block", "attention", "q_latent"))], True
 
 
-def _mamba_shapes(spec: Any, d_model: Factor) -> Iterator[tuple[str, list[Factor], bool]]:
-    """weight_shapes for a model whose default block is a Mamba layer (no attention, no rotary table
-    unless an override has attention: its width is then the model's head width)."""
-    model, mixer = spec.model, spec.model.block.mixer
+def _embedding_shapes(spec: Any, d_model: Factor, width: Factor) -> Iterator[tuple[str, list[Factor], bool]]:
+    """The token embedding, and the position embedding or the rotary table (rows of `width`)."""
+    model = spec.model
     vocab = spec.vocab_size
     if vocab is not None:
         named = isinstance(model.vocab_size, int)
@@ -92,7 +82,14 @@ def _mamba_shapes(spec: Any, d_model: Factor) -> Iterator[tuple[str, list[Factor
     if model.position.kind == "learned":
         yield "the position embedding", [seq, d_model], False
     elif model.position.kind == "rope":
-        yield "the rotary table", [seq, (model.head_dim, "the head width", ("model", "d_model"))], False
+        yield "the rotary table", [seq, width], False
+
+
+def _mamba_shapes(spec: Any, d_model: Factor) -> Iterator[tuple[str, list[Factor], bool]]:
+    """weight_shapes for a model whose default block is a Mamba layer (no attention, no rotary table
+    unless an override has attention: its width is then the model's head width)."""
+    model, mixer = spec.model, spec.model.block.mixer
+    yield from _embedding_shapes(spec, d_model, (model.head_dim, "the head width", ("model", "d_model")))
     expand: Factor = (mixer.expand, "expand", ("model", "block", "mixer", "expand"))
     yield "the Mamba input projection", [(2, "x and z", expand[2]), expand, d_model, d_model], True
     yield "the Mamba state matrix A", [expand, d_model, (mixer.d_state, "d_state", ("model", "block", "mixer", "d_state"))], True

@@ -8,7 +8,7 @@ compares the plan with the device before allocating.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # torch, numpy and DeepSpeed hold counts, sizes, offsets and seeds in int64.
 INT64_MAX = 2**63 - 1
@@ -49,7 +49,7 @@ def weight_shapes(spec: Any) -> Iterator[tuple[str, list[Factor], bool]]:
         width: Factor = (attn.head_dim, "head_dim", ("model", "block", "attention", "head_dim"))
     else:
         width = (model.head_dim, "the head width d_model / n_heads", ("model", "d_model"))
-    yield from _embedding_shapes(spec, d_model, width)
+    yield from _embedding_shapes(spec, d_model, lambda: width)
     yield "the query projection", [heads, width, d_model], True
     blocks = [(model.block, ("model", "block"))] + [(o.block, ("model", "layers", j, "block")) for j, o in enumerate(model.layers)]
     for block, path in blocks:
@@ -70,8 +70,9 @@ def weight_shapes(spec: Any) -> Iterator[tuple[str, list[Factor], bool]]:
             yield "the query latent up-projection", [heads, width, (attn.q_latent, "q_latent", ("model", "block", "attention", "q_latent"))], True
 
 
-def _embedding_shapes(spec: Any, d_model: Factor, width: Factor) -> Iterator[tuple[str, list[Factor], bool]]:
-    """The token embedding, and the position embedding or the rotary table (rows of `width`)."""
+def _embedding_shapes(spec: Any, d_model: Factor, width: Callable[[], Factor]) -> Iterator[tuple[str, list[Factor], bool]]:
+    """The token embedding, and the position embedding or the rotary table (rows of `width()`, asked
+    for only where there is a rotary table: a model without attention has no head width)."""
     model = spec.model
     vocab = spec.vocab_size
     if vocab is not None:
@@ -82,14 +83,14 @@ def _embedding_shapes(spec: Any, d_model: Factor, width: Factor) -> Iterator[tup
     if model.position.kind == "learned":
         yield "the position embedding", [seq, d_model], False
     elif model.position.kind == "rope":
-        yield "the rotary table", [seq, width], False
+        yield "the rotary table", [seq, width()], False
 
 
 def _mamba_shapes(spec: Any, d_model: Factor) -> Iterator[tuple[str, list[Factor], bool]]:
     """weight_shapes for a model whose default block is a Mamba layer (no attention, no rotary table
     unless an override has attention: its width is then the model's head width)."""
     model, mixer = spec.model, spec.model.block.mixer
-    yield from _embedding_shapes(spec, d_model, (model.head_dim, "the head width", ("model", "d_model")))
+    yield from _embedding_shapes(spec, d_model, lambda: (model.head_dim, "the head width", ("model", "d_model")))
     expand: Factor = (mixer.expand, "expand", ("model", "block", "mixer", "expand"))
     yield "the Mamba input projection", [(2, "x and z", expand[2]), expand, d_model, d_model], True
     yield "the Mamba state matrix A", [expand, d_model, (mixer.d_state, "d_state", ("model", "block", "mixer", "d_state"))], True

@@ -128,3 +128,14 @@ def test_a_budget_smaller_than_one_batch_is_refused_as_the_run_would():
 def test_a_filter_pattern_python_cannot_compile_is_refused_not_raised(pattern):
     (error,) = refused([f"data.filters.2.pattern='{pattern}'"])
     assert error.dotted_path == "data.filters.2.pattern" and "regular expression" in error.message
+
+
+@pytest.mark.parametrize("position", ["none", "learned"])
+def test_a_model_of_mamba_layers_only_validates_and_its_sizes_are_still_checked(position):
+    """A model without attention has no head width: the size checks ask for one only for a rotary table."""
+    jamba = QUICKSTART.parent / "presets" / "jamba-tiny.yaml"
+    spec = load_spec(jamba, ["model.layers=[]", f"model.position.kind={position}"])
+    assert {block.kind for block in spec.model.layer_blocks} == {"mamba"}
+    with pytest.raises(SpecErrors) as raised:
+        load_spec(jamba, ["model.layers=[]", f"model.position.kind={position}", f"model.d_model={2**40}"])
+    assert [error.dotted_path for error in raised.value.errors] == ["model.d_model"]

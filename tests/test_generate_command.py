@@ -59,6 +59,8 @@ def test_a_spec_and_its_hf_export_generate_the_same(spec, capsys, tmp_path):
     (["{missing}", "--prompt", "x"], "no such run directory"),
     (["{spec}", "--prompt", "x" * 200], "the prompt has 201 tokens"),
     (["{spec}", "--prompt", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
+    (["{spec}", "--prompt", "x", "--temperature", "nan"], "temperature must be a finite number"),
+    (["{spec}", "--prompt", "x", "--repetition-penalty", "inf"], "repetition_penalty must be a finite number"),
     (["{spec}", "--prompt-file", "{missing}"], "--prompt-file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(spec, capsys, tmp_path, argv, message):

@@ -21,10 +21,13 @@ def test_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.startswith("tabula serve: ") and "no such run directory" in err and err.count("\n") == 1
 
 
-def test_bad_flags_exit_2(capsys):
+@pytest.mark.parametrize("flags, message", [(["--max-batch", "0"], "expected at least 1"),
+                                           (["--port", "99999"], "a port is 0-65535, found 99999"),
+                                           (["--port", "http"], "expected a port number")])
+def test_bad_flags_exit_2(capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["serve", "x", "--max-batch", "0"])
-    assert exit_info.value.code == 2 and "expected at least 1" in capsys.readouterr().err
+        main(["serve", "x", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def tiny_spec(tmp_path):

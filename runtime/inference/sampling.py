@@ -11,6 +11,7 @@ does not depend on the sampling settings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -47,16 +48,16 @@ class SamplingParams:
         problems = []
         if self.max_new_tokens < 0:
             problems.append(f"max_new_tokens must be >= 0 (got {self.max_new_tokens})")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0 (got {self.temperature})")
+        if not (0 <= self.temperature < math.inf):  # written so that NaN fails too
+            problems.append(f"temperature must be a finite number >= 0 (got {self.temperature})")
         if self.top_k < 0:
             problems.append(f"top_k must be >= 0 (got {self.top_k})")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
         if not 0 <= self.min_p < 1:
             problems.append(f"min_p must be in [0, 1) (got {self.min_p})")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if not (0 < self.repetition_penalty < math.inf):
+            problems.append(f"repetition_penalty must be a finite number > 0 (got {self.repetition_penalty})")
         if any(not s for s in self.stop):
             problems.append("a stop string must not be empty")
         if problems:

@@ -19,7 +19,7 @@ from .protocol import SamplingParams
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = Field(description="The served model's name (GET /v1/models lists it).")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy decoding.")
@@ -94,7 +94,7 @@ class CompletionRequest(_Sampling):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
     content: str | list[dict[str, Any]] = Field(description="Text, or a list of {type: text, text} parts.")

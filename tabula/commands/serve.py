@@ -26,12 +26,23 @@ from tabula.report import positive_int
 HELP = "serve a run's or a Hugging Face export's model with an OpenAI-compatible HTTP API (continuous batching)"
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (a bad one is one clear line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, found {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, found {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="RUN_DIR|HF_EXPORT_DIR",
                         help="a run directory (its newest checkpoint), a checkpoint folder, a Hugging Face folder (tabula export --format hf), "
                              "or a spec file (its seed-initialised model, for trying the server)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, e.g. in a container)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--port", type=port_number, default=8000, help="port to listen on (0-65535; 0: any free port)")
     parser.add_argument("--name", default=None, help="the model's name in the API (default: the folder's name)")
     parser.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together at most")
     parser.add_argument("--max-queue", type=positive_int, default=64, help="requests waiting for a batch slot at most; more are answered 429")

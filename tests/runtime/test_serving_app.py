@@ -113,6 +113,17 @@ def test_bad_fields_are_400_with_a_clear_json_error(setup, fields, where):
     assert where in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("field", ["repetition_penalty", "temperature", "top_p"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_nan_and_infinity_are_400_not_a_crash(setup, field, value):
+    """Python's JSON reader takes NaN and Infinity; a sampling number must be finite."""
+    body = f'{{"model": "tiny", "prompt": "hi", "max_tokens": 4, "{field}": {value}}}'
+    response = httpx.post(setup[0].url + "/v1/completions", content=body, timeout=30,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]["message"]
+
+
 def test_errors_through_the_client(setup, client):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="tiny", messages=[], max_tokens=4)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +110,9 @@ def export_onnx(model: Transformer, out_dir: str | os.PathLike[str], *, optimize
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=1, max=model.max_seq_len)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own pytree deprecation inside the exporter: nothing the user can act on
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
             program = torch.onnx.export(_Logits(model).eval(), (example,), dynamo=True, opset_version=OPSET, verbose=False,
                                         input_names=["input_ids"], output_names=["logits"],
                                         dynamic_shapes={"input_ids": {0: batch, 1: seq}}, optimize=optimize)

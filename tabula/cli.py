@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from tabula.version import version_line
@@ -60,7 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party loggers whose warnings say nothing a tabula user can act on: torchao's CUDA-only kernel
+# libraries failing to load on a CPU machine, torch's note to torchao about its enum registrations, the
+# ONNX exporter's list of torchvision operators it skips (tabula's models use none).
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "torch.onnx._internal.exporter._registration")
+
+
 def main(argv: list[str] | None = None) -> int:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     parser = build_parser()
     # Overrides may follow a flag (`tabula plan SPEC --json model.n_layers=2`): argparse stops
     # collecting positionals at the first flag, so the leftover `a.b=v` items are put back.

@@ -175,19 +175,23 @@ def _vocab_size(spec, tokenizer_json: str | None) -> int:
 
 
 def _trained_model(spec, weights: Path):
-    """The spec's model holding the checkpoint's weights (names and shapes checked against the spec)."""
-    from tabula.compiler import build_model
-    from tabula.runtime.checkpoint import read_weights
+    """The spec's model holding the checkpoint's weights (names and shapes checked against the spec),
+    through the runtime's one loader: its non-persistent buffers (RoPE's tables) are made on the CPU too,
+    which the ONNX export traces."""
+    from safetensors import SafetensorError, safe_open
 
-    state = read_weights(weights)
-    if "embed.weight" not in state:
-        raise _BadInput(f"{weights}: not a tabula checkpoint (no embed.weight)")
-    model = build_model(spec, vocab_size=state["embed.weight"].shape[0])
+    from tabula.runtime.checkpoint import CheckpointError, load_trained_model
+
     try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
+        with safe_open(str(weights), framework="pt") as handle:
+            if "embed.weight" not in handle.keys():
+                raise _BadInput(f"{weights}: not a tabula checkpoint (no embed.weight)")
+    except (SafetensorError, OSError) as error:
+        raise _BadInput(f"{weights}: unreadable: {error}") from None
+    try:
+        return load_trained_model(spec, weights.parent)
+    except (CheckpointError, RuntimeError, ValueError) as error:
         raise _BadInput(f"{weights}: the checkpoint does not fit its resolved.yaml: {error}") from None
-    return model
 
 
 def _finetuned_model(spec, checkpoint: Path):

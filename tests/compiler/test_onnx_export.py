@@ -48,6 +48,23 @@ def test_cli_exports_a_spec_with_a_sliding_window_that_onnxruntime_runs(tmp_path
     assert_parity(model, tmp_path / "onnx" / "model.onnx", 97)
 
 
+def test_cli_exports_a_trained_runs_checkpoint(tmp_path, capsys):
+    """A run folder's checkpoint (not a spec): the model is loaded with its RoPE tables made, which the
+    trace needs (they were left on the meta device, and the export crashed)."""
+    from tabula.runtime.checkpoint import save_weights
+    from tabula.schemas.rundir_protocol import RESOLVED_FILE, WEIGHTS_FILE
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-000002").mkdir(parents=True)
+    YAML(typ="safe").dump(copy.deepcopy(BASE), run / RESOLVED_FILE)
+    model = build_model(tiny_spec(), device="cpu")
+    with torch.no_grad():
+        model.embed.weight.add_(1.0)  # not the seed's weights: the export must read the checkpoint's
+    save_weights(model.state_dict(), run / "checkpoints" / "step-000002" / WEIGHTS_FILE)
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0, capsys.readouterr().err
+    assert_parity(model.eval(), tmp_path / "onnx" / "model.onnx", 97)
+
+
 KINDS = [
     # each export takes seconds (torch.export + onnxscript): the default suite runs the CLI test above alone
     pytest.param({"block": {"attention": MLA}}, id="mla", marks=pytest.mark.slow),

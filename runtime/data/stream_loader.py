@@ -19,6 +19,8 @@ the loader, its trainer being killed included. `close()` ends them at once.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import multiprocessing
 import os
 import queue
@@ -115,7 +117,7 @@ class StreamLoader:
         return {
             "version": STATE_VERSION, "source": self.name, "world_size": self.world_size, "workers": self.workers,
             "turn": self.turn,
-            "streams": [{"shard": shard, "state": state, "buffer": buffer.tolist()}
+            "streams": [{"shard": shard, "state": state, "buffer": _pack(buffer)}
                         for (shard, _), state, buffer in zip(self.shards, self.states, self.buffers)],
         }
 
@@ -133,9 +135,9 @@ class StreamLoader:
                 raise ValueError(f"shards {[stream['shard'] for stream in streams]} are not this rank's")
             self.close()
             self.states = [stream["state"] for stream in streams]
-            self.buffers = [np.asarray(stream["buffer"], dtype=np.int64) for stream in streams]
+            self.buffers = [_unpack(stream["buffer"]) for stream in streams]
             self.turn = int(state["turn"]) % self.workers
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as error:
             raise DataError(f"the checkpoint's stream position is damaged ({type(error).__name__}: {error})", source=self.name) from None
 
 
@@ -166,6 +168,15 @@ class StreamedSources:
             loader.close()
 
 
+def _pack(tokens: np.ndarray) -> str:
+    """Tokens as base64 of little-endian uint32 (a checkpoint's JSON stays small)."""
+    return base64.b64encode(tokens.astype("<u4").tobytes()).decode("ascii")
+
+
+def _unpack(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype="<u4").astype(np.int64)
+
+
 def _stop(processes: list[Any], queues: list[Any]) -> None:
     for process in processes:
         if process.is_alive():
@@ -186,8 +197,14 @@ def _stop(processes: list[Any], queues: list[Any]) -> None:
 def _produce(plan: StreamPlan, name: str, dataset: Any, shard: int, shards: int, state: dict[str, Any] | None, out: Any) -> None:
     """A worker: chunks of tokens of shard `shard` of `shards`, each with the stream's state after it, into
     `out` (blocks while it is full) until terminated. An error is sent as (\"error\", one line)."""
+    import signal
+
     from .tokenize_worker import die_with_parent
 
+    # forked from a trainer whose handlers turn SIGTERM into a graceful stop: here it ends the worker; a
+    # Ctrl-C reaches the whole process group, and the trainer ends its workers itself
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     try:
@@ -225,13 +242,15 @@ def _produce_chunks(plan: StreamPlan, name: str, dataset: Any, shard: int, shard
         characters = 0
         while characters < CHUNK_CHARS:
             record = next(records, None)
-            if record is None:  # the end of the shard: the next epoch starts from its front
+            if record is None:  # the end of the shard: the next epoch starts from its front, in the next chunk
                 if kept_this_epoch == 0:
                     raise DataError(f"stream shard {shard} of {shards} holds no document the filters keep "
                                     "(fewer documents or files than ranks x data.stream_workers?)", source=name)
                 epoch, kept_this_epoch = epoch + 1, 0
                 data.set_epoch(epoch)
                 records = iter(data)
+                if texts:
+                    break
                 continue
             text = record.get(source.text_field)
             documents += 1

@@ -114,7 +114,7 @@ def _spec(root, **train):
         "stream_workers": 2,
         "filters": [{"kind": "length", "min_chars": 12}],
     }
-    top = {"train": {"batch_tokens": 256, "optimizer": {"kind": "adamw", "lr": 1.0e-3}, "budget": {"tokens": 4096},
+    top = {"train": {"batch_tokens": 256, "optimizer": {"kind": "adamw", "lr": 1.0e-3}, "budget": {"tokens": 2048},
                      "checkpoint": {"every_tokens": 1024, "keep_last": 4}, "log": {"every_steps": 1}, **train},
            "track": {"aim": {"enabled": False}}}
     return make_spec(data, **top)
@@ -173,14 +173,14 @@ def test_a_run_stopped_at_a_checkpoint_and_resumed_trains_on_the_same_tokens(str
 
     spec, prepared = streamed
     whole, events = train_in(spec, prepared, tmp_path / "whole")
-    assert whole.reason == "finished" and whole.step == 16
+    assert whole.reason == "finished" and whole.step == 8
     losses = {e["step"]: e["loss"] for e in events if e["kind"] == "train"}
-    first, _ = train_in(spec, prepared, tmp_path / "cut", max_steps=8)
-    checkpoint = tmp_path / "cut" / "checkpoints" / "step-000008"
-    assert first.step == 8 and (checkpoint / "stream-rank0.json").is_file()
+    first, _ = train_in(spec, prepared, tmp_path / "cut", max_steps=4)
+    checkpoint = tmp_path / "cut" / "checkpoints" / "step-000004"
+    assert first.step == 4 and (checkpoint / "stream-rank0.json").is_file()
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("tabula-stream")]  # the loop closed them
     resumed, events = train_in(spec, prepared, tmp_path / "cut", resume_from=checkpoint)
-    assert resumed.reason == "finished" and resumed.step == 16
+    assert resumed.reason == "finished" and resumed.step == 8
     again = {e["step"]: e["loss"] for e in events if e["kind"] == "train"}
     assert again and all(again[step] == losses[step] for step in again)  # bit-identical: the same windows, the same updates
 

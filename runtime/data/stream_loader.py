@@ -89,7 +89,7 @@ class StreamLoader:
 
     def _start(self) -> None:
         dataset = open_dataset(self.plan.sources[self.name])  # in this process: a hub dataset offline fails here, in one line
-        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        context: Any = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         for worker, (shard, shards) in enumerate(self.shards):
             out = context.Queue(maxsize=QUEUE_CHUNKS)
             process = context.Process(target=_produce, args=(self.plan, self.name, dataset, shard, shards, self.states[worker], out),

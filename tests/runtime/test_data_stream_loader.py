@@ -193,3 +193,14 @@ def test_a_hub_stream_offline_fails_in_one_line_naming_the_source(corpus):
         streams.window("fineweb", 8)
     assert raised.value.source == "fineweb" and "cannot stream hub dataset 'HuggingFaceFW/nonexistent-tabula-test'" in str(raised.value)
     assert "\n" not in str(raised.value) and streams.pids == []
+
+
+def test_a_tokenizer_over_streams_only_trains_on_their_first_documents(streamed, tmp_path):
+    from tabula.runtime.data import prepare
+
+    spec, _ = streamed
+    only = spec.data.sources["local"].model_copy(update={"cache": False})
+    data = spec.data.model_copy(update={"sources": {"local": only}, "curriculum": [spec.data.curriculum[0].model_copy(update={"mix": None})]})
+    prepared = prepare(spec.model_copy(update={"data": data}), cache_dir=tmp_path)
+    assert prepared.train == {} and prepared.sources == ["local"] and prepared.vocab_size == 300
+    assert prepared.report["streamed"]["local"]["files"] == 1 and prepared.report["totals"]["tokens"] == 0

@@ -37,7 +37,7 @@ from .progress import Progress
 from .records import Conversation, RecordError
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
 from .sources import bad_record, open_source
-from .streaming import StreamPlan, StreamSource, first_texts
+from .streaming import StreamPlan, StreamSource, first_texts, open_dataset
 from .tokenizer import LOADERS, TRAINERS, file_path, special_ids, tokenizer_hash
 from .transforms import Augmenter
 
@@ -94,6 +94,9 @@ def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: 
         digests.save()
         prepared = open_entry(entry, document_masking=data.packing.document_masking, cache_hit=hit)
         prepared.streams = stream_plan(spec, readers, prepared)
+        for source in prepared.streams.sources.values() if prepared.streams is not None else ():
+            if source.kind == "hub":  # offline or unknown: one line now, not at the first training step
+                open_dataset(source)
     except OSError as error:  # a full disk, a file that vanished mid-read: one line naming the file
         raise _io_error(error, root) from None
     prepared.report.update(cache="hit" if hit else "miss", cache_dir=str(root), seconds=round(time.perf_counter() - started, 3))

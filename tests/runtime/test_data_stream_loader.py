@@ -204,3 +204,27 @@ def test_a_tokenizer_over_streams_only_trains_on_their_first_documents(streamed,
     prepared = prepare(spec.model_copy(update={"data": data}), cache_dir=tmp_path)
     assert prepared.train == {} and prepared.sources == ["local"] and prepared.vocab_size == 300
     assert prepared.report["streamed"]["local"]["files"] == 1 and prepared.report["totals"]["tokens"] == 0
+
+
+def test_prepare_refuses_a_hub_stream_it_cannot_open_in_one_line(streamed, tmp_path):
+    from tabula.runtime.data import prepare
+
+    spec, _ = streamed
+    hub = {"kind": "hub", "name": "HuggingFaceFW/nonexistent-tabula-test", "cache": False}
+    data = spec.data.model_dump(mode="json", exclude={"curriculum"})
+    data["sources"]["web"] = hub
+    with pytest.raises(DataError) as raised:
+        prepare(make_spec(data), cache_dir=tmp_path)
+    assert raised.value.source == "web" and "cannot stream hub dataset" in raised.value.message and "\n" not in str(raised.value)
+
+
+def test_streamed_rows_number_their_documents_from_the_end_of_document_token():
+    from types import SimpleNamespace
+
+    from tabula.runtime.data.sampler import _Rows
+
+    rows = _Rows(2, 6, SimpleNamespace(document_masking=True, eos_id=EOS))
+    rows.put(1, np.array([5, 6, EOS, 7, EOS, EOS, 8]))
+    batch = rows.batch()
+    assert batch.document_ids.tolist() == [[0] * 6, [0, 0, 0, 1, 1, 2]]  # an end-of-document token ends its own document
+    assert batch.input_ids[0].tolist() == [0] * 6 and batch.targets[1].tolist() == [6, EOS, 7, EOS, EOS, 8]

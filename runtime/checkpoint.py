@@ -7,6 +7,7 @@ A checkpoint is a folder `checkpoints/step-000500/`:
                       spec: its seed, its weights' source), so no checkpoint repeats the base
   optimizer.pt ...    whatever the engine's `save` writes besides (DeepSpeed: deepspeed/ with every rank's shards)
   rng-rank0.json      python / numpy / torch (and CUDA) generator states of each rank
+  stream-rank0.json   where each rank's stream loaders are (streamed sources, cache: false), where any stream
   state.json          the loop's progress: step, tokens, sampler state, best val loss ...
   checksums.json      size and SHA-256 of every file above (written last; runtime/integrity.py)
 It is written as `.tmp-step-000500`, every file fsynced, then renamed: a crash at any instant leaves
@@ -331,8 +332,9 @@ class Checkpointer:
         previous = [p for p in list_checkpoints(self.folder) if p != final]
         return CheckpointWriteError(final, reason, disk_full=full, kept=previous[-1] if previous else None, recoverable=recoverable)
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Write checkpoint `step` with the loop's `state` (JSON-able). Returns its folder.
+    def save(self, step: int, state: dict[str, Any], rank_files: dict[str, Any] | None = None) -> Path:
+        """Write checkpoint `step` with the loop's `state` (JSON-able) and this rank's `rank_files` (file
+        name -> JSON-able, e.g. its stream position). Returns its folder.
         Raises CheckpointWriteError, its temporary folder removed and the previous checkpoints intact,
         when the disk refuses it."""
         engine = self.engine
@@ -350,6 +352,8 @@ class Checkpointer:
         try:
             engine.save(tmp)
             _write_json(tmp / f"rng-rank{engine.rank}.json", capture_rng())
+            for name, content in (rank_files or {}).items():
+                _write_json(tmp / name, content)
         except WRITE_ERRORS as caught:
             if isinstance(caught, torch.OutOfMemoryError):
                 raise
@@ -419,6 +423,23 @@ def restore_checkpoint(engine, checkpoint: Path) -> dict[str, Any]:
     with open(rng, encoding="utf-8") as handle:
         restore_rng(json.load(handle))
     return read_state(checkpoint)
+
+
+def stream_state_file(rank: int) -> str:
+    """The file a rank's stream position (its stream loaders' state) has in a checkpoint."""
+    return f"stream-rank{rank}.json"
+
+
+def read_stream_state(checkpoint: Path, rank: int) -> dict[str, Any]:
+    """Rank `rank`'s stream position in `checkpoint`. Raises CheckpointError where it holds none (saved by
+    fewer ranks, or before the source streamed)."""
+    path = Path(checkpoint) / stream_state_file(rank)
+    if not path.exists():
+        raise CheckpointError(f"{checkpoint.name} holds no stream position for rank {rank} ({path.name}): it was saved by fewer "
+                              "ranks or before a source streamed; resume with the ranks and sources it was saved with")
+    with open(path, encoding="utf-8") as handle:
+        state: dict[str, Any] = json.load(handle)
+    return state
 
 
 # ---------------------------------------------------------------- the public tabula.load_model

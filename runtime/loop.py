@@ -29,7 +29,8 @@ from tabula.compiler.routing import RoutingStats, imbalance, moe_layers, routing
 from tabula.schemas import rundir_protocol as ctl
 from .compile_watch import CompileLog, eager_unless
 from . import trained_weights
-from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, restore_checkpoint, select_checkpoint
+from .checkpoint import (Checkpointer, CheckpointError, CheckpointWriteError, read_stream_state, restore_checkpoint, select_checkpoint,
+                         stream_state_file)
 from .data.errors import DataError
 from .data.mixing import source_losses
 from .events import EventWriter
@@ -142,7 +143,7 @@ class Trainer:
         self.checkpointer = Checkpointer(run.path, engine, keep_last=train.checkpoint.keep_last, keep_best=train.checkpoint.keep_best_by is not None)
         from .data import Sampler
 
-        self.sampler = Sampler(prepared, plan.stages, spec.seed, spec.data.mixture)
+        self.sampler = Sampler(prepared, plan.stages, spec.seed, spec.data.mixture, rank=engine.rank, world_size=engine.world_size)
         self.progress = Progress()
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step: int | None = None
@@ -196,6 +197,8 @@ class Trainer:
             note = self.sampler.load_state_dict(state["sampler"])
             if note:
                 self.log("warning", note)
+            if self.sampler.streams is not None:  # this rank's stream position (streamed sources)
+                self.sampler.streams.load_state_dict(read_stream_state(checkpoint, self.engine.rank))
         self.last_checkpoint, self.last_checkpoint_step = checkpoint, p.step
 
     def checkpoint(self) -> Path | None:
@@ -204,7 +207,9 @@ class Trainer:
         if self.last_checkpoint_step == self.progress.step and self.last_checkpoint is not None and self.last_checkpoint.exists():
             return self.last_checkpoint
         try:
-            path = self.checkpointer.save(self.progress.step, self.state())
+            streams = self.sampler.streams
+            rank_files = {stream_state_file(self.engine.rank): streams.state_dict()} if streams is not None else None
+            path = self.checkpointer.save(self.progress.step, self.state(), rank_files)
         except CheckpointWriteError as error:
             self.log("error", str(error))
             self.write_error = str(error)
@@ -279,9 +284,9 @@ class Trainer:
     def train_step(self, stage: StagePlan) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on this rank's slice of the global batch. Returns (mean loss, grad norm)."""
         engine = self.engine
-        batch = self.sampler.next_batch(stage.sequences_per_step, stage.seq_len)
         per_rank = stage.sequences_per_step // engine.world_size
         start = engine.rank * per_rank
+        batch = self.sampler.next_batch(stage.sequences_per_step, stage.seq_len, range(start, start + per_rank))
         step_loss: torch.Tensor | None = None
         for micro in range(stage.grad_accum):
             lo = start + micro * stage.micro_batch
@@ -560,6 +565,7 @@ def train(spec: Spec, plan: Plan, engine: Engine, run: RunDir, prepared: Prepare
             outcome = Outcome("failed", p.step, p.tokens, error=message, checkpoint=trainer.last_good_checkpoint(),
                               best_val_loss=p.best_val_loss)
         trainer.compiles.close()
+        trainer.sampler.close()  # the stream loaders' workers
         trainer.emit("end", reason=outcome.reason, error=outcome.error)
         if trainer.tracker is not None:
             trainer.tracker.close()

@@ -92,6 +92,15 @@ class FilesSource(SpecModel):
         description="What to do with an unreadable file or malformed record: fail the run naming its file and line, or skip it "
                     "(tabula prepare reports how many, and the first reasons with their file and line).",
     )
+    cache: bool = Field(
+        default=True,
+        description="true: documents are read, filtered and tokenized once into the token cache before training; false (jsonl and parquet only): they are "
+                    "read, filtered, tokenized and packed on the fly during training instead (streamed, for corpora too large to "
+                    "cache), by worker processes sharded by rank (data.stream_workers); a streamed source holds no validation split.",
+    )
+
+    # left out of the canonical form (and the spec hash) while true: older specs keep their hash
+    canonical_optional: ClassVar[frozenset[str]] = frozenset({"cache"})
 
     @model_validator(mode="after")
     def _records_need_records(self) -> FilesSource:
@@ -100,6 +109,11 @@ class FilesSource(SpecModel):
                 raise field_error("records", f"{self.records.kind} records are read from format: jsonl or parquet, not text")
             if self.text_field != "text":  # not model_fields_set: resolved specs write every default out
                 raise field_error("text_field", f"text_field names the text of plain records; {self.records.kind} records name their fields in records")
+        if not self.cache:
+            if self.format == "text":
+                raise field_error("cache", "cache: false streams records of format: jsonl or parquet; format: text files are cached")
+            if self.records is not None:
+                raise field_error("cache", f"cache: false streams plain text records; {self.records.kind} records are cached (set cache: true)")
         return self
 
 
@@ -111,6 +125,14 @@ class HubSource(SpecModel):
     text_field: str = Field(default="text", description="The record field holding the text.")
     revision: str | None = Field(default=None, description="Branch, tag or commit; null means the default branch.")
     max_documents: int | None = Field(default=None, gt=0, description="Stop after this many documents; null reads the whole split.")
+    cache: bool = Field(
+        default=True,
+        description="true: documents are read, filtered and tokenized once into the token cache before training; false: they are "
+                    "read, filtered, tokenized and packed on the fly during training instead (streamed, for corpora too large to "
+                    "cache), by worker processes sharded by rank (data.stream_workers); a streamed source holds no validation split.",
+    )
+
+    canonical_optional: ClassVar[frozenset[str]] = frozenset({"cache"})
 
 
 class PythonStdlibSource(SpecModel):
@@ -362,6 +384,10 @@ class Data(SpecModel):
                     "deterministic per document and seed; applied after the filters and the validation split, to training "
                     "documents of plain text only.",
     )
+    stream_workers: int = Field(
+        default=1, ge=1, le=64,
+        description="Worker processes each rank runs for each streamed source (cache: false), each reading its own shard (at most 64).",
+    )
     mixture: Mixture | None = Field(
         default=None,
         description="How sampling weights are set beyond each stage's mix: by temperature over source sizes, UniMax, or online "
@@ -370,7 +396,12 @@ class Data(SpecModel):
 
     # Fields left out of the canonical form (and so of the spec hash) while they hold their default:
     # specs written before they existed keep their hash.
-    canonical_optional: ClassVar[frozenset[str]] = frozenset({"mixture", "transforms"})
+    canonical_optional: ClassVar[frozenset[str]] = frozenset({"mixture", "transforms", "stream_workers"})
+
+    @property
+    def streamed_sources(self) -> list[str]:
+        """Names of the sources read on the fly during training (cache: false) instead of from the token cache."""
+        return [name for name, source in self.sources.items() if not getattr(source, "cache", True)]
 
     @property
     def supervised_sources(self) -> list[str]:
@@ -414,6 +445,10 @@ class Data(SpecModel):
                 if name not in names:
                     raise field_error(("transforms", index, "sources", position), f"the transform names source {name!r}, which "
                                       f"data.sources does not define (sources: {', '.join(sorted(names))})")
+        streamed = self.streamed_sources
+        if streamed and isinstance(self.mixture, (TemperatureMixture, UniMaxMixture)):
+            raise field_error(("mixture", "kind"), f"a {self.mixture.kind} mixture weighs sources by their size, and source "
+                              f"{streamed[0]!r} streams (cache: false): its size is not known; give the stages' mix or an online mixture")
         supervised = self.supervised_sources
         if supervised and not self.packing.document_masking:
             source = self.sources[supervised[0]]

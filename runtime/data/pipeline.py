@@ -4,6 +4,11 @@ Steps, for a fingerprint not yet in the cache: read each source's documents, run
 in order, hold out the validation split, spool the kept documents to disk; train (or load) the
 tokenizer; tokenize the spools in worker processes into packed token shards; write the entry
 atomically. With the fingerprint in the cache, it only opens the entry.
+
+A streamed source (`cache: false`) is not read into the entry: the PreparedData carries a
+StreamPlan (streaming.py) that the sampler's stream loaders read during training, and the report
+lists it under `streamed`. A trained tokenizer trains on the cached sources of its train_on, or,
+where every one of them streams, on the first documents of the streams (up to max_chars).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .progress import Progress
 from .records import Conversation, RecordError
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
 from .sources import bad_record, open_source
+from .streaming import StreamPlan, StreamSource, first_texts, open_dataset
 from .tokenizer import LOADERS, TRAINERS, file_path, special_ids, tokenizer_hash
 from .transforms import Augmenter
 
@@ -60,10 +66,12 @@ class PreparedData:
     document_masking: bool
     cache_hit: bool
     report: dict[str, Any] = field(default_factory=dict)
+    streams: StreamPlan | None = None  # the streamed sources (cache: false), read during training
 
     @property
     def sources(self) -> list[str]:
-        return list(self.train)
+        """The cached sources, then the streamed ones."""
+        return [*self.train, *(self.streams.sources if self.streams is not None else ())]
 
 
 def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> PreparedData:
@@ -85,6 +93,10 @@ def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: 
             _build(spec, readers, root, key, progress or _quiet, chat)
         digests.save()
         prepared = open_entry(entry, document_masking=data.packing.document_masking, cache_hit=hit)
+        prepared.streams = stream_plan(spec, readers, prepared)
+        for source in prepared.streams.sources.values() if prepared.streams is not None else ():
+            if source.kind == "hub":  # offline or unknown: one line now, not at the first training step
+                open_dataset(source)
     except OSError as error:  # a full disk, a file that vanished mid-read: one line naming the file
         raise _io_error(error, root) from None
     prepared.report.update(cache="hit" if hit else "miss", cache_dir=str(root), seconds=round(time.perf_counter() - started, 3))
@@ -102,7 +114,9 @@ def find_prepared(spec: Any, *, cache_dir: str | os.PathLike | None = None) -> P
         entry = root / fingerprint(_fingerprint_parts(spec, readers, FileDigests(root), base_dir, chat))
         if not entry.is_dir() or not entry_is_complete(entry):
             return None
-        return open_entry(entry, document_masking=spec.data.packing.document_masking)
+        prepared = open_entry(entry, document_masking=spec.data.packing.document_masking)
+        prepared.streams = stream_plan(spec, readers, prepared)
+        return prepared
     except OSError as error:
         raise _io_error(error, root) from None
 
@@ -177,6 +191,29 @@ def spec_base_dir(spec: Any) -> Path:
     return Path(base) if base else Path.cwd()
 
 
+def stream_plan(spec: Any, readers: dict, prepared: PreparedData) -> StreamPlan | None:
+    """What the stream loaders need for the spec's streamed sources (None where none streams)."""
+    data = spec.data
+    sources = stream_sources(spec, readers)
+    if not sources:
+        return None
+    return StreamPlan(sources, tuple(data.sources), tuple(data.filters), tuple(data.transforms), spec.seed, data.stream_workers,
+                      prepared.tokenizer_json, prepared.eos_id)
+
+
+def stream_sources(spec: Any, readers: dict) -> dict[str, StreamSource]:
+    """The spec's streamed sources (cache: false) as the loader opens them, by name in spec order."""
+    sources = {}
+    for name in spec.data.streamed_sources:
+        source = spec.data.sources[name]
+        if source.kind == "hub":
+            hub = {"name": source.name, "config": source.config, "split": source.split, "revision": source.revision}
+            sources[name] = StreamSource(name, "hub", source.text_field, hub=hub, max_documents=source.max_documents)
+        else:
+            sources[name] = StreamSource(name, "files", source.text_field, tuple(str(path) for path in readers[name].files), source.format)
+    return sources
+
+
 # ---------------------------------------------------------------- building an entry
 
 
@@ -232,6 +269,11 @@ def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress, c
                 source[count] = source["train"][count] + source["val"][count]
             if name in fitted:
                 _check_fitted(spec, name, fitted[name], counts[name], source, warnings)
+        report["streamed"] = {
+            name: {"kind": spec.data.sources[name].kind, "workers_per_rank": spec.data.stream_workers, "validation": "none",
+                   **({"files": len(readers[name].files)} if hasattr(readers[name], "files") else {})}
+            for name in spec.data.streamed_sources
+        }
         report["totals"] = {count: sum(source[count] for source in report["sources"].values())
                             for count in ("tokens", "trained_tokens", "masked_tokens")}
         if chat is not None:
@@ -271,6 +313,8 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
             warnings.append("... more warnings left out")
 
     for name, reader in readers.items():
+        if name in data.streamed_sources:  # read during training (cache: false)
+            continue
         writers = {split: SpoolWriter(folder / f"{split}-{name}.spool") for split in SPLITS}
         read = kept = held = 0
         skipped = SkipLog()
@@ -356,6 +400,10 @@ def _make_tokenizer(spec: Any, spools: dict, progress: Progress, chat: ChatData 
             tokenizer.add_special_tokens(missing)
         return tokenizer
     names = tokenizer_spec.train_on or list(spec.data.sources)
+    cached = [name for name in names if name not in spec.data.streamed_sources]
+    if not cached:  # every source it trains on streams: the first documents of each stream
+        return _train_on_streams(spec, names, progress, chat)
+    names = cached
     total = sum(spools["train", name].characters for name in names)
     share = min(1.0, tokenizer_spec.max_chars / max(total, 1))
     sample_chars = [0]
@@ -379,6 +427,18 @@ def _make_tokenizer(spec: Any, spools: dict, progress: Progress, chat: ChatData 
     specials = [*(chat.template.special_tokens if chat is not None else ()), *_transform_tokens(spec)]
     tokenizer = TRAINERS[tokenizer_spec.kind](tokenizer_spec, sample(), min(total, tokenizer_spec.max_chars), specials)
     progress(f"training {tokenizer_spec.kind} tokenizer", 1, 1)
+    return tokenizer
+
+
+def _train_on_streams(spec: Any, names: list[str], progress: Progress, chat: ChatData | None) -> Tokenizer:
+    tokenizer_spec = spec.data.tokenizer
+    sources = stream_sources(spec, {name: open_source(name, spec.data.sources[name], spec_base_dir(spec)) for name in names})
+    share = tokenizer_spec.max_chars // len(names)
+    texts = [text for name in names for text in first_texts(sources[name], share)]
+    progress(f"training {tokenizer_spec.kind} tokenizer on the streams' first documents", 0, 1)
+    specials = [*(chat.template.special_tokens if chat is not None else ()), *_transform_tokens(spec)]
+    tokenizer = TRAINERS[tokenizer_spec.kind](tokenizer_spec, iter(texts), sum(map(len, texts)), specials)
+    progress(f"training {tokenizer_spec.kind} tokenizer on the streams' first documents", 1, 1)
     return tokenizer
 
 

@@ -15,6 +15,10 @@ template's, the end-of-document token) is -100, which the model's loss ignores. 
 row are numbered from the shard's document ends (not by looking for the end-of-document token,
 which a chat template may also write inside a conversation).
 
+A streamed source (`cache: false`, stream_loader.py) has no stream positions to permute: its
+cursor only counts the tokens it gave (the same on every rank, as the picks are), and a rank reads
+its own rows of it (`next_batch`'s `rows`) from its own stream loader; the other rows stay zero.
+
 A resumed run whose curriculum tiles other blocks (a stage added, dropped or given another
 seq_len) keeps each source's current epoch in the order it started, then continues in the new
 tiling: a source's history is a list of segments (first cursor, first epoch, block), saved with
@@ -34,6 +38,7 @@ from ...schemas.data import OnlineMixture
 from .errors import DataError
 from .mixing import OnlineWeights, static_weights
 from .pipeline import PreparedData
+from .stream_loader import StreamedSources
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 STATE_VERSION = 1
@@ -57,14 +62,19 @@ class Sampler:
     None keeps each stage's mix; temperature and unimax set weights from the sources' sizes; online
     moves them with the losses given to `observe`)."""
 
-    def __init__(self, prepared: PreparedData, stages: Sequence[Any], seed: int, mixture: Any = None):
+    def __init__(self, prepared: PreparedData, stages: Sequence[Any], seed: int, mixture: Any = None, *,
+                 rank: int = 0, world_size: int = 1):
         if not stages:
             raise ValueError("a sampler needs at least one stage")
         self.prepared, self.stages, self.seed = prepared, list(stages), seed
-        self.sources = list(prepared.train)
-        self.lengths = {name: prepared.train[name].n_tokens for name in self.sources}
+        self.sources = prepared.sources
+        self.lengths = {name: prepared.train[name].n_tokens for name in prepared.train}
+        # this rank's readers of the streamed sources (cache: false); close() ends their workers
+        self.streams = StreamedSources(prepared.streams, rank, world_size) if prepared.streams is not None else None
         for stage in self.stages:
             for name in stage.mix:
+                if self.streams is not None and name in self.streams.loaders:
+                    continue
                 if name not in self.lengths:
                     raise DataError(f"stage {stage.index} mixes source {name!r}, which was not prepared", path=("data", "curriculum", stage.index, "mix"))
                 if self.lengths[name] < 2:
@@ -88,27 +98,41 @@ class Sampler:
         tokens = self.tokens if tokens is None else tokens
         return next((stage for stage in self.stages if tokens < stage.end_tokens), self.stages[-1])
 
-    def next_batch(self, n_sequences: int, seq_len: int) -> Batch:
-        """The next `n_sequences` windows of `seq_len` tokens; advances by n_sequences * seq_len."""
+    def next_batch(self, n_sequences: int, seq_len: int, rows: range | None = None) -> Batch:
+        """The next `n_sequences` windows of `seq_len` tokens; advances by n_sequences * seq_len. `rows`:
+        this rank's rows of the global batch (default all): a streamed source's rows outside it are
+        left zero (other ranks read them)."""
         mix = self.weights()
         names = list(mix)
         weights = np.cumsum([mix[name] for name in names], dtype=np.float64)
         positions = self.tokens + seq_len * np.arange(n_sequences, dtype=np.uint64)
         picks = np.searchsorted(weights / weights[-1], self._uniform(positions), side="right")
-        rows = _Rows(n_sequences, seq_len, self.prepared)
-        rows.sources = []
+        mine = range(n_sequences) if rows is None else rows
+        batch = _Rows(n_sequences, seq_len, self.prepared)
+        batch.sources = []
         for row, pick in enumerate(picks.tolist()):
             name = names[min(pick, len(names) - 1)]
-            rows.sources.append(name)
+            batch.sources.append(name)
             cursor = self.cursors[name]
+            if name not in self.lengths:  # streamed: this rank reads its own rows
+                if row in mine:
+                    assert self.streams is not None  # a source without a shard is a streamed one
+                    batch.put(row, self.streams.window(name, seq_len))
+                self.cursors[name] = cursor + seq_len
+                continue
             start, left = self._locate(name, cursor)
             if seq_len <= left and start + seq_len < self.lengths[name]:  # the usual case: one slice
-                rows.read(row, self.prepared.train[name], slice(start, start + seq_len + 1))
+                batch.read(row, self.prepared.train[name], slice(start, start + seq_len + 1))
             else:
-                rows.read(row, self.prepared.train[name], self._window(name, cursor, seq_len))
+                batch.read(row, self.prepared.train[name], self._window(name, cursor, seq_len))
             self.cursors[name] = cursor + seq_len
         self.tokens += n_sequences * seq_len
-        return rows.batch()
+        return batch.batch()
+
+    def close(self) -> None:
+        """End the stream loaders' worker processes (none without streamed sources)."""
+        if self.streams is not None:
+            self.streams.close()
 
     def weights(self, tokens: int | None = None) -> dict[str, float]:
         """The sampling weights in force (normalised, by source name) after `tokens` (default: now)."""
@@ -128,7 +152,7 @@ class Sampler:
     @property
     def epochs(self) -> dict[str, float]:
         """Epochs of each source's training tokens consumed so far (above 1.0: data repeats)."""
-        return {name: self.cursors[name] / self.lengths[name] for name in self.sources}
+        return {name: self.cursors[name] / self.lengths[name] for name in self.lengths}  # a stream's size is unknown
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able: restores the sampler exactly with load_state_dict."""
@@ -244,7 +268,8 @@ def planned_epochs(prepared: PreparedData, stages: Sequence[Any], mixture: Any =
     for stage in stages:
         span = stage.end_tokens - stage.start_tokens
         for name, weight in static_weights(stage.mix, sizes, span, mixture).items():
-            wanted[name] += span * weight
+            if name in wanted:  # a streamed source's size is unknown
+                wanted[name] += span * weight
     return {name: tokens / max(prepared.train[name].n_tokens, 1) for name, tokens in wanted.items()}
 
 
@@ -274,9 +299,10 @@ class _Rows:
 
     def __init__(self, n: int, seq_len: int, prepared: PreparedData):
         self.n, self.masking = n, prepared.document_masking
-        self.tokens = np.empty((n, seq_len + 1), dtype=np.int64)
+        self.tokens = np.zeros((n, seq_len + 1), dtype=np.int64)  # zeros: the rows another rank reads
         self.trained: np.ndarray | None = None  # made where a row comes from a shard with a loss mask
-        self.documents = np.empty((n, seq_len + 1), dtype=np.int64) if self.masking else None
+        self.documents = np.zeros((n, seq_len + 1), dtype=np.int64) if self.masking else None
+        self.eos_id = prepared.eos_id
         self.sources: list[str] | None = None
 
     def read(self, row: int, shard: Any, where: slice | np.ndarray) -> None:
@@ -290,6 +316,13 @@ class _Rows:
         if self.documents is not None:
             positions = np.arange(where.start, where.stop) if isinstance(where, slice) else where
             self.documents[row] = np.searchsorted(shard.document_ends, positions, side="right")
+
+    def put(self, row: int, window: np.ndarray) -> None:
+        """Fill `row` with a streamed window (seq_len + 1 tokens): documents end at the end-of-document token."""
+        self.tokens[row] = window
+        if self.documents is not None:
+            ends = window == self.eos_id
+            self.documents[row] = np.cumsum(ends) - ends  # an end-of-document token belongs to the document it ends
 
     def batch(self) -> Batch:
         inputs, targets = self.tokens[:, :-1], self.tokens[:, 1:]

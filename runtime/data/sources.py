@@ -33,6 +33,11 @@ GLOB_CHARS = set("*?[")
 SOURCES: Registry[type] = Registry("source")  # kind -> reader class: (name, source spec, base_dir) -> reader
 
 
+def _default_cache(spec: Any) -> set[str]:
+    """`cache` where it holds its default: keys of entries prepared before the field existed stay the same."""
+    return {"cache"} if spec.cache else set()
+
+
 @SOURCES.register("files")
 class FilesReader:
     """`kind: files`: local files by glob, relative to the spec's folder."""
@@ -43,7 +48,7 @@ class FilesReader:
 
     def key(self, digest: Digest) -> dict[str, Any]:
         # Paths relative to the spec's folder: moving the whole project keeps the cache valid.
-        fields = self.spec.model_dump(mode="json", exclude={"paths"})
+        fields = self.spec.model_dump(mode="json", exclude={"paths", *_default_cache(self.spec)})
         return {**fields, "files": [[_relative(path, self.base_dir), path.stat().st_size, self._digest(path, digest)] for path in self.files]}
 
     def _digest(self, path: Path, digest: Digest) -> str:
@@ -71,7 +76,7 @@ class HubReader:
 
     def key(self, digest: Digest) -> dict[str, Any]:
         # The contents cannot be hashed without downloading them: pin `revision` to be safe.
-        return self.spec.model_dump(mode="json")
+        return self.spec.model_dump(mode="json", exclude=_default_cache(self.spec))
 
     def documents(self, warn: Warn, workers: int = 1) -> Iterator[str]:
         spec = self.spec

@@ -11,15 +11,22 @@ Resume guarantee: exact. The state holds the `datasets` iterator's own state_dic
 example offset: local files seek to the record), the epoch, and the packed tokens not yet handed
 out, so a restored stream yields the same windows it would have.
 
-Not yet wired into `prepare`/`Sampler` (a `cache: false` source field): the loop's sampler draws one
-global batch on every rank from cached shards; a streamed source needs each rank to draw its own.
+A `cache: false` source is not read into the token cache: `prepare` records a `StreamPlan` on the
+PreparedData (the sources, the filters and transforms to apply, the tokenizer), and the sampler
+reads the rows of this rank from its stream loader (stream_loader.py), workers reading TokenStream
+shards. A streamed source holds no validation split: evaluation covers the cached sources only (a
+run whose every source streams does not evaluate). Filters run per worker shard: a dedup filter
+drops repeats within one worker's shard only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from .errors import DataError
 
 STATE_VERSION = 1
 
@@ -29,6 +36,69 @@ def shard_of(rank: int, world_size: int, worker: int = 0, workers: int = 1) -> t
     if not (0 <= rank < world_size and 0 <= worker < workers):
         raise ValueError(f"rank {rank} of {world_size}, worker {worker} of {workers}: out of range")
     return rank * workers + worker, world_size * workers
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """A streamed source as the loader opens it: local `files` of `format` (jsonl or parquet), or
+    a hub dataset (`hub`: name, config, split, revision), its documents in `text_field`."""
+
+    name: str
+    kind: str
+    text_field: str = "text"
+    files: tuple[str, ...] = ()
+    format: str = "jsonl"
+    hub: dict[str, Any] = field(default_factory=dict)
+    max_documents: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What the stream loaders of a run need: the streamed sources (by name, in spec order), every
+    source's name (transforms draw by source index), the filters and transforms, the seed, the
+    worker processes a rank runs for each source, and the tokenizer."""
+
+    sources: dict[str, StreamSource]
+    all_sources: tuple[str, ...]
+    filters: tuple[Any, ...]
+    transforms: tuple[Any, ...]
+    seed: int
+    workers: int
+    tokenizer_json: str = ""
+    eos_id: int = 0
+
+
+def open_dataset(source: StreamSource) -> Any:
+    """The `datasets` IterableDataset of a streamed source. Raises DataError in one line naming the
+    source where it cannot be opened (a hub dataset offline, an unknown name)."""
+    try:
+        if source.kind == "hub":
+            import datasets
+
+            hub = source.hub
+            dataset = datasets.load_dataset(hub["name"], hub.get("config"), split=hub.get("split", "train"), streaming=True,
+                                            revision=hub.get("revision"))
+        else:
+            dataset = local_stream(source.files, source.format)
+    except Exception as error:  # offline, unknown dataset, a bad file: all one clear line
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        where = f"hub dataset {source.hub.get('name')!r}" if source.kind == "hub" else f"{len(source.files)} {source.format} file(s)"
+        raise DataError(f"cannot stream {where}: {type(error).__name__}: {lines[0]}", source=source.name) from None
+    if source.max_documents is not None:
+        dataset = dataset.take(source.max_documents)
+    return dataset
+
+
+def first_texts(source: StreamSource, max_chars: int) -> Iterator[str]:
+    """The first documents of a stream, up to `max_chars` characters in all (a tokenizer's sample)."""
+    left = max_chars
+    for record in open_dataset(source):
+        text = record.get(source.text_field)
+        if isinstance(text, str) and text:
+            yield text[:left]
+            left -= min(len(text), left)
+            if left <= 0:
+                return
 
 
 def local_stream(paths: Sequence[str], format: str) -> Any:

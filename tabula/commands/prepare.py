@@ -82,6 +82,11 @@ def _summary(report: dict) -> str:
         fitted = source.get("max_tokens")
         if fitted and (fitted["cut"] or fitted["dropped"]):
             lines.append(f"    max_tokens: {fitted['cut']:,} conversations cut, {fitted['dropped']:,} dropped (no trained token left)")
+    for name, stream in report.get("streamed", {}).items():
+        files = f" over {stream['files']:,} file{'s' if stream['files'] != 1 else ''}" if "files" in stream else ""
+        lines.append(f"  source {name}: streams (cache: false){files}: read, filtered and tokenized during training by "
+                     f"{stream['workers_per_rank']} worker process{'es' if stream['workers_per_rank'] != 1 else ''} a rank; "
+                     "no validation split")
     for transform in report.get("transforms", []):
         lines.append(f"  transform {transform['index']} {transform['kind']}: {transform['documents']:,} training documents changed"
                      + (f"; tokens added: {' '.join(transform['tokens'][:4])}{' ...' if len(transform['tokens']) > 4 else ''}"

@@ -89,8 +89,8 @@ def test_rollback_passes_over_a_damaged_checkpoint(prepared, tmp_path, monkeypat
     step 8, the newest intact checkpoint, and says why 16 was skipped."""
     real_save = checkpoint_module.Checkpointer.save
 
-    def save_then_damage(self, step, state):
-        path = real_save(self, step, state)
+    def save_then_damage(self, step, state, *rank_files):
+        path = real_save(self, step, state, *rank_files)
         if step == 16 and not getattr(self, "damaged", False):
             self.damaged = True
             weights = path / "model.safetensors"

@@ -30,6 +30,11 @@ class ImageInput(NamedTuple):
 
     pixels: torch.Tensor
     index: torch.Tensor
+    n_patches: int
+
+    def to(self, device: torch.device) -> ImageInput:
+        """The tensors on `device` (copied without waiting)."""
+        return ImageInput(self.pixels.to(device, non_blocking=True), self.index.to(device, non_blocking=True), self.n_patches)
 
 
 class _EncoderBlock(nn.Module):

@@ -11,7 +11,7 @@ Parameter names and shapes are schemas/vision.py's (the plan counts them from th
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +25,16 @@ from .blocks.init import WeightInit
 
 
 class ImageInput(NamedTuple):
-    """A token batch's images: `pixels` uint8 (N, S, S, 3), the distinct images its rows hold; `index`
+    """A token batch's images: `pixels` uint8 (N, S, S, 3), the distinct images its rows hold; `patch_index`
     int64 (B, T), image * n_patches + patch at an image token's position, -1 at a text token's."""
 
     pixels: torch.Tensor
-    index: torch.Tensor
+    patch_index: torch.Tensor
     n_patches: int
 
     def to(self, device: torch.device) -> ImageInput:
         """The tensors on `device` (copied without waiting)."""
-        return ImageInput(self.pixels.to(device, non_blocking=True), self.index.to(device, non_blocking=True), self.n_patches)
+        return ImageInput(self.pixels.to(device, non_blocking=True), self.patch_index.to(device, non_blocking=True), self.n_patches)
 
 
 class _EncoderBlock(nn.Module):
@@ -55,7 +55,8 @@ class _EncoderBlock(nn.Module):
         q, k, v = self.qkv(self.norm1(x)).view(N, P, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (N, h, P, hs)
         attended = F.scaled_dot_product_attention(q, k, v)  # (N, h, P, hs), bidirectional
         x = x + self.proj(attended.transpose(1, 2).reshape(N, P, D))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        out: torch.Tensor = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        return out
 
 
 class ViT(nn.Module):
@@ -78,12 +79,13 @@ class ViT(nn.Module):
         x = self.patch_embed(patches) + self.pos_embed  # (N, P, D)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)  # (N, P, D)
+        out: torch.Tensor = self.norm(x)  # (N, P, D)
+        return out
 
     def init_weights(self, init: WeightInit) -> None:
         init.linear_(self.patch_embed, "patch_embed", "embedding")
         init.normal_(self.pos_embed, "pos_embed", 0.02)
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(cast("list[_EncoderBlock]", list(self.blocks))):
             for name in ("qkv", "proj", "fc1", "fc2"):
                 init.at(f"blocks.{i}").linear_(getattr(block, name), name, "attention" if name in ("qkv", "proj") else "mlp", residual=name in ("proj", "fc2"))
             block.norm1.reset_parameters()
@@ -105,7 +107,8 @@ class Projector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)  # (N, P, C)
-        return self.fc2(F.gelu(x)) if self.fc2 is not None else x
+        out: torch.Tensor = self.fc2(F.gelu(x)) if self.fc2 is not None else x
+        return out
 
 
 class VisionTower(nn.Module):
@@ -118,7 +121,8 @@ class VisionTower(nn.Module):
         self.projector = Projector(spec.projector, spec.encoder.d_model, d_model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(images))
+        out: torch.Tensor = self.projector(self.encoder(images))
+        return out
 
     def init_weights(self, init: WeightInit) -> None:
         init_encoder = getattr(self.encoder, "init_weights", None)
@@ -131,6 +135,6 @@ class VisionTower(nn.Module):
     def place(self, x: torch.Tensor, images: ImageInput) -> torch.Tensor:
         """Token embeddings x (B, T, C) with the images' projected patches at the image tokens' positions."""
         patches = self(images.pixels).reshape(-1, x.size(-1))  # (N * P, C)
-        at = images.index >= 0  # (B, T)
-        placed = patches[images.index.clamp(min=0)].to(x.dtype)  # (B, T, C)
+        at = images.patch_index >= 0  # (B, T)
+        placed = patches[images.patch_index.clamp(min=0)].to(x.dtype)  # (B, T, C)
         return torch.where(at.unsqueeze(-1), placed, x)

@@ -72,7 +72,7 @@ def image_rows(batch: Any, lo: int = 0, hi: int | None = None) -> dict[str, Imag
     images: ImageInput | None = getattr(batch, "images", None)
     if images is None:
         return {}
-    index = images.index[lo:hi]
+    index = images.patch_index[lo:hi]
     used = torch.unique(index[index >= 0] // images.n_patches)  # sorted image numbers
     if used.numel() == 0:
         return {}

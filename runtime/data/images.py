@@ -12,6 +12,7 @@ Batches are image_batches.py's. Pillow decodes (imported where an image is read)
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -120,7 +121,7 @@ class ImageTextReader:
                     self._bad(f"{path}: sample {key.lstrip('/')!r} has no {'image' if image is None else 'caption'}", warn)
                     continue
                 data = _extract(archive, image)
-                yield ImageCaption(_extract(archive, caption).decode("utf-8").strip(), lambda data=data: data, f"{path}:{image.name}")
+                yield ImageCaption(_extract(archive, caption).decode("utf-8").strip(), functools.partial(bytes, data), f"{path}:{image.name}")
 
     def _records(self, path: Path, warn: Warn) -> Iterator[tuple[int, Any]]:
         with path.open("rb") as handle:

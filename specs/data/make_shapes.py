@@ -1,7 +1,7 @@
 """Write a toy image-text dataset: coloured shapes with their captions ("a red circle").
 
-Each sample is `<folder>/<index>.png` (a shape of one of COLOURS and SHAPES, at a random place
-and size on a dark, slightly noisy background) and `<index>.txt` (its caption): the layout of a
+Each sample is `<folder>/<index>.png` (a shape of one of COLOURS and SHAPES, of random size near
+the centre, on a dark, slightly noisy background) and `<index>.txt` (its caption): the layout of a
 `kind: image_text` source with `format: folder`. The caption's colour and shape can be read only
 from the image, so a model that sees the images predicts them and a text-only one can only guess
 (its loss on them stays near log 4 + log 3). `--blank` writes the same captions over black images:
@@ -25,8 +25,8 @@ SHAPES = ("circle", "square", "triangle")
 def draw(shape: str, colour: tuple[int, int, int], size: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 (size, size, 3): `shape` in `colour` on a dark noisy background."""
     image = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
-    radius = rng.uniform(0.25, 0.4) * size
-    cy, cx = rng.uniform(radius, size - radius, 2)
+    radius = rng.uniform(0.3, 0.45) * size
+    cy, cx = size / 2 + rng.uniform(-0.1, 0.1, 2) * size  # near the centre: what differs is colour and shape
     y, x = np.mgrid[0:size, 0:size] + 0.5
     if shape == "circle":
         inside = (y - cy) ** 2 + (x - cx) ** 2 <= radius**2

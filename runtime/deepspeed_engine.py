@@ -138,7 +138,7 @@ class DeepSpeedEngine:
         boundary = self._micro >= accum_steps
         # set before the backward: ZeRO reduces (and stage 2 partitions) gradients at the boundary
         self.ds.set_gradient_accumulation_boundary(boundary)
-        _, loss = self.ds(input_ids, targets, document_ids=document_ids, images=images_to(self.device, images))
+        _, loss = self.ds(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         self.ds.backward(loss / accum_steps, scale_wrt_gas=False)
         if boundary:
             self._micro = 0
@@ -170,7 +170,7 @@ class DeepSpeedEngine:
     def evaluate(self, input_ids, targets, document_ids, images=None):
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with eval_mode(self.model):
-            _, loss = self.ds(input_ids, targets, document_ids=document_ids, images=images_to(self.device, images))
+            _, loss = self.ds(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         return loss.detach().float()
 
     @collective

@@ -109,9 +109,9 @@ def to_device(device: torch.device, input_ids: torch.Tensor, targets: torch.Tens
             None if document_ids is None else document_ids.to(device, non_blocking=True))
 
 
-def images_to(device: torch.device, images: ImageInput | None) -> ImageInput | None:
-    """A micro-batch's images on `device` (None stays None)."""
-    return None if images is None else images.to(device)
+def images_to(device: torch.device, images: ImageInput | None) -> dict[str, ImageInput]:
+    """The model's `images` keyword for a micro-batch's images, on `device`; none without images."""
+    return {} if images is None else {"images": images.to(device)}
 
 
 def set_lr(param_groups: list[dict], lr: float) -> None:
@@ -179,7 +179,7 @@ class LocalEngine:
                          accum_steps: int, images: ImageInput | None = None) -> torch.Tensor:
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with autocast_for(self.device, self.precision):
-            _, loss = self.model(input_ids, targets, document_ids=document_ids, images=images_to(self.device, images))
+            _, loss = self.model(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         scaled = loss / accum_steps
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
@@ -208,7 +208,7 @@ class LocalEngine:
                  images: ImageInput | None = None) -> torch.Tensor:
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with eval_mode(self.model), autocast_for(self.device, self.precision):
-            _, loss = self.model(input_ids, targets, document_ids=document_ids, images=images_to(self.device, images))
+            _, loss = self.model(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         return loss.detach().float()
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -228,9 +228,10 @@ def image_meta(spec: Any, tokenizer: Any) -> dict[str, Any] | None:
     return {"size": vision.encoder.image_size, "token_id": token_id, "n_patches": vision.n_patches, "sources": spec.data.image_sources}
 
 
-def image_file_size(meta: dict[str, Any], name: str, documents: int) -> int | None:
-    """The bytes `<split>-<name>.images` holds for a shard of `documents` (None: the source has no images)."""
+def images_complete(stem: Path, meta: dict[str, Any], name: str, documents: int) -> bool:
+    """Whether the shard `stem` of source `name` has its images file whole (always, for a text source)."""
     images = meta.get("images")
     if not images or name not in images["sources"]:
-        return None
-    return documents * images["size"] ** 2 * 3
+        return True
+    path = stem.with_name(stem.name + ".images")
+    return path.is_file() and path.stat().st_size == documents * images["size"] ** 2 * 3

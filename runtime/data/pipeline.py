@@ -28,7 +28,7 @@ from .conversations import ChatData, SkipLog
 from .cache import FileDigests, PendingEntry, cache_root, check_writable, fingerprint
 from .errors import DataError
 from .filters import FilterChain
-from .images import ImageCaption, ImageSpool, image_file_size, image_meta
+from .images import ImageCaption, ImageSpool, image_meta, images_complete
 from .progress import Progress
 from .records import Conversation, RecordError
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
@@ -144,7 +144,7 @@ def entry_is_complete(entry: Path) -> bool:
             os.path.getsize(entry / f"{split}-{name}.tokens") == counts[split]["tokens"] * itemsize
             and os.path.getsize(entry / f"{split}-{name}.docs") == counts[split]["documents"] * 8
             and ("trained" not in counts[split] or os.path.getsize(entry / f"{split}-{name}.mask") == counts[split]["tokens"])
-            and image_file_size(meta, name, counts[split]["documents"]) in (None, _size(entry / f"{split}-{name}.images"))
+            and images_complete(entry / f"{split}-{name}", meta, name, counts[split]["documents"])
             for name, counts in meta["shards"].items()
             for split in SPLITS
         )
@@ -153,10 +153,6 @@ def entry_is_complete(entry: Path) -> bool:
     if not complete:
         discard_entry(entry)
     return complete
-
-
-def _size(path: Path) -> int | None:
-    return os.path.getsize(path) if path.is_file() else None
 
 
 def discard_entry(entry: Path) -> None:
@@ -300,11 +296,9 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
                 progress(f"reading {name} (documents)", read, None)
             text, entry, characters, image = document, document, None, None
             if isinstance(document, ImageCaption):  # the image tokens then the caption; filters see the caption
-                assert images is not None
-                if (decoded := images.entry(document, warn_source)) is None:
+                if images is None or (decoded := images.entry(document, warn_source)) is None:
                     continue
-                text, entry, image = decoded
-                characters = len(text)
+                (text, entry, image), characters = decoded, len(decoded[0])
             elif isinstance(document, Conversation):
                 assert chat is not None  # a source with records makes the pipeline resolve a template
                 try:
@@ -327,8 +321,7 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
         progress(f"reading {name} (documents)", read, read)
         for split in SPLITS:
             spools[split, name] = writers[split].close()
-        if images is not None:
-            images.close()
+        image_counts = images.close() if images is not None else None
         if read == 0:
             raise DataError(f"the source yielded no documents ({_why_empty(reader, skipped)})", source=name)
         emptied = chain.emptied_by(name)
@@ -350,6 +343,8 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
                for split in SPLITS},
         }
         report["sources"][name]["characters"] = sum(spools[s, name].characters for s in SPLITS)
+        if image_counts is not None:
+            report["sources"][name]["images"] = image_counts
     if augmenter is not None:
         report["transforms"] = augmenter.report()
     return spools, report

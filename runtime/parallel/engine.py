@@ -81,7 +81,7 @@ class FsdpEngine:
         # reduce-scatter the gradients once per optimizer step, at the last micro-batch
         self.model.set_requires_gradient_sync(boundary)
         with self._loss_context():  # bf16: FSDP2's mixed-precision policy casts (no autocast)
-            _, loss = self.model(input_ids, targets, document_ids=document_ids, images=images_to(self.device, images))
+            _, loss = self.model(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
             (loss / accum_steps).backward()
         if boundary:
             self._micro = 0
@@ -106,7 +106,7 @@ class FsdpEngine:
     def evaluate(self, input_ids, targets, document_ids, images=None):
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with eval_mode(self.model), self._loss_context():
-            _, loss = self.model(input_ids, targets, document_ids=document_ids, images=images_to(self.device, images))
+            _, loss = self.model(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         return _local(loss).detach().float()
 
     @collective

@@ -131,6 +131,17 @@ def test_a_bad_sample_fails_naming_it_or_is_skipped(shapes, tmp_path):
     assert "00001.png: cannot read the image" in warnings and "00002.png: no caption file" in warnings
 
 
+def test_the_report_counts_images_and_a_damaged_images_file_rebuilds_the_entry(shapes, tmp_path):
+    spec = vision_spec(shapes)
+    first = prepare(spec, cache_dir=tmp_path)
+    assert first.report["sources"]["shapes"]["images"] == {"train": first.train["shapes"].n_documents, "val": first.val["shapes"].n_documents}
+    kept = np.array(first.train["shapes"].images)
+    path = first.directory / "train-shapes.images"
+    path.write_bytes(path.read_bytes()[:-1])
+    again = prepare(spec, cache_dir=tmp_path)
+    assert not again.cache_hit and np.array_equal(again.train["shapes"].images, kept)
+
+
 def test_the_toy_shapes_task_learns_what_a_text_only_baseline_cannot(tmp_path):
     """Same model, data and steps; the baseline's images are blank, so it can only guess colour and shape."""
     losses = {}

@@ -228,6 +228,11 @@ def image_meta(spec: Any, tokenizer: Any) -> dict[str, Any] | None:
     return {"size": vision.encoder.image_size, "token_id": token_id, "n_patches": vision.n_patches, "sources": spec.data.image_sources}
 
 
+def image_tokens(spec: Any, name: str, documents: int) -> int:
+    """The image tokens in `documents` documents of source `name` (0 for a text source): never trained as targets."""
+    return documents * spec.model.vision.n_patches if name in spec.data.image_sources else 0
+
+
 def images_complete(stem: Path, meta: dict[str, Any], name: str, documents: int) -> bool:
     """Whether the shard `stem` of source `name` has its images file whole (always, for a text source)."""
     images = meta.get("images")

@@ -28,7 +28,7 @@ from .conversations import ChatData, SkipLog
 from .cache import FileDigests, PendingEntry, cache_root, check_writable, fingerprint
 from .errors import DataError
 from .filters import FilterChain
-from .images import ImageCaption, ImageSpool, image_meta, images_complete
+from .images import ImageCaption, ImageSpool, image_meta, image_tokens, images_complete
 from .progress import Progress
 from .records import Conversation, RecordError
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
@@ -234,7 +234,7 @@ def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress, c
         for (split, name), spool in spools.items():
             spool.path.unlink()
             shard = counts[name][split]
-            trained = shard.get("trained", shard["tokens"])
+            trained = shard.get("trained", shard["tokens"]) - image_tokens(spec, name, shard["documents"])
             report["sources"][name][split].update(tokens=shard["tokens"], trained_tokens=trained, masked_tokens=shard["tokens"] - trained)
         for name, source in report["sources"].items():
             for count in ("tokens", "trained_tokens", "masked_tokens"):

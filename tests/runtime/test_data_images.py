@@ -74,9 +74,28 @@ def test_batches_carry_each_image_tokens_patch_and_no_loss_on_images(prepared):
                 matches = [k for k in range(shard.n_documents) if np.array_equal(shard.images[k], pixels)]
                 assert matches, "a batch image is one of the shard's"
                 assert 0 <= patch < 16
+        # within a row an image's patches run on in order: from 0 after an end of document, from where the
+        # window cut it at the row's start
+        for row in range(8):
+            index = images.patch_index[row]
+            for t in range(1, SEQ_LEN):
+                if index[t] >= 0 and index[t - 1] >= 0 and index[t] // 16 == index[t - 1] // 16:
+                    assert index[t] == index[t - 1] + 1
+                elif index[t] >= 0:
+                    assert index[t] % 16 == 0 and batch.input_ids[row, t - 1] == prepared.eos_id
     # the last image token of a document predicts its caption's first token, which is trained
     first_caption = (batch.input_ids == prepared.image_id) & (batch.targets != -100)
     assert first_caption.any()
+
+
+def test_a_resumed_sampler_gives_the_same_images(prepared):
+    sampler = Sampler(prepared, [Stage()], seed=4)
+    sampler.next_batch(8, SEQ_LEN)
+    resumed = Sampler(prepared, [Stage()], seed=4)
+    resumed.load_state_dict(sampler.state_dict())
+    ours, theirs = sampler.next_batch(8, SEQ_LEN).images, resumed.next_batch(8, SEQ_LEN).images
+    assert ours is not None and theirs is not None
+    assert torch.equal(ours.pixels, theirs.pixels) and torch.equal(ours.patch_index, theirs.patch_index)
 
 
 def test_micro_batches_get_their_own_images_renumbered(prepared):

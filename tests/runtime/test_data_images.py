@@ -173,3 +173,25 @@ def test_the_toy_shapes_task_learns_what_a_text_only_baseline_cannot(tmp_path):
         losses[blank] = [e["val_loss"] for e in events if e["kind"] == "eval"][-1]
     # ~0.5x measured over model seeds (0.49-0.55): colour is read from the image, shape partly
     assert losses[False] < 0.7 * losses[True], losses
+
+
+def test_a_pretrained_text_model_takes_a_new_image_encoder(shapes, tmp_path):
+    """model.init from a text checkpoint (Hugging Face Llama): its weights are loaded, the encoder and projector
+    are drawn as new (LLaVA's start)."""
+    from tabula.compiler import build_model, make_plan
+    from tabula.compiler.hf import write_hf
+    from tabula.runtime.build import build_training_model
+    from tabula.schemas.spec import Spec
+
+    raw = vision_spec(shapes).model_dump(mode="json")
+    raw["model"].update(vocab_size=280, block={"attention": {"kind": "mha", "n_heads": 2}, "mlp": {"kind": "swiglu", "hidden": 64}})
+    text_spec = Spec.model_validate({**raw, "seed": 99})  # other weights than the drawn ones
+    text = build_model(text_spec, device="cpu").state_dict()
+    write_hf(tmp_path / "llama", text_spec.model, text, 280)  # the language model alone
+    raw["model"]["init"] = {"kind": "from", "path": str(tmp_path / "llama")}
+    spec = Spec.model_validate(raw)
+    drawn = build_model(spec, device="cpu").state_dict()  # what the init draws, nothing loaded
+    model = build_training_model(spec, make_plan(spec, vocab_size=280, device_type="cpu"), torch.device("cpu"))
+    for name, tensor in model.state_dict().items():
+        expected = drawn[name] if name.startswith("vision.") else text[name]
+        assert torch.allclose(tensor, expected), name

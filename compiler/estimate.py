@@ -66,26 +66,31 @@ def parameter_shapes(model: ModelSpec, vocab_size: int) -> Shapes:
 class Parameters:
     """Parameter counts. `embedding`: token embedding, learned positions and an untied output head;
     `matmul`: the N of 6N (everything but the input embeddings, plus the output projection once);
-    `active`: the parameters one token runs through (all but a mixture of experts' unchosen experts)."""
+    `active`: the parameters one token runs through (all but a mixture of experts' unchosen experts);
+    `vision`: model.vision's encoder and projector (in total and non_embedding; they run per image patch,
+    so neither matmul nor active counts them)."""
 
     total: int
     embedding: int
     non_embedding: int
     matmul: int
     active: int
+    vision: int = 0
 
 
 def count_parameters(model: ModelSpec, vocab_size: int) -> Parameters:
     """Exact parameter counts of the model `model` describes with a `vocab_size` vocabulary."""
-    total = embedding = 0
+    total = embedding = vision = 0
     for name, shape in parameter_shapes(model, vocab_size):
         n = math.prod(shape)
         total += n
         if name in ("embed.weight", "pos_embed.weight", "lm_head.weight"):
             embedding += n
+        elif name.startswith("vision."):
+            vision += n
     non_embedding = total - embedding
     inactive = sum(block.parameters(model.d_model) - block.active_parameters(model.d_model) for block in model.layer_blocks)
-    return Parameters(total, embedding, non_embedding, non_embedding + vocab_size * model.d_model, total - inactive)
+    return Parameters(total, embedding, non_embedding, non_embedding - vision + vocab_size * model.d_model, total - inactive - vision, vision)
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,7 @@ class Estimate:
     trainable: Trainable | None = None  # what the optimizer updates (train.finetune's share)
     memory_saved: int = 0  # device bytes per rank a fine-tuning method saves against training every parameter
     kernel_memory_saved: int = 0  # activation bytes per rank model.kernels' fused loss saves against the standard one (largest stage)
+    vision_flops_per_image: int = 0  # model.vision: training FLOPs of one image through the encoder and projector
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,6 +323,8 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
         per_token = flops_per_token(model, vocab, stage.seq_len)
         tokens = stage.steps * plan.batch_tokens
         total_flops += per_token * tokens
+        if model.vision is not None:  # an upper bound: as if every token were an image token (one patch each)
+            total_flops += model.vision.flops_per_image(model.d_model) * tokens / model.vision.n_patches
         autocast = spec.parallel.backend == "local"  # DeepSpeed holds 16-bit weights instead
         acts = {
             name: activation_bytes(model, vocab, stage.micro_batch, stage.seq_len, plan.precision, chosen, every_n, autocast=autocast)
@@ -338,6 +346,8 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
     if memory["total"] > available:
         notes.append(f"{memory['total'] / 2**30:.1f} GiB per rank is more than the {available / 2**30:.0f} GiB of a {device_type} "
                      "rank: raise the ZeRO stage, offload, add ranks or checkpoint activations")
+    if model.vision is not None:
+        notes.append("the time counts the image encoder as if every token were an image token (an upper bound: caption tokens run no encoder)")
     peak = peak_flops if peak_flops is not None else default_peak_flops(device_type, plan.precision)
     tensor = spec.parallel.tensor.size if spec.parallel.backend == "fsdp" else 1  # plan.world_size: data-parallel ranks
     seconds = total_flops / (plan.world_size * tensor * peak * mfu)
@@ -356,4 +366,5 @@ def estimate(spec: Spec, plan: Plan, *, peak_flops: float | None = None, mfu: fl
         trainable=count_trainable(spec, vocab),
         memory_saved=saved,
         kernel_memory_saved=kernel_saved,
+        vision_flops_per_image=model.vision.flops_per_image(model.d_model) if model.vision is not None else 0,
     )

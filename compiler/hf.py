@@ -31,7 +31,7 @@ from .blocks import ATTENTION, BLOCK, MLP, NORM, POSITION
 from .blocks.registry import BlockClass
 from .hf_mapping import ExportError, HFMapping, NoHF
 
-__all__ = ["ExportError", "hf_modules", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "hf_linear", "special_token_ids", "write_hf"]
+__all__ = ["ExportError", "hf_notes", "hf_modules", "hf_architecture", "hf_problems", "hf_config", "hf_state_dict", "hf_linear", "special_token_ids", "write_hf"]
 
 
 def _block_kinds(path: str, block: Any) -> list[tuple[str, Any, BlockClass]]:
@@ -198,7 +198,7 @@ def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, 
     out = {"model.embed_tokens.weight": state["embed.weight"]}
     if not spec.tie_embeddings:  # tied, transformers ties it to the embedding itself
         out["lm_head.weight"] = state["lm_head.weight"]
-    claimed = {"embed.weight", "lm_head.weight"}
+    claimed = {"embed.weight", "lm_head.weight"} | {name for name in state if name.startswith("vision.")}  # hf_notes
     for ours, theirs, (path, kind, registered) in modules:
         tensors = {name[len(ours):]: tensor for name, tensor in state.items() if name.startswith(ours)}
         if tensors:
@@ -208,6 +208,14 @@ def hf_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, 
     if unnamed:
         raise ExportError([f"parameter {name} has no Hugging Face name" for name in unnamed])
     return {name: tensor.detach().clone().contiguous() for name, tensor in out.items()}
+
+
+def hf_notes(spec: ModelSpec) -> list[str]:
+    """What an export leaves out, one line each: model.vision's image encoder (a causal LM has no place for it)."""
+    if spec.vision is None:
+        return []
+    return ["the image encoder and projector (model.vision) are not exported: the files hold the language model only, "
+            f"which reads text; its image token {spec.vision.image_token!r} stays in the tokenizer"]
 
 
 def special_token_ids(tokenizer_json: dict[str, Any], names: dict[str, str]) -> dict[str, int | None]:

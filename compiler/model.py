@@ -45,6 +45,8 @@ from .blocks.moe import MoEMLP
 from .blocks.registry import LayerModule
 from .kernels import loss_kernel
 
+from .vision import ImageInput, VisionTower
+
 if TYPE_CHECKING:
     from .adapters import Applied
     from .virtual_tokens import VirtualTokens
@@ -67,12 +69,13 @@ def _module(layer: LayerModule) -> nn.Module:
 class Transformer(nn.Module):
     """A decoder-only transformer built from the `model:` section of a spec.
 
-    forward(input_ids (B, T), targets (B, T) or None, *, document_ids (B, T) or None)
+    forward(input_ids (B, T), targets (B, T) or None, *, document_ids (B, T) or None, images or None)
       -> logits (B, T, vocab), or (logits, loss) with targets (mean cross-entropy over
          targets != -100; in training mode, a mixture of experts' weighted balancing and z-losses
          added); (None, loss) where model.kernels.cross_entropy computes the loss without the logits
          (chunked, liger). With document_ids, tokens attend only within their document
-         (positions keep counting across documents, as in Llama 3's document masking).
+         (positions keep counting across documents, as in Llama 3's document masking). With
+         images (compiler/vision.py ImageInput), their projected patches replace the image tokens' embeddings.
 
     Prompt and prefix tuning (compiler/adapters.py) set `virtual_tokens`: n positions before every
     sequence, seen by every token. Prompt tuning's are embeddings the blocks run over (positions
@@ -107,14 +110,19 @@ class Transformer(nn.Module):
         # prompt or prefix tuning's virtual tokens (compiler/virtual_tokens.py).
         self.finetune: Applied | None = None
         self.virtual_tokens: VirtualTokens | None = None
+        # model.vision: the image encoder and projector (compiler/vision.py); registered last, named vision.*
+        self.vision = VisionTower(spec.vision, spec.d_model) if spec.vision is not None else None
 
     def forward(
-        self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, document_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, document_ids: torch.Tensor | None = None,
+        images: ImageInput | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
         T, n = input_ids.size(1), self.n_virtual
         if T + n > self.max_seq_len:
             raise ValueError(f"sequence of {T} tokens{f' and {n} virtual tokens' if n else ''} is longer than max_seq_len ({self.max_seq_len})")
         x, prefix = self.embed(input_ids), None  # (B, T, C)
+        if images is not None and self.vision is not None:  # the images' patches in place of the image tokens
+            x = self.vision.place(x, images)
         if self.virtual_tokens is not None:
             # prompt tuning: (B, n + T, C), no prefix; prefix tuning: x, each layer's (keys, values) (B, n_kv, n, hs)
             x, prefix = self.virtual_tokens(x)
@@ -202,3 +210,5 @@ class Transformer(nn.Module):
         self.norm.init_weights(init.at("norm"))
         if not self.tie_embeddings:
             init.linear_(self.lm_head, "lm_head", "output")
+        if self.vision is not None:
+            self.vision.init_weights(init.at("vision"))

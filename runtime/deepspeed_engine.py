@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .engine import WEIGHTS_FILE, eval_mode, greedy_continuation, set_lr, to_device
+from .engine import WEIGHTS_FILE, eval_mode, greedy_continuation, images_to, set_lr, to_device
 from .reshard import DS_DIR, LAYOUT_FILE, TAG
 
 # what gloo / NCCL say when the rank at the other end of a collective has gone
@@ -132,13 +132,13 @@ class DeepSpeedEngine:
     # ------------------------------------------------------------------ training
 
     @collective
-    def forward_backward(self, input_ids, targets, document_ids, accum_steps):
+    def forward_backward(self, input_ids, targets, document_ids, accum_steps, images=None):
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         self._micro += 1
         boundary = self._micro >= accum_steps
         # set before the backward: ZeRO reduces (and stage 2 partitions) gradients at the boundary
         self.ds.set_gradient_accumulation_boundary(boundary)
-        _, loss = self.ds(input_ids, targets, document_ids=document_ids)
+        _, loss = self.ds(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         self.ds.backward(loss / accum_steps, scale_wrt_gas=False)
         if boundary:
             self._micro = 0
@@ -167,10 +167,10 @@ class DeepSpeedEngine:
 
     @collective
     @torch.no_grad()
-    def evaluate(self, input_ids, targets, document_ids):
+    def evaluate(self, input_ids, targets, document_ids, images=None):
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with eval_mode(self.model):
-            _, loss = self.ds(input_ids, targets, document_ids=document_ids)
+            _, loss = self.ds(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         return loss.detach().float()
 
     @collective

@@ -22,6 +22,7 @@ from tabula.schemas.rundir_protocol import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from tabula.compiler.model import Transformer
+    from tabula.compiler.vision import ImageInput
 
 OPTIMIZER_FILE = "optimizer.pt"
 
@@ -38,9 +39,11 @@ class Engine(Protocol):
     precision: str  # "fp32" | "bf16" | "fp16" (resolved by the plan)
 
     def forward_backward(
-        self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None, accum_steps: int
+        self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None, accum_steps: int,
+        images: ImageInput | None = None,
     ) -> torch.Tensor:
         """One micro-batch `(B, T)` (CPU tensors; the engine moves them): forward, loss / accum_steps backward.
+        `images`: the micro-batch's images (model.vision; data/image_batches.py image_rows).
         Returns the micro-batch's unscaled mean loss, detached, on the device."""
         ...
 
@@ -50,7 +53,8 @@ class Engine(Protocol):
         gradients are still zeroed); the loop decides what the spec's `on_nonfinite` policy does next."""
         ...
 
-    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None) -> torch.Tensor:
+    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None,
+                 images: ImageInput | None = None) -> torch.Tensor:
         """Mean loss of one batch without gradients (model in eval mode for the call), on the device."""
         ...
 
@@ -103,6 +107,11 @@ def to_device(device: torch.device, input_ids: torch.Tensor, targets: torch.Tens
     """A batch's tensors on `device` (copied without waiting); no document ids stay None."""
     return (input_ids.to(device, non_blocking=True), targets.to(device, non_blocking=True),
             None if document_ids is None else document_ids.to(device, non_blocking=True))
+
+
+def images_to(device: torch.device, images: ImageInput | None) -> dict[str, ImageInput]:
+    """The model's `images` keyword for a micro-batch's images, on `device`; none without images."""
+    return {} if images is None else {"images": images.to(device)}
 
 
 def set_lr(param_groups: list[dict], lr: float) -> None:
@@ -167,10 +176,10 @@ class LocalEngine:
     # ------------------------------------------------------------------ training
 
     def forward_backward(self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None,
-                         accum_steps: int) -> torch.Tensor:
+                         accum_steps: int, images: ImageInput | None = None) -> torch.Tensor:
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with autocast_for(self.device, self.precision):
-            _, loss = self.model(input_ids, targets, document_ids=document_ids)
+            _, loss = self.model(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         scaled = loss / accum_steps
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
@@ -195,10 +204,11 @@ class LocalEngine:
         return grad_norm.detach()
 
     @torch.no_grad()
-    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None) -> torch.Tensor:
+    def evaluate(self, input_ids: torch.Tensor, targets: torch.Tensor, document_ids: torch.Tensor | None,
+                 images: ImageInput | None = None) -> torch.Tensor:
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with eval_mode(self.model), autocast_for(self.device, self.precision):
-            _, loss = self.model(input_ids, targets, document_ids=document_ids)
+            _, loss = self.model(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         return loss.detach().float()
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

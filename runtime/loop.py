@@ -32,6 +32,7 @@ from . import trained_weights
 from .checkpoint import (Checkpointer, CheckpointError, CheckpointWriteError, read_stream_state, restore_checkpoint, select_checkpoint,
                          stream_state_file)
 from .data.errors import DataError
+from .data.image_batches import image_rows
 from .data.mixing import source_losses
 from .events import EventWriter
 from .faults import StopSignals, is_oom, oom_message
@@ -243,7 +244,7 @@ class Trainer:
         total = torch.zeros((), device=self.engine.device)
         with eager_unless(self.plan.compile.evaluation):  # compiled where its graphs repay their compile
             for batch in batches:
-                total += self.engine.evaluate(batch.input_ids, batch.targets, batch.document_ids)
+                total += self.engine.evaluate(batch.input_ids, batch.targets, batch.document_ids, **image_rows(batch))
         val_loss = float(self.engine.reduce_mean(total / len(batches)))
         p = self.progress
         p.val_loss, p.val_step = val_loss, p.step
@@ -292,7 +293,7 @@ class Trainer:
             lo = start + micro * stage.micro_batch
             hi = lo + stage.micro_batch
             doc_ids = batch.document_ids[lo:hi] if batch.document_ids is not None else None
-            loss = engine.forward_backward(batch.input_ids[lo:hi], batch.targets[lo:hi], doc_ids, stage.grad_accum)
+            loss = engine.forward_backward(batch.input_ids[lo:hi], batch.targets[lo:hi], doc_ids, stage.grad_accum, **image_rows(batch, lo, hi))
             step_loss = loss if step_loss is None else step_loss + loss
         lr = lr_at(self.spec.train.schedule, self.spec.train.optimizer.lr, self.progress.tokens + self.plan.batch_tokens,
                    self.plan.budget_tokens, self.plan.warmup_tokens)

@@ -9,7 +9,9 @@ A source is a Hugging Face transformers checkpoint folder (config.json and model
 shards model.safetensors.index.json lists; names mapped by compiler/hf_import.py), `hf:org/name` (that
 folder in huggingface_hub's local cache: nothing is downloaded at run time), or a tabula run folder or
 checkpoint folder (its model.safetensors, tabula's own names). Every weight of the model must come from
-the source with its shape; anything else is refused (WeightsRefused) with the names that differ.
+the source with its shape; anything else is refused (WeightsRefused) with the names that differ. One
+exception: a source without any `vision.*` weight under a model with model.vision (a text model given an
+image encoder, as LLaVA's recipe starts) leaves the encoder and projector as the init drew them.
 Tensors are read one module at a time and copied into the model's parameters (cast to their dtype).
 Never imports transformers.
 """
@@ -182,7 +184,9 @@ def _fit(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]], *, cop
                 targets[name].copy_(tensor)
     except ImportRefused as error:
         problems += error.problems
-    missing = sorted(set(targets) - found - ({"lm_head.weight"} if tied else set()))
+    # a text checkpoint under a model with model.vision: the encoder and projector are new, drawn by the init
+    new = {name for name in targets if name.startswith("vision.")} if not any(name.startswith("vision.") for name in found) else set()
+    missing = sorted(set(targets) - found - new - ({"lm_head.weight"} if tied else set()))
     for name in missing:
         hint = " (the checkpoint ties its output head to the embedding: model.tie_embeddings: true)" if name == "lm_head.weight" else ""
         problems.append(f"missing: {name}{hint}")

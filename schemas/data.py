@@ -147,7 +147,23 @@ class PythonStdlibSource(SpecModel):
     max_files: int | None = Field(default=None, gt=0, description="Use at most this many files (sorted by path); null uses all.")
 
 
-Source = Annotated[Union[FilesSource, HubSource, PythonStdlibSource], Field(discriminator="kind")]
+class ImageTextSource(SpecModel):
+    kind: Literal["image_text"] = Field(
+        description="Images with captions, for a model with model.vision: each becomes the image's tokens, then its caption "
+                    "(trained on the caption only). Images are decoded and resized to the encoder's image_size when the data is prepared.")
+    paths: list[str] = Field(min_length=1, description="Glob patterns relative to the spec file: folders (folder), .tar files (webdataset) or .jsonl files (jsonl).")
+    format: Literal["folder", "webdataset", "jsonl"] = Field(
+        default="folder",
+        description="folder: each image file (png, jpg, ...) with its caption in a .txt file of the same stem; webdataset: tar "
+                    "files whose members share a stem (key.png with key.txt); jsonl: one record per line naming the image "
+                    "(relative to the jsonl file) and its caption.")
+    image_field: str = Field(default="image", description="jsonl: the record field holding the image's path.")
+    caption_field: str = Field(default="caption", description="jsonl: the record field holding the caption.")
+    on_error: Literal["fail", "skip"] = Field(
+        default="fail", description="An unreadable image or a record without a caption: fail naming it, or skip it (reported by tabula prepare).")
+
+
+Source = Annotated[Union[FilesSource, HubSource, PythonStdlibSource, ImageTextSource], Field(discriminator="kind")]
 
 # ---------------------------------------------------------------- filters
 
@@ -402,6 +418,11 @@ class Data(SpecModel):
     def streamed_sources(self) -> list[str]:
         """Names of the sources read on the fly during training (cache: false) instead of from the token cache."""
         return [name for name, source in self.sources.items() if not getattr(source, "cache", True)]
+
+    @property
+    def image_sources(self) -> list[str]:
+        """Names of the image-text sources (they need model.vision)."""
+        return [name for name, source in self.sources.items() if isinstance(source, ImageTextSource)]
 
     @property
     def supervised_sources(self) -> list[str]:

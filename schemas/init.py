@@ -76,7 +76,7 @@ class FromWeights(SpecModel):
                     "with dense layers, as `tabula import` writes its spec), `hf:org/name` (that model in huggingface_hub's "
                     "local cache; nothing is downloaded at run time), or a tabula run folder or one of its checkpoint "
                     "folders. The weights must fit the model exactly (names and shapes); a mismatch is refused with the "
-                    "names that differ. model.vocab_size must be the pretrained model's (a number).",
+                    "names that differ (a text checkpoint under model.vision: the image encoder alone is drawn, as new). model.vocab_size must be the pretrained model's (a number).",
     )
     path: str = Field(
         min_length=1,

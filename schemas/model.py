@@ -40,6 +40,7 @@ from .blocks.position import LearnedPositions, NoPositions, PositionSpec, Rope, 
 from .blocks.sparsity import Backend, MaskPattern, SparseAttention
 from .init import FromWeights, GPT2Init, Init, TabulaPrimaInit
 from .kernels import Kernels
+from .vision import Vision
 
 # A new kind is one class in schemas/blocks/ and one member here.
 Attention = Annotated[Union[MHA, GQA, MQA, MLA], Field(discriminator="kind")]
@@ -223,8 +224,12 @@ class Model(SpecModel):
     )
     compile: Compile = Field(default_factory=Compile, description="torch.compile policy.")
     kernels: Kernels = Field(default_factory=Kernels, description="Which implementation computes the loss, norms, RoPE and SwiGLU (same results; memory and speed differ).")
+    vision: Vision | None = Field(
+        default=None,
+        description="An image encoder and projector for image-text training (needs a kind: image_text source); null: text only.")
 
-    canonical_omit: ClassVar[dict[str, Any]] = {"layers": []}  # a spec without overrides keeps its canonical form
+    # a spec without overrides (or without vision) keeps its canonical form
+    canonical_omit: ClassVar[dict[str, Any]] = {"layers": [], "vision": None}
 
     @model_validator(mode="after")
     def _shapes_agree(self) -> Model:
@@ -329,6 +334,8 @@ class Model(SpecModel):
         shapes += self.block.norm.parameter_shapes("norm.", d)
         if not self.tie_embeddings:
             shapes.append(("lm_head.weight", (vocab_size, d)))
+        if self.vision is not None:
+            shapes += self.vision.parameter_shapes("vision.", d)
         return shapes
 
 

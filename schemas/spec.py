@@ -85,7 +85,22 @@ class Spec(SpecModel):
                 f"checkpoint_every_n ({self.parallel.checkpoint_every_n}) exceeds model.n_layers ({self.model.n_layers})",
             )
         self._finetune_fits()
+        self._vision_fits()
         return self
+
+    def _vision_fits(self) -> None:
+        """model.vision and image_text sources come together, on a backend that passes images through."""
+        images = self.data.image_sources
+        if images and self.model.vision is None:
+            raise field_error(("data", "sources", images[0], "kind"), f"source {images[0]!r} holds images: the model needs an "
+                              "image encoder (model.vision)")
+        if self.model.vision is None:
+            return
+        if not images:
+            raise field_error(("model", "vision"), "model.vision encodes images, and no source holds any: add a kind: image_text source")
+        if self.parallel.backend == "fsdp" or self.parallel.pipeline.stages > 1:
+            what = "pipeline stages" if self.parallel.pipeline.stages > 1 else "the fsdp backend"
+            raise field_error(("model", "vision"), f"image-text training runs on the local and deepspeed (ZeRO) backends, not with {what}")
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> Spec:

@@ -16,7 +16,7 @@ _EXPORTS = {
     "prepare": "pipeline", "PreparedData": "pipeline", "save_tokenizer": "pipeline", "open_entry": "pipeline", "find_prepared": "pipeline",
     "Sampler": "sampler", "Batch": "sampler", "validation_batches": "sampler", "planned_epochs": "sampler",
     "DataError": "errors", "TokenShard": "shards", "terminal_progress": "progress", "cache_root": "cache",
-    "resolve_template": "chat_template", "Conversation": "records",
+    "resolve_template": "chat_template", "Conversation": "records", "image_rows": "image_batches",
 }
 
 __all__ = list(_EXPORTS)

@@ -134,12 +134,14 @@ def source_losses(batch: Any, rows: range, sources: list[str], evaluate: Any, re
     a row's mean loss as a tensor on the engine's device."""
     import torch  # the runtime's; this module's weights stay torch-free
 
+    from .image_batches import image_rows
+
     totals: torch.Tensor | None = None
     n = len(sources)
     for row in rows:
         window = slice(row, row + 1)
         documents = batch.document_ids[window] if batch.document_ids is not None else None
-        loss = evaluate(batch.input_ids[window], batch.targets[window], documents).float()
+        loss = evaluate(batch.input_ids[window], batch.targets[window], documents, **image_rows(batch, row, row + 1)).float()
         if totals is None:
             totals = torch.zeros(2 * n, dtype=torch.float32, device=loss.device)
         index = sources.index(batch.sources[row])

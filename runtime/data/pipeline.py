@@ -33,6 +33,7 @@ from .conversations import ChatData, SkipLog
 from .cache import FileDigests, PendingEntry, cache_root, check_writable, fingerprint
 from .errors import DataError
 from .filters import FilterChain
+from .images import ImageCaption, ImageSpool, image_meta, image_tokens, images_complete
 from .progress import Progress
 from .records import Conversation, RecordError
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
@@ -67,6 +68,8 @@ class PreparedData:
     cache_hit: bool
     report: dict[str, Any] = field(default_factory=dict)
     streams: StreamPlan | None = None  # the streamed sources (cache: false), read during training
+    image_id: int | None = None  # model.vision: the image token's id, and the image tokens an image takes
+    n_patches: int = 0
 
     @property
     def sources(self) -> list[str]:
@@ -125,10 +128,11 @@ def open_entry(entry: Path, *, document_masking: bool = False, cache_hit: bool =
     """Open a complete cache entry (a folder written by prepare)."""
     meta = json.loads((entry / "meta.json").read_text())
     tokenizer_json = (entry / "tokenizer.json").read_text()
+    images = meta.get("images") or {"sources": []}
     shards = {
         split: {
             name: TokenShard(entry / f"{split}-{name}", counts[split]["tokens"], counts[split]["documents"], meta["dtype"],
-                             counts[split].get("trained"))
+                             counts[split].get("trained"), images["size"] if name in images["sources"] else None)
             for name, counts in meta["shards"].items()
         }
         for split in SPLITS
@@ -138,6 +142,7 @@ def open_entry(entry: Path, *, document_masking: bool = False, cache_hit: bool =
         tokenizer_json=tokenizer_json, tokenizer_hash=meta["tokenizer_hash"], eos_id=meta["eos_id"],
         pad_id=meta["pad_id"], vocab_size=meta["vocab_size"], train=shards["train"], val=shards["val"],
         document_masking=document_masking, cache_hit=cache_hit, report=dict(meta["report"]),
+        image_id=images.get("token_id"), n_patches=images.get("n_patches", 0),
     )
 
 
@@ -153,6 +158,7 @@ def entry_is_complete(entry: Path) -> bool:
             os.path.getsize(entry / f"{split}-{name}.tokens") == counts[split]["tokens"] * itemsize
             and os.path.getsize(entry / f"{split}-{name}.docs") == counts[split]["documents"] * 8
             and ("trained" not in counts[split] or os.path.getsize(entry / f"{split}-{name}.mask") == counts[split]["tokens"])
+            and images_complete(entry / f"{split}-{name}", meta, name, counts[split]["documents"])
             for name, counts in meta["shards"].items()
             for split in SPLITS
         )
@@ -236,6 +242,9 @@ def _fingerprint_parts(spec: Any, readers: dict, digests: FileDigests, base_dir:
         parts["chat"] = chat.key()
     if data.transforms:  # absent without: entries prepared before data.transforms keep their key
         parts["transforms"] = {"seed": spec.seed, "transforms": [t.model_dump(mode="json") for t in data.transforms]}
+    if spec.model.vision is not None:  # the images' size and the image tokens each takes
+        vision = spec.model.vision
+        parts["vision"] = {"image_size": vision.encoder.image_size, "n_patches": vision.n_patches, "image_token": vision.image_token}
     return parts
 
 
@@ -262,7 +271,7 @@ def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress, c
         for (split, name), spool in spools.items():
             spool.path.unlink()
             shard = counts[name][split]
-            trained = shard.get("trained", shard["tokens"])
+            trained = shard.get("trained", shard["tokens"]) - image_tokens(spec, name, shard["documents"])
             report["sources"][name][split].update(tokens=shard["tokens"], trained_tokens=trained, masked_tokens=shard["tokens"] - trained)
         for name, source in report["sources"].items():
             for count in ("tokens", "trained_tokens", "masked_tokens"):
@@ -287,6 +296,7 @@ def _build(spec: Any, readers: dict, root: Path, key: str, progress: Progress, c
         meta = {
             "fingerprint": key, "tokenizer_hash": tokenizer_hash(tokenizer), "eos_id": eos_id, "pad_id": pad_id,
             "vocab_size": vocab_size, "dtype": dtype.name, "shards": counts, "report": report,
+            **({"images": images} if (images := image_meta(spec, tokenizer)) is not None else {}),
         }
         (pending.folder / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks the entry complete
         pending.commit()
@@ -316,6 +326,7 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
         if name in data.streamed_sources:  # read during training (cache: false)
             continue
         writers = {split: SpoolWriter(folder / f"{split}-{name}.spool") for split in SPLITS}
+        images = ImageSpool(spec.model.vision, reader, folder, name, SPLITS) if name in data.image_sources else None
         read = kept = held = 0
         skipped = SkipLog()
 
@@ -327,8 +338,12 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
             read += 1
             if read % 1000 == 0:
                 progress(f"reading {name} (documents)", read, None)
-            text, entry, characters = document, document, None
-            if isinstance(document, Conversation):
+            text, entry, characters, image = document, document, None, None
+            if isinstance(document, ImageCaption):  # the image tokens then the caption; filters see the caption
+                if images is None or (decoded := images.entry(document, warn_source)) is None:
+                    continue
+                (text, entry, image), characters = decoded, len(decoded[0])
+            elif isinstance(document, Conversation):
                 assert chat is not None  # a source with records makes the pipeline resolve a template
                 try:
                     entry, characters = chat.spool_entry(document)
@@ -340,14 +355,17 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
                 continue
             # Every round(1/fraction)-th kept document is held out: an exact, spread-out share.
             to_val = math.floor((kept + 1) * fraction + 0.5) > math.floor(kept * fraction + 0.5) and (cap is None or held < cap)
-            if augmenter is not None and not to_val and not isinstance(document, Conversation):
+            if augmenter is not None and not to_val and isinstance(document, str):
                 entry = augmenter.apply(name, kept - held, entry)
             writers["val" if to_val else "train"].add(entry, characters)
+            if image is not None and images is not None:
+                images.add("val" if to_val else "train", image)
             held += to_val
             kept += 1
         progress(f"reading {name} (documents)", read, read)
         for split in SPLITS:
             spools[split, name] = writers[split].close()
+        image_counts = images.close() if images is not None else None
         if read == 0:
             raise DataError(f"the source yielded no documents ({_why_empty(reader, skipped)})", source=name)
         emptied = chain.emptied_by(name)
@@ -369,6 +387,8 @@ def _spool_sources(spec: Any, readers: dict, folder: Path, progress: Progress, w
                for split in SPLITS},
         }
         report["sources"][name]["characters"] = sum(spools[s, name].characters for s in SPLITS)
+        if image_counts is not None:
+            report["sources"][name]["images"] = image_counts
     if augmenter is not None:
         report["transforms"] = augmenter.report()
     return spools, report
@@ -384,8 +404,9 @@ def _why_empty(reader: Any, skipped: SkipLog) -> str:
 
 
 def _transform_tokens(spec: Any) -> list[str]:
-    """The special tokens data.transforms write (fill-in-the-middle and span sentinels)."""
-    return Augmenter(spec.data.transforms, spec.seed, list(spec.data.sources)).tokens if spec.data.transforms else []
+    """The special tokens data.transforms write (fill-in-the-middle and span sentinels), and model.vision's image token."""
+    vision = [spec.model.vision.image_token] if spec.model.vision is not None else []
+    return (Augmenter(spec.data.transforms, spec.seed, list(spec.data.sources)).tokens if spec.data.transforms else []) + vision
 
 
 def _make_tokenizer(spec: Any, spools: dict, progress: Progress, chat: ChatData | None) -> Tokenizer:
@@ -418,6 +439,8 @@ def _make_tokenizer(spec: Any, spools: dict, progress: Progress, chat: ChatData 
                     return
                 if chat is not None and name in chat.sources:
                     text = chat.sample_text(text)
+                if name in spec.data.image_sources:  # the caption alone: image tokens are special
+                    text = text.replace(spec.model.vision.image_token, "")
                 text = text[: tokenizer_spec.max_chars - sample_chars[0]]
                 sample_chars[0] += len(text)
                 yield text

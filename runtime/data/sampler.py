@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from ...schemas.data import OnlineMixture
+from ...compiler.vision import ImageInput
 from .errors import DataError
+from .image_batches import ImageRows
 from .mixing import OnlineWeights, static_weights
 from .pipeline import PreparedData
 from .stream_loader import StreamedSources
@@ -54,6 +56,7 @@ class Batch:
     targets: torch.Tensor
     document_ids: torch.Tensor | None
     sources: list[str] | None = None  # the source each row was drawn from (training batches)
+    images: ImageInput | None = None  # model.vision: the rows' images and where their patches go (data/images.py)
 
 
 class Sampler:
@@ -304,6 +307,7 @@ class _Rows:
         self.documents = np.zeros((n, seq_len + 1), dtype=np.int64) if self.masking else None
         self.eos_id = prepared.eos_id
         self.sources: list[str] | None = None
+        self.images = ImageRows(n, seq_len, prepared.image_id, prepared.n_patches) if prepared.image_id is not None else None
 
     def read(self, row: int, shard: Any, where: slice | np.ndarray) -> None:
         """Fill `row` from `shard` at stream positions `where` (a slice, or an array of positions)."""
@@ -316,6 +320,8 @@ class _Rows:
         if self.documents is not None:
             positions = np.arange(where.start, where.stop) if isinstance(where, slice) else where
             self.documents[row] = np.searchsorted(shard.document_ends, positions, side="right")
+        if self.images is not None:
+            self.images.read(row, shard, where, self.tokens[row])
 
     def put(self, row: int, window: np.ndarray) -> None:
         """Fill `row` with a streamed window (seq_len + 1 tokens): documents end at the end-of-document token."""
@@ -328,6 +334,8 @@ class _Rows:
         inputs, targets = self.tokens[:, :-1], self.tokens[:, 1:]
         if self.trained is not None:
             targets = np.where(self.trained[:, 1:], targets, -100)
+        if self.images is not None:  # image tokens are inputs only
+            targets = self.images.targets(self.tokens, targets)
         document_ids = None
         if self.documents is not None:
             # Documents renumbered from 0 within each row: a new one wherever the shard's document
@@ -335,7 +343,7 @@ class _Rows:
             changes = np.diff(self.documents[:, :-1], axis=1) != 0
             document_ids = torch.from_numpy(np.concatenate([np.zeros((self.n, 1), np.int64), np.cumsum(changes, axis=1)], axis=1))
         return Batch(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets)), document_ids,
-                     self.sources)
+                     self.sources, self.images.input() if self.images is not None else None)
 
 
 def _circular(length: int, start: int, count: int) -> np.ndarray:

@@ -140,7 +140,19 @@ class TokenShard:
     n_documents: int
     dtype: str
     n_trained: int | None = None
+    image_size: int | None = None  # an image-text source's shard: its documents' images (runtime/data/images.py)
     _maps: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def images(self) -> np.ndarray | None:
+        """(n_documents, S, S, 3) uint8: the k-th document's image; None for a text source's shard."""
+        if self.image_size is None:
+            return None
+        if "images" not in self._maps:
+            from .images import open_images
+
+            self._maps["images"] = open_images(shard_file(self.stem, "images"), self.n_documents, self.image_size)
+        return self._maps["images"]
 
     @property
     def loss_mask(self) -> np.ndarray | None:

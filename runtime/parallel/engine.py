@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..deepspeed_engine import RankFailed, collective  # a rank's failure named the same way on every backend
-from ..engine import WEIGHTS_FILE, eval_mode, greedy_continuation, set_lr, to_device
+from ..engine import WEIGHTS_FILE, eval_mode, greedy_continuation, images_to, set_lr, to_device
 
 FSDP_DIR = "fsdp"
 STATE_DIR = "state"
@@ -74,14 +74,14 @@ class FsdpEngine:
     # ------------------------------------------------------------------ training
 
     @collective
-    def forward_backward(self, input_ids, targets, document_ids, accum_steps):
+    def forward_backward(self, input_ids, targets, document_ids, accum_steps, images=None):
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         self._micro += 1
         boundary = self._micro >= accum_steps
         # reduce-scatter the gradients once per optimizer step, at the last micro-batch
         self.model.set_requires_gradient_sync(boundary)
         with self._loss_context():  # bf16: FSDP2's mixed-precision policy casts (no autocast)
-            _, loss = self.model(input_ids, targets, document_ids=document_ids)
+            _, loss = self.model(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
             (loss / accum_steps).backward()
         if boundary:
             self._micro = 0
@@ -103,10 +103,10 @@ class FsdpEngine:
 
     @collective
     @torch.no_grad()
-    def evaluate(self, input_ids, targets, document_ids):
+    def evaluate(self, input_ids, targets, document_ids, images=None):
         input_ids, targets, document_ids = to_device(self.device, input_ids, targets, document_ids)
         with eval_mode(self.model), self._loss_context():
-            _, loss = self.model(input_ids, targets, document_ids=document_ids)
+            _, loss = self.model(input_ids, targets, document_ids=document_ids, **images_to(self.device, images))
         return _local(loss).detach().float()
 
     @collective

@@ -139,7 +139,9 @@ class PipelineDeepSpeedEngine(DeepSpeedEngine):
                              if not (n.startswith("tied_modules.") and not self.ds.is_first_stage())]
 
     @collective
-    def forward_backward(self, input_ids, targets, document_ids, accum_steps):
+    def forward_backward(self, input_ids, targets, document_ids, accum_steps, images=None):
+        if images is not None:
+            raise ValueError("images (model.vision) are not lowered to pipeline stages")
         if document_ids is not None:
             raise ValueError("document masking (document ids) is not lowered to pipeline stages")
         if accum_steps != self.ds.micro_batches:
@@ -179,7 +181,9 @@ class PipelineDeepSpeedEngine(DeepSpeedEngine):
 
     @collective
     @torch.no_grad()
-    def evaluate(self, input_ids, targets, document_ids):
+    def evaluate(self, input_ids, targets, document_ids, images=None):
+        if images is not None:
+            raise ValueError("images (model.vision) are not lowered to pipeline stages")
         if document_ids is not None:
             raise ValueError("document masking (document ids) is not lowered to pipeline stages")
         batch = (input_ids.to(self.device), targets.to(self.device))

@@ -253,7 +253,7 @@ def _onnx(out: Path, spec, model, tokenizer_json: str | None) -> list[str]:
 
 def run(args) -> int:
     from tabula.compiler import build_model
-    from tabula.compiler.hf import ExportError, hf_architecture, hf_problems
+    from tabula.compiler.hf import ExportError, hf_architecture, hf_notes, hf_problems
     from tabula.compiler.onnx_export import OnnxExportError, onnx_problems
     from tabula.runtime.checkpoint import finetune_record
 
@@ -297,4 +297,6 @@ def run(args) -> int:
         return 2
     kind = "ONNX" if args.format == "onnx" else hf_architecture(spec.model)
     print(f"wrote {', '.join(written)} to {args.out} ({kind})")
+    for note in hf_notes(spec.model):
+        sys.stderr.write(f"tabula export: warning: {note}\n")
     return 0

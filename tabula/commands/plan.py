@@ -144,6 +144,8 @@ def as_json(spec, plan, est, path: str) -> dict:
         "memory_saved_by_finetune": est.memory_saved,
         "memory_saved_by_kernels": est.kernel_memory_saved,
         "flops_per_token": est.flops_per_token,
+        "vision": {"summary": spec.model.vision.summary(), "parameters": est.parameters.vision,
+                   "flops_per_image": est.vision_flops_per_image} if spec.model.vision is not None else None,
         "flops_per_token_seq_len": est.flops_per_token_seq_len,
         "memory_per_rank": est.memory_per_rank,
         "host_memory_per_rank": est.host_memory_per_rank,
@@ -181,10 +183,14 @@ def report_lines(spec, plan, est, path: str) -> list[str]:
         + ("  (tied with the output head, counted once)" if spec.model.tie_embeddings else ""),
         f"    non-embedding    {params.non_embedding:>16,}  {_si(params.non_embedding)}",
         *([f"    active a token   {params.active:>16,}  {_si(params.active)}  (a mixture of experts runs top_k experts a token)"]
-          if params.active != params.total else []),
+          if params.active != params.total - params.vision else []),
+        *([f"    vision encoder   {params.vision:>16,}  {_si(params.vision)}  ({spec.model.vision.summary()}; "
+            "tabula export writes the language model only)"] if spec.model.vision is not None else []),
         *_trainable_lines(est),
+        *([f"  FLOPs per image    {est.vision_flops_per_image:>16,}  {_si(est.vision_flops_per_image)}  (encoder + projector, forward + backward)"]
+          if spec.model.vision is not None else []),
         f"  FLOPs per token    {est.flops_per_token:>16,}  {_si(est.flops_per_token)}"
-        f"  (6N{' (active)' if params.active != params.total else ''} + attention at seq_len {est.flops_per_token_seq_len}, forward + backward)",
+        f"  (6N{' (active)' if params.active != params.total - params.vision else ''} + attention at seq_len {est.flops_per_token_seq_len}, forward + backward)",
         *_layer_lines(spec.model),
         "",
         f"memory per rank ({plan.precision}, {_sharding(spec)})",

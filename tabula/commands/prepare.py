@@ -76,9 +76,12 @@ def _summary(report: dict) -> str:
         for split in ("train", "val"):
             part = source[split]
             line = f"    {split:<5} {part['documents']:>10,} documents {part['characters']:>14,} characters {part['tokens']:>12,} tokens"
-            if chat and name in chat["sources"]:
+            if chat and name in chat["sources"] or "images" in source:
                 line += f" ({part['trained_tokens']:,} trained, {part['masked_tokens']:,} masked)"
             lines.append(line)
+        if "images" in source:
+            lines.append(f"    images {source['images']['train']:,} train, {source['images']['val']:,} val: each document's image "
+                         "tokens are inputs only (masked)")
         fitted = source.get("max_tokens")
         if fitted and (fitted["cut"] or fitted["dropped"]):
             lines.append(f"    max_tokens: {fitted['cut']:,} conversations cut, {fitted['dropped']:,} dropped (no trained token left)")

@@ -223,7 +223,7 @@ def test_streamed_rows_number_their_documents_from_the_end_of_document_token():
 
     from tabula.runtime.data.sampler import _Rows
 
-    rows = _Rows(2, 6, SimpleNamespace(document_masking=True, eos_id=EOS))
+    rows = _Rows(2, 6, SimpleNamespace(document_masking=True, eos_id=EOS, image_id=None))
     rows.put(1, np.array([5, 6, EOS, 7, EOS, EOS, 8]))
     batch = rows.batch()
     assert batch.document_ids.tolist() == [[0] * 6, [0, 0, 0, 1, 1, 2]]  # an end-of-document token ends its own document

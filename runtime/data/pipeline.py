@@ -38,7 +38,7 @@ from .progress import Progress
 from .records import Conversation, RecordError
 from .shards import ShardWriter, Spool, SpoolWriter, TokenShard, token_dtype
 from .sources import bad_record, open_source
-from .streaming import StreamPlan, StreamSource, first_texts, open_dataset
+from .streaming import StreamPlan, first_texts, open_dataset, stream_plan, stream_sources
 from .tokenizer import LOADERS, TRAINERS, file_path, special_ids, tokenizer_hash
 from .transforms import Augmenter
 
@@ -96,7 +96,7 @@ def prepare(spec: Any, *, cache_dir: str | os.PathLike | None = None, progress: 
             _build(spec, readers, root, key, progress or _quiet, chat)
         digests.save()
         prepared = open_entry(entry, document_masking=data.packing.document_masking, cache_hit=hit)
-        prepared.streams = stream_plan(spec, readers, prepared)
+        prepared.streams = stream_plan(spec, readers, prepared.tokenizer_json, prepared.eos_id)
         for source in prepared.streams.sources.values() if prepared.streams is not None else ():
             if source.kind == "hub":  # offline or unknown: one line now, not at the first training step
                 open_dataset(source)
@@ -118,7 +118,7 @@ def find_prepared(spec: Any, *, cache_dir: str | os.PathLike | None = None) -> P
         if not entry.is_dir() or not entry_is_complete(entry):
             return None
         prepared = open_entry(entry, document_masking=spec.data.packing.document_masking)
-        prepared.streams = stream_plan(spec, readers, prepared)
+        prepared.streams = stream_plan(spec, readers, prepared.tokenizer_json, prepared.eos_id)
         return prepared
     except OSError as error:
         raise _io_error(error, root) from None
@@ -195,29 +195,6 @@ def spec_base_dir(spec: Any) -> Path:
     # Set by the loader (schemas/loader.py); a Spec built in code has none.
     base = getattr(spec, "base_dir", None) or getattr(spec, "_base_dir", None)
     return Path(base) if base else Path.cwd()
-
-
-def stream_plan(spec: Any, readers: dict, prepared: PreparedData) -> StreamPlan | None:
-    """What the stream loaders need for the spec's streamed sources (None where none streams)."""
-    data = spec.data
-    sources = stream_sources(spec, readers)
-    if not sources:
-        return None
-    return StreamPlan(sources, tuple(data.sources), tuple(data.filters), tuple(data.transforms), spec.seed, data.stream_workers,
-                      prepared.tokenizer_json, prepared.eos_id)
-
-
-def stream_sources(spec: Any, readers: dict) -> dict[str, StreamSource]:
-    """The spec's streamed sources (cache: false) as the loader opens them, by name in spec order."""
-    sources = {}
-    for name in spec.data.streamed_sources:
-        source = spec.data.sources[name]
-        if source.kind == "hub":
-            hub = {"name": source.name, "config": source.config, "split": source.split, "revision": source.revision}
-            sources[name] = StreamSource(name, "hub", source.text_field, hub=hub, max_documents=source.max_documents)
-        else:
-            sources[name] = StreamSource(name, "files", source.text_field, tuple(str(path) for path in readers[name].files), source.format)
-    return sources
 
 
 # ---------------------------------------------------------------- building an entry

@@ -163,3 +163,27 @@ class TokenStream:
             self.dataset.set_epoch(self.epoch)
         self.dataset.load_state_dict(state["dataset"])
         self._records = None  # the next read starts where the state says
+
+
+def stream_plan(spec: Any, readers: dict, tokenizer_json: str, eos_id: int) -> StreamPlan | None:
+    """What the stream loaders need for the spec's streamed sources (None where none streams): `readers`
+    open each source's files (runtime/data/sources.py), the tokenizer is the prepared one."""
+    data = spec.data
+    sources = stream_sources(spec, readers)
+    if not sources:
+        return None
+    return StreamPlan(sources, tuple(data.sources), tuple(data.filters), tuple(data.transforms), spec.seed, data.stream_workers,
+                      tokenizer_json, eos_id)
+
+
+def stream_sources(spec: Any, readers: dict) -> dict[str, StreamSource]:
+    """The spec's streamed sources (cache: false) as the loader opens them, by name in spec order."""
+    sources = {}
+    for name in spec.data.streamed_sources:
+        source = spec.data.sources[name]
+        if source.kind == "hub":
+            hub = {"name": source.name, "config": source.config, "split": source.split, "revision": source.revision}
+            sources[name] = StreamSource(name, "hub", source.text_field, hub=hub, max_documents=source.max_documents)
+        else:
+            sources[name] = StreamSource(name, "files", source.text_field, tuple(str(path) for path in readers[name].files), source.format)
+    return sources

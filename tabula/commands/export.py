@@ -4,6 +4,7 @@
     tabula export RUN_DIR --format hf --out DIR    the newest checkpoint of a run (LoRA, DoRA merged)
     tabula export RUN_DIR --format peft --out DIR  a fine-tuning run's adapter, and its base in DIR/base
     tabula export RUN_DIR --format onnx --out DIR  an ONNX graph for onnxruntime (LoRA, DoRA merged)
+    tabula export RUN_DIR --format onnx --with-cache --out DIR   the same, with key/value cache inputs and outputs
 
 --format hf writes config.json, model.safetensors and the tokenizer (tokenizer.json,
 tokenizer_config.json) where there is one (a spec's tokenizer file, a run's tokenizer.json, or
@@ -26,7 +27,10 @@ base in full precision), with the module names of transformers' architecture.
 logits (batch, seq, vocab) float32, both axes dynamic, seq up to model.max_seq_len), tabula_onnx.json
 (the graph's contract) and the tokenizer.json where there is one. onnxruntime's logits match tabula's
 within 1e-4 in fp32. Kinds without a verified graph, and prompt or prefix tuning's virtual tokens, are
-refused with the reason before anything is written.
+refused with the reason before anything is written. With --with-cache the graph also takes each layer's
+past keys and values, past_key_values.<i>.key and .value (batch, heads, past_seq, width; past_seq may be
+0), and returns them with the new tokens' as present.<i>.key and .value (batch, heads, past_seq + seq,
+width), Optimum's names: the new tokens' positions start at past_seq (compiler/onnx_cache.py).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["hf", "peft", "onnx"], default="hf",
                         help="hf: Hugging Face transformers (adapters merged); peft: a fine-tuning run's adapter for peft, its base in "
                              "OUT/base; onnx: an ONNX graph (input_ids -> logits, dynamic batch and sequence) for onnxruntime")
+    parser.add_argument("--with-cache", action="store_true",
+                        help="with --format onnx: the graph also takes each layer's past keys and values (past_key_values.<i>.key, "
+                             ".value) and returns them with the new tokens' (present.<i>.key, .value), for step-by-step decoding")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write: new or empty (created where absent)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out: the exported files are replaced, a tokenizer left by an earlier export is removed")
     add_extends_flag(parser)
@@ -236,7 +243,7 @@ def _peft(out: Path, spec, model, tokenizer_json: str | None) -> list[str]:
     return ["adapter_config.json", "adapter_model.safetensors", *written]
 
 
-def _onnx(out: Path, spec, model, tokenizer_json: str | None) -> list[str]:
+def _onnx(out: Path, spec, model, tokenizer_json: str | None, *, with_cache: bool = False) -> list[str]:
     """The model as an ONNX graph (adapters merged), and the tokenizer beside it."""
     from tabula.compiler.adapters import merge_adapters
     from tabula.compiler.onnx_export import export_onnx
@@ -244,7 +251,7 @@ def _onnx(out: Path, spec, model, tokenizer_json: str | None) -> list[str]:
     if model.virtual_tokens is not None:
         raise _BadInput(f"{spec.train.finetune.kind} learns virtual tokens, which the ONNX graph does not take: export it with --format peft")
     merge_adapters(model)
-    written = export_onnx(model, out)
+    written = export_onnx(model, out, with_cache=with_cache)
     if tokenizer_json is not None:
         (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         written.append("tokenizer.json")
@@ -259,6 +266,8 @@ def run(args) -> int:
 
     out = Path(args.out)
     try:
+        if args.with_cache and args.format != "onnx":
+            raise _BadInput(f"--with-cache is for --format onnx (the graph's key/value cache), not --format {args.format}")
         spec, weights, tokenizer_json = _read_source(Path(args.source), args.overrides, args.allow_extends_outside)
         # refused before any weights are read or made
         problems = onnx_problems(spec.model) if args.format == "onnx" else hf_problems(spec.model)
@@ -277,7 +286,7 @@ def run(args) -> int:
             model = _finetuned_model(spec, weights.parent)
         else:
             model = _trained_model(spec, weights)
-        write = {"peft": _peft, "onnx": _onnx}.get(args.format, _hf)
+        write = {"peft": _peft, "onnx": lambda *a: _onnx(*a, with_cache=args.with_cache)}.get(args.format, _hf)
         written = _write(out, lambda: write(out, spec, model, tokenizer_json))
     except _Reported:
         return 2
@@ -295,7 +304,7 @@ def run(args) -> int:
         for problem in error.problems:
             sys.stderr.write(f"  {problem}\n")
         return 2
-    kind = "ONNX" if args.format == "onnx" else hf_architecture(spec.model)
+    kind = ("ONNX with a key/value cache" if args.with_cache else "ONNX") if args.format == "onnx" else hf_architecture(spec.model)
     print(f"wrote {', '.join(written)} to {args.out} ({kind})")
     for note in hf_notes(spec.model):
         sys.stderr.write(f"tabula export: warning: {note}\n")

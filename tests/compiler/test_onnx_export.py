@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from compiler_specs import BASE, tiny_spec
@@ -111,3 +112,66 @@ def test_every_layer_of_a_pattern_is_checked_and_a_mamba_or_moe_layer_is_refused
     # the default block's MoE is named once, not once a layer; the dense first layer (an override) exports
     assert [p for p in deepseek if ".mlp.kind" in p] == [p for p in deepseek if p.startswith("model.block.mlp.kind: moe")]
     assert len([p for p in deepseek if p.startswith("model.block.mlp.kind: moe")]) == 1
+
+
+# ------------------------------------------------------------ with the key/value cache (--with-cache)
+
+
+def assert_cached_parity(model, onnx_path, vocab, batch, prompt=6, steps=4):
+    """A prompt through the graph with an empty past, then one token at a time with the presents it returned: at
+    every step onnxruntime's logits equal the model's full recompute of the whole sequence at the new positions."""
+    from tabula.compiler.onnx_cache import cache_names
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    info = json.loads((onnx_path.parent / "tabula_onnx.json").read_text())
+    past_names, present_names = cache_names(model.n_layers)
+    assert info["kv_cache"] is True and [i.name for i in session.get_inputs()] == ["input_ids", *past_names] == list(info["inputs"])
+    assert [o.name for o in session.get_outputs()] == ["logits", *present_names] == list(info["outputs"])
+    ids = torch.randint(0, vocab, (batch, prompt + steps), generator=torch.Generator().manual_seed(1))
+    past = {name: np.zeros((batch, shape[1], 0, shape[3]), np.float32)
+            for name, shape in ((name, info["inputs"][name]["shape"]) for name in past_names)}
+    start = 0
+    for end in [prompt, *range(prompt + 1, prompt + steps + 1)]:
+        logits, *presents = session.run(None, {"input_ids": ids[:, start:end].numpy(), **past})
+        with torch.no_grad():
+            ours = model(ids[:, :end])[:, start:end]
+        torch.testing.assert_close(torch.from_numpy(logits), ours, rtol=1e-4, atol=1e-4)
+        assert all(present.shape[2] == end for present in presents)
+        past, start = dict(zip(past_names, presents, strict=True)), end
+
+
+def test_cli_exports_a_graph_with_cache_inputs_and_outputs_that_decodes_step_by_step(tmp_path, capsys):
+    """GQA with a sliding window narrower than the sequence: the keys that fall out of it are masked."""
+    raw = copy.deepcopy(BASE)
+    raw["model"]["block"]["attention"]["window"] = 4
+    YAML(typ="safe").dump(raw, tmp_path / "tiny.yaml")
+    assert main(["export", str(tmp_path / "tiny.yaml"), "--format", "onnx", "--with-cache", "--out", str(tmp_path / "onnx")]) == 0
+    assert "(ONNX with a key/value cache)" in capsys.readouterr().out
+    info = json.loads((tmp_path / "onnx" / "tabula_onnx.json").read_text())
+    assert info["inputs"]["past_key_values.1.value"] == {"dtype": "float32", "shape": ["batch", 2, "past_seq", 16]}
+    assert info["outputs"]["present.0.key"]["shape"] == ["batch", 2, "past_seq + seq", 16]
+    model = build_model(tiny_spec(block={"attention": raw["model"]["block"]["attention"]}), device="cpu").eval()
+    for batch in (1, 2):
+        assert_cached_parity(model, tmp_path / "onnx" / "model.onnx", 97, batch)
+
+
+CACHED_KINDS = [
+    pytest.param({"block": {"attention": {"kind": "mha", "n_heads": 4, "qk_norm": True}}}, id="mha-qk-norm", marks=pytest.mark.slow),
+    pytest.param({"block": {"attention": MLA}}, id="mla", marks=pytest.mark.slow),
+    pytest.param({"block": {"attention": {"kind": "mqa", "n_heads": 4}}, "position": {"kind": "learned"}}, id="mqa-learned",
+                 marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("model_keys", CACHED_KINDS)
+def test_a_graph_with_cache_decodes_as_tabula_does(tmp_path, model_keys):
+    model = build_model(tiny_spec(**model_keys), device="cpu").eval()
+    assert export_onnx(model, tmp_path, with_cache=True) == ["model.onnx", "tabula_onnx.json"]
+    assert_cached_parity(model, tmp_path / "model.onnx", 97, batch=2)
+
+
+def test_with_cache_is_refused_for_other_formats(tmp_path, capsys):
+    YAML(typ="safe").dump(BASE, tmp_path / "tiny.yaml")
+    assert main(["export", str(tmp_path / "tiny.yaml"), "--format", "hf", "--with-cache", "--out", str(tmp_path / "hf")]) == 2
+    assert "--with-cache is for --format onnx" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()

@@ -45,11 +45,7 @@ class PagedBuffer:
 
     def _table(self, n_blocks: int, device: torch.device) -> torch.Tensor:
         """(B, n_blocks) block ids of each row's first n_blocks blocks (0 past a row's table: masked keys)."""
-        rows = []
-        for seq in self.seqs:
-            held = self.pool.owned.get(seq, [])[:n_blocks]
-            rows.append(held + [0] * (n_blocks - len(held)))
-        return torch.tensor(rows, dtype=torch.long, device=device).view(len(self.seqs), n_blocks)
+        return self.pool.table(self.seqs, n_blocks, device)
 
     # ------------------------------------------------------------ reading
 

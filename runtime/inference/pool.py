@@ -34,6 +34,8 @@ class BlockPool:
         self.free: list[int] = list(range(n_blocks - 1, -1, -1))  # pop() hands out low ids first
         self.owned: dict[int, list[int]] = {}
         self.tensors: dict[Hashable, torch.Tensor] = {}  # (layer, field) -> (n_blocks, block_size, *feature)
+        self._grown: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # grow_all's last call: held since
+        self._tables: dict[tuple[tuple[int, ...], int, torch.device], torch.Tensor] = {}  # table() of this allocation
 
     # ------------------------------------------------------------ accounting
 
@@ -58,23 +60,47 @@ class BlockPool:
                 del self.owned[seq]
             raise PoolExhausted(f"sequence {seq} needs {need} more blocks of {self.block_size} tokens, {len(self.free)} free "
                                 f"of {self.n_blocks}")
-        held.extend(self.free.pop() for _ in range(max(need, 0)))
+        if need > 0:
+            held.extend(self.free.pop() for _ in range(need))
+            self._tables.clear()
 
     def grow_all(self, seqs: list[int], tokens: list[int]) -> None:
         """grow(seq, n) for each pair, all or nothing: raises PoolExhausted, allocating nothing, where the pool
         cannot hold them all."""
+        key = (tuple(seqs), tuple(tokens))
+        if key == self._grown:  # the step's other layers: the first one allocated
+            return
         need = sum(max(self.blocks_for(n) - len(self.owned.get(seq, [])), 0) for seq, n in zip(seqs, tokens))
         if need > len(self.free):
             raise PoolExhausted(f"{len(seqs)} sequences need {need} more blocks of {self.block_size} tokens, "
                                 f"{len(self.free)} free of {self.n_blocks}")
         for seq, n in zip(seqs, tokens):
             self.grow(seq, n)
+        self._grown = key
 
     def release(self, seq: int) -> int:
         """Frees every block of `seq`; returns how many."""
         blocks = self.owned.pop(seq, [])
         self.free.extend(reversed(blocks))
+        self._tables.clear()
+        self._grown = None
         return len(blocks)
+
+    def table(self, seqs: list[int], n_blocks: int, device: torch.device) -> torch.Tensor:
+        """(len(seqs), n_blocks) long tensor: each sequence's first n_blocks block ids (0 past its table, where
+        a reader masks by position). Built once per allocation and shared by every layer of a step."""
+        key = (tuple(seqs), n_blocks, device)
+        table = self._tables.get(key)
+        if table is None:
+            rows = []
+            for seq in seqs:
+                held = self.owned.get(seq, [])[:n_blocks]
+                rows.append(held + [0] * (n_blocks - len(held)))
+            table = torch.tensor(rows, dtype=torch.long, device=device).view(len(seqs), n_blocks)
+            if len(self._tables) > 64:  # many batches between allocations: keep the memo small
+                self._tables.clear()
+            self._tables[key] = table
+        return table
 
     # ------------------------------------------------------------ memory
 

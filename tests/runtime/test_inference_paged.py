@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from inference_helpers import tiny_model
+from torch import nn
 
+from tabula.compiler.virtual_tokens import PrefixTokens
 from tabula.runtime.inference import Cache, Decoder
 from tabula.runtime.inference.buffer import TokenBuffer
 from tabula.runtime.inference.paged import PagedBuffer
@@ -132,3 +134,30 @@ def test_the_scheduler_pool_is_the_cache_memory_and_every_block_comes_back():
     assert scheduler.counters.preempted >= 1
     per_token = 2 * 2 * 2 * 8 * 4  # layers x (k, v) x n_kv_heads x head_dim x fp32 bytes
     assert pool.bytes_per_token() == per_token and bytes_seen == {12 * 4 * per_token} and len(pointers) == 1
+
+
+def scheduled(model, *, paged: bool, cache_tokens: int | None = None) -> tuple[list[list[int]], int]:
+    """Greedy outputs of six requests through the scheduler (paged or not), and its preemptions."""
+    scheduler = Scheduler(Decoder(model), lambda ids: "", SchedulerConfig(max_batch=4, cache_tokens=cache_tokens, block_size=4))
+    scheduler.paged = paged
+    generator, outs = torch.Generator().manual_seed(0), []
+    for n in (3, 9, 1, 6, 4, 12):
+        tokens: list[int] = []
+        outs.append(tokens)
+        prompt = tuple(torch.randint(0, 250, (n,), generator=generator).tolist())
+        scheduler.submit(GenerationRequest(prompt, SamplingParams(max_tokens=10, temperature=0.0)),
+                         lambda event, tokens=tokens: None if event.token_id is None else tokens.append(event.token_id))
+    while scheduler.running or scheduler.waiting:
+        scheduler.turn()
+    assert scheduler.pool.used == 0
+    return outs, scheduler.counters.preempted
+
+
+def test_prefix_tuned_virtual_tokens_take_blocks_of_their_own():
+    model = tiny_model("gqa", seed=5)
+    model.virtual_tokens = PrefixTokens(3, nn.Embedding(3, 2 * 2 * 2 * 8), n_layers=2, n_kv_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    nn.init.normal_(model.virtual_tokens.encoder.weight)
+    reference, _ = scheduled(model, paged=False)
+    outs, preempted = scheduled(model, paged=True, cache_tokens=48)
+    assert outs == reference and preempted >= 1

@@ -156,7 +156,7 @@ class Scheduler:
 
     def stats(self) -> dict[str, float]:
         return {"queue_length": len(self.waiting), "running": len(self.running), "cache_blocks_used": self.pool.used,
-                "cache_blocks_total": self.pool.n_blocks, "preempted_total": self.counters.preempted,
+                "cache_blocks_total": self.pool.n_blocks, "cache_pool_bytes": self.pool.nbytes(), "preempted_total": self.counters.preempted,
                 "decode_steps_total": self.counters.steps}
 
     def start(self) -> Scheduler:

@@ -134,6 +134,7 @@ def test_the_scheduler_pool_is_the_cache_memory_and_every_block_comes_back():
     assert scheduler.counters.preempted >= 1
     per_token = 2 * 2 * 2 * 8 * 4  # layers x (k, v) x n_kv_heads x head_dim x fp32 bytes
     assert pool.bytes_per_token() == per_token and bytes_seen == {12 * 4 * per_token} and len(pointers) == 1
+    assert scheduler.stats()["cache_pool_bytes"] == 12 * 4 * per_token
 
 
 def scheduled(model, *, paged: bool, cache_tokens: int | None = None) -> tuple[list[list[int]], int]:

@@ -60,7 +60,9 @@ torchao, in place; QuantizationUnsupported for what cannot be done), `weight_byt
 draft_decoder, k).generate(prompt_ids, params) -> Iterator[(token, logprob)]`, `.stats.acceptance_rate`;
 `check_draft(target_vocab, draft_vocab)` (DraftRefused).
 
-Files: buffer.py (TokenBuffer: linear or rolling per-token storage), cache.py (Cache, LayerState,
+Files: buffer.py (TokenBuffer: linear or rolling per-token storage), pool.py (BlockPool: blocks of tokens with
+a limit, and their tensors), paged.py (PagedBuffer: a full-attention layer's tokens in the pool's blocks; the
+server's caches, Decoder.new_cache(batch, pool=, seqs=)), cache.py (Cache, LayerState,
 KVState), layers.py, attention.py, latent.py, decoder.py, sampling.py, detok.py (IncrementalDecoder,
 StopText), generator.py, load.py (load_generator).
 """

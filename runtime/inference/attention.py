@@ -15,14 +15,15 @@ from torch import nn
 
 from .buffer import Fields, TokenBuffer
 from .cache import KVState
+from .paged import PagedBuffer
 from .layers import LAYERS, Options, StepContext, rotate
 
 
-def store_and_view(buffer: TokenBuffer, new: Fields, ctx: StepContext) -> tuple[Fields, torch.Tensor]:
+def store_and_view(buffer: TokenBuffer | PagedBuffer, new: Fields, ctx: StepContext) -> tuple[Fields, torch.Tensor]:
     """Adds this step's per-token tensors to `buffer` and returns what the step attends to, with each
     held token's position. A rolling buffer is viewed before the write (the write may overwrite the
     oldest tokens the new ones still see); a growing one after it."""
-    if buffer.rolling:
+    if isinstance(buffer, TokenBuffer) and buffer.rolling:
         held = buffer.attend_view(new, ctx.lengths, longest=ctx.longest)
         buffer.write(new, ctx.lengths, ctx.n_valid, longest=ctx.longest, uniform=ctx.uniform)
         return held

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .buffer import TokenBuffer
+from .paged import PagedBuffer
 
 
 @runtime_checkable
@@ -41,15 +42,18 @@ class LayerState(Protocol):
 
 
 class KVState:
-    """An attention layer's state: a TokenBuffer of per-token fields (k, v; or MLA's latent and rotary key)."""
+    """An attention layer's state: per-token fields (k, v; or MLA's latent and rotary key) in a TokenBuffer
+    (linear or rolling) or a PagedBuffer (blocks of a pool)."""
 
-    def __init__(self, buffer: TokenBuffer) -> None:
+    def __init__(self, buffer: TokenBuffer | PagedBuffer) -> None:
         self.buffer = buffer
 
     def select(self, rows: torch.Tensor) -> KVState:
         return KVState(self.buffer.select(rows))
 
     def concat_with(self, others: list[Any]) -> KVState:
+        if isinstance(self.buffer, PagedBuffer):
+            return KVState(PagedBuffer.concat([self.buffer, *(o.buffer for o in others)]))
         return KVState(TokenBuffer.concat([self.buffer, *(o.buffer for o in others)]))
 
     def rollback(self, lengths: torch.Tensor) -> None:

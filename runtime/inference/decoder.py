@@ -15,8 +15,10 @@ from torch import nn
 
 from tabula.compiler.blocks.position import LearnedPositions, NoPositions, Rope
 
-from .cache import Cache
+from .cache import Cache, KVState
 from .layers import LAYERS, LayerKind, Options, StepContext, kind_of, layer_kind
+from .paged import PagedBuffer
+from .pool import BlockPool
 
 
 class ContextFull(ValueError):
@@ -71,12 +73,20 @@ class Decoder:
     # ------------------------------------------------------------ caches
 
     @torch.no_grad()
-    def new_cache(self, batch: int) -> Cache:
+    def new_cache(self, batch: int, *, pool: BlockPool | None = None, seqs: list[int] | None = None) -> Cache:
         """An empty cache for `batch` rows; with prompt or prefix tuning, holding the virtual tokens
-        (so each row's length starts at n_virtual)."""
+        (so each row's length starts at n_virtual). With a `pool`, the full-attention layers keep their keys
+        in its blocks (paged.py), row b as the pool's sequence seqs[b] (ids the caller owns and releases);
+        sliding-window layers keep their rolling buffers, recurrent ones their state."""
         device = self.device
         states = [layer.kind.new_state(layer.mixer, layer.aux, batch, None, window=layer.window, options=self.options)
                   for layer in self.layers]
+        if pool is not None:
+            if seqs is None or len(seqs) != batch:
+                raise ValueError(f"a paged cache of {batch} rows needs one sequence id a row (got {seqs})")
+            for index, (layer, state) in enumerate(zip(self.layers, states)):
+                if layer.window is None and isinstance(state, KVState):
+                    state.buffer = PagedBuffer(pool, index, seqs)
         cache = Cache(states, torch.zeros(batch, dtype=torch.long, device=device))
         virtual = self.model.virtual_tokens
         if virtual is None or batch == 0:

@@ -1,7 +1,7 @@
 """Serving: the continuous-batching scheduler and the OpenAI-compatible app over the inference core.
 
     protocol.py   requests, sampling parameters, events, errors; the Engine protocol the app uses
-    blocks.py     the cache pool: blocks of tokens handed to sequences, with a limit
+    blocks.py     the cache pool: blocks of tokens handed to sequences, with a limit (the paged cache's memory)
     scheduler.py  one loop: newcomers join the running batch at every step, finished sequences leave
     text.py       incremental decoding and stop strings
     requests.py   the OpenAI request bodies, validated

@@ -5,6 +5,7 @@
     tabula_prompt_tokens_total                   counter    prompt tokens prefilled
     tabula_queue_length, tabula_running_batch    gauges     from the scheduler (stats())
     tabula_cache_blocks_used / _total            gauges     the cache pool
+    tabula_cache_pool_bytes                      gauge      the paged cache's memory (allocated once)
     tabula_tokens_per_second                     gauge      completion tokens over the last 10 s
     tabula_time_to_first_token_seconds           histogram
     tabula_request_latency_seconds               histogram  submission to the last token
@@ -90,6 +91,7 @@ class Metrics:
                       "running_batch": ("Sequences in the running batch.", stats.get("running", 0)),
                       "cache_blocks_used": ("Cache pool blocks held by sequences.", stats.get("cache_blocks_used", 0)),
                       "cache_blocks_total": ("Cache pool blocks in all.", stats.get("cache_blocks_total", 0)),
+                      "cache_pool_bytes": ("Bytes of the cache pool's key/value tensors.", stats.get("cache_pool_bytes", 0)),
                       "preempted_total": ("Sequences preempted when the pool ran out of blocks.", stats.get("preempted_total", 0)),
                       "tokens_per_second": (f"Completion tokens a second over the last {RATE_WINDOW:g} s.", rate)}
             for name, (help_text, value) in gauges.items():

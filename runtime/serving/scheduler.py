@@ -17,7 +17,11 @@ Every sequence samples with its own parameters through the inference core's Samp
 sampling.py: repetition penalty, temperature, top-k, top-p, min-p, seed; what `tabula generate` does) and
 stops on its own tokens, strings and max_tokens. The
 decoder is the inference core's (runtime/inference `Decoder`: new_cache, prefill, step; its `Cache` rows
-are selected and concatenated as sequences leave and join). Errors in a step finish the sequences of
+are selected and concatenated as sequences leave and join). The cache is paged: the full-attention layers'
+keys and values live in the blocks of the scheduler's pool (the Decoder's caches are made with it, each
+row the pool's sequence of its request), so a row joining or leaving hands over its block table, copies no
+key, and the blocks the pool counts are the cache's memory (sliding-window layers keep their rolling
+buffers, bounded by the window; Mamba layers their per-row state). Errors in a step finish the sequences of
 that step with finish_reason "error"; the loop goes on.
 """
 
@@ -33,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ..inference.decoder import Decoder
 from ..inference.sampling import Sampler
 from ..inference.sampling import SamplingParams as CoreParams
 from .blocks import BlockPool, PoolExhausted
@@ -109,7 +114,9 @@ class Scheduler:
         self.decoder = decoder
         self.decode = decode
         self.config = config or SchedulerConfig()
-        self.max_len = int(decoder.max_len) - int(getattr(decoder, "n_virtual", 0))  # ids a row holds
+        self.virtual = int(getattr(decoder, "n_virtual", 0))  # cache tokens a row holds before its ids
+        self.max_len = int(decoder.max_len) - self.virtual  # ids a row holds
+        self.paged = isinstance(decoder, Decoder)  # the inference core's: its caches live in the pool's blocks
         tokens = self.config.cache_tokens or self.config.max_batch * self.max_len
         self.pool = BlockPool(max(1, tokens // self.config.block_size), self.config.block_size)
         self.waiting: deque[_Sequence] = deque()
@@ -133,8 +140,8 @@ class Scheduler:
             raise TooLong(f"the prompt has {len(prompt)} tokens; the model's context is {self.max_len}, so at most "
                           f"{self.max_len - 1} leave room for one new token")
         longest = min(len(prompt) + params.max_tokens, self.max_len)
-        if self.pool.blocks_for(longest) > self.pool.n_blocks:
-            raise TooLong(f"the prompt and max_tokens need {self.pool.blocks_for(longest)} cache blocks of {self.pool.block_size} "
+        if self.pool.blocks_for(longest + self.virtual) > self.pool.n_blocks:
+            raise TooLong(f"the prompt and max_tokens need {self.pool.blocks_for(longest + self.virtual)} cache blocks of {self.pool.block_size} "
                           f"tokens; the cache pool has {self.pool.n_blocks}: lower max_tokens or the prompt")
         handle = Handle(request, on_event, prompt_tokens=len(prompt), submitted_at=time.monotonic())
         stop_ids = set(params.stop_token_ids) | set(self.config.stop_token_ids)
@@ -149,7 +156,7 @@ class Scheduler:
 
     def stats(self) -> dict[str, float]:
         return {"queue_length": len(self.waiting), "running": len(self.running), "cache_blocks_used": self.pool.used,
-                "cache_blocks_total": self.pool.n_blocks, "preempted_total": self.counters.preempted,
+                "cache_blocks_total": self.pool.n_blocks, "cache_pool_bytes": self.pool.nbytes(), "preempted_total": self.counters.preempted,
                 "decode_steps_total": self.counters.steps}
 
     def start(self) -> Scheduler:
@@ -218,7 +225,7 @@ class Scheduler:
         """Blocks for `tokens` cache tokens of `seq`, preempting the newest sequences while the pool is short."""
         while True:
             try:
-                self.pool.grow(seq.id, tokens)
+                self.pool.grow(seq.id, tokens + self.virtual)
                 return
             except PoolExhausted:
                 victim = max(self.running, key=lambda s: s.admitted_at)
@@ -246,10 +253,10 @@ class Scheduler:
                 if admitted and size > budget:
                     break
                 # its prompt, and a block to spare for the running ones to grow into (none when it runs alone)
-                if not self.pool.can_hold(size, spare=1 if self.running or admitted else 0):
+                if not self.pool.can_hold(size + self.virtual, spare=1 if self.running or admitted else 0):
                     break
                 self.waiting.popleft()
-                self.pool.grow(seq.id, size)
+                self.pool.grow(seq.id, size + self.virtual)
                 seq.admitted_at = next(self._admissions)
                 admitted.append(seq)
                 budget -= size
@@ -257,7 +264,10 @@ class Scheduler:
 
     def _prefill(self, admitted: list[_Sequence]) -> set[int]:
         try:
-            cache = self.decoder.new_cache(len(admitted))
+            if self.paged:
+                cache = self.decoder.new_cache(len(admitted), pool=self.pool, seqs=[seq.id for seq in admitted])
+            else:  # another decoder (a test's reference): the pool only counts its blocks
+                cache = self.decoder.new_cache(len(admitted))
             logits = self.decoder.prefill(cache, [seq.tokens for seq in admitted])  # (B, vocab)
         except Exception as error:
             for seq in admitted:

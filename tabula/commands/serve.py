@@ -11,7 +11,8 @@ One scheduler loop decodes every running sequence a token at a time and lets new
 at every step (their prompts prefilled between two steps) and finished ones leave it. The KV cache is handed
 out in blocks of 16 tokens from a pool (--cache-tokens, default max-batch full contexts): a request waits
 while the pool is short, a running sequence that cannot grow preempts the newest one (recomputed later),
-and a request that could never fit is refused (400). A full queue answers 429; a client that disconnects
+and a request that could never fit is refused (400). The blocks are the full-attention layers' cache memory
+(paged), allocated once at the pool's size. A full queue answers 429; a client that disconnects
 frees its sequence's blocks.
 """
 

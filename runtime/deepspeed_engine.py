@@ -42,7 +42,21 @@ def init_distributed(timeout_minutes: float = 10.0) -> None:
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    _skip_shared_memory_op()
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+
+
+def _skip_shared_memory_op() -> None:
+    """DeepSpeed's CPU accelerator compiles its shared-memory all-reduce (C++, about 2.5 minutes on a
+    machine's first run) when the process group starts. Only its `inference_all_reduce` uses it; training's
+    collectives (ZeRO, pipeline) go through torch.distributed, so a training run never needs it. Without
+    the op DeepSpeed takes its own fallback: the process group's all-reduce."""
+    import importlib
+
+    # by its full name: the package `deepspeed.comm` re-exports the torch library under the same name
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+    if hasattr(ds_torch, "build_shm_op"):  # deepspeed 0.19's hook; a version without it builds as it likes
+        ds_torch.build_shm_op = lambda: None
 
 
 def rank_device() -> torch.device:

@@ -60,6 +60,14 @@ def specs_dir() -> Path:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs the suite in 2 pytest-xdist workers (one a core on CI's 2 cores): each worker computes on
+# one thread, and so do the processes it starts (OMP_NUM_THREADS), so that the workers do not fight over the
+# cores. A run without xdist keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch as _torch
+
+    _torch.set_num_threads(1)
 # huggingface_hub and datasets read these once, when first imported (possibly at collection):
 # set them before any test module imports them, not only in the per-test fixture.
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):

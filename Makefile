@@ -43,9 +43,12 @@ finetune-demo: install
 	$(BIN)/tabula export build/demo-lora --format peft --out build/lora-peft
 
 # The whole suite, then line coverage per layer (tests/coverage_by_layer.py; `make coverage` for HTML).
-# The exit status is pytest's.
+# The exit status is pytest's. Two pytest-xdist workers (TEST_WORKERS), a test file to one worker (its
+# module fixtures, a DeepSpeed launch or a trained run, are made once); tests/conftest.py gives each worker
+# one thread and orders the files heaviest first. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q --cov --cov-report= ; status=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --cov --cov-report= ; status=$$?; \
 	$(BIN)/python tests/coverage_by_layer.py || true; exit $$status
 
 coverage: test

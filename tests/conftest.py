@@ -22,7 +22,20 @@ def _cuda_available() -> bool:
 MULTIPROC_TIMEOUT_S = 1800  # a cold DeepSpeed op build adds ~3 min a launch; a module's first test pays its launches
 
 
+def _heaviest_files_first(items) -> None:
+    """Under pytest-xdist (`make test`): the files that launch ranks first, then the other slow ones, then the
+    rest, each file's tests in their order, so that the two workers do not end on one long file while the
+    other waits (with --no-loadscope-reorder the workers take the files in this order)."""
+    weight: dict = {}
+    for item in items:
+        own = 0 if item.get_closest_marker("multiproc") else 1 if item.get_closest_marker("slow") else 2
+        weight[item.path] = min(weight.get(item.path, 2), own)
+    items.sort(key=lambda item: weight[item.path])  # stable: a file's tests stay together and in order
+
+
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _heaviest_files_first(items)
     for item in items:
         if item.get_closest_marker("multiproc") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(MULTIPROC_TIMEOUT_S))
@@ -60,6 +73,14 @@ def specs_dir() -> Path:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs the suite in 2 pytest-xdist workers (one a core on CI's 2 cores): each worker computes on
+# one thread, and so do the processes it starts (OMP_NUM_THREADS), so that the workers do not fight over the
+# cores. A run without xdist keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch as _torch
+
+    _torch.set_num_threads(1)
 # huggingface_hub and datasets read these once, when first imported (possibly at collection):
 # set them before any test module imports them, not only in the per-test fixture.
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):

@@ -56,7 +56,7 @@ def _skip_shared_memory_op() -> None:
     # by its full name: the package `deepspeed.comm` re-exports the torch library under the same name
     ds_torch = importlib.import_module("deepspeed.comm.torch")
     if hasattr(ds_torch, "build_shm_op"):  # deepspeed 0.19's hook; a version without it builds as it likes
-        ds_torch.build_shm_op = lambda: None
+        setattr(ds_torch, "build_shm_op", lambda: None)
 
 
 def rank_device() -> torch.device:

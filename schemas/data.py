@@ -75,6 +75,14 @@ Tokenizer = Annotated[
 # ---------------------------------------------------------------- sources
 
 
+# A files (jsonl, parquet) or hub source can stream instead of being cached; the field is left out of the
+# canonical form (and the spec hash) while true, so older specs keep their hash.
+_CACHE_DESCRIPTION = ("true: documents are read, filtered and tokenized once into the token cache before training; false (files: "
+                      "jsonl and parquet only): they are read, filtered, tokenized and packed on the fly during training instead "
+                      "(streamed, for corpora too large to cache), by worker processes sharded by rank (data.stream_workers); a "
+                      "streamed source holds no validation split.")
+
+
 class FilesSource(SpecModel):
     kind: Literal["files"] = Field(description="Local files matched by glob patterns.")
     paths: list[str] = Field(min_length=1, description="Glob patterns relative to the spec file; ** matches directories recursively.")
@@ -92,14 +100,8 @@ class FilesSource(SpecModel):
         description="What to do with an unreadable file or malformed record: fail the run naming its file and line, or skip it "
                     "(tabula prepare reports how many, and the first reasons with their file and line).",
     )
-    cache: bool = Field(
-        default=True,
-        description="true: documents are read, filtered and tokenized once into the token cache before training; false (jsonl and parquet only): they are "
-                    "read, filtered, tokenized and packed on the fly during training instead (streamed, for corpora too large to "
-                    "cache), by worker processes sharded by rank (data.stream_workers); a streamed source holds no validation split.",
-    )
+    cache: bool = Field(default=True, description=_CACHE_DESCRIPTION)
 
-    # left out of the canonical form (and the spec hash) while true: older specs keep their hash
     canonical_optional: ClassVar[frozenset[str]] = frozenset({"cache"})
 
     @model_validator(mode="after")
@@ -125,12 +127,7 @@ class HubSource(SpecModel):
     text_field: str = Field(default="text", description="The record field holding the text.")
     revision: str | None = Field(default=None, description="Branch, tag or commit; null means the default branch.")
     max_documents: int | None = Field(default=None, gt=0, description="Stop after this many documents; null reads the whole split.")
-    cache: bool = Field(
-        default=True,
-        description="true: documents are read, filtered and tokenized once into the token cache before training; false: they are "
-                    "read, filtered, tokenized and packed on the fly during training instead (streamed, for corpora too large to "
-                    "cache), by worker processes sharded by rank (data.stream_workers); a streamed source holds no validation split.",
-    )
+    cache: bool = Field(default=True, description=_CACHE_DESCRIPTION)
 
     canonical_optional: ClassVar[frozenset[str]] = frozenset({"cache"})
 

@@ -27,7 +27,6 @@ from tabula.schemas.blocks.sparsity import MaskPattern
 
 from .blocks.attention import CausalSelfAttention, attend
 from .blocks.mla import LatentAttention
-from .blocks.position import apply_rope
 from .blocks.transformer import TransformerBlock
 
 if TYPE_CHECKING:
@@ -72,11 +71,7 @@ def _layers(model: Transformer) -> list[tuple[TransformerBlock, CausalSelfAttent
 def _heads(attn: CausalSelfAttention, x: torch.Tensor, rope: Rope, past: KV, mask: torch.Tensor) -> tuple[torch.Tensor, KV]:
     """mha, gqa, mqa: CausalSelfAttention.forward with the past's keys and values before the new ones."""
     B, T, _ = x.shape
-    q = attn.q_norm(attn.q_proj(x).view(B, T, attn.n_heads, attn.head_dim))  # (B, T, nh, hs)
-    k = attn.k_norm(attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim))  # (B, T, n_kv, hs)
-    v = attn.v_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim)
-    if rope is not None:
-        q, k = attn.rotate(q, k, rope)
+    q, k, v = attn.project(x, rope)  # (B, T, nh, hs), (B, T, n_kv, hs) twice
     keys = torch.cat([past[0], k.transpose(1, 2)], dim=2)  # (B, n_kv, P + T, hs)
     values = torch.cat([past[1], v.transpose(1, 2)], dim=2)
     y = attend(q.transpose(1, 2), keys, values, mask, 0.0)  # (B, nh, T, hs)
@@ -87,20 +82,11 @@ def _latent(attn: LatentAttention, x: torch.Tensor, rope: Rope, past: KV, mask: 
     """MLA: LatentAttention.forward with the past's per-head keys (nope | rope) and values before the new ones."""
     assert rope is not None, "MLA rotates its rope part: the model has RoPE"
     B, T, _ = x.shape
-    H, nope, rope_dim = attn.n_heads, attn.nope_dim, attn.rope_dim
-    q = attn.q_norm(attn.queries(x).view(B, T, H, nope + rope_dim))  # (B, T, nh, qk)
-    kv = attn.kv_up(attn.kv_latent_norm(attn.kv_down(x))).view(B, T, H, nope + attn.v_head_dim)
-    k_nope, v = kv.split([nope, attn.v_head_dim], dim=-1)  # (B, T, nh, nope), (B, T, nh, hv)
-    k_shared = attn.k_rope(x).view(B, T, 1, rope_dim).expand(B, T, H, rope_dim)  # one rotary key for all heads
-    k = attn.k_norm(torch.cat([k_nope, k_shared], dim=-1))  # (B, T, nh, qk)
-    q_nope, q_rot = q.split([nope, rope_dim], dim=-1)
-    k_nope, k_rot = k.split([nope, rope_dim], dim=-1)
-    q = torch.cat([q_nope, apply_rope(q_rot, *rope)], dim=-1)
-    k = torch.cat([k_nope, apply_rope(k_rot, *rope)], dim=-1)
+    q, k, v = attn.project(x, rope)  # (B, T, nh, qk) twice, (B, T, nh, hv)
     keys = torch.cat([past[0], k.transpose(1, 2)], dim=2)  # (B, nh, P + T, qk)
     values = torch.cat([past[1], v.transpose(1, 2)], dim=2)  # (B, nh, P + T, hv)
     y = attend(q.transpose(1, 2), keys, values, mask, 0.0)  # (B, nh, T, hv)
-    return attn.o_proj(y.transpose(1, 2).reshape(B, T, H * attn.v_head_dim)), (keys, values)
+    return attn.o_proj(y.transpose(1, 2).reshape(B, T, attn.n_heads * attn.v_head_dim)), (keys, values)
 
 
 def _mask(pattern: MaskPattern, past_len: int, seq_len: int, device: torch.device) -> torch.Tensor:

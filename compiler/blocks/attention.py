@@ -193,14 +193,21 @@ class CausalSelfAttention(nn.Module):
         """RoPE on (B, T, nh, hs) queries and (B, T, n_kv, hs) keys (model.kernels.rope: liger overrides it)."""
         return apply_rope(q, *rope), apply_rope(k, *rope)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: Mask | None,
-                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> queries (B, T, nh, hs), keys and values (B, T, n_kv, hs): QK-normed and rotated
+        (what the ONNX export's cached forward also builds on)."""
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim))  # (B, T, nh, hs)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim))  # (B, T, n_kv, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if rope is not None:
             q, k = self.rotate(q, k, rope)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: Mask | None,
+                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.project(x, rope)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv, T, hs)
         if prefix is not None:  # prefix tuning: learned keys and values before the sequence's, (B, n_kv, n, hs)
             k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)

@@ -169,10 +169,9 @@ class LatentAttention(nn.Module):
             return self.q_proj(x)
         return self.q_up(self.q_latent_norm(self.q_down(x)))  # through the (B, T, q_latent) latent
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: Mask | None,
-                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        if prefix is not None:
-            raise ValueError("prefix tuning needs keys and values of one width; MLA's differ (the spec check refuses it)")
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> per-head queries and keys (B, T, nh, nope + rope_dim), rotated on their rope part,
+        and values (B, T, nh, hv) (what the ONNX export's cached forward also builds on)."""
         B, T, _ = x.shape
         H, nope, rope_dim = self.n_heads, self.nope_dim, self.rope_dim
         q = self.q_norm(self.queries(x).view(B, T, H, nope + rope_dim))  # (B, T, nh, qk)
@@ -184,6 +183,14 @@ class LatentAttention(nn.Module):
         k_nope, k_rot = k.split([nope, rope_dim], dim=-1)
         q = torch.cat([q_nope, apply_rope(q_rot, *rope)], dim=-1)
         k = torch.cat([k_nope, apply_rope(k_rot, *rope)], dim=-1)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: Mask | None,
+                prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if prefix is not None:
+            raise ValueError("prefix tuning needs keys and values of one width; MLA's differ (the spec check refuses it)")
+        B, T, _ = x.shape
+        q, k, v = self.project(x, rope)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, H * self.v_head_dim)  # (B, T, nh * hv)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim)  # (B, T, nh * hv)
         return self.o_proj(y)

@@ -6,6 +6,9 @@ above the tensors alone; measured 0.65x here, 523 MiB estimated against 810 MiB)
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,26 @@ def test_the_quickstart_estimate_is_within_the_tolerance_of_the_measurement(caps
     assert main(["plan", str(QUICKSTART), "--measure", "--device", "cpu", "--json"]) == 0
     measured = json.loads(capsys.readouterr().out)["measured"]
     assert measured["method"] == "resident memory (sampled)" and measured["peak_bytes"] > 0
+    assert 1 / TOLERANCE <= measured["ratio"] <= TOLERANCE, measured
+
+
+PRESETS = ["llama-tiny", "mistral-tiny", "mla-tiny", "mixtral-tiny", "deepseek-v3-tiny",
+           pytest.param("jamba-tiny", marks=pytest.mark.xfail(strict=True, reason=(
+               "the Mamba layers' resident peak holds ~2.5 GB that does not scale with the micro-batch and the "
+               "estimate misses (0.16x at micro-batch 8, 0.55x at the preset's 64)")))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_presets_estimate_is_within_the_tolerance_of_the_measurement(preset):
+    """The presets at a micro-batch of 8 (steps of 4k tokens: their own 64 x 256 takes 17-128 s and 4-6.5 GB
+    here); at their own batch they measured 0.64-0.73x by hand."""
+    spec = QUICKSTART.parent / "presets" / f"{preset}.yaml"
+    # a process of its own: resident memory the earlier parameters freed would hide this one's peak
+    done = subprocess.run([str(Path(sys.executable).parent / "tabula"), "plan", str(spec), "train.micro_batch=8", "train.batch_tokens=4k",
+                           "--measure", "--device", "cpu", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)["measured"]
     assert 1 / TOLERANCE <= measured["ratio"] <= TOLERANCE, measured
 
 

@@ -7,14 +7,14 @@ Sharding: shard `rank * workers + worker` of `world_size * workers`, by
 `datasets.distributed.split_dataset_by_node` (whole files per shard where the file count divides
 evenly, else every n-th document): shards never share a document.
 
-Resume guarantee: exact. The state holds the `datasets` iterator's own state_dict (its shard and
-example offset: local files seek to the record), the epoch, and the packed tokens not yet handed
-out, so a restored stream yields the same windows it would have.
+Resume guarantee: exact (stream_loader.py). The state holds each worker's `datasets` iterator
+state_dict (its shard and example offset: local files seek to the record), the epoch, and the packed
+tokens not yet handed out, so a restored stream yields the same windows it would have.
 
 A `cache: false` source is not read into the token cache: `prepare` records a `StreamPlan` on the
 PreparedData (the sources, the filters and transforms to apply, the tokenizer), and the sampler
-reads the rows of this rank from its stream loader (stream_loader.py), workers reading TokenStream
-shards. A streamed source holds no validation split: evaluation covers the cached sources only (a
+reads the rows of this rank from its stream loader (stream_loader.py), each worker reading one
+shard. A streamed source holds no validation split: evaluation covers the cached sources only (a
 run whose every source streams does not evaluate). Filters run per worker shard: a dedup filter
 drops repeats within one worker's shard only.
 """
@@ -22,13 +22,9 @@ drops repeats within one worker's shard only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
-
-import numpy as np
+from typing import Any, Iterator
 
 from .errors import DataError
-
-STATE_VERSION = 1
 
 
 def shard_of(rank: int, world_size: int, worker: int = 0, workers: int = 1) -> tuple[int, int]:
@@ -79,7 +75,10 @@ def open_dataset(source: StreamSource) -> Any:
             dataset = datasets.load_dataset(hub["name"], hub.get("config"), split=hub.get("split", "train"), streaming=True,
                                             revision=hub.get("revision"))
         else:
-            dataset = local_stream(source.files, source.format)
+            import datasets
+
+            builder = {"jsonl": "json", "parquet": "parquet"}[source.format]  # the formats the spec lets stream
+            dataset = datasets.load_dataset(builder, data_files=sorted(source.files), split="train", streaming=True)
     except Exception as error:  # offline, unknown dataset, a bad file: all one clear line
         lines = str(error).strip().splitlines() or [type(error).__name__]
         where = f"hub dataset {source.hub.get('name')!r}" if source.kind == "hub" else f"{len(source.files)} {source.format} file(s)"
@@ -99,70 +98,6 @@ def first_texts(source: StreamSource, max_chars: int) -> Iterator[str]:
             left -= min(len(text), left)
             if left <= 0:
                 return
-
-
-def local_stream(paths: Sequence[str], format: str) -> Any:
-    """A `datasets` IterableDataset over local jsonl or parquet files (no network)."""
-    import datasets
-
-    builder = {"jsonl": "json", "parquet": "parquet"}.get(format)
-    if builder is None:
-        raise ValueError(f"format {format!r} does not stream; jsonl or parquet do")
-    return datasets.load_dataset(builder, data_files=sorted(str(p) for p in paths), split="train", streaming=True)
-
-
-class TokenStream:
-    """Windows of `seq_len + 1` tokens (inputs and the next token) from shard `shard` of `shards` of
-    `dataset`'s documents (their `text_field`), each document followed by `eos_id`; consecutive
-    windows share one token, as the cached sampler's do. Starts over (the next epoch) at the end."""
-
-    def __init__(self, dataset: Any, tokenizer: Any, eos_id: int, *, text_field: str = "text", shard: int = 0, shards: int = 1):
-        from datasets.distributed import split_dataset_by_node
-
-        self.dataset = split_dataset_by_node(dataset, rank=shard, world_size=shards) if shards > 1 else dataset
-        self.tokenizer, self.eos_id, self.text_field = tokenizer, eos_id, text_field
-        self.shard, self.shards = shard, shards
-        self.epoch = 0
-        self.documents = 0  # documents read by this shard, all epochs
-        self.buffer: list[int] = []
-        self._records: Iterator[dict] | None = None
-
-    def next_window(self, seq_len: int) -> np.ndarray:
-        """The next seq_len + 1 tokens (int64); the stream advances by seq_len."""
-        while len(self.buffer) < seq_len + 1:
-            self.buffer.extend(self._next_document())
-        window = np.asarray(self.buffer[: seq_len + 1], dtype=np.int64)
-        del self.buffer[:seq_len]
-        return window
-
-    def _next_document(self) -> list[int]:
-        for attempt in range(2):
-            if self._records is None:
-                self._records = iter(self.dataset)
-            record = next(self._records, None)
-            if record is not None:
-                self.documents += 1
-                return self.tokenizer.encode(str(record[self.text_field]), add_special_tokens=False).ids + [self.eos_id]
-            self._records, self.epoch = None, self.epoch + 1  # the end: the next epoch starts from the front
-            if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(self.epoch)
-        raise ValueError(f"shard {self.shard} of {self.shards} holds no documents")
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able: restores the stream exactly with load_state_dict."""
-        return {"version": STATE_VERSION, "shard": self.shard, "shards": self.shards, "epoch": self.epoch,
-                "documents": self.documents, "buffer": list(self.buffer), "dataset": self.dataset.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if (state.get("shard"), state.get("shards")) != (self.shard, self.shards):
-            raise ValueError(f"the stream state is for shard {state.get('shard')} of {state.get('shards')}, "
-                             f"not {self.shard} of {self.shards}")
-        self.epoch, self.documents = int(state["epoch"]), int(state["documents"])
-        self.buffer = [int(token) for token in state["buffer"]]
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)
-        self.dataset.load_state_dict(state["dataset"])
-        self._records = None  # the next read starts where the state says
 
 
 def stream_plan(spec: Any, readers: dict, tokenizer_json: str, eos_id: int) -> StreamPlan | None:

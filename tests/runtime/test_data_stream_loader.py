@@ -17,7 +17,7 @@ from data_helpers import Stage, document, make_spec, write_jsonl
 from runtime_helpers import train_in
 from tabula.runtime.data.errors import DataError
 from tabula.runtime.data.stream_loader import StreamedSources, StreamLoader
-from tabula.runtime.data.streaming import StreamPlan, StreamSource
+from tabula.runtime.data.streaming import StreamPlan, StreamSource, shard_of
 
 EOS = 0
 
@@ -87,6 +87,12 @@ def _load_and_die(plan: StreamPlan, out) -> None:
     loader.window(8)
     out.send(loader.pids)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_shards_number_ranks_then_workers_and_refuse_what_is_out_of_range():
+    assert [shard_of(rank, 2, worker, 2) for rank in range(2) for worker in range(2)] == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    with pytest.raises(ValueError):
+        shard_of(2, 2)
 
 
 def test_the_workers_end_with_a_killed_trainer(corpus):
